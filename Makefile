@@ -1,0 +1,46 @@
+# raftkv: `make run` starts a local 3-node cluster, `make test` runs the suite.
+# Both create the virtualenv and install everything they need on a fresh machine.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+PROTOS := $(wildcard proto/raftkv/v1/*.proto)
+
+.PHONY: all venv proto run test test-fast sim lint clean jepsen bench
+
+all: venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP) proto
+
+# Stubs are generated into raftkv/proto/ from proto/ and never edited or committed.
+proto: $(STAMP) $(PROTOS)
+	$(PY) -m raftkv.proto.generate
+
+run: venv
+	$(VENV)/bin/raftkv dev
+
+sim: venv
+	$(PY) -m raftkv.sim --nodes 5 --seeds 1000 --faults all
+
+test: venv
+	bash tests/install_system_deps.sh
+	$(PY) -m pytest -q
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info raftkv/proto/*_pb2*.py

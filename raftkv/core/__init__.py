@@ -1,0 +1,37 @@
+"""The pure Raft core: no I/O, no clock, no threads. See node.py for the host's entry point."""
+
+from .config import Config
+from .errors import ConfChangeRejected, ProposalDropped
+from .node import ProgressStatus, RaftNode, Status
+from .storage import (
+    CompactedError,
+    LogStorage,
+    MemoryStorage,
+    SnapshotTemporarilyUnavailable,
+    StorageError,
+    UnavailableError,
+)
+from .types import (
+    NONE,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ReadState,
+    Ready,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+    StateRole,
+)
+
+__all__ = [
+    "NONE", "CompactedError", "Config", "ConfChange", "ConfChangeRejected", "ConfChangeType", "ConfState",
+    "Entry", "EntryType", "HardState", "LogStorage", "MemoryStorage", "Message", "MessageType",
+    "ProgressStatus", "ProposalDropped", "RaftNode", "ReadState", "Ready", "Snapshot", "SnapshotMeta",
+    "SnapshotTemporarilyUnavailable", "SoftState", "StateRole", "Status", "StorageError", "UnavailableError",
+]

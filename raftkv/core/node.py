@@ -1,0 +1,239 @@
+"""RaftNode: the host's handle on the core (etcd-io/raft's RawNode).
+
+The host feeds it inputs (tick, step, propose, read_index, ...), then collects one `Ready` at a time,
+does the I/O it describes, and calls `advance`. The node remembers what the previous Ready already
+reported so each Ready carries only what changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Config
+from .errors import ProposalDropped
+from .log import RaftLog
+from .progress import ProgressState
+from .raft import AFTER_PERSIST, Raft
+from .storage import LogStorage
+from .types import (
+    NONE,
+    ConfChange,
+    ConfState,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    SoftState,
+    StateRole,
+)
+
+
+@dataclass(slots=True, frozen=True)
+class ProgressStatus:
+    match: int
+    next: int
+    state: str
+    recent_active: bool
+    inflight: int
+    pending_snapshot: int
+    is_learner: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Status:
+    id: int
+    term: int
+    vote: int
+    commit: int
+    applied: int
+    last_index: int
+    role: StateRole
+    leader: int
+    conf: ConfState
+    progress: dict[int, ProgressStatus]
+    transferee: int
+    lease_valid: bool
+
+
+class RaftNode:
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        self.raft = Raft(config, storage)
+        self._prev_soft = self.raft.soft_state()
+        self._prev_hard = self.raft.hard_state()
+        self._in_flight: Ready | None = None
+
+    # -- identity and views ----------------------------------------------------------------------
+    @property
+    def id(self) -> int:
+        return self.raft.id
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def role(self) -> StateRole:
+        return self.raft.role
+
+    @property
+    def leader_id(self) -> int:
+        return self.raft.lead
+
+    @property
+    def raft_log(self) -> RaftLog:
+        return self.raft.log
+
+    @property
+    def conf(self) -> ConfState:
+        return self.raft.conf
+
+    def conf_as_of(self, index: int) -> ConfState:
+        """Membership in force at `index`: what a snapshot taken at applied index `index` must record."""
+        return self.raft.confs.as_of(index)
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def tick(self) -> None:
+        self.raft.tick()
+
+    def campaign(self) -> None:
+        self.raft.step(Message(MessageType.HUP))
+
+    def step(self, msg: Message) -> None:
+        """A message from a peer. Local-only message types from the network are ignored, as are
+        responses from nodes that are not members."""
+        if msg.type in (MessageType.HUP, MessageType.BEAT):
+            return
+        if msg.type in (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP) and msg.frm not in self.raft.prs:
+            return
+        self.raft.step(msg)
+
+    def propose(self, data: bytes) -> int:
+        return self.raft.propose([data])[0]
+
+    def propose_many(self, datas: list[bytes]) -> tuple[int, int]:
+        if not datas:
+            raise ValueError("propose_many needs at least one entry")
+        return self.raft.propose(datas)
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        return self.raft.propose_conf_change(cc)
+
+    def read_index(self, context: bytes) -> None:
+        self.raft.read_index(context)
+
+    def transfer_leader(self, target: int) -> None:
+        if self.raft.role == StateRole.LEADER or self.raft.lead != NONE:
+            self.raft.transfer_leader(target)
+        else:
+            raise ProposalDropped(NONE, "no leader to transfer from")
+
+    def report_unreachable(self, node_id: int) -> None:
+        self.raft.step(Message(MessageType.UNREACHABLE, frm=node_id))
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=not ok))
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def has_ready(self) -> bool:
+        if self._in_flight is not None:
+            return False
+        r = self.raft
+        log = r.log
+        return bool(
+            r.soft_state() != self._prev_soft
+            or r.hard_state() != self._prev_hard
+            or log.unstable.snapshot is not None
+            or log.unstable.entries
+            or log.has_next_committed_entries()
+            or r.msgs
+            or r.read_states
+        )
+
+    def ready(self) -> Ready:
+        if self._in_flight is not None:
+            raise RuntimeError("ready() called again before advance()")
+        r = self.raft
+        log = r.log
+        rd = Ready()
+        ss = r.soft_state()
+        if ss != self._prev_soft:
+            rd.soft_state = ss
+        hs = r.hard_state()
+        if hs != self._prev_hard:
+            rd.hard_state = hs
+        rd.snapshot = log.unstable.snapshot
+        rd.entries = log.unstable_entries()
+        rd.committed_entries = log.next_committed_entries()
+        if any(e.type == EntryType.CONF_CHANGE for e in rd.committed_entries):
+            rd.conf_state = r.confs.as_of(rd.committed_entries[-1].index)
+        elif rd.snapshot is not None:
+            rd.conf_state = rd.snapshot.meta.conf
+        for m in r.msgs:
+            (rd.persisted_messages if m.type in AFTER_PERSIST else rd.messages).append(m)
+        r.msgs = []
+        r.rounds.mark_sent()
+        rd.read_states = r.read_states
+        r.read_states = []
+        self._in_flight = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        if rd is not self._in_flight:
+            raise RuntimeError("advance() must be given the Ready returned by the last ready()")
+        self._in_flight = None
+        r = self.raft
+        if rd.soft_state is not None:
+            self._prev_soft = rd.soft_state
+        if rd.hard_state is not None:
+            self._prev_hard = rd.hard_state
+        if rd.snapshot is not None:
+            r.log.stable_snap_to(rd.snapshot.meta.index)
+            r.log.applied_to(rd.snapshot.meta.index)
+        if rd.entries:
+            r.on_persisted(rd.entries[-1])
+        if rd.committed_entries:
+            r.log.applied_to(rd.committed_entries[-1].index)
+            r.confs.forget_before(r.log.applied)
+
+    # -- inspection ------------------------------------------------------------------------------
+    def lease_valid(self) -> bool:
+        return self.raft.lease_valid()
+
+    def freshness(self) -> tuple[int, int] | None:
+        return self.raft.freshness
+
+    def hard_state(self) -> HardState:
+        return self.raft.hard_state()
+
+    def soft_state(self) -> SoftState:
+        return self.raft.soft_state()
+
+    def status(self) -> Status:
+        r = self.raft
+        progress: dict[int, ProgressStatus] = {}
+        if r.role == StateRole.LEADER:
+            for nid, pr in r.prs.items():
+                progress[nid] = ProgressStatus(
+                    match=pr.match,
+                    next=pr.next,
+                    state=pr.state.value if isinstance(pr.state, ProgressState) else str(pr.state),
+                    recent_active=pr.recent_active,
+                    inflight=len(pr.inflights),
+                    pending_snapshot=pr.pending_snapshot,
+                    is_learner=pr.is_learner,
+                )
+        return Status(
+            id=r.id,
+            term=r.term,
+            vote=r.vote,
+            commit=r.log.committed,
+            applied=r.log.applied,
+            last_index=r.log.last_index(),
+            role=r.role,
+            leader=r.lead,
+            conf=r.conf,
+            progress=progress,
+            transferee=r.lead_transferee,
+            lease_valid=r.lease_valid(),
+        )

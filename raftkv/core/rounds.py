@@ -1,0 +1,84 @@
+"""Leadership rounds: the one mechanism behind ReadIndex, lease reads and staleness proofs.
+
+Every heartbeat broadcast opens a round, numbered upwards and carried in the heartbeat's context. A follower
+that answers a heartbeat of round r acknowledges us as leader at the moment that heartbeat left. Once a
+quorum of voters has acknowledged round r (or a later one), we know that when round r was sent:
+- no other leader could have committed anything we do not have, so our commit index then covered every
+  acknowledged write: reads waiting on round r may be served at the commit index recorded for them
+  (ReadIndex, Raft thesis §6.4);
+- followers that answered will not vote for anyone else until an election timeout after they received it,
+  so leadership is safe until (tick the round was sent) + election timeout, minus a drift margin (lease);
+- a follower stamp received before the round was sent is covered by that round's commit index: echoing
+  (stamp, commit) lets the follower bound its own staleness with only its own clock.
+Many concurrent reads join the round whose heartbeat has not yet left, so they share one quorum round.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .quorum import quorum_index
+
+
+@dataclass(slots=True)
+class PendingRead:
+    index: int
+    context: bytes
+    requester: int  # node id that asked (the leader itself, or a follower that forwarded the read)
+
+
+@dataclass(slots=True)
+class Round:
+    number: int
+    sent_tick: int
+    commit: int
+    commit_valid: bool  # our commit index is trustworthy (an entry of our term is committed)
+    stamps: dict[int, int]
+    reads: list[PendingRead] = field(default_factory=list)
+
+
+class Rounds:
+    def __init__(self) -> None:
+        self.last = 0  # number of the newest round opened
+        self.sent = 0  # newest round whose heartbeats have been handed to the host
+        self.confirmed = 0  # newest round acknowledged by a quorum
+        self.confirmed_tick = -1  # tick at which the newest confirmed round was sent
+        self._open: deque[Round] = deque()
+        self._acked: dict[int, int] = {}
+
+    def open(self, tick: int, commit: int, commit_valid: bool, stamps: dict[int, int]) -> Round:
+        self.last += 1
+        r = Round(self.last, tick, commit, commit_valid, dict(stamps))
+        self._open.append(r)
+        return r
+
+    def unsent(self) -> Round | None:
+        """The newest round if its heartbeats are not yet out, so a new read may still join it."""
+        if self._open and self._open[-1].number > self.sent:
+            return self._open[-1]
+        return None
+
+    def mark_sent(self) -> None:
+        self.sent = self.last
+
+    def ack(self, node: int, number: int, self_id: int, voters: frozenset[int]) -> list[Round]:
+        """Record that `node` acknowledged round `number`; return the rounds this confirms, oldest first."""
+        if number > self._acked.get(node, 0):
+            self._acked[node] = number
+        self._acked[self_id] = self.last
+        q = quorum_index(voters, self._acked)
+        return self._confirm_up_to(q)
+
+    def confirm_alone(self) -> list[Round]:
+        """A single-voter cluster confirms every round by itself."""
+        return self._confirm_up_to(self.last)
+
+    def _confirm_up_to(self, q: int) -> list[Round]:
+        done: list[Round] = []
+        while self._open and self._open[0].number <= q:
+            done.append(self._open.popleft())
+        if done:
+            self.confirmed = done[-1].number
+            self.confirmed_tick = done[-1].sent_tick
+        return done

@@ -1,0 +1,251 @@
+"""Value types shared by the Raft core, its host and the simulator.
+
+Everything here is plain data: the core receives these, computes, and hands these back. Nothing here
+does I/O or reads a clock, so a host can persist them (msgpack), send them (protobuf) or replay them in
+the simulator without the core noticing the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+NONE = 0
+"""Node id meaning "nobody" (no vote cast, no known leader). Real node ids are >= 1."""
+
+
+class EntryType(IntEnum):
+    NORMAL = 0
+    CONF_CHANGE = 1
+
+
+@dataclass(slots=True)
+class Entry:
+    """One log entry. `data` is opaque to the core except for CONF_CHANGE entries (see ConfChange)."""
+
+    term: int
+    index: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+    def size(self) -> int:
+        """Approximate encoded size, used for batching limits and lag-in-bytes."""
+        return len(self.data) + 24
+
+
+class ConfChangeType(IntEnum):
+    ADD_VOTER = 0
+    REMOVE_NODE = 1
+    ADD_LEARNER = 2
+    PROMOTE_LEARNER = 3
+
+
+@dataclass(slots=True, frozen=True)
+class ConfChange:
+    """A single-server membership change. Encoded into an Entry of type CONF_CHANGE.
+
+    `context` is opaque to the core; the host uses it for the new member's address and replication
+    marks (sync / semi_sync), so every node learns them from the log.
+    """
+
+    type: ConfChangeType
+    node_id: int
+    context: bytes = b""
+
+    def encode(self) -> bytes:
+        # A tiny fixed layout keeps the core free of serialisation libraries.
+        return bytes([int(self.type)]) + self.node_id.to_bytes(8, "big") + self.context
+
+    @staticmethod
+    def decode(data: bytes) -> ConfChange:
+        if len(data) < 9:
+            raise ValueError("conf change entry too short")
+        return ConfChange(ConfChangeType(data[0]), int.from_bytes(data[1:9], "big"), bytes(data[9:]))
+
+
+@dataclass(slots=True, frozen=True)
+class ConfState:
+    """Cluster membership: who votes and who only receives the log."""
+
+    voters: frozenset[int] = frozenset()
+    learners: frozenset[int] = frozenset()
+
+    def members(self) -> frozenset[int]:
+        return self.voters | self.learners
+
+    def apply(self, cc: ConfChange) -> ConfState:
+        """The membership after `cc`; raises ValueError for a change that makes no sense here."""
+        v, lr = set(self.voters), set(self.learners)
+        n = cc.node_id
+        if cc.type == ConfChangeType.ADD_VOTER:
+            if n in v:
+                raise ValueError(f"node {n} is already a voter")
+            lr.discard(n)
+            v.add(n)
+        elif cc.type == ConfChangeType.ADD_LEARNER:
+            if n in v or n in lr:
+                raise ValueError(f"node {n} is already a member")
+            lr.add(n)
+        elif cc.type == ConfChangeType.PROMOTE_LEARNER:
+            if n not in lr:
+                raise ValueError(f"node {n} is not a learner")
+            lr.discard(n)
+            v.add(n)
+        elif cc.type == ConfChangeType.REMOVE_NODE:
+            if n not in v and n not in lr:
+                raise ValueError(f"node {n} is not a member")
+            v.discard(n)
+            lr.discard(n)
+        if not v:
+            raise ValueError("a cluster needs at least one voter")
+        return ConfState(frozenset(v), frozenset(lr))
+
+
+@dataclass(slots=True, frozen=True)
+class HardState:
+    """What must be on disk before the node answers anyone: term, vote, and how far it knows is committed."""
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotMeta:
+    """Where a snapshot sits in the log, and the membership at that point."""
+
+    index: int = 0
+    term: int = 0
+    conf: ConfState = field(default_factory=ConfState)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """A snapshot: metadata plus the state machine image (opaque bytes to the core)."""
+
+    meta: SnapshotMeta
+    data: bytes = b""
+
+
+class MessageType(IntEnum):
+    # Local messages: never sent over the wire, only stepped into the node by itself or its host.
+    HUP = 0  # start an election (campaign)
+    BEAT = 1  # leader: send heartbeats
+    PROP = 2  # proposal (may be forwarded follower -> leader)
+    # Replication
+    APP = 3
+    APP_RESP = 4
+    HEARTBEAT = 5
+    HEARTBEAT_RESP = 6
+    SNAP = 7
+    # Elections
+    VOTE = 8
+    VOTE_RESP = 9
+    PRE_VOTE = 10
+    PRE_VOTE_RESP = 11
+    # Reads and leadership
+    READ_INDEX = 12
+    READ_INDEX_RESP = 13
+    TRANSFER_LEADER = 14
+    TIMEOUT_NOW = 15
+    # Host feedback to the leader
+    SNAP_STATUS = 16
+    UNREACHABLE = 17
+
+
+LOCAL_MESSAGES = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.SNAP_STATUS, MessageType.UNREACHABLE})
+
+
+@dataclass(slots=True)
+class Message:
+    """A Raft message. Fields not used by a type keep their defaults.
+
+    `context` on HEARTBEAT / HEARTBEAT_RESP carries the leader's round number: a leader confirms its
+    leadership round by round (a quorum answered a heartbeat sent at round r), and that one mechanism serves
+    ReadIndex, lease reads and staleness proofs. On READ_INDEX / READ_INDEX_RESP it is the reader's context.
+
+    `stamp`, `echo_stamp` and `echo_commit` exist for bounded-staleness reads and are opaque to the core: a
+    follower's host stamps each APP_RESP / HEARTBEAT_RESP with its own monotonic time (`stamp`); once the
+    leader has confirmed a round sent after receiving that stamp, it echoes it back (`echo_stamp`) with its
+    commit index as of that round (`echo_commit`). Every write acknowledged before the follower's local time
+    `echo_stamp` then has an index <= `echo_commit`.
+    """
+
+    type: MessageType
+    to: int = NONE
+    frm: int = NONE
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    snapshot: Snapshot | None = None
+    context: bytes = b""
+    stamp: int = 0
+    echo_stamp: int = 0
+    echo_commit: int = 0
+
+
+class StateRole(IntEnum):
+    FOLLOWER = 0
+    CANDIDATE = 1
+    PRE_CANDIDATE = 2
+    LEADER = 3
+
+
+@dataclass(slots=True, frozen=True)
+class SoftState:
+    """Volatile state the host may want to show or react to; never persisted."""
+
+    leader: int = NONE
+    role: StateRole = StateRole.FOLLOWER
+
+
+@dataclass(slots=True, frozen=True)
+class ReadState:
+    """A linearizable read may be served once the state machine has applied `index`.
+
+    `context` is the host's identifier of the read (or batch of reads) it asked for with read_index().
+    """
+
+    index: int
+    context: bytes
+
+
+@dataclass(slots=True)
+class Ready:
+    """One batch of work for the host, in the order it must be done:
+
+    1. persist `snapshot` (if any), then `entries`, then `hard_state` (if any) -- durably (fsync);
+    2. send `messages` (safe to send before or after persisting);
+       send `persisted_messages` only after step 1 is durable (votes and append acknowledgements);
+    3. apply `committed_entries` to the state machine (conf changes were already taken into account
+       by the core; the host records the resulting `conf_state` alongside the applied index);
+    4. hand `read_states` to waiting readers once applied >= their index;
+    5. call `Node.advance(ready)`.
+    """
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    committed_entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    persisted_messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    conf_state: ConfState | None = None
+    """Membership as of the last entry in `committed_entries`, when that batch holds a conf change."""
+
+    def contains_updates(self) -> bool:
+        return bool(
+            self.soft_state is not None
+            or self.hard_state is not None
+            or self.entries
+            or self.snapshot is not None
+            or self.committed_entries
+            or self.messages
+            or self.persisted_messages
+            or self.read_states
+        )
