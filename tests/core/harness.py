@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from raftkv.core import (
     ConfChange,
     ConfChangeType,
-    ConfState,
     Config,
+    ConfState,
     Entry,
     EntryType,
     MemoryStorage,
