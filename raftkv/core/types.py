@@ -169,6 +169,9 @@ class Message:
     leader has confirmed a round sent after receiving that stamp, it echoes it back (`echo_stamp`) with its
     commit index as of that round (`echo_commit`). Every write acknowledged before the follower's local time
     `echo_stamp` then has an index <= `echo_commit`.
+
+    `applied` is the sender's applied index, filled in by its host on responses; the leader's host reads it
+    for replication-lag monitoring (replay lag). The core neither sets nor reads it.
     """
 
     type: MessageType
@@ -186,6 +189,7 @@ class Message:
     stamp: int = 0
     echo_stamp: int = 0
     echo_commit: int = 0
+    applied: int = 0
 
 
 class StateRole(IntEnum):
