@@ -2,6 +2,7 @@
 
 from .config import Config
 from .errors import ConfChangeRejected, ProposalDropped
+from .membership import bootstrap_entries
 from .node import ProgressStatus, RaftNode, Status
 from .storage import (
     CompactedError,
@@ -34,4 +35,5 @@ __all__ = [
     "Entry", "EntryType", "HardState", "LogStorage", "MemoryStorage", "Message", "MessageType",
     "ProgressStatus", "ProposalDropped", "RaftNode", "ReadState", "Ready", "Snapshot", "SnapshotMeta",
     "SnapshotTemporarilyUnavailable", "SoftState", "StateRole", "Status", "StorageError", "UnavailableError",
+    "bootstrap_entries",
 ]

@@ -69,11 +69,13 @@ class ConfLog:
         del self._history[:keep]
 
 
-def bootstrap_entries(conf: ConfState) -> tuple[list[Entry], HardState]:
+def bootstrap_entries(conf: ConfState, contexts: dict[int, bytes] | None = None) -> tuple[list[Entry], HardState]:
     """The first entries of a new cluster's log: one conf change per initial member, at term 1, already
     committed. Every founding node writes the same entries, and a node that joins later learns the
-    founding membership by replaying them like any other part of the log (as etcd does)."""
-    changes = [ConfChange(ConfChangeType.ADD_VOTER, n) for n in sorted(conf.voters)]
-    changes += [ConfChange(ConfChangeType.ADD_LEARNER, n) for n in sorted(conf.learners)]
+    founding membership (and, through `contexts`, e.g. addresses) by replaying them like any other part
+    of the log (as etcd does)."""
+    ctx = contexts or {}
+    changes = [ConfChange(ConfChangeType.ADD_VOTER, n, ctx.get(n, b"")) for n in sorted(conf.voters)]
+    changes += [ConfChange(ConfChangeType.ADD_LEARNER, n, ctx.get(n, b"")) for n in sorted(conf.learners)]
     entries = [Entry(1, i + 1, EntryType.CONF_CHANGE, cc.encode()) for i, cc in enumerate(changes)]
     return entries, HardState(term=1, vote=0, commit=len(entries))

@@ -38,6 +38,8 @@ class ConfChangeType(IntEnum):
     REMOVE_NODE = 1
     ADD_LEARNER = 2
     PROMOTE_LEARNER = 3
+    UPDATE_NODE = 4
+    """Changes only the member's context (address, replication marks); voters and learners stay."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -91,6 +93,9 @@ class ConfState:
                 raise ValueError(f"node {n} is not a learner")
             lr.discard(n)
             v.add(n)
+        elif cc.type == ConfChangeType.UPDATE_NODE:
+            if n not in v and n not in lr:
+                raise ValueError(f"node {n} is not a member")
         elif cc.type == ConfChangeType.REMOVE_NODE:
             if n not in v and n not in lr:
                 raise ValueError(f"node {n} is not a member")
