@@ -1,0 +1,108 @@
+"""Write acknowledgement levels, and the bookkeeping of writes waiting for durable confirmations.
+
+- LEADER (async): answered once the leader has fsynced the entry, before it is committed. Can be lost if
+  the leader fails before a majority holds it; the reply says so.
+- MAJORITY (default): answered once committed (durable on a majority of voters) and applied on the leader.
+- SEMI_SYNC: as MAJORITY, then waits until `min_replicas` members of the semi-sync set hold it durably, at
+  most `timeout_ms`; on timeout it is answered anyway, marked degraded (MySQL's semi-sync fallback).
+- SYNC: as MAJORITY, then waits until every member of the sync set holds it durably. Never degrades: at
+  the deadline the client gets DEADLINE_EXCEEDED naming the index and who had confirmed. The write stays
+  committed either way: nothing is rolled back.
+
+A follower's match index (from the core's progress table) is exactly "durably holds": followers acknowledge
+appends only after their fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class AckLevel(Enum):
+    LEADER = "leader"
+    MAJORITY = "majority"
+    SEMI_SYNC = "semi_sync"
+    SYNC = "sync"
+
+
+@dataclass(slots=True, frozen=True)
+class AckRequest:
+    level: AckLevel = AckLevel.MAJORITY
+    min_replicas: int = 1
+    timeout_ms: int = 1000
+
+
+@dataclass(slots=True)
+class AckOutcome:
+    """What a write actually achieved, as reported to the client."""
+
+    level: AckLevel
+    degraded: bool
+    confirmed_by: list[int]
+    timed_out: bool = False
+
+
+def confirmed_members(index: int, match: Mapping[int, int]) -> list[int]:
+    return sorted(nid for nid, m in match.items() if m >= index)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    index: int
+    members: frozenset[int]
+    need: int
+    deadline: float
+    level: AckLevel
+    future: asyncio.Future[AckOutcome] = field(repr=False)
+
+
+class DurabilityWaiters:
+    """Writes already committed that wait for more members to hold them (SEMI_SYNC and SYNC)."""
+
+    def __init__(self) -> None:
+        self._waiting: list[_Waiter] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def add(self, index: int, level: AckLevel, members: frozenset[int], need: int, deadline: float,
+            match: Mapping[int, int], now: float) -> asyncio.Future[AckOutcome]:
+        fut: asyncio.Future[AckOutcome] = asyncio.get_running_loop().create_future()
+        w = _Waiter(index, members, need, deadline, level, fut)
+        if not self._settle(w, match, now):
+            self._waiting.append(w)
+        return fut
+
+    def update(self, match: Mapping[int, int], now: float) -> None:
+        """Re-check every waiter against the newest progress and the clock."""
+        if self._waiting:
+            self._waiting = [w for w in self._waiting if not self._settle(w, match, now)]
+
+    def next_deadline(self) -> float | None:
+        return min((w.deadline for w in self._waiting), default=None)
+
+    def fail_all(self, exc: BaseException) -> None:
+        for w in self._waiting:
+            if not w.future.done():
+                w.future.set_exception(exc)
+        self._waiting = []
+
+    @staticmethod
+    def _settle(w: _Waiter, match: Mapping[int, int], now: float) -> bool:
+        if w.future.done():
+            return True  # the client went away
+        confirmed = confirmed_members(w.index, match)
+        have = sum(1 for nid in confirmed if nid in w.members)
+        if have >= w.need:
+            w.future.set_result(AckOutcome(w.level, False, confirmed))
+            return True
+        if now >= w.deadline:
+            if w.level == AckLevel.SEMI_SYNC:
+                w.future.set_result(AckOutcome(AckLevel.MAJORITY, True, confirmed))
+            else:
+                w.future.set_result(AckOutcome(w.level, False, confirmed, timed_out=True))
+            return True
+        return False

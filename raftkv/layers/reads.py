@@ -1,0 +1,83 @@
+"""Read consistency levels, and the rule that lets a node prove a staleness bound on its own clock.
+
+- LINEARIZABLE (default): a ReadIndex round through the leader; the serving node waits until it has
+  applied the read index. Sees every write acknowledged before the read began.
+- LEASE: the leader answers locally while its lease holds (an election timeout from its last
+  quorum-confirmed round, minus a clock-drift margin). Linearizable if clocks drift less than the margin.
+- SERIALIZABLE (alias EVENTUAL): any node, its applied state as it is. Committed data only, maybe stale.
+- BOUNDED_STALENESS: any node that can prove its state is no older than the bound (below); otherwise it
+  waits briefly, forwards to the leader, or with `strict` fails FAILED_PRECONDITION.
+- SESSION: any node whose applied index has reached the session token's index (waits, then forwards).
+
+The staleness proof: the follower's host stamped a response with its own monotonic time `t`; the leader,
+after confirming a leadership round sent later, echoed `t` with its commit index `c` of that round. Every
+write acknowledged before local time `t` has index <= `c`. So once applied >= `c`, the state is at most
+`now - t` old. Flight time only makes `t` earlier, which makes the bound larger, never wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ReadLevel(Enum):
+    LINEARIZABLE = "linearizable"
+    LEASE = "lease"
+    SERIALIZABLE = "serializable"
+    BOUNDED_STALENESS = "bounded_staleness"
+    SESSION = "session"
+
+
+@dataclass(slots=True, frozen=True)
+class StalenessBound:
+    max_staleness_ms: int | None = None
+    max_lag_entries: int | None = None
+    strict: bool = False
+
+    def validate(self) -> None:
+        if self.max_staleness_ms is None and self.max_lag_entries is None:
+            raise ValueError("bounded_staleness needs max_staleness_ms and/or max_lag_entries")
+        if (self.max_staleness_ms or 0) < 0 or (self.max_lag_entries or 0) < 0:
+            raise ValueError("staleness bounds must not be negative")
+
+
+@dataclass(slots=True, frozen=True)
+class StalenessProof:
+    """What a node can guarantee about its state right now.
+
+    `staleness_ms`: proven upper bound on the age of its state (None: nothing proven).
+    `lag_entries`: how far its applied index is behind the commit index the leader last confirmed to it,
+    and `confirmation_age_ms` how old that confirmation is (None: never confirmed).
+    """
+
+    staleness_ms: float | None
+    lag_entries: int | None
+    confirmation_age_ms: float | None
+
+
+LEADER_PROOF = StalenessProof(0.0, 0, 0.0)
+
+
+def prove_staleness(freshness: tuple[int, int] | None, applied: int, now_ns: int) -> StalenessProof:
+    """The bound this node can prove from the core's (echo_stamp_ns, echo_commit)."""
+    if freshness is None:
+        return StalenessProof(None, None, None)
+    stamp_ns, commit = freshness
+    age_ms = max(0.0, (now_ns - stamp_ns) / 1e6)
+    return StalenessProof(age_ms if applied >= commit else None, max(0, commit - applied), age_ms)
+
+
+def satisfies(proof: StalenessProof, bound: StalenessBound, max_confirmation_age_ms: float) -> bool:
+    """Does the proof meet the bound? A lag-in-entries bound only counts when the confirmation it is
+    measured against is itself recent (within `max_confirmation_age_ms`, e.g. an election timeout):
+    otherwise a node cut off for an hour would be "0 entries behind" what it last heard."""
+    if bound.max_staleness_ms is not None:
+        if proof.staleness_ms is None or proof.staleness_ms > bound.max_staleness_ms:
+            return False
+    if bound.max_lag_entries is not None:
+        if proof.lag_entries is None or proof.lag_entries > bound.max_lag_entries:
+            return False
+        if proof.confirmation_age_ms is None or proof.confirmation_age_ms > max_confirmation_age_ms:
+            return False
+    return True

@@ -1,0 +1,115 @@
+"""A node's settings, from flags and/or a TOML file (flags win)."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting that makes no sense; the message is one line meant for the operator."""
+
+
+def parse_peers(spec: str) -> dict[int, str]:
+    """`1=127.0.0.1:7001,2=127.0.0.1:7002` -> {1: '127.0.0.1:7001', 2: ...} (like etcd's --initial-cluster)."""
+    peers: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "=" not in part:
+            raise ConfigError(f"peer {part!r} must look like ID=HOST:PORT")
+        nid, addr = part.split("=", 1)
+        try:
+            node_id = int(nid)
+        except ValueError:
+            raise ConfigError(f"peer id {nid!r} is not a number") from None
+        if node_id <= 0:
+            raise ConfigError(f"peer id {node_id} must be >= 1")
+        if ":" not in addr:
+            raise ConfigError(f"peer address {addr!r} must be HOST:PORT")
+        if node_id in peers:
+            raise ConfigError(f"peer id {node_id} appears twice")
+        peers[node_id] = addr
+    return peers
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    id: int = 0
+    data_dir: str = ""
+    listen: str = "127.0.0.1:7001"
+    """gRPC address for clients (KV, Admin) and peers (Raft)."""
+    advertise: str = ""
+    """Address other nodes and clients should use (defaults to `listen`)."""
+    metrics_listen: str = ""
+    """host:port for plaintext HTTP /metrics and /health ("" = off)."""
+    peers: dict[int, str] = field(default_factory=dict)
+    """Founding members (id -> address). Empty with `join` for a node added to a running cluster."""
+    join: bool = False
+    """Start empty and wait to be added by `kv members add` instead of founding a cluster."""
+    tick_ms: int = 50
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    lease_reads: bool = False
+    """Allow `lease` reads (opt-in: they depend on bounded clock drift between nodes)."""
+    lease_drift_ticks: int = 2
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1 << 20
+    max_txn_ops: int = 128
+    snapshot_entries: int = 10_000
+    """Take a snapshot and compact the log once this many entries are applied past the last one."""
+    snapshot_keep_entries: int = 1_000
+    """Entries kept after compaction, so a briefly lagging follower still catches up from the log."""
+    semi_sync_min_replicas: int = 1
+    semi_sync_timeout_ms: int = 1000
+    sync_timeout_ms: int = 5000
+    lag_critical_entries: int = 10_000
+    lag_critical_seconds: float = 10.0
+    read_wait_ms: int = 200
+    """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
+    map_size: int = 4 << 30
+    log_format: str = "auto"
+    """auto (readable on a terminal, JSON otherwise), json or console."""
+    log_level: str = "info"
+
+    @property
+    def address(self) -> str:
+        return self.advertise or self.listen
+
+    def validate(self) -> None:
+        if self.id <= 0:
+            raise ConfigError("--id must be a positive integer")
+        if not self.data_dir:
+            raise ConfigError("--data-dir is required")
+        if self.join and self.peers:
+            raise ConfigError("--join and --peers do not go together: a joining node learns members from the leader")
+        if not self.join:
+            if not self.peers:
+                self.peers = {self.id: self.address}
+            if self.id not in self.peers:
+                raise ConfigError(f"--peers does not list this node's id {self.id}")
+        if self.tick_ms <= 0:
+            raise ConfigError("--tick-ms must be > 0")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError("--election-ticks must be greater than --heartbeat-ticks")
+        if not 0 <= self.lease_drift_ticks < self.election_ticks:
+            raise ConfigError("--lease-drift-ticks must be in [0, election-ticks)")
+        if self.max_key_bytes <= 0 or self.max_value_bytes <= 0:
+            raise ConfigError("size limits must be positive")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError("--log-format must be auto, json or console")
+
+    @staticmethod
+    def from_file(path: str | Path) -> dict[str, object]:
+        """Settings from a TOML file, as a dict of field values (unknown keys are an error)."""
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        known = {f.name for f in fields(ServerConfig)}
+        out: dict[str, object] = {}
+        for k, v in raw.items():
+            key = k.replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"unknown setting {k!r} in {path}")
+            out[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
+        return out

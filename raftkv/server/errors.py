@@ -1,0 +1,54 @@
+"""Errors the host raises to services; the API maps each to one gRPC status."""
+
+from __future__ import annotations
+
+
+class HostError(Exception):
+    """Base of host errors; `retryable` tells the client whether trying again is safe."""
+
+    retryable = False
+
+
+class NotLeader(HostError):
+    """Writes and linearizable reads must go to the leader. Carries where it is, if known."""
+
+    retryable = True
+
+    def __init__(self, leader_id: int, leader_address: str) -> None:
+        where = f"node {leader_id} at {leader_address}" if leader_id else "unknown (election in progress)"
+        super().__init__(f"this node is not the leader; leader: {where}")
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class ProposalLost(HostError):
+    """The entry was overwritten by a new leader before it committed: it was NOT applied. Safe to retry."""
+
+    retryable = True
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"write at index {index} was discarded by a leader change before it committed; retry")
+        self.index = index
+
+
+class LeadershipLost(HostError):
+    """A read's leadership round was interrupted by a leader change. Safe to retry."""
+
+    retryable = True
+
+
+class ShuttingDown(HostError):
+    retryable = True
+
+
+class SyncTimeout(HostError):
+    """A `sync` write did not reach every member of the sync set by the deadline. It IS committed."""
+
+    def __init__(self, index: int, term: int, confirmed_by: list[int]) -> None:
+        super().__init__(
+            f"sync write committed at index {index} but not confirmed by every sync member before the deadline; "
+            f"confirmed by {confirmed_by}"
+        )
+        self.index = index
+        self.term = term
+        self.confirmed_by = confirmed_by

@@ -1,0 +1,622 @@
+"""NodeHost: the one asyncio loop that drives a node.
+
+The loop waits for something to happen (a peer message, a client request, a tick), steps everything that
+arrived into the core at once, then works through the core's Ready: send what can go now, persist (fsync,
+in a worker thread), send what had to wait for durability, apply committed entries, answer waiting
+requests, advance. Whatever arrives while an fsync is in progress is taken in the next round, so one
+fsync covers many writes (group commit) and one quorum round covers many reads.
+
+Client-facing work never touches the core directly: services call `write`, `read_barrier`, `change_member`
+and friends, which queue the request and wake the loop. The loop is the only code that calls the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from ..core import (
+    NONE,
+    ConfChange,
+    ConfChangeRejected,
+    Config,
+    Message,
+    MessageType,
+    ProposalDropped,
+    RaftNode,
+    Ready,
+    StateRole,
+)
+from ..layers.acks import AckLevel, AckOutcome, AckRequest, DurabilityWaiters, confirmed_members
+from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
+from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
+from .config import ServerConfig
+from .errors import LeadershipLost, NotLeader, ProposalLost, ShuttingDown, SyncTimeout
+from .members import MemberInfo, MemberRegistry
+from .metrics import Metrics
+from .store import NodeStore
+
+log = structlog.get_logger("raftkv.host")
+
+RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
+
+
+@dataclass(slots=True)
+class WriteOutcome:
+    index: int
+    term: int
+    result: Any
+    ack: AckOutcome
+    latency_s: float
+
+
+@dataclass(slots=True)
+class _Proposal:
+    data: bytes
+    placed: asyncio.Future[tuple[int, int]]
+
+
+@dataclass(slots=True)
+class _ConfRequest:
+    change: ConfChange
+    placed: asyncio.Future[tuple[int, int]]
+
+
+@dataclass(order=True, slots=True)
+class _IndexWaiter:
+    index: int
+    seq: int
+    future: asyncio.Future[None] = field(compare=False)
+
+
+class NodeHost:
+    def __init__(self, cfg: ServerConfig, store: NodeStore, transport: Any, metrics: Metrics,
+                 seed: int | None = None) -> None:
+        import random
+
+        self.cfg = cfg
+        self.store = store
+        self.transport = transport
+        self.metrics = metrics
+        self.members = MemberRegistry(store)
+        core_cfg = Config(
+            id=cfg.id,
+            election_tick=cfg.election_ticks,
+            heartbeat_tick=cfg.heartbeat_ticks,
+            lease_drift_ticks=cfg.lease_drift_ticks,
+            applied=store.applied_index(),
+            rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
+        )
+        self.node = RaftNode(core_cfg, store.log)
+        self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
+        self.durability = DurabilityWaiters()
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
+        self._wake = asyncio.Event()
+        self._inbox: deque[Message] = deque()
+        self._proposals: deque[_Proposal] = deque()
+        self._conf_requests: deque[_ConfRequest] = deque()
+        self._reads: list[asyncio.Future[int]] = []
+        self._read_batches: dict[bytes, list[asyncio.Future[int]]] = {}
+        self._read_seq = itertools.count(1)
+        self._apply_waiters: dict[int, tuple[int, asyncio.Future[Any]]] = {}
+        self._persist_waiters: dict[int, tuple[int, asyncio.Future[None]]] = {}
+        self._applied_heap: list[_IndexWaiter] = []
+        self._heap_seq = itertools.count()
+        self._local_ops: deque[Callable[[], None]] = deque()
+        self._ticks_due = 0
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._persisted_index = store.log.last_index()
+        self.applied = store.applied_index()
+        self.leader_changes = 0
+        self._last_leader = NONE
+        self._last_lag_check = 0.0
+        self._known_commit = 0
+        self.read_rounds = 0  # ReadIndex requests issued to the core (batches, not individual reads)
+        self.reads_served = 0
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle
+    # ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.members.load(self.cfg.peers)
+        for nid, info in self.members.all().items():
+            if nid != self.cfg.id and info.address:
+                self.transport.add_peer(nid, info.address)
+        loop = asyncio.get_running_loop()
+        self._schedule_tick(loop)
+        self._loop_task = asyncio.create_task(self._run(), name=f"raftkv-host-{self.cfg.id}")
+        log.info("node started", id=self.cfg.id, applied=self.applied, last_index=self.store.log.last_index(),
+                 term=self.node.term, members=sorted(self.members.all()))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._wake.set()
+        if self._loop_task is not None:
+            try:
+                await asyncio.wait_for(self._loop_task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._loop_task.cancel()
+        self._fail_everything(ShuttingDown("node is shutting down"))
+        self._io.shutdown(wait=True)
+
+    def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        def fire() -> None:
+            self._ticks_due += 1
+            self._wake.set()
+            if not self._stopping:
+                self._tick_handle = loop.call_later(self.cfg.tick_ms / 1000, fire)
+
+        self._tick_handle = loop.call_later(self.cfg.tick_ms / 1000, fire)
+
+    # ------------------------------------------------------------------------------------------
+    # Inputs from the transport
+    # ------------------------------------------------------------------------------------------
+    def deliver(self, msg: Message) -> None:
+        """Called by the transport for every message from a peer (on the loop's thread)."""
+        self._inbox.append(msg)
+        self._wake.set()
+
+    def peer_unreachable(self, node_id: int) -> None:
+        self._local_ops.append(lambda: self.node.report_unreachable(node_id))
+        self._wake.set()
+
+    # ------------------------------------------------------------------------------------------
+    # Views for services
+    # ------------------------------------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self.node.role == StateRole.LEADER
+
+    @property
+    def leader_id(self) -> int:
+        return self.node.leader_id
+
+    def leader_address(self) -> str:
+        info = self.members.get(self.node.leader_id)
+        return info.address if info else ""
+
+    def not_leader(self) -> NotLeader:
+        return NotLeader(self.node.leader_id, self.leader_address())
+
+    def staleness_proof(self) -> StalenessProof:
+        if self.is_leader and self.node.lease_valid():
+            return LEADER_PROOF
+        return prove_staleness(self.node.freshness(), self.applied, time.monotonic_ns())
+
+    def lease_valid(self) -> bool:
+        return self.cfg.lease_reads and self.is_leader and self.node.lease_valid()
+
+    def follower_lags(self) -> list[FollowerLag]:
+        if not self.is_leader:
+            return []
+        lags, _ = self._compute_lag(time.monotonic())
+        return lags
+
+    def match_indexes(self) -> dict[int, int]:
+        """Who durably holds what: followers' match, and our own persisted index."""
+        st = self.node.status()
+        match = {nid: p.match for nid, p in st.progress.items() if nid != self.cfg.id}
+        match[self.cfg.id] = self._persisted_index
+        return match
+
+    # ------------------------------------------------------------------------------------------
+    # Writes
+    # ------------------------------------------------------------------------------------------
+    async def write(self, data: bytes, ack: AckRequest, needs_result: bool = True) -> WriteOutcome:
+        """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout."""
+        if not self.is_leader:
+            raise self.not_leader()
+        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        placed: asyncio.Future[tuple[int, int]] = loop.create_future()
+        self._proposals.append(_Proposal(data, placed))
+        self._wake.set()
+        index, term = await placed
+        level = ack.level
+        if level == AckLevel.LEADER and not needs_result:
+            fut: asyncio.Future[None] = loop.create_future()
+            if self._persisted_index >= index:
+                fut.set_result(None)
+            else:
+                self._persist_waiters[index] = (term, fut)
+            await fut
+            return WriteOutcome(index, term, None, AckOutcome(AckLevel.LEADER, False, [self.cfg.id]),
+                                time.monotonic() - started)
+        result = await self._await_apply(index, term)
+        if level in (AckLevel.LEADER, AckLevel.MAJORITY):
+            # A leader-level write whose result is needed (a transaction) is answered after commit.
+            outcome = AckOutcome(AckLevel.MAJORITY, False, confirmed_members(index, self.match_indexes()))
+            return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+        outcome = await self._await_durable(index, ack)
+        if outcome.timed_out:
+            raise SyncTimeout(index, term, outcome.confirmed_by)
+        if level == AckLevel.SEMI_SYNC:
+            self.metrics.semi_sync_degraded(outcome.degraded)
+        return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+
+    def _await_apply(self, index: int, term: int) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._apply_waiters[index] = (term, fut)
+        return fut
+
+    def _await_durable(self, index: int, ack: AckRequest) -> asyncio.Future[AckOutcome]:
+        now = time.monotonic()
+        if ack.level == AckLevel.SYNC:
+            members = self.members.sync_set(self.node.conf)
+            need = len(members)
+            deadline = now + ack.timeout_ms / 1000
+        else:
+            members = self.members.semi_sync_set(self.node.conf, self.cfg.id)
+            need = min(ack.min_replicas, len(members))
+            deadline = now + ack.timeout_ms / 1000
+        fut = self.durability.add(index, ack.level, members, need, deadline, self.match_indexes(), now)
+        self._wake.set()
+        return fut
+
+    # ------------------------------------------------------------------------------------------
+    # Reads
+    # ------------------------------------------------------------------------------------------
+    async def read_index(self) -> int:
+        """A linearizable read point (ReadIndex); concurrent callers share one quorum round."""
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads.append(fut)
+        self._wake.set()
+        return await fut
+
+    async def wait_applied(self, index: int) -> None:
+        if self.applied >= index:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._applied_heap, _IndexWaiter(index, next(self._heap_seq), fut))
+        await fut
+
+    async def linearizable_barrier(self) -> int:
+        """Wait until this node may serve a linearizable read; returns the read index."""
+        idx = await self.read_index()
+        await self.wait_applied(idx)
+        self.reads_served += 1
+        return idx
+
+    # ------------------------------------------------------------------------------------------
+    # Membership and leadership
+    # ------------------------------------------------------------------------------------------
+    async def change_member(self, change: ConfChange) -> tuple[int, int]:
+        """Propose a membership change and wait until it is applied here."""
+        if not self.is_leader:
+            raise self.not_leader()
+        placed: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+        self._conf_requests.append(_ConfRequest(change, placed))
+        self._wake.set()
+        index, term = await placed
+        await self._await_apply(index, term)
+        return index, term
+
+    async def transfer_leader(self, target: int) -> None:
+        if target not in self.node.conf.voters:
+            raise ConfChangeRejected(f"node {target} is not a voter")
+        self._local_ops.append(lambda: self.node.transfer_leader(target))
+        self._wake.set()
+
+    async def snapshot_now(self) -> int:
+        """Take a snapshot at the applied index and compact the log; returns the snapshot index."""
+        loop = asyncio.get_running_loop()
+        applied = self.applied
+        conf = self.node.conf_as_of(applied)
+        members = self.members.encode()
+        await loop.run_in_executor(self._io, self.store.snapshot_and_compact, applied, conf, members,
+                                   self.cfg.snapshot_keep_entries)
+        return applied
+
+    # ------------------------------------------------------------------------------------------
+    # The loop
+    # ------------------------------------------------------------------------------------------
+    async def _run(self) -> None:
+        try:
+            while not self._stopping:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._stopping:
+                    break
+                self._take_inputs()
+                while self.node.has_ready() and not self._stopping:
+                    await self._handle_ready(self.node.ready())
+                    self._take_inputs()
+                self._after_round()
+        except Exception:
+            log.exception("host loop crashed; stopping the node")
+            self._fail_everything(ShuttingDown("node stopped after an internal error"))
+            raise
+
+    def _take_inputs(self) -> None:
+        node = self.node
+        now = time.monotonic()
+        ticks, self._ticks_due = self._ticks_due, 0
+        for _ in range(ticks):
+            node.tick()
+        inbox = self._inbox
+        leader = self.is_leader
+        while inbox:
+            m = inbox.popleft()
+            if leader and m.type in RESPONSES:
+                self.lag.heard_from(m.frm, m.applied, now)
+            if m.commit > self._known_commit:
+                self._known_commit = m.commit
+            node.step(m)
+        while self._local_ops:
+            try:
+                self._local_ops.popleft()()
+            except ProposalDropped:
+                pass
+        if self._proposals:
+            self._place_proposals()
+        if self._conf_requests:
+            self._place_conf_changes()
+        if self._reads:
+            self._start_read_round()
+
+    def _place_proposals(self) -> None:
+        batch = list(self._proposals)
+        self._proposals.clear()
+        live = [p for p in batch if not p.placed.done()]
+        if not live:
+            return
+        try:
+            first, _ = self.node.propose_many([p.data for p in live])
+        except ProposalDropped:
+            err = self.not_leader()
+            for p in live:
+                p.placed.set_exception(err)
+            return
+        term = self.node.term
+        for i, p in enumerate(live):
+            p.placed.set_result((first + i, term))
+        self.metrics.proposals_pending.inc(len(live))
+
+    def _place_conf_changes(self) -> None:
+        while self._conf_requests:
+            req = self._conf_requests.popleft()
+            if req.placed.done():
+                continue
+            try:
+                idx = self.node.propose_conf_change(req.change)
+            except ProposalDropped:
+                req.placed.set_exception(self.not_leader())
+            except ConfChangeRejected as e:
+                req.placed.set_exception(e)
+            else:
+                req.placed.set_result((idx, self.node.term))
+
+    def _start_read_round(self) -> None:
+        batch, self._reads = self._reads, []
+        batch = [f for f in batch if not f.done()]
+        if not batch:
+            return
+        ctx = self.cfg.id.to_bytes(8, "big") + next(self._read_seq).to_bytes(8, "big")
+        try:
+            self.node.read_index(ctx)
+        except ProposalDropped:
+            err = self.not_leader()
+            for f in batch:
+                f.set_exception(err)
+            return
+        self.read_rounds += 1
+        self._read_batches[ctx] = batch
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd)
+        if rd.messages:
+            self._stamp(rd.messages)
+            self.transport.send(rd.messages)
+            self._report_snapshots(rd.messages)
+        if self.is_leader and rd.entries:
+            self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            t0 = time.perf_counter()
+            await loop.run_in_executor(self._io, self.store.save, rd.hard_state, rd.entries, rd.snapshot)
+            self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+            if rd.snapshot is not None:
+                self.applied = rd.snapshot.meta.index
+                self.members.replace_from_snapshot(self.store.snapshot_members())
+                self._sync_transport_peers()
+                log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
+            if rd.entries:
+                self._persisted_index = rd.entries[-1].index
+                self._release_persist_waiters(rd)
+        if rd.persisted_messages:
+            self._stamp(rd.persisted_messages)
+            self.transport.send(rd.persisted_messages)
+        if rd.committed_entries:
+            await self._apply(rd)
+        for rs in rd.read_states:
+            for fut in self._read_batches.pop(rs.context, []):
+                if not fut.done():
+                    fut.set_result(rs.index)
+        self.node.advance(rd)
+
+    def _stamp(self, msgs: list[Message]) -> None:
+        stamp = time.monotonic_ns()
+        applied = self.applied
+        for m in msgs:
+            if m.type in RESPONSES:
+                m.stamp = stamp
+                m.applied = applied
+
+    def _report_snapshots(self, msgs: list[Message]) -> None:
+        # The transport has accepted the snapshot; the follower's answer (or its absence, noticed by the
+        # heartbeat that follows) tells the leader what happened next.
+        for m in msgs:
+            if m.type == MessageType.SNAP:
+                self._local_ops.append(lambda to=m.to: self.node.report_snapshot(to, True))
+                self._wake.set()
+
+    def _release_persist_waiters(self, rd: Ready) -> None:
+        if not self._persist_waiters:
+            return
+        terms = {e.index: e.term for e in rd.entries}
+        for idx in [i for i in self._persist_waiters if i <= self._persisted_index]:
+            term, fut = self._persist_waiters.pop(idx)
+            if fut.done():
+                continue
+            if terms.get(idx, term) == term:
+                fut.set_result(None)
+            else:
+                fut.set_exception(ProposalLost(idx))
+
+    async def _apply(self, rd: Ready) -> None:
+        loop = asyncio.get_running_loop()
+        entries = rd.committed_entries
+        t0 = time.perf_counter()
+        member_changes = self.members.changes_in(entries)
+        results = await loop.run_in_executor(self._io, self.store.apply, entries, rd.conf_state,
+                                             self.members.encode_after(member_changes))
+        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
+        self.applied = entries[-1].index
+        if member_changes:
+            self.members.apply(member_changes, self.node.conf)
+            self._sync_transport_peers()
+        applied_here = 0
+        for e, res in zip(entries, results, strict=True):
+            waiter = self._apply_waiters.pop(e.index, None)
+            if waiter is None:
+                continue
+            term, fut = waiter
+            applied_here += 1
+            if fut.done():
+                continue
+            if e.term != term:
+                fut.set_exception(ProposalLost(e.index))
+            elif isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+        self.metrics.proposals_committed.inc(len(entries))
+        self.metrics.proposals_applied.inc(len(entries))
+        if applied_here:
+            self.metrics.proposals_pending.dec(applied_here)
+        heap = self._applied_heap
+        while heap and heap[0].index <= self.applied:
+            w = heapq.heappop(heap)
+            if not w.future.done():
+                w.future.set_result(None)
+        if self.applied - self.store.snapshot_index() >= self.cfg.snapshot_entries:
+            await self.snapshot_now()
+
+    def _sync_transport_peers(self) -> None:
+        members = self.members.all()
+        for nid, info in members.items():
+            if nid != self.cfg.id and info.address:
+                self.transport.add_peer(nid, info.address)
+        for nid in self.transport.peer_ids():
+            if nid not in members:
+                self.transport.remove_peer(nid)
+
+    def _on_soft_state(self, rd: Ready) -> None:
+        ss = rd.soft_state
+        assert ss is not None
+        if ss.leader != self._last_leader:
+            if ss.leader != NONE:
+                self.leader_changes += 1
+                self.metrics.leader_changes.inc()
+            log.info("leader changed", leader=ss.leader, term=self.node.term, role=ss.role.name.lower())
+            # Reads waiting on a ReadIndex round of the old leader will never be answered: fail them now
+            # (retryable), rather than letting them run into their deadline.
+            batches, self._read_batches = self._read_batches, {}
+            err = LeadershipLost("leadership changed during the read; retry")
+            for futs in batches.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(err)
+            self._last_leader = ss.leader
+        self.metrics.has_leader.set(1 if ss.leader != NONE else 0)
+        self.metrics.is_leader.set(1 if ss.role == StateRole.LEADER else 0)
+        if ss.role != StateRole.LEADER:
+            self.durability.update(self.match_indexes(), time.monotonic())
+
+    def _after_round(self) -> None:
+        now = time.monotonic()
+        if self.is_leader:
+            if self.durability:
+                self.durability.update(self.match_indexes(), now)
+            if now - self._last_lag_check >= 0.5:
+                self._last_lag_check = now
+                self._compute_lag(now)
+        nxt = self.durability.next_deadline()
+        if nxt is not None:
+            asyncio.get_running_loop().call_later(max(0.0, nxt - now) + 0.001, self._wake.set)
+
+    def _compute_lag(self, now: float) -> tuple[list[FollowerLag], list[Any]]:
+        st = self.node.status()
+        progress = {nid: (p.match, p.next, p.state, p.is_learner) for nid, p in st.progress.items()
+                    if nid != self.cfg.id}
+        lags, transitions = self.lag.compute(progress, st.last_index, st.commit, now)
+        for t in transitions:
+            if t.critical:
+                log.warning("replication lag critical", follower=t.id, lag_entries=t.lag.lag_entries,
+                            flush_lag_seconds=round(t.lag.flush_lag_seconds, 3))
+            else:
+                log.info("replication lag recovered", follower=t.id, lag_entries=t.lag.lag_entries)
+        self.metrics.observe_lag(lags)
+        return lags, transitions
+
+    def _fail_everything(self, err: Exception) -> None:
+        for p in self._proposals:
+            if not p.placed.done():
+                p.placed.set_exception(err)
+        self._proposals.clear()
+        for r in self._conf_requests:
+            if not r.placed.done():
+                r.placed.set_exception(err)
+        self._conf_requests.clear()
+        for f in self._reads:
+            if not f.done():
+                f.set_exception(err)
+        self._reads = []
+        for futs in self._read_batches.values():
+            for f in futs:
+                if not f.done():
+                    f.set_exception(err)
+        self._read_batches = {}
+        for _, fut in list(self._apply_waiters.values()) + list(self._persist_waiters.values()):
+            if not fut.done():
+                fut.set_exception(err)
+        self._apply_waiters.clear()
+        self._persist_waiters.clear()
+        for w in self._applied_heap:
+            if not w.future.done():
+                w.future.set_exception(err)
+        self._applied_heap = []
+        self.durability.fail_all(err)
+
+    # ------------------------------------------------------------------------------------------
+    # Member registry helpers for services
+    # ------------------------------------------------------------------------------------------
+    def member_info(self) -> dict[int, MemberInfo]:
+        return self.members.all()
+
+
+def bootstrap_store(store: NodeStore, cfg: ServerConfig) -> None:
+    """Write the founding members into a brand-new store (a no-op when the store already has a log)."""
+    from ..core import ConfState
+
+    if cfg.join or store.log.last_index() > 0:
+        return
+    conf = ConfState(frozenset(cfg.peers), frozenset())
+    contexts = {nid: MemberInfo(addr).encode() for nid, addr in cfg.peers.items()}
+    store.bootstrap(conf, contexts)
+

@@ -1,0 +1,42 @@
+"""What the host needs from a node's durable store: the Raft log (read by the core through LogStorage,
+written by the host), the applied state machine, snapshots, and the member registry.
+
+Every method that writes is called from the host's single I/O thread; reads may come from the event loop
+thread concurrently (LMDB gives each reader a consistent snapshot)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ..core import ConfState, Entry, HardState, LogStorage, Snapshot
+
+
+class NodeStore(Protocol):
+    @property
+    def log(self) -> LogStorage: ...
+
+    def bootstrap(self, conf: ConfState, contexts: dict[int, bytes]) -> None:
+        """Write a founding member's first entries (a no-op on a store that has a log)."""
+        ...
+
+    def save(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None) -> None:
+        """Make one Ready durable: snapshot (installing its state), entries, hard state; then fsync."""
+        ...
+
+    def apply(self, entries: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None) -> list[Any]:
+        """Apply committed entries in one transaction with the applied index (and membership if given).
+        Returns one result per entry (an Exception instance for a command that failed validation)."""
+        ...
+
+    def applied_index(self) -> int: ...
+
+    def snapshot_index(self) -> int: ...
+
+    def snapshot_and_compact(self, applied: int, conf: ConfState, members: dict[int, bytes], keep: int) -> None:
+        ...
+
+    def snapshot_members(self) -> dict[int, bytes]: ...
+
+    def load_members(self) -> dict[int, bytes]: ...
+
+    def close(self) -> None: ...
