@@ -1,0 +1,1 @@
+"""Command-line entry points: `raftkv` (serve, dev) and `kv` (the client tool)."""

@@ -1,0 +1,81 @@
+"""`raftkv serve` runs one node; `raftkv dev` runs a local 3-node cluster in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+
+import click
+
+from ..server.config import ConfigError, ServerConfig, parse_peers
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"Error: {msg}", err=True)
+    sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """raftkv: a Raft-replicated key-value store."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings; flags win.")
+@click.option("--id", "node_id", type=int, help="This node's id (>= 1).")
+@click.option("--data-dir", help="Directory for this node's LMDB data.")
+@click.option("--listen", help="gRPC address for clients and peers, e.g. 127.0.0.1:7001.")
+@click.option("--advertise", help="Address others should use to reach this node (default: --listen).")
+@click.option("--metrics-listen", help="HTTP address for /metrics and /health, e.g. 127.0.0.1:9101.")
+@click.option("--peers", help="Founding members: 1=host:port,2=host:port,3=host:port.")
+@click.option("--join", is_flag=True, default=None, help="Join a running cluster (be added with `kv members add`).")
+@click.option("--tick-ms", type=int, help="Length of one Raft tick in milliseconds (default 50).")
+@click.option("--election-ticks", type=int, help="Election timeout in ticks (default 10).")
+@click.option("--heartbeat-ticks", type=int, help="Heartbeat interval in ticks (default 1).")
+@click.option("--lease-reads/--no-lease-reads", default=None, help="Allow `lease` reads (depends on clock drift).")
+@click.option("--max-key-bytes", type=int, help="Largest key accepted (default 4096).")
+@click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
+@click.option("--snapshot-entries", type=int, help="Snapshot and compact after this many applied entries.")
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
+def serve(config_file: str | None, **flags: object) -> None:
+    """Run one raftkv node until SIGTERM or SIGINT."""
+    try:
+        cfg = build_config(config_file, flags)
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    from ..server.lifecycle import run_node
+
+    sys.exit(run_node(cfg))
+
+
+def build_config(config_file: str | None, flags: dict[str, object]) -> ServerConfig:
+    values: dict[str, object] = ServerConfig.from_file(config_file) if config_file else {}
+    rename = {"node_id": "id"}
+    for k, v in flags.items():
+        if v is None:
+            continue
+        key = rename.get(k, k)
+        values[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
+    known = {f.name for f in fields(ServerConfig)}
+    cfg = ServerConfig(**{k: v for k, v in values.items() if k in known})
+    cfg.validate()
+    return cfg
+
+
+@main.command()
+@click.option("--nodes", default=3, show_default=True, help="How many nodes.")
+@click.option("--data", "data_dir", default="dev-cluster", show_default=True, help="Folder for the nodes' data.")
+@click.option("--base-port", default=7001, show_default=True, help="Node i listens on base-port + i - 1.")
+@click.option("--metrics-base-port", default=9101, show_default=True, help="Node i serves /metrics on this + i - 1.")
+@click.option("--fresh", is_flag=True, help="Delete the data folder first.")
+def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, fresh: bool) -> None:
+    """Run a local cluster on 127.0.0.1 in the foreground; Ctrl-C stops every node cleanly."""
+    from .dev_cluster import run_dev_cluster
+
+    sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh))
+
+
+if __name__ == "__main__":
+    main()
