@@ -57,8 +57,10 @@ class Status:
 
 
 class RaftNode:
-    def __init__(self, config: Config, storage: LogStorage) -> None:
-        self.raft = Raft(config, storage)
+    def __init__(self, config: Config, storage: LogStorage, raft_class: type[Raft] = Raft) -> None:
+        """`raft_class` lets tests run a deliberately altered protocol (e.g. a broken commit rule) to show
+        that the simulator's invariant checks catch it."""
+        self.raft = raft_class(config, storage)
         self._prev_soft = self.raft.soft_state()
         self._prev_hard = self.raft.hard_state()
         self._in_flight: Ready | None = None
