@@ -648,8 +648,8 @@ class Raft:
             # Defence in depth: only a follower installs a snapshot.
             self.become_follower(self.term + 1, NONE)
             return False
-        if self.id not in meta.conf.members():
-            return False
+        # No check that we are in the snapshot's membership: a node removed and later added back can be
+        # sent a snapshot taken while it was out; the entries after the snapshot add it back.
         if self.log.match_term(meta.index, meta.term):
             # We already hold everything the snapshot covers: just learn that it is committed.
             self.log.commit_to(meta.index)

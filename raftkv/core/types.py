@@ -228,7 +228,9 @@ class Ready:
     """One batch of work for the host, in the order it must be done:
 
     1. persist `snapshot` (if any), then `entries`, then `hard_state` (if any) -- durably (fsync);
-    2. send `messages` (safe to send before or after persisting);
+    2. send `messages` (safe to send before or after persisting); for each SNAP message, call
+       `RaftNode.report_snapshot(to, ok)` once the transport has sent it (ok) or given up (not ok),
+       or the leader keeps waiting for that follower;
        send `persisted_messages` only after step 1 is durable (votes and append acknowledgements);
     3. apply `committed_entries` to the state machine (conf changes were already taken into account
        by the core; the host records the resulting `conf_state` alongside the applied index);

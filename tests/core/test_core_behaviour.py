@@ -341,3 +341,29 @@ def test_config_validation() -> None:
         Config(id=0).validate()
     with pytest.raises(ValueError):
         Config(id=1, election_tick=1, heartbeat_tick=1).validate()
+
+
+def test_readded_node_installs_snapshot_taken_while_it_was_out() -> None:
+    """Found by the simulator (seed 27): a node removed and added back was sent a snapshot whose
+    membership did not include it, refused it, and the leader resent it forever."""
+    net = Net([1, 2, 3])
+    elect(net, 1)
+    n1 = net.node(1)
+    n1.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, 3))
+    net.stabilize()
+    net.isolate(3)
+    for i in range(5):
+        n1.propose(b"w%d" % i)
+    net.stabilize()
+    applied = n1.raft_log.applied
+    assert 3 not in n1.conf_as_of(applied).members()
+    st = net.nodes[1].storage
+    st.create_snapshot(applied, n1.conf_as_of(applied), b"state")
+    st.compact(applied)
+    net.heal()
+    n1.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 3))
+    net.stabilize()
+    net.tick_all(3)
+    assert net.nodes[3].storage.snapshot().meta.index == applied
+    assert 3 in net.node(3).conf.learners
+    assert net.node(3).raft_log.committed == n1.raft_log.committed
