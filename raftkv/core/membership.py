@@ -60,13 +60,6 @@ class ConfLog:
     def reset(self, base_index: int, base: ConfState) -> None:
         self._history = [(base_index, base)]
 
-    def forget_before(self, index: int) -> None:
-        """Drop history no longer needed: configurations superseded at or before `index` (applied)."""
-        keep = 0
-        for k, (i, _) in enumerate(self._history):
-            if i <= index:
-                keep = k
-        del self._history[:keep]
 
 
 def bootstrap_entries(conf: ConfState, contexts: dict[int, bytes] | None = None) -> tuple[list[Entry], HardState]:

@@ -196,7 +196,6 @@ class RaftNode:
             r.on_persisted(rd.entries[-1])
         if rd.committed_entries:
             r.log.applied_to(rd.committed_entries[-1].index)
-            r.confs.forget_before(r.log.applied)
 
     # -- inspection ------------------------------------------------------------------------------
     def lease_valid(self) -> bool:

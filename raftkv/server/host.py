@@ -311,13 +311,14 @@ class NodeHost:
         self._wake.set()
 
     async def snapshot_now(self) -> int:
-        """Take a snapshot at the applied index and compact the log; returns the snapshot index."""
+        """Snapshot the state machine at the applied index and compact the log, keeping the newest
+        `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot."""
         loop = asyncio.get_running_loop()
         applied = self.applied
-        conf = self.node.conf_as_of(applied)
-        members = self.members.encode()
-        await loop.run_in_executor(self._io, self.store.snapshot_and_compact, applied, conf, members,
-                                   self.cfg.snapshot_keep_entries)
+        compact_to = max(0, applied - self.cfg.snapshot_keep_entries)
+        await loop.run_in_executor(self._io, self.store.snapshot_and_compact, applied, self.node.conf_as_of(applied),
+                                   compact_to, self.node.conf_as_of(compact_to))
+        log.info("snapshot taken", index=applied, compacted_through=compact_to)
         return applied
 
     # ------------------------------------------------------------------------------------------
@@ -426,9 +427,14 @@ class NodeHost:
             self._report_snapshots(rd.messages)
         if self.is_leader and rd.entries:
             self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None or rd.committed_entries:
+            # One transaction, one fsync: the Ready's snapshot, entries and hard state, and its committed
+            # entries applied together with the applied index (they are committed cluster-wide already).
+            member_changes = self.members.changes_in(rd.committed_entries)
             t0 = time.perf_counter()
-            await loop.run_in_executor(self._io, self.store.save, rd.hard_state, rd.entries, rd.snapshot)
+            results = await loop.run_in_executor(
+                self._io, self.store.save_and_apply, rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries,
+                rd.conf_state, self.members.encode_after(member_changes))
             self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
             if rd.snapshot is not None:
                 self.applied = rd.snapshot.meta.index
@@ -438,11 +444,14 @@ class NodeHost:
             if rd.entries:
                 self._persisted_index = rd.entries[-1].index
                 self._release_persist_waiters(rd)
-        if rd.persisted_messages:
+            if rd.persisted_messages:
+                self._stamp(rd.persisted_messages)
+                self.transport.send(rd.persisted_messages)
+            if rd.committed_entries:
+                await self._after_apply(rd, results, member_changes)
+        elif rd.persisted_messages:
             self._stamp(rd.persisted_messages)
             self.transport.send(rd.persisted_messages)
-        if rd.committed_entries:
-            await self._apply(rd)
         for rs in rd.read_states:
             for fut in self._read_batches.pop(rs.context, []):
                 if not fut.done():
@@ -478,14 +487,8 @@ class NodeHost:
             else:
                 fut.set_exception(ProposalLost(idx))
 
-    async def _apply(self, rd: Ready) -> None:
-        loop = asyncio.get_running_loop()
+    async def _after_apply(self, rd: Ready, results: list[Any], member_changes: list[ConfChange]) -> None:
         entries = rd.committed_entries
-        t0 = time.perf_counter()
-        member_changes = self.members.changes_in(entries)
-        results = await loop.run_in_executor(self._io, self.store.apply, entries, rd.conf_state,
-                                             self.members.encode_after(member_changes))
-        self.metrics.apply_seconds.observe(time.perf_counter() - t0)
         self.applied = entries[-1].index
         if member_changes:
             self.members.apply(member_changes, self.node.conf)

@@ -19,20 +19,20 @@ class NodeStore(Protocol):
         """Write a founding member's first entries (a no-op on a store that has a log)."""
         ...
 
-    def save(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None) -> None:
-        """Make one Ready durable: snapshot (installing its state), entries, hard state; then fsync."""
-        ...
-
-    def apply(self, entries: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None) -> list[Any]:
-        """Apply committed entries in one transaction with the applied index (and membership if given).
-        Returns one result per entry (an Exception instance for a command that failed validation)."""
+    def save_and_apply(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
+                       committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
+                       ) -> list[Any]:
+        """Make one Ready durable in one transaction and one fsync: snapshot (installing its state), entries
+        (truncating a conflicting suffix), hard state, and the committed entries applied with the applied
+        index (and membership, if given). Returns one result per committed entry (an Exception instance
+        for a command that failed validation)."""
         ...
 
     def applied_index(self) -> int: ...
 
     def snapshot_index(self) -> int: ...
 
-    def snapshot_and_compact(self, applied: int, conf: ConfState, members: dict[int, bytes], keep: int) -> None:
+    def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
         ...
 
     def snapshot_members(self) -> dict[int, bytes]: ...

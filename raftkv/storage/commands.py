@@ -1,0 +1,150 @@
+"""State-machine commands: what a client write becomes in the log. msgpack-encoded, validated by the API
+before proposing, and applied deterministically by every node.
+
+A key-value is reported as (key, value, create_revision, mod_revision, version), etcd's model: the
+revision of a change is the log index of the entry that made it; version counts puts since creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+TARGETS = ("value", "version", "create", "mod", "exists")
+RESULTS = ("=", "!=", "<", ">")
+
+
+@dataclass(slots=True, frozen=True)
+class Put:
+    key: bytes
+    value: bytes
+    prev_kv: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Delete:
+    key: bytes
+    range_end: bytes = b""
+    prev_kv: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Range:
+    key: bytes
+    range_end: bytes = b""
+    limit: int = 0
+    keys_only: bool = False
+    count_only: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class Compare:
+    key: bytes
+    target: str  # one of TARGETS
+    result: str  # one of RESULTS
+    operand: Any  # bytes for value; int for version/create/mod; bool for exists
+
+
+@dataclass(slots=True, frozen=True)
+class Txn:
+    compares: tuple[Compare, ...] = ()
+    success: tuple[Put | Delete | Range, ...] = ()
+    failure: tuple[Put | Delete | Range, ...] = ()
+
+
+Command = Put | Delete | Txn
+
+
+@dataclass(slots=True)
+class KV:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+
+
+@dataclass(slots=True)
+class PutResult:
+    revision: int
+    prev: KV | None = None
+
+
+@dataclass(slots=True)
+class DeleteResult:
+    revision: int
+    deleted: int
+    prev: list[KV] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RangeResult:
+    kvs: list[KV]
+    count: int
+    more: bool
+
+
+@dataclass(slots=True)
+class TxnResult:
+    revision: int
+    succeeded: bool
+    results: list[PutResult | DeleteResult | RangeResult]
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range_end that selects every key starting with `prefix` (etcd's rule; b"\\0" = to the end)."""
+    b = bytearray(prefix)
+    while b:
+        if b[-1] < 0xFF:
+            b[-1] += 1
+            return bytes(b)
+        b.pop()
+    return b"\0"
+
+
+def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
+    if isinstance(op, Put):
+        return ["p", op.key, op.value, op.prev_kv]
+    if isinstance(op, Delete):
+        return ["d", op.key, op.range_end, op.prev_kv]
+    return ["r", op.key, op.range_end, op.limit, op.keys_only, op.count_only]
+
+
+def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
+    kind = w[0]
+    if kind == "p":
+        return Put(w[1], w[2], bool(w[3]))
+    if kind == "d":
+        return Delete(w[1], w[2], bool(w[3]))
+    if kind == "r":
+        return Range(w[1], w[2], int(w[3]), bool(w[4]), bool(w[5]))
+    raise ValueError(f"unknown operation {kind!r}")
+
+
+def encode(cmd: Command) -> bytes:
+    if isinstance(cmd, Txn):
+        body = ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
+                [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
+    else:
+        body = _op_to_wire(cmd)
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(data: bytes) -> Command:
+    try:
+        w = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException) as e:
+        raise ValueError(f"undecodable command: {e}") from None
+    if not isinstance(w, list) or not w:
+        raise ValueError("malformed command")
+    if w[0] == "t":
+        compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
+        for c in compares:
+            if c.target not in TARGETS or c.result not in RESULTS:
+                raise ValueError(f"bad compare {c.target} {c.result}")
+        return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
+    op = _op_from_wire(w)
+    if isinstance(op, Range):
+        raise ValueError("a range is a read, not a command")
+    return op

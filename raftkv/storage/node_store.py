@@ -1,0 +1,412 @@
+"""LmdbNodeStore: one LMDB environment per node, with named sub-databases:
+
+- `log`: u64 big-endian index -> msgpack [term, type, data, crc32]; the crc covers index, term, type and
+  data and is verified on every read, so a flipped bit is reported, never replicated or applied;
+- `meta`: format version, node id, cluster id, hard state, applied record (index + membership as of
+  it), compaction point, snapshot metadata;
+- `kv`: the key-value state machine (see state_machine.py);
+- `members`: member id -> address and replication marks;
+- `snap`: the latest snapshot's data.
+
+Writes come from the host's single I/O thread: `save_and_apply` makes one Ready durable -- snapshot,
+entries, hard state, and the committed entries applied with their applied index -- in one transaction
+and one fsync. Reads (the core's LogStorage calls, client reads) may run concurrently on the event-loop
+thread: LMDB gives every read transaction a consistent view.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import threading
+import zlib
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from ..core import (
+    CompactedError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Snapshot,
+    SnapshotMeta,
+    UnavailableError,
+    bootstrap_entries,
+)
+from ..core.storage import limit_size
+from . import commands, state_machine
+from .commands import KV, Range, RangeResult
+from .errors import CorruptionError, ForeignDataError, StorageError
+
+FORMAT = b"raftkv-1"
+VERIFY_TAIL = 1000
+_U64 = struct.Struct(">Q")
+_CRC_HEAD = struct.Struct(">QQB")
+
+
+def cluster_id_for(peers: dict[int, str], token: str = "") -> bytes:
+    """A founding cluster's id, the same on every founding node: derived from the founding members (and
+    an optional token to tell apart clusters founded with the same addresses)."""
+    spec = ",".join(f"{nid}={addr}" for nid, addr in sorted(peers.items())) + "|" + token
+    return hashlib.sha256(spec.encode()).digest()[:16]
+
+
+def _key(index: int) -> bytes:
+    return _U64.pack(index)
+
+
+def _crc(index: int, term: int, etype: int, data: bytes) -> int:
+    return zlib.crc32(_CRC_HEAD.pack(index, term, etype) + data)
+
+
+def _conf_to_wire(c: ConfState) -> list[list[int]]:
+    return [sorted(c.voters), sorted(c.learners)]
+
+
+def _conf_from_wire(w: list[list[int]]) -> ConfState:
+    return ConfState(frozenset(w[0]), frozenset(w[1]))
+
+
+class LmdbNodeStore:
+    def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
+                 map_size: int = 4 << 30) -> None:
+        self.path = Path(data_dir)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file = str(self.path / "data.mdb")
+        try:
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=8, subdir=True, sync=True,
+                                 metasync=True, lock=True, max_readers=256, readahead=False)
+        except lmdb.Error as e:
+            raise StorageError(f"{self.path}: cannot open the LMDB environment: {e}") from None
+        self.log_db = self.env.open_db(b"log")
+        self.meta_db = self.env.open_db(b"meta")
+        self.kv_db = self.env.open_db(b"kv")
+        self.members_db = self.env.open_db(b"members")
+        self.snap_db = self.env.open_db(b"snap")
+        self._lock = threading.Lock()
+        self._snapshot_cache: Snapshot | None = None
+        self._init_meta(node_id, cluster_id)
+        self._load_cache()
+        self._verify_tail()
+
+    # ------------------------------------------------------------------------------------------
+    # Opening
+    # ------------------------------------------------------------------------------------------
+    def _init_meta(self, node_id: int, cluster_id: bytes | None) -> None:
+        with self.env.begin(write=True, db=self.meta_db) as txn:
+            fmt = txn.get(b"format")
+            if fmt is None:
+                txn.put(b"format", FORMAT)
+                txn.put(b"node_id", _U64.pack(node_id))
+                if cluster_id:
+                    txn.put(b"cluster_id", cluster_id)
+                self.cluster_id = cluster_id or b""
+                return
+            if bytes(fmt) != FORMAT:
+                raise ForeignDataError(f"{self.file}: unknown data format {bytes(fmt)!r} (expected {FORMAT!r})")
+            stored_id = _U64.unpack(txn.get(b"node_id"))[0]
+            if stored_id != node_id:
+                raise ForeignDataError(f"{self.file}: data belongs to node {stored_id}, not node {node_id}")
+            stored_cluster = txn.get(b"cluster_id")
+            if stored_cluster is not None and cluster_id and bytes(stored_cluster) != cluster_id:
+                raise ForeignDataError(
+                    f"{self.file}: data belongs to cluster {bytes(stored_cluster).hex()}, not {cluster_id.hex()} "
+                    "(a different --peers list founded it)")
+            self.cluster_id = bytes(stored_cluster) if stored_cluster is not None else (cluster_id or b"")
+            if stored_cluster is None and cluster_id:
+                txn.put(b"cluster_id", cluster_id)
+
+    def adopt_cluster_id(self, cluster_id: bytes) -> None:
+        """A joining node learns its cluster id from the first leader that talks to it."""
+        if self.cluster_id:
+            return
+        with self.env.begin(write=True, db=self.meta_db) as txn:
+            txn.put(b"cluster_id", cluster_id)
+        self.cluster_id = cluster_id
+
+    def _load_cache(self) -> None:
+        with self.env.begin() as txn:
+            raw = txn.get(b"compacted", db=self.meta_db)
+            if raw is None:
+                self._compacted = (0, 0, ConfState())
+            else:
+                idx, term, conf = msgpack.unpackb(raw)
+                self._compacted = (idx, term, _conf_from_wire(conf))
+            cur = txn.cursor(db=self.log_db)
+            if cur.last():
+                self._last_index = _U64.unpack(cur.key())[0]
+                self._last_term = self._decode(self._last_index, cur.value()).term
+            else:
+                self._last_index, self._last_term = self._compacted[0], self._compacted[1]
+            hs = txn.get(b"hardstate", db=self.meta_db)
+            self._hard = HardState(*msgpack.unpackb(hs)) if hs is not None else HardState()
+            ap = txn.get(b"applied", db=self.meta_db)
+            if ap is None:
+                self._applied, self._applied_conf = 0, ConfState()
+            else:
+                idx, conf = msgpack.unpackb(ap)
+                self._applied, self._applied_conf = idx, _conf_from_wire(conf)
+
+    def _verify_tail(self) -> None:
+        lo = max(self.first_index(), self._last_index - VERIFY_TAIL + 1)
+        if lo <= self._last_index:
+            self.entries(lo, self._last_index + 1)
+
+    def _decode(self, index: int, raw: bytes) -> Entry:
+        try:
+            term, etype, data, crc = msgpack.unpackb(raw)
+        except (ValueError, msgpack.UnpackException):
+            raise CorruptionError(f"{self.file}: log entry {index} cannot be decoded (data corrupted on disk)") from None
+        if _crc(index, term, etype, data) != crc:
+            raise CorruptionError(f"{self.file}: log entry {index} fails its checksum (data corrupted on disk)")
+        return Entry(term, index, EntryType(etype), data)
+
+    # ------------------------------------------------------------------------------------------
+    # LogStorage (read by the core)
+    # ------------------------------------------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, ConfState]:
+        return self._hard, self._compacted[2]
+
+    def first_index(self) -> int:
+        return self._compacted[0] + 1
+
+    def last_index(self) -> int:
+        return self._last_index
+
+    def term(self, index: int) -> int:
+        c_idx, c_term, _ = self._compacted
+        if index < c_idx:
+            raise CompactedError(index)
+        if index == c_idx:
+            return c_term
+        if index > self._last_index:
+            raise UnavailableError(index)
+        if index == self._last_index:
+            return self._last_term
+        with self.env.begin(db=self.log_db) as txn:
+            raw = txn.get(_key(index))
+        if raw is None:
+            raise CompactedError(index)
+        return self._decode(index, raw).term
+
+    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        if lo < self.first_index():
+            raise CompactedError(lo)
+        if hi > self._last_index + 1:
+            raise UnavailableError(hi)
+        if lo >= hi:
+            return []
+        out: list[Entry] = []
+        size = 0
+        with self.env.begin(db=self.log_db) as txn:
+            cur = txn.cursor()
+            if not cur.set_key(_key(lo)):
+                raise CompactedError(lo)
+            for k, v in cur:
+                idx = _U64.unpack(k)[0]
+                if idx >= hi:
+                    break
+                e = self._decode(idx, v)
+                size += e.size()
+                if out and max_bytes is not None and size > max_bytes:
+                    break
+                out.append(e)
+        return limit_size(out, max_bytes)
+
+    def snapshot(self) -> Snapshot:
+        if self._snapshot_cache is not None:
+            return self._snapshot_cache
+        with self.env.begin() as txn:
+            meta = txn.get(b"snapmeta", db=self.meta_db)
+            data = txn.get(b"data", db=self.snap_db)
+        if meta is None:
+            c_idx, c_term, conf = self._compacted
+            return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
+        idx, term, conf, crc = msgpack.unpackb(meta)
+        blob = bytes(data or b"")
+        if zlib.crc32(blob) != crc:
+            raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
+        self._snapshot_cache = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
+        return self._snapshot_cache
+
+    # ------------------------------------------------------------------------------------------
+    # Host writes
+    # ------------------------------------------------------------------------------------------
+    @property
+    def log(self) -> LmdbNodeStore:
+        return self
+
+    def bootstrap(self, conf: ConfState, contexts: dict[int, bytes]) -> None:
+        if self._last_index > 0 or self._hard.term > 0:
+            return
+        entries, hs = bootstrap_entries(conf, contexts)
+        self.save_and_apply(hs, entries, None, [], None, None)
+
+    def save_and_apply(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
+                       committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
+                       ) -> list[Any]:
+        results: list[Any] = []
+        with self._lock, self.env.begin(write=True) as txn:
+            if snapshot is not None:
+                self._install(txn, snapshot)
+            if entries:
+                first = entries[0].index
+                cur = txn.cursor(db=self.log_db)
+                if first <= self._last_index and cur.set_range(_key(first)):
+                    while cur.delete():  # truncate the conflicting suffix
+                        pass
+                for e in entries:
+                    rec = msgpack.packb([e.term, int(e.type), e.data, _crc(e.index, e.term, int(e.type), e.data)],
+                                        use_bin_type=True)
+                    txn.put(_key(e.index), rec, db=self.log_db, append=False)
+            if hard_state is not None:
+                txn.put(b"hardstate", msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
+                        db=self.meta_db)
+            applied = self._applied
+            if committed:
+                for e in committed:
+                    if e.index <= applied:
+                        results.append(None)
+                        continue
+                    results.append(self._apply_one(txn, e))
+                    applied = e.index
+                new_conf = conf if conf is not None else self._applied_conf
+                txn.put(b"applied", msgpack.packb([applied, _conf_to_wire(new_conf)]), db=self.meta_db)
+            if members is not None:
+                self._write_members(txn, members)
+        # The transaction committed with fsync (sync=True): only now does the cache move.
+        if snapshot is not None:
+            m = snapshot.meta
+            self._compacted = (m.index, m.term, m.conf)
+            self._last_index, self._last_term = m.index, m.term
+            self._applied, self._applied_conf = m.index, m.conf
+            self._snapshot_cache = snapshot
+        if entries:
+            self._last_index, self._last_term = entries[-1].index, entries[-1].term
+        if hard_state is not None:
+            self._hard = hard_state
+        if committed:
+            self._applied = max(self._applied, committed[-1].index)
+            if conf is not None:
+                self._applied_conf = conf
+        return results
+
+    def _apply_one(self, txn: lmdb.Transaction, e: Entry) -> Any:
+        if e.type != EntryType.NORMAL or not e.data:
+            return None
+        try:
+            cmd = commands.decode(e.data)
+        except ValueError as err:
+            return err  # a bad command fails alone; the entry still counts as applied
+        return state_machine.apply_command(txn, self.kv_db, cmd, e.index)
+
+    def _write_members(self, txn: lmdb.Transaction, members: dict[int, bytes]) -> None:
+        txn.drop(self.members_db, delete=False)
+        for nid, info in members.items():
+            txn.put(_U64.pack(nid), info, db=self.members_db)
+
+    def _install(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
+        try:
+            body = msgpack.unpackb(snap.data, strict_map_key=False)
+            kvs, members = body["kv"], body["members"]
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+            raise CorruptionError(f"snapshot at index {snap.meta.index} cannot be decoded: {e}") from None
+        txn.drop(self.kv_db, delete=False)
+        for k, raw in kvs:
+            txn.put(k, raw, db=self.kv_db)
+        self._write_members(txn, {int(k): v for k, v in members.items()})
+        txn.drop(self.log_db, delete=False)
+        m = snap.meta
+        txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
+        txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
+        txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), zlib.crc32(snap.data)]),
+                db=self.meta_db)
+        txn.put(b"data", snap.data, db=self.snap_db)
+
+    def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
+        """Snapshot the state machine at `applied` (which must be the applied index now) and drop log entries
+        up to `compact_to` (<= applied), whose membership is `compact_conf`. Returns the snapshot index."""
+        with self._lock, self.env.begin(write=True) as txn:
+            if applied != self._applied:
+                raise StorageError(f"snapshot at {applied} requested but applied index is {self._applied}")
+            kvs = [[bytes(k), bytes(v)] for k, v in txn.cursor(db=self.kv_db)]
+            members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
+            blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
+            term = self._term_in(txn, applied)
+            txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), zlib.crc32(blob)]),
+                    db=self.meta_db)
+            txn.put(b"data", blob, db=self.snap_db)
+            compact_to = min(compact_to, applied)
+            if compact_to > self._compacted[0]:
+                c_term = self._term_in(txn, compact_to)
+                cur = txn.cursor(db=self.log_db)
+                if cur.first():
+                    while cur.key() and _U64.unpack(cur.key())[0] <= compact_to:
+                        if not cur.delete():
+                            break
+                txn.put(b"compacted", msgpack.packb([compact_to, c_term, _conf_to_wire(compact_conf)]),
+                        db=self.meta_db)
+                new_compacted = (compact_to, c_term, compact_conf)
+            else:
+                new_compacted = self._compacted
+        self._compacted = new_compacted
+        self._snapshot_cache = Snapshot(SnapshotMeta(applied, term, conf), blob)
+        return applied
+
+    def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
+        if index == self._compacted[0]:
+            return self._compacted[1]
+        raw = txn.get(_key(index), db=self.log_db)
+        if raw is None:
+            raise StorageError(f"{self.file}: log entry {index} is missing")
+        return self._decode(index, raw).term
+
+    # ------------------------------------------------------------------------------------------
+    # Reads for the host and clients
+    # ------------------------------------------------------------------------------------------
+    def applied_index(self) -> int:
+        return self._applied
+
+    def applied_conf(self) -> ConfState:
+        return self._applied_conf
+
+    def snapshot_index(self) -> int:
+        return self.snapshot().meta.index
+
+    def compacted_index(self) -> int:
+        return self._compacted[0]
+
+    def hard_state(self) -> HardState:
+        return self._hard
+
+    def _read_members(self, txn: lmdb.Transaction) -> dict[int, bytes]:
+        return {_U64.unpack(k)[0]: bytes(v) for k, v in txn.cursor(db=self.members_db)}
+
+    def load_members(self) -> dict[int, bytes]:
+        with self.env.begin() as txn:
+            return self._read_members(txn)
+
+    def snapshot_members(self) -> dict[int, bytes]:
+        return self.load_members()
+
+    def get(self, key: bytes) -> KV | None:
+        with self.env.begin() as txn:
+            return state_machine.get(txn, self.kv_db, key)
+
+    def range(self, op: Range) -> RangeResult:
+        with self.env.begin() as txn:
+            return state_machine.range_read(txn, self.kv_db, op)
+
+    def db_size(self) -> int:
+        try:
+            return os.path.getsize(self.file)
+        except OSError:
+            return 0
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,228 @@
+"""LmdbNodeStore on real LMDB files: the log, checksums, refusal of foreign data, atomic apply across
+kill -9, the state machine's semantics, and snapshots."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import lmdb
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from raftkv.core import (
+    CompactedError,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    MemoryStorage,
+    UnavailableError,
+)
+from raftkv.storage import CorruptionError, ForeignDataError, LmdbNodeStore, cluster_id_for
+from raftkv.storage.commands import Compare, Delete, Put, Range, Txn, encode, prefix_end
+
+CID = cluster_id_for({1: "a:1", 2: "b:2", 3: "c:3"})
+CONF = ConfState(frozenset({1, 2, 3}))
+
+
+def open_store(path: Path, node_id: int = 1, cid: bytes = CID) -> LmdbNodeStore:
+    return LmdbNodeStore(path, node_id, cid, map_size=64 << 20)
+
+
+def cmd_entries(first: int, term: int, cmds: list) -> list[Entry]:
+    return [Entry(term, first + i, EntryType.NORMAL, encode(c)) for i, c in enumerate(cmds)]
+
+
+def test_log_append_truncate_reopen(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.bootstrap(CONF, {})
+    assert (s.first_index(), s.last_index()) == (1, 3)
+    assert s.hard_state() == HardState(1, 0, 3)
+    s.save_and_apply(HardState(2, 1, 3), [Entry(2, 4, data=b"a"), Entry(2, 5, data=b"b"), Entry(2, 6, data=b"c")],
+                     None, [], None, None)
+    # A new leader overwrites from index 5.
+    s.save_and_apply(None, [Entry(3, 5, data=b"x")], None, [], None, None)
+    assert s.last_index() == 5 and s.term(5) == 3 and s.term(4) == 2
+    assert [e.data for e in s.entries(4, 6)] == [b"a", b"x"]
+    with pytest.raises(UnavailableError):
+        s.entries(4, 7)
+    s.close()
+    s = open_store(tmp_path)
+    assert s.last_index() == 5 and s.hard_state() == HardState(2, 1, 3)
+    assert [e.data for e in s.entries(5, 6)] == [b"x"]
+    assert [e.index for e in s.entries(1, 6, max_bytes=1)] == [1]  # at least one entry despite the limit
+    s.close()
+
+
+def _corrupt_entry(path: Path, index: int) -> None:
+    env = lmdb.open(str(path), max_dbs=8, map_size=64 << 20)
+    db = env.open_db(b"log")
+    with env.begin(write=True, db=db) as txn:
+        key = index.to_bytes(8, "big")
+        term, etype, data, crc = msgpack.unpackb(txn.get(key))
+        txn.put(key, msgpack.packb([term, etype, data[:-1] + bytes([data[-1] ^ 0x01]), crc], use_bin_type=True))
+    env.close()
+
+
+def test_flipped_bit_is_refused_on_read_and_on_open(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.bootstrap(CONF, {})
+    s.save_and_apply(HardState(2, 1, 3), [Entry(2, 4, data=b"payload")], None, [], None, None)
+    s.close()
+    _corrupt_entry(tmp_path, 4)
+    with pytest.raises(CorruptionError) as e:
+        open_store(tmp_path)
+    msg = str(e.value)
+    assert "data.mdb" in msg and "entry 4" in msg and "checksum" in msg and "\n" not in msg
+
+
+def test_foreign_node_or_cluster_is_refused(tmp_path: Path) -> None:
+    open_store(tmp_path).close()
+    with pytest.raises(ForeignDataError, match="node 1, not node 2"):
+        open_store(tmp_path, node_id=2)
+    with pytest.raises(ForeignDataError, match="cluster"):
+        open_store(tmp_path, cid=cluster_id_for({1: "other:1"}))
+    open_store(tmp_path).close()  # the rightful owner still opens it
+
+
+def test_state_machine_semantics(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.bootstrap(CONF, {})
+    ents = cmd_entries(4, 2, [Put(b"a", b"1"), Put(b"a", b"2", prev_kv=True), Put(b"ab", b"3"), Put(b"b", b"4"),
+                              Delete(b"b", prev_kv=True)])
+    res = s.save_and_apply(HardState(2, 1, 8), ents, None, [Entry(1, i) for i in (1, 2, 3)] + ents, CONF, None)
+    assert res[2] is None  # conf/bootstrap entries have no result
+    assert res[3].prev is None and res[4].prev.value == b"1" and res[4].revision == 5
+    assert res[7].deleted == 1 and res[7].prev[0].value == b"4"
+    a = s.get(b"a")
+    assert (a.value, a.create_revision, a.mod_revision, a.version) == (b"2", 4, 5, 2)
+    assert s.get(b"b") is None
+    r = s.range(Range(b"a", prefix_end(b"a")))
+    assert [kv.key for kv in r.kvs] == [b"a", b"ab"] and r.count == 2 and not r.more
+    r = s.range(Range(b"a", b"\0", limit=1, keys_only=True))
+    assert [(kv.key, kv.value) for kv in r.kvs] == [(b"a", b"")] and r.more and r.count == 2
+    assert s.range(Range(b"", b"\0", count_only=True)).count == 2
+    assert s.applied_index() == 8
+
+
+def test_txn_compare_and_swap(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.bootstrap(CONF, {})
+    s.save_and_apply(None, [], None, [Entry(1, i) for i in (1, 2, 3)], CONF, None)
+
+    def cas(index: int, old: bytes, new: bytes):  # noqa: ANN202
+        t = Txn((Compare(b"bal", "value", "=", old),), (Put(b"bal", new),), (Range(b"bal"),))
+        e = cmd_entries(index, 2, [t])
+        return s.save_and_apply(None, e, None, e, None, None)[0]
+
+    first = cmd_entries(4, 2, [Put(b"bal", b"1000")])
+    s.save_and_apply(None, first, None, first, None, None)
+    ok = cas(5, b"1000", b"900")
+    assert ok.succeeded and s.get(b"bal").value == b"900"
+    stale = cas(6, b"1000", b"950")
+    assert not stale.succeeded and stale.results[0].kvs[0].value == b"900" and s.get(b"bal").value == b"900"
+    absent = Txn((Compare(b"nokey", "exists", "=", False), Compare(b"nokey", "version", "=", 0)),
+                 (Put(b"nokey", b"v"),), ())
+    e = cmd_entries(7, 2, [absent])
+    assert s.save_and_apply(None, e, None, e, None, None)[0].succeeded
+    bad = [Entry(2, 8, EntryType.NORMAL, b"\xc1garbage")]
+    res = s.save_and_apply(None, bad, None, bad, None, None)
+    assert isinstance(res[0], ValueError) and s.applied_index() == 8  # a bad command fails alone
+
+
+def test_snapshot_install_reproduces_state(tmp_path: Path) -> None:
+    src = open_store(tmp_path / "a")
+    src.bootstrap(CONF, {1: b"m1"})
+    ents = cmd_entries(4, 2, [Put(b"k%03d" % i, b"v%d" % i) for i in range(50)])
+    src.save_and_apply(HardState(2, 1, 53), ents, None, [Entry(1, i) for i in (1, 2, 3)] + ents, CONF, {1: b"m1"})
+    assert src.snapshot_and_compact(53, CONF, 40, CONF) == 53
+    assert src.first_index() == 41 and src.term(40) == 2
+    with pytest.raises(CompactedError):
+        src.entries(10, 20)
+    snap = src.snapshot()
+    dst = open_store(tmp_path / "b", node_id=2)
+    dst.save_and_apply(HardState(2, 0, 53), [], snap, [], None, None)
+    assert dst.applied_index() == 53 and dst.first_index() == 54 and dst.last_index() == 53
+    assert dst.range(Range(b"", b"\0")).kvs == src.range(Range(b"", b"\0")).kvs
+    assert dst.load_members() == {1: b"m1"}
+    dst.close()
+    dst = open_store(tmp_path / "b", node_id=2)  # survives a restart
+    assert dst.get(b"k049").value == b"v49" and dst.snapshot().meta.index == 53
+
+
+APPLY_LOOP = textwrap.dedent("""
+    import sys
+    from raftkv.core import ConfState, Entry, EntryType
+    from raftkv.storage import LmdbNodeStore, cluster_id_for
+    from raftkv.storage.commands import Put, encode
+    s = LmdbNodeStore(sys.argv[1], 1, cluster_id_for({1: "a:1"}), map_size=256 << 20)
+    s.bootstrap(ConfState(frozenset({1})), {})
+    s.save_and_apply(None, [], None, [Entry(1, 1)], ConfState(frozenset({1})), None)
+    i = 2
+    print("ready", flush=True)
+    while True:
+        batch = [Entry(1, i + j, EntryType.NORMAL, encode(Put(b"k%08d" % (i + j), b"x" * 100))) for j in range(50)]
+        s.save_and_apply(None, batch, None, batch, None, None)
+        i += 50
+""")
+
+
+def test_applied_index_matches_data_after_kill_9(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", APPLY_LOOP, str(tmp_path)], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(0.7)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    s = LmdbNodeStore(tmp_path, 1, cluster_id_for({1: "a:1"}), map_size=256 << 20)
+    applied = s.applied_index()
+    assert applied > 50
+    keys = [kv.key for kv in s.range(Range(b"k", prefix_end(b"k"))).kvs]
+    # Every applied entry's key is there, and nothing beyond the applied index.
+    assert keys == [b"k%08d" % i for i in range(2, applied + 1)]
+    assert s.last_index() >= applied
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["append", "truncate", "compact"]), st.integers(0, 8), st.integers(1, 5)),
+                min_size=1, max_size=25))
+def test_behaves_like_memory_storage(tmp_path_factory: pytest.TempPathFactory, ops: list) -> None:
+    path = tmp_path_factory.mktemp("prop")
+    lm = open_store(path)
+    mem = MemoryStorage()
+    term = 1
+    for op, a, b in ops:
+        last = mem.last_index()
+        if op == "append":
+            ents = [Entry(term, last + 1 + i, data=b"%d" % (last + 1 + i)) for i in range(b)]
+        elif op == "truncate" and last >= mem.first_index():
+            term += 1
+            start = max(mem.first_index(), last - a)
+            ents = [Entry(term, start + i, data=b"t%d" % i) for i in range(b)]
+        elif op == "compact" and last >= mem.first_index():
+            to = max(mem.first_index(), last - a)
+            mem.create_snapshot(to, ConfState(), b"")
+            mem.compact(to)
+            lm.save_and_apply(None, [], None, [], None, None)
+            lm._applied = to  # the state machine is empty here; compaction only needs the log
+            lm.snapshot_and_compact(to, ConfState(), to, ConfState())
+            continue
+        else:
+            continue
+        mem.append(ents)
+        lm.save_and_apply(None, ents, None, [], None, None)
+        assert (lm.first_index(), lm.last_index()) == (mem.first_index(), mem.last_index())
+    lo, hi = mem.first_index(), mem.last_index() + 1
+    assert [(e.index, e.term, e.data) for e in lm.entries(lo, hi)] == [(e.index, e.term, e.data)
+                                                                        for e in mem.entries(lo, hi)]
+    assert lm.term(lo - 1) == mem.term(lo - 1)
+    lm.close()
