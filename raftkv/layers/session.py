@@ -41,6 +41,14 @@ class SessionToken:
             raise InvalidToken("session token does not belong to this cluster (or is corrupted)")
         return SessionToken(index=index, term=term)
 
+    @staticmethod
+    def peek(data: bytes) -> SessionToken | None:
+        """Read a token's position without checking its cluster (clients only compare their own tokens)."""
+        if len(data) != _LAYOUT.size:
+            return None
+        version, term, index, _ = _LAYOUT.unpack(data)
+        return SessionToken(index=index, term=term) if version == _VERSION else None
+
     def text(self, cluster_id: bytes) -> str:
         """Printable form for the CLI."""
         return base64.urlsafe_b64encode(self.encode(cluster_id)).decode().rstrip("=")

@@ -1,0 +1,1 @@
+"""gRPC services for clients (KV) and operators (Admin): validation, read levels, error mapping."""

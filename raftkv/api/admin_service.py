@@ -1,0 +1,133 @@
+"""The Admin service: status, membership, leadership transfer, snapshots, replication lag."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import grpc
+
+from ..core import ConfChange, ConfChangeType, StateRole
+from ..layers.lag import FollowerLag
+from ..proto.stubs import kv_pb2 as pb
+from ..proto.stubs import kv_pb2_grpc
+from ..server.host import NodeHost
+from ..server.members import MemberInfo
+from ..storage import LmdbNodeStore
+from .errors import RequestError, invalid, rpc
+from .forward import Forwarder
+
+
+def lag_to_pb(lg: FollowerLag) -> pb.FollowerLag:
+    return pb.FollowerLag(id=lg.id, match=lg.match, next=lg.next, applied=lg.applied, state=lg.state,
+                          learner=lg.is_learner, lag_entries=lg.lag_entries, lag_bytes=lg.lag_bytes,
+                          flush_lag_seconds=lg.flush_lag_seconds, replay_lag_seconds=lg.replay_lag_seconds,
+                          last_contact_seconds=-1.0 if lg.last_contact_seconds is None else lg.last_contact_seconds,
+                          critical=lg.critical)
+
+
+class AdminService(kv_pb2_grpc.AdminServicer):
+    def __init__(self, host: NodeHost, store: LmdbNodeStore, forwarder: Forwarder) -> None:
+        self.host = host
+        self.store = store
+        self.fwd = forwarder
+
+    def _members(self) -> list[pb.Member]:
+        conf = self.host.node.conf
+        info = self.host.member_info()
+        out = []
+        for nid in sorted(conf.members()):
+            m = info.get(nid, MemberInfo())
+            out.append(pb.Member(id=nid, address=m.address, learner=nid in conf.learners, sync=m.sync,
+                                 semi_sync=m.semi_sync))
+        return out
+
+    @rpc
+    async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+        h = self.host
+        st = h.node.status()
+        return pb.StatusResponse(
+            id=h.cfg.id, address=h.cfg.address, role=st.role.name.lower().replace("_", "-"), term=st.term,
+            leader_id=st.leader, leader_address=h.leader_address(), commit=st.commit, applied=h.applied,
+            last_index=st.last_index, members=self._members(), db_size_bytes=self.store.db_size(),
+            followers=[lag_to_pb(lg) for lg in h.follower_lags()], cluster_id=self.store.cluster_id,
+            snapshot_index=self.store.snapshot_index(), leader_changes=h.leader_changes)
+
+    @rpc
+    async def MemberList(self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext
+                         ) -> pb.MemberListResponse:
+        return pb.MemberListResponse(members=self._members(), leader_id=self.host.leader_id)
+
+    async def _change(self, method: str, request: object, context: grpc.aio.ServicerContext,
+                      cc: ConfChange) -> pb.MemberResponse:
+        if not self.host.is_leader:
+            return await self.fwd.call("Admin", method, request, context)
+        index, _ = await self.host.change_member(cc)
+        return pb.MemberResponse(members=self._members(), index=index)
+
+    @rpc
+    async def MemberAdd(self, request: pb.MemberAddRequest, context: grpc.aio.ServicerContext) -> pb.MemberResponse:
+        if request.id <= 0:
+            raise invalid("member id must be >= 1")
+        if ":" not in request.address:
+            raise invalid("member address must be HOST:PORT")
+        kind = ConfChangeType.ADD_LEARNER if request.learner else ConfChangeType.ADD_VOTER
+        ctx = MemberInfo(request.address, request.sync, request.semi_sync).encode()
+        return await self._change("MemberAdd", request, context, ConfChange(kind, request.id, ctx))
+
+    @rpc
+    async def MemberRemove(self, request: pb.MemberRemoveRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.MemberResponse:
+        return await self._change("MemberRemove", request, context,
+                                  ConfChange(ConfChangeType.REMOVE_NODE, request.id))
+
+    @rpc
+    async def MemberPromote(self, request: pb.MemberPromoteRequest, context: grpc.aio.ServicerContext
+                            ) -> pb.MemberResponse:
+        return await self._change("MemberPromote", request, context,
+                                  ConfChange(ConfChangeType.PROMOTE_LEARNER, request.id, self._context(request.id)))
+
+    @rpc
+    async def MemberUpdate(self, request: pb.MemberUpdateRequest, context: grpc.aio.ServicerContext
+                           ) -> pb.MemberResponse:
+        old = self.host.member_info().get(request.id)
+        if old is None:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, f"node {request.id} is not a member", "NOT_A_MEMBER")
+        ctx = MemberInfo(request.address or old.address, request.sync, request.semi_sync, old.name).encode()
+        return await self._change("MemberUpdate", request, context,
+                                  ConfChange(ConfChangeType.UPDATE_NODE, request.id, ctx))
+
+    def _context(self, nid: int) -> bytes:
+        info = self.host.member_info().get(nid)
+        return info.encode() if info else b""
+
+    @rpc
+    async def TransferLeader(self, request: pb.TransferLeaderRequest, context: grpc.aio.ServicerContext
+                             ) -> pb.TransferLeaderResponse:
+        h = self.host
+        if not h.is_leader:
+            return await self.fwd.call("Admin", "TransferLeader", request, context)
+        if request.target_id == h.cfg.id:
+            return pb.TransferLeaderResponse(leader_id=h.cfg.id)
+        await h.transfer_leader(request.target_id)
+        deadline = time.monotonic() + min(context.time_remaining() or 5.0, 5.0)
+        while time.monotonic() < deadline:
+            if h.leader_id == request.target_id and h.node.role != StateRole.LEADER:
+                return pb.TransferLeaderResponse(leader_id=request.target_id)
+            await asyncio.sleep(h.cfg.tick_ms / 1000)
+        raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                           f"leadership did not move to node {request.target_id} in time (is it caught up and reachable?)",
+                           "TRANSFER_TIMEOUT")
+
+    @rpc
+    async def Snapshot(self, request: pb.SnapshotRequest, context: grpc.aio.ServicerContext) -> pb.SnapshotResponse:
+        return pb.SnapshotResponse(index=await self.host.snapshot_now())
+
+    @rpc
+    async def Lag(self, request: pb.LagRequest, context: grpc.aio.ServicerContext) -> pb.LagResponse:
+        h = self.host
+        if not h.is_leader:
+            return await self.fwd.call("Admin", "Lag", request, context)
+        st = h.node.status()
+        return pb.LagResponse(leader_id=h.cfg.id, commit=st.commit, last_index=st.last_index,
+                              followers=[lag_to_pb(lg) for lg in h.follower_lags()])

@@ -1,0 +1,96 @@
+"""One place that turns what went wrong into a gRPC status a client can act on:
+UNAVAILABLE means "retry (perhaps elsewhere)", FAILED_PRECONDITION "do not retry as is",
+INVALID_ARGUMENT "the request itself is wrong", DEADLINE_EXCEEDED "the outcome may be unknown"."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..core import ConfChangeRejected
+from ..layers.session import InvalidToken
+from ..server.errors import HostError, NotLeader, SyncTimeout
+
+log = structlog.get_logger("raftkv.api")
+DOMAIN = "raftkv.io"
+T = TypeVar("T")
+
+
+class RequestError(Exception):
+    """A request that cannot be served as asked; carries its own status code."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, reason: str = "", metadata: dict[str, str] | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message, "INVALID_ARGUMENT")
+
+
+def _status(code: grpc.StatusCode, message: str, reason: str, metadata: dict[str, str]) -> grpc.Status:
+    info = error_details_pb2.ErrorInfo(reason=reason or code.name, domain=DOMAIN, metadata=metadata)
+    st = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    st.details.add().Pack(info)
+    return rpc_status.to_status(st)
+
+
+def classify(e: BaseException) -> RequestError:
+    if isinstance(e, RequestError):
+        return e
+    if isinstance(e, NotLeader):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, str(e), "NOT_LEADER",
+                            {"leader_id": str(e.leader_id), "leader_address": e.leader_address})
+    if isinstance(e, SyncTimeout):
+        return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "SYNC_TIMEOUT",
+                            {"index": str(e.index), "term": str(e.term),
+                             "confirmed_by": ",".join(map(str, e.confirmed_by)), "committed": "true"})
+    if isinstance(e, HostError):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, str(e), type(e).__name__.upper())
+    if isinstance(e, ConfChangeRejected):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "MEMBERSHIP_CHANGE_REJECTED")
+    if isinstance(e, InvalidToken):
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "INVALID_SESSION_TOKEN")
+    if isinstance(e, (TimeoutError, asyncio.TimeoutError)):
+        return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                            "deadline exceeded before the request completed; a write may or may not have been applied",
+                            "DEADLINE")
+    if isinstance(e, ValueError):
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "INVALID_ARGUMENT")
+    log.exception("unexpected error serving a request", error=repr(e))
+    return RequestError(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}", "INTERNAL")
+
+
+def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Wrap a servicer method: any exception becomes a precise status with an ErrorInfo detail."""
+
+    @wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AbortError:
+            raise
+        except grpc.aio.AioRpcError as e:  # a forwarded call failed: pass its status through
+            await context.abort_with_status(rpc_status.to_status(
+                rpc_status.from_call(e) or status_pb2.Status(code=e.code().value[0], message=e.details() or "")))
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure must become a status
+            err = classify(e)
+            if err.reason == "NOT_LEADER" and err.metadata.get("leader_address"):
+                context.set_trailing_metadata((("raftkv-leader", err.metadata["leader_address"]),))
+            await context.abort_with_status(_status(err.code, str(err), err.reason, err.metadata))
+            raise
+
+    return wrapper

@@ -1,0 +1,75 @@
+"""Serving each read consistency level on this node, or deciding that it must go to the leader."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from ..layers.reads import ReadLevel, StalenessBound, satisfies
+from ..layers.session import SessionToken
+from ..server.host import NodeHost
+from .errors import RequestError
+
+
+class ForwardToLeader(Exception):
+    """This node cannot serve the read as asked; the leader can."""
+
+
+@dataclass(slots=True)
+class ReadPoint:
+    level: ReadLevel
+    staleness_bound_ms: float = 0.0
+
+
+async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound | None, token: bytes,
+                       cluster_id: bytes) -> ReadPoint:
+    """Wait until this node may serve the read; returns the level actually achieved."""
+    cfg = host.cfg
+    if level == ReadLevel.SERIALIZABLE:
+        return ReadPoint(level)
+    if level == ReadLevel.LEASE:
+        if host.lease_valid():
+            return ReadPoint(ReadLevel.LEASE)
+        if not cfg.lease_reads:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               "lease reads are disabled on this cluster (start nodes with --lease-reads)",
+                               "LEASE_READS_DISABLED")
+        if not host.is_leader:
+            raise ForwardToLeader()
+        await host.linearizable_barrier()  # the lease lapsed: fall back to a quorum round
+        return ReadPoint(ReadLevel.LINEARIZABLE)
+    if level == ReadLevel.LINEARIZABLE:
+        await host.linearizable_barrier()
+        return ReadPoint(level)
+    if level == ReadLevel.SESSION:
+        tok = SessionToken.decode(token, cluster_id)
+        try:
+            await asyncio.wait_for(host.wait_applied(tok.index), cfg.read_wait_ms / 1000)
+        except TimeoutError:
+            if host.is_leader:
+                await host.wait_applied(tok.index)
+            else:
+                raise ForwardToLeader() from None
+        return ReadPoint(level)
+    assert bound is not None
+    election_ms = cfg.election_ticks * cfg.tick_ms
+    deadline = time.monotonic() + cfg.read_wait_ms / 1000
+    while True:
+        proof = host.staleness_proof()
+        if satisfies(proof, bound, election_ms):
+            return ReadPoint(level, proof.staleness_ms or 0.0)
+        if host.is_leader:
+            await host.linearizable_barrier()
+            return ReadPoint(level, 0.0)
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(cfg.tick_ms / 1000)
+    if bound.strict:
+        got = "nothing provable" if proof.staleness_ms is None else f"{proof.staleness_ms:.0f} ms"
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"node {cfg.id} cannot prove its data is within the staleness bound (it can prove {got})",
+                           "STALENESS_BOUND_NOT_MET")
+    raise ForwardToLeader()

@@ -1,0 +1,110 @@
+"""The asyncio client: the same operations and retry rules as `Client`, awaitable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc
+
+from ..proto.stubs import kv_pb2 as pb
+from ..proto.stubs import kv_pb2_grpc
+from .errors import DeadlineError, RaftKVError, UnavailableError, from_rpc_error
+from .policy import Endpoints, backoff, retryable
+from .requests import _b, prefix_end, read_options, write_options
+from .sync_client import Client
+
+
+class AsyncClient:
+    def __init__(self, endpoints: list[str] | str, timeout: float = 5.0) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        self.endpoints = Endpoints(list(endpoints))
+        self.timeout = timeout
+        self.session_token = b""
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _stub(self, address: str, admin: bool) -> Any:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = grpc.aio.insecure_channel(address)
+            self._channels[address] = ch
+        return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
+
+    _keep_token = Client._keep_token
+
+    async def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+                   timeout: float | None = None, endpoint: str | None = None) -> Any:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        attempt = 0
+        last: RaftKVError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise last if isinstance(last, DeadlineError) else DeadlineError(
+                    f"no answer within {timeout or self.timeout:.1f}s" + (f" (last error: {last})" if last else ""),
+                    grpc.StatusCode.DEADLINE_EXCEEDED)
+            address = endpoint or self.endpoints.pick(prefer_leader=kind != "read" or admin)
+            try:
+                reply = await getattr(self._stub(address, admin), method)(request, timeout=remaining)
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                self.endpoints.note_leader(err)
+                if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
+                    self.endpoints.failed(address)
+                    err = UnavailableError(f"{address}: {err}", err.code)
+                if endpoint is not None or not retryable(err, kind):
+                    raise err from None
+                last = err
+                await asyncio.sleep(min(backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            meta = getattr(reply, "meta", None)
+            if meta is not None:
+                self._keep_token(meta.session_token)
+            return reply
+
+    async def put(self, key: bytes | str, value: bytes | str, ack: str = "default", min_replicas: int = 0,
+                  timeout_ms: int = 0, prev_kv: bool = False, timeout: float | None = None) -> pb.PutResponse:
+        req = pb.PutRequest(key=_b(key), value=_b(value), prev_kv=prev_kv,
+                            write=write_options(ack, min_replicas, timeout_ms))
+        return await self.call("Put", req, "write", timeout=timeout)
+
+    async def get(self, key: bytes | str, consistency: str = "default", max_staleness_ms: int | None = None,
+                  max_lag_entries: int | None = None, strict: bool = False, session_token: bytes | None = None,
+                  endpoint: str | None = None, timeout: float | None = None) -> pb.GetResponse:
+        token = self.session_token if session_token is None and consistency == "session" else (session_token or b"")
+        req = pb.GetRequest(key=_b(key), read=read_options(consistency, max_staleness_ms, max_lag_entries, strict,
+                                                           token))
+        return await self.call("Get", req, "read", endpoint=endpoint, timeout=timeout)
+
+    async def range(self, key: bytes | str, range_end: bytes | str = b"", prefix: bool = False, limit: int = 0,
+                    consistency: str = "default", endpoint: str | None = None) -> pb.RangeResponse:
+        k = _b(key)
+        end = prefix_end(k) if prefix else _b(range_end)
+        token = self.session_token if consistency == "session" else b""
+        req = pb.RangeRequest(key=k, range_end=end, limit=limit, read=read_options(consistency, session_token=token))
+        return await self.call("Range", req, "read", endpoint=endpoint)
+
+    async def delete(self, key: bytes | str, ack: str = "default") -> pb.DeleteResponse:
+        return await self.call("Delete", pb.DeleteRequest(key=_b(key), write=write_options(ack)), "write")
+
+    async def txn(self, compares: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = (),
+                  ack: str = "default", timeout: float | None = None) -> pb.TxnResponse:
+        req = pb.TxnRequest(compare=compares, success=success, failure=list(failure), write=write_options(ack))
+        return await self.call("Txn", req, "txn", timeout=timeout)
+
+    async def status(self, endpoint: str | None = None) -> pb.StatusResponse:
+        return await self.call("Status", pb.StatusRequest(), "read", admin=True, endpoint=endpoint)

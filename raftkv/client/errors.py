@@ -1,0 +1,82 @@
+"""Typed client errors, decoded from the gRPC status and its ErrorInfo detail."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+
+class RaftKVError(Exception):
+    """Base of every raftkv client error. `code` is the gRPC status code, `reason` raftkv's reason."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, reason: str = "",
+                 metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.metadata = metadata or {}
+
+
+class NotLeaderError(RaftKVError):
+    @property
+    def leader_address(self) -> str:
+        return self.metadata.get("leader_address", "")
+
+
+class UnavailableError(RaftKVError):
+    """No node could serve the request in time; safe to retry later."""
+
+
+class DeadlineError(RaftKVError):
+    """The deadline passed. For a write the outcome may be unknown, except SyncTimeout below."""
+
+
+class SyncTimeoutError(DeadlineError):
+    """A `sync` write is committed but not every sync member confirmed it before the deadline."""
+
+    @property
+    def index(self) -> int:
+        return int(self.metadata.get("index", "0"))
+
+    @property
+    def confirmed_by(self) -> list[int]:
+        raw = self.metadata.get("confirmed_by", "")
+        return [int(x) for x in raw.split(",") if x]
+
+
+class InvalidArgumentError(RaftKVError):
+    pass
+
+
+class FailedPreconditionError(RaftKVError):
+    pass
+
+
+class NotFoundError(RaftKVError):
+    pass
+
+
+def from_rpc_error(e: grpc.RpcError) -> RaftKVError:
+    code = e.code() if hasattr(e, "code") else None
+    details = e.details() if hasattr(e, "details") else str(e)
+    reason, meta = "", {}
+    try:
+        status = rpc_status.from_call(e)  # type: ignore[arg-type]
+    except (ValueError, AttributeError):
+        status = None
+    if status is not None:
+        for d in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if d.Unpack(info):
+                reason, meta = info.reason, dict(info.metadata)
+    msg = details or (code.name if code else "error")
+    if reason == "NOT_LEADER":
+        return NotLeaderError(msg, code, reason, meta)
+    if reason == "SYNC_TIMEOUT":
+        return SyncTimeoutError(msg, code, reason, meta)
+    cls = {grpc.StatusCode.UNAVAILABLE: UnavailableError, grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
+           grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+           grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+           grpc.StatusCode.NOT_FOUND: NotFoundError}.get(code, RaftKVError)  # type: ignore[arg-type]
+    return cls(msg, code, reason, meta)

@@ -1,0 +1,61 @@
+"""What the sync and asyncio clients share: which endpoint to try next, and what is safe to retry.
+
+Retrying is safe when the server says the request was not applied: NOT_LEADER (refused before proposing),
+a proposal discarded by a leader change, a node shutting down, or a read interrupted by a leader change.
+A connection that failed outright is retried for reads and for idempotent writes (put, delete), never
+for a transaction, whose second application could differ from the first."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import grpc
+
+from .errors import NotLeaderError, RaftKVError
+
+SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN"}
+
+
+@dataclass
+class Endpoints:
+    addresses: list[str]
+    current: int = 0
+    leader: str | None = None
+    known: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if not self.addresses:
+            raise ValueError("at least one endpoint is needed")
+        self.known = set(self.addresses)
+
+    def pick(self, prefer_leader: bool) -> str:
+        if prefer_leader and self.leader:
+            return self.leader
+        return self.addresses[self.current % len(self.addresses)]
+
+    def failed(self, address: str) -> None:
+        if self.leader == address:
+            self.leader = None
+        if self.addresses[self.current % len(self.addresses)] == address:
+            self.current += 1
+
+    def note_leader(self, err: RaftKVError) -> None:
+        if isinstance(err, NotLeaderError) and err.leader_address:
+            self.leader = err.leader_address
+            if err.leader_address not in self.known:
+                self.known.add(err.leader_address)
+                self.addresses.append(err.leader_address)
+
+
+def retryable(err: RaftKVError, kind: str) -> bool:
+    """kind: 'read', 'write' (idempotent put/delete) or 'txn'."""
+    if err.reason in SAFE_REASONS:
+        return True
+    if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
+        return kind in ("read", "write")  # the connection failed
+    return False
+
+
+def backoff(attempt: int) -> float:
+    return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())

@@ -1,0 +1,157 @@
+"""The blocking client."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import grpc
+
+from ..layers.session import SessionToken
+from ..proto.stubs import kv_pb2 as pb
+from ..proto.stubs import kv_pb2_grpc
+from .errors import DeadlineError, RaftKVError, UnavailableError, from_rpc_error
+from .policy import Endpoints, backoff, retryable
+from .requests import _b, prefix_end, read_options, write_options
+
+
+class Client:
+    """A raftkv client over any number of endpoints. It finds the leader, retries what is safe to retry
+    within `timeout` seconds, and keeps the newest session token it has seen, so `consistency="session"`
+    reads see this client's own writes on any node."""
+
+    def __init__(self, endpoints: list[str] | str, timeout: float = 5.0) -> None:
+        if isinstance(endpoints, str):
+            endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
+        self.endpoints = Endpoints(list(endpoints))
+        self.timeout = timeout
+        self.session_token = b""
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _stub(self, address: str, admin: bool) -> Any:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = grpc.insecure_channel(address)
+            self._channels[address] = ch
+        return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
+
+    def _keep_token(self, token: bytes) -> None:
+        if not token:
+            return
+        if not self.session_token:
+            self.session_token = token
+            return
+        new, old = SessionToken.peek(token), SessionToken.peek(self.session_token)
+        if new is not None and (old is None or new > old):
+            self.session_token = token
+
+    def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+             timeout: float | None = None, endpoint: str | None = None) -> Any:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        attempt = 0
+        last: RaftKVError | None = None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise last if isinstance(last, DeadlineError) else DeadlineError(
+                    f"no answer within {timeout or self.timeout:.1f}s" + (f" (last error: {last})" if last else ""),
+                    grpc.StatusCode.DEADLINE_EXCEEDED)
+            address = endpoint or self.endpoints.pick(prefer_leader=kind != "read" or admin)
+            try:
+                reply = getattr(self._stub(address, admin), method)(request, timeout=remaining)
+            except grpc.RpcError as e:
+                err = from_rpc_error(e)
+                self.endpoints.note_leader(err)
+                if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
+                    self.endpoints.failed(address)
+                    err = UnavailableError(f"{address}: {err}", err.code)
+                if endpoint is not None or not retryable(err, kind):
+                    raise err from None
+                last = err
+                time.sleep(min(backoff(attempt), max(0.0, deadline - time.monotonic())))
+                attempt += 1
+                continue
+            meta = getattr(reply, "meta", None)
+            if meta is not None:
+                self._keep_token(meta.session_token)
+            return reply
+
+    # -- KV ------------------------------------------------------------------------------------
+    def put(self, key: bytes | str, value: bytes | str, ack: str = "default", min_replicas: int = 0,
+            timeout_ms: int = 0, prev_kv: bool = False, timeout: float | None = None) -> pb.PutResponse:
+        req = pb.PutRequest(key=_b(key), value=_b(value), prev_kv=prev_kv,
+                            write=write_options(ack, min_replicas, timeout_ms))
+        return self.call("Put", req, "write", timeout=timeout)
+
+    def get(self, key: bytes | str, consistency: str = "default", max_staleness_ms: int | None = None,
+            max_lag_entries: int | None = None, strict: bool = False, session_token: bytes | None = None,
+            endpoint: str | None = None, timeout: float | None = None) -> pb.GetResponse:
+        token = self.session_token if session_token is None and consistency == "session" else (session_token or b"")
+        req = pb.GetRequest(key=_b(key), read=read_options(consistency, max_staleness_ms, max_lag_entries, strict,
+                                                           token))
+        return self.call("Get", req, "read", endpoint=endpoint, timeout=timeout)
+
+    def range(self, key: bytes | str, range_end: bytes | str = b"", prefix: bool = False, limit: int = 0,
+              keys_only: bool = False, count_only: bool = False, consistency: str = "default",
+              endpoint: str | None = None, timeout: float | None = None, **read: Any) -> pb.RangeResponse:
+        k = _b(key)
+        end = prefix_end(k) if prefix else _b(range_end)
+        token = self.session_token if consistency == "session" else b""
+        req = pb.RangeRequest(key=k, range_end=end, limit=limit, keys_only=keys_only, count_only=count_only,
+                              read=read_options(consistency, session_token=token, **read))
+        return self.call("Range", req, "read", endpoint=endpoint, timeout=timeout)
+
+    def delete(self, key: bytes | str, range_end: bytes | str = b"", prefix: bool = False, prev_kv: bool = False,
+               ack: str = "default", timeout: float | None = None) -> pb.DeleteResponse:
+        k = _b(key)
+        end = prefix_end(k) if prefix else _b(range_end)
+        req = pb.DeleteRequest(key=k, range_end=end, prev_kv=prev_kv, write=write_options(ack))
+        return self.call("Delete", req, "write", timeout=timeout)
+
+    def txn(self, compares: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = (),
+            ack: str = "default", timeout: float | None = None) -> pb.TxnResponse:
+        req = pb.TxnRequest(compare=compares, success=success, failure=list(failure), write=write_options(ack))
+        return self.call("Txn", req, "txn", timeout=timeout)
+
+    # -- Admin ---------------------------------------------------------------------------------
+    def status(self, endpoint: str | None = None, timeout: float | None = None) -> pb.StatusResponse:
+        return self.call("Status", pb.StatusRequest(), "read", admin=True, endpoint=endpoint, timeout=timeout)
+
+    def members(self) -> pb.MemberListResponse:
+        return self.call("MemberList", pb.MemberListRequest(), "read", admin=True)
+
+    def member_add(self, node_id: int, address: str, learner: bool = False, sync: bool = False,
+                   semi_sync: bool = False) -> pb.MemberResponse:
+        return self.call("MemberAdd", pb.MemberAddRequest(id=node_id, address=address, learner=learner, sync=sync,
+                                                          semi_sync=semi_sync), "txn", admin=True)
+
+    def member_remove(self, node_id: int) -> pb.MemberResponse:
+        return self.call("MemberRemove", pb.MemberRemoveRequest(id=node_id), "txn", admin=True)
+
+    def member_promote(self, node_id: int) -> pb.MemberResponse:
+        return self.call("MemberPromote", pb.MemberPromoteRequest(id=node_id), "txn", admin=True)
+
+    def member_update(self, node_id: int, address: str = "", sync: bool = False, semi_sync: bool = False
+                      ) -> pb.MemberResponse:
+        return self.call("MemberUpdate", pb.MemberUpdateRequest(id=node_id, address=address, sync=sync,
+                                                                semi_sync=semi_sync), "txn", admin=True)
+
+    def transfer_leader(self, target: int) -> pb.TransferLeaderResponse:
+        return self.call("TransferLeader", pb.TransferLeaderRequest(target_id=target), "txn", admin=True)
+
+    def snapshot(self, endpoint: str | None = None) -> pb.SnapshotResponse:
+        return self.call("Snapshot", pb.SnapshotRequest(), "read", admin=True, endpoint=endpoint)
+
+    def lag(self) -> pb.LagResponse:
+        return self.call("Lag", pb.LagRequest(), "read", admin=True)

@@ -1,0 +1,128 @@
+"""Running one node as a process: open the store, start serving, stop cleanly on SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ..api.admin_service import AdminService
+from ..api.forward import Forwarder
+from ..api.kv_service import KVService
+from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
+from ..storage import LmdbNodeStore, StorageError, cluster_id_for
+from ..transport import Transport
+from ..transport.transport import CHANNEL_OPTIONS
+from .config import ServerConfig
+from .host import NodeHost, bootstrap_store
+from .http_endpoint import HttpEndpoint
+from .logging_setup import configure_logging
+from .metrics import Metrics
+
+log = structlog.get_logger("raftkv.server")
+
+
+def run_node(cfg: ServerConfig) -> int:
+    """Serve until a signal; returns the process exit code."""
+    try:
+        configure_logging(cfg.log_format, cfg.log_level, cfg.id)
+    except ValueError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
+    cluster_id = None if cfg.join else cluster_id_for(cfg.peers)
+    try:
+        store = LmdbNodeStore(cfg.data_dir, cfg.id, cluster_id, cfg.map_size)
+        bootstrap_store(store, cfg)
+    except StorageError as e:
+        print(f"Error: refusing to start: {e}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_serve(cfg, store))
+    except StorageError as e:
+        print(f"Error: stopped: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+
+
+async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
+    metrics = Metrics(cfg.id)
+    host_box: list[NodeHost] = []
+    transport = Transport(cfg.id, cfg.address, lambda: store.cluster_id, on_message=lambda m: host_box[0].deliver(m),
+                          on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
+                          adopt_cluster_id=store.adopt_cluster_id)
+    host = NodeHost(cfg, store, transport, metrics)
+    host_box.append(host)
+    forwarder = Forwarder(host)
+    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    transport.register(server)
+    kv_pb2_grpc.add_KVServicer_to_server(KVService(host, store, forwarder), server)
+    kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    try:
+        port = server.add_insecure_port(cfg.listen)
+    except RuntimeError as e:
+        print(f"Error: cannot listen on {cfg.listen}: {e}", file=sys.stderr)
+        return 2
+    if port == 0:
+        print(f"Error: cannot listen on {cfg.listen}", file=sys.stderr)
+        return 2
+    await server.start()
+    await host.start()
+    http = None
+    if cfg.metrics_listen:
+        try:
+            http = HttpEndpoint(cfg.metrics_listen, metrics.registry, lambda: _health(host))
+        except OSError as e:
+            print(f"Error: cannot serve metrics on {cfg.metrics_listen}: {e}", file=sys.stderr)
+            await server.stop(0)
+            await host.stop()
+            return 2
+        http.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for name in ("", "liveness"):
+        await health_servicer.set(name, serving)
+    log.info("serving", listen=cfg.listen, metrics=cfg.metrics_listen or None, cluster_id=store.cluster_id.hex())
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    readiness = asyncio.create_task(_readiness(host, health_servicer, stop))
+    await stop.wait()
+    log.info("shutting down")
+    readiness.cancel()
+    await server.stop(grace=1.0)
+    await host.stop()
+    await transport.stop()
+    await forwarder.close()
+    if http is not None:
+        http.stop()
+    log.info("stopped")
+    return 0
+
+
+def _health(host: NodeHost) -> dict[str, object]:
+    return {"id": host.cfg.id, "has_leader": bool(host.leader_id), "leader": host.leader_id,
+            "applied": host.applied, "term": host.node.term}
+
+
+async def _readiness(host: NodeHost, servicer: health.aio.HealthServicer, stop: asyncio.Event) -> None:
+    """`readiness` is SERVING while this node knows a leader (it can then serve or forward requests)."""
+    last = None
+    while not stop.is_set():
+        status = (health_pb2.HealthCheckResponse.SERVING if host.leader_id
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        if status != last:
+            await servicer.set("readiness", status)
+            last = status
+        await asyncio.sleep(0.2)

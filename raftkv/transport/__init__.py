@@ -1,0 +1,5 @@
+"""Peer-to-peer Raft traffic over gRPC streams."""
+
+from .transport import Transport
+
+__all__ = ["Transport"]

@@ -1,0 +1,35 @@
+"""Core messages <-> protobuf, losslessly."""
+
+from __future__ import annotations
+
+from ..core import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
+from ..proto.stubs import raft_pb2 as pb
+
+
+def to_proto(m: Message) -> pb.RaftMessage:
+    out = pb.RaftMessage(
+        type=int(m.type), to=m.to, **{"from": m.frm}, term=m.term, log_term=m.log_term, index=m.index,
+        commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, stamp=m.stamp,
+        echo_stamp=m.echo_stamp, echo_commit=m.echo_commit, applied=m.applied,
+        entries=[pb.Entry(term=e.term, index=e.index, type=int(e.type), data=e.data) for e in m.entries],
+    )
+    if m.snapshot is not None:
+        meta = m.snapshot.meta
+        out.snapshot.CopyFrom(pb.Snapshot(index=meta.index, term=meta.term, data=m.snapshot.data,
+                                          conf=pb.ConfState(voters=sorted(meta.conf.voters),
+                                                            learners=sorted(meta.conf.learners))))
+    return out
+
+
+def from_proto(p: pb.RaftMessage) -> Message:
+    snap = None
+    if p.HasField("snapshot"):
+        s = p.snapshot
+        snap = Snapshot(SnapshotMeta(s.index, s.term, ConfState(frozenset(s.conf.voters), frozenset(s.conf.learners))),
+                        s.data)
+    return Message(
+        type=MessageType(p.type), to=p.to, frm=getattr(p, "from"), term=p.term, log_term=p.log_term, index=p.index,
+        entries=[Entry(e.term, e.index, EntryType(e.type), e.data) for e in p.entries], commit=p.commit,
+        reject=p.reject, reject_hint=p.reject_hint, snapshot=snap, context=p.context, stamp=p.stamp,
+        echo_stamp=p.echo_stamp, echo_commit=p.echo_commit, applied=p.applied,
+    )

@@ -1,0 +1,168 @@
+"""Transport: one outgoing stream per peer, and the Raft service that receives streams from peers.
+
+Each peer has its own bounded queue and sender task, so a dead or slow peer never blocks the host or the
+other peers: when its queue is full, messages to it are dropped (Raft retransmits what matters) and the
+host is told the peer is unreachable, so the leader stops streaming to it and probes instead. Messages
+queued while a send is in flight go out together as the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import structlog
+
+from ..core import Message
+from ..proto.stubs import raft_pb2 as pb
+from ..proto.stubs import raft_pb2_grpc as pb_grpc
+from .codec import from_proto, to_proto
+
+log = structlog.get_logger("raftkv.transport")
+
+PEER_MAX_MESSAGE = 256 << 20
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", PEER_MAX_MESSAGE),
+    ("grpc.max_receive_message_length", PEER_MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+MAX_BATCH = 512
+
+
+class _Peer:
+    def __init__(self, owner: Transport, node_id: int, address: str) -> None:
+        self.owner = owner
+        self.id = node_id
+        self.address = address
+        self.queue: deque[Message] = deque()
+        self.ready = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+
+    def push(self, m: Message) -> bool:
+        if len(self.queue) >= self.owner.queue_limit:
+            return False
+        self.queue.append(m)
+        self.ready.set()
+        return True
+
+    async def _batches(self) -> AsyncIterator[pb.MessageBatch]:
+        while True:
+            if not self.queue:
+                self.ready.clear()
+                await self.ready.wait()
+            n = min(len(self.queue), MAX_BATCH)
+            msgs = [to_proto(self.queue.popleft()) for _ in range(n)]
+            yield pb.MessageBatch(cluster_id=self.owner.cluster_id(), **{"from": self.owner.node_id}, messages=msgs,
+                                  from_address=self.owner.address)
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self.owner.stopping:
+            channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            try:
+                stub = pb_grpc.RaftStub(channel)
+                await stub.Send(self._batches())
+            except asyncio.CancelledError:
+                await channel.close(grace=None)
+                raise
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log.error("peer refused our stream", peer=self.id, address=self.address, reason=e.details())
+            except Exception as e:  # keep the sender alive whatever the channel throws
+                log.debug("peer stream error", peer=self.id, error=repr(e))
+            finally:
+                await channel.close(grace=None)
+            if self.owner.stopping:
+                return
+            # The stream broke: what was queued may be stale; Raft will resend what matters.
+            self.queue.clear()
+            self.owner.on_unreachable(self.id)
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, 1.0)
+
+
+class _RaftService(pb_grpc.RaftServicer):
+    def __init__(self, owner: Transport) -> None:
+        self.owner = owner
+
+    async def Send(self, request_iterator: AsyncIterator[pb.MessageBatch], context: grpc.aio.ServicerContext
+                   ) -> pb.SendAck:
+        deliver = self.owner.on_message
+        async for batch in request_iterator:
+            ours = self.owner.cluster_id()
+            if batch.cluster_id and ours and batch.cluster_id != ours:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"node {self.owner.node_id} belongs to cluster {ours.hex()}, "
+                                    f"not {batch.cluster_id.hex()}")
+            if not ours and batch.cluster_id:
+                self.owner.adopt_cluster_id(batch.cluster_id)
+            sender = getattr(batch, "from")
+            if sender not in self.owner.peers and batch.from_address and sender != self.owner.node_id:
+                self.owner.add_peer(sender, batch.from_address)
+            for m in batch.messages:
+                deliver(from_proto(m))
+        return pb.SendAck()
+
+
+class Transport:
+    def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
+                 on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
+                 queue_limit: int = 8192) -> None:
+        self.node_id = node_id
+        self.address = address
+        self.cluster_id = cluster_id
+        self.on_message = on_message
+        self.on_unreachable = on_unreachable
+        self.adopt_cluster_id = adopt_cluster_id
+        self.queue_limit = queue_limit
+        self.peers: dict[int, _Peer] = {}
+        self.stopping = False
+        self.dropped = 0
+
+    def servicer(self) -> pb_grpc.RaftServicer:
+        return _RaftService(self)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_RaftServicer_to_server(self.servicer(), server)
+
+    def add_peer(self, node_id: int, address: str) -> None:
+        p = self.peers.get(node_id)
+        if p is not None and p.address == address:
+            return
+        if p is not None:
+            self.remove_peer(node_id)
+        p = _Peer(self, node_id, address)
+        self.peers[node_id] = p
+        p.task = asyncio.get_running_loop().create_task(p.run(), name=f"raftkv-peer-{node_id}")
+
+    def remove_peer(self, node_id: int) -> None:
+        p = self.peers.pop(node_id, None)
+        if p is not None and p.task is not None:
+            p.task.cancel()
+
+    def peer_ids(self) -> list[int]:
+        return list(self.peers)
+
+    def send(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            p = self.peers.get(m.to)
+            if p is None:
+                continue
+            if not p.push(m):
+                self.dropped += 1
+                self.on_unreachable(m.to)
+
+    async def stop(self) -> None:
+        self.stopping = True
+        tasks = [p.task for p in self.peers.values() if p.task is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.peers.clear()
