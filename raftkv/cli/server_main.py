@@ -36,6 +36,11 @@ def main() -> None:
 @click.option("--max-key-bytes", type=int, help="Largest key accepted (default 4096).")
 @click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
 @click.option("--snapshot-entries", type=int, help="Snapshot and compact after this many applied entries.")
+@click.option("--snapshot-keep-entries", type=int, help="Log entries kept after compaction (default 1000).")
+@click.option("--lag-critical-entries", type=int, help="A follower this many entries behind is critical.")
+@click.option("--lag-critical-seconds", type=float, help="A follower this many seconds behind is critical.")
+@click.option("--semi-sync-timeout-ms", type=int, help="Default semi_sync wait before degrading (ms).")
+@click.option("--sync-timeout-ms", type=int, help="Default sync deadline (ms).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:
