@@ -56,6 +56,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     @rpc
     async def MemberList(self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext
                          ) -> pb.MemberListResponse:
+        # The leader's view is the authoritative one: a removed follower may never hear of its removal.
+        if not self.host.is_leader:
+            return await self.fwd.call("Admin", "MemberList", request, context)
         return pb.MemberListResponse(members=self._members(), leader_id=self.host.leader_id)
 
     async def _change(self, method: str, request: object, context: grpc.aio.ServicerContext,
