@@ -61,7 +61,7 @@ class AsyncClient:
                 reply = await getattr(self._stub(address, admin), method)(request, timeout=remaining)
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
-                self.endpoints.note_leader(err)
+                self.endpoints.note_leader(address, err)
                 if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
                     self.endpoints.failed(address)
                     err = UnavailableError(f"{address}: {err}", err.code)

@@ -40,12 +40,21 @@ class Endpoints:
         if self.addresses[self.current % len(self.addresses)] == address:
             self.current += 1
 
-    def note_leader(self, err: RaftKVError) -> None:
-        if isinstance(err, NotLeaderError) and err.leader_address:
+    def note_leader(self, address: str, err: RaftKVError) -> None:
+        """Learn from a NOT_LEADER answer where to go next.
+
+        A node that names the leader sends us there. A node that knows no leader (an election is under
+        way, or it was removed from the cluster and will never hear of a leader again) is no place to
+        wait: move on to the next endpoint, so the client finds whichever node does know."""
+        if not isinstance(err, NotLeaderError):
+            return
+        if err.leader_address and err.leader_address != address:
             self.leader = err.leader_address
             if err.leader_address not in self.known:
                 self.known.add(err.leader_address)
                 self.addresses.append(err.leader_address)
+        else:
+            self.failed(address)
 
 
 def retryable(err: RaftKVError, kind: str) -> bool:

@@ -1,0 +1,36 @@
+"""Where the client goes next after an answer that is not a result."""
+
+from __future__ import annotations
+
+import grpc
+
+from raftkv.client.errors import NotLeaderError
+from raftkv.client.policy import Endpoints
+
+
+def not_leader(leader_address: str = "") -> NotLeaderError:
+    meta = {"leader_address": leader_address} if leader_address else {}
+    return NotLeaderError("not the leader", grpc.StatusCode.UNAVAILABLE, "NOT_LEADER", meta)
+
+
+def test_named_leader_is_preferred_and_learned() -> None:
+    eps = Endpoints(["a:1", "b:1"])
+    eps.note_leader("a:1", not_leader("c:1"))
+    assert eps.pick(prefer_leader=True) == "c:1"
+    assert "c:1" in eps.addresses
+
+
+def test_node_without_a_leader_is_left_for_the_next_endpoint() -> None:
+    # A removed node never learns of a leader again: asking it again and again would spin until the deadline.
+    eps = Endpoints(["a:1", "b:1", "c:1"])
+    assert eps.pick(prefer_leader=True) == "a:1"
+    eps.note_leader("a:1", not_leader())
+    assert eps.pick(prefer_leader=True) == "b:1"
+
+
+def test_stale_leader_naming_itself_is_dropped() -> None:
+    eps = Endpoints(["a:1", "b:1"])
+    eps.note_leader("a:1", not_leader("b:1"))
+    assert eps.pick(prefer_leader=True) == "b:1"
+    eps.note_leader("b:1", not_leader("b:1"))
+    assert eps.leader is None
