@@ -87,8 +87,38 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
+GLOBAL_FLAGS_WITH_VALUE = frozenset({"--endpoints", "--dial-timeout", "--command-timeout", "-w", "-o", "--write-out"})
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """Move global flags given after the command to the front, as etcdctl accepts them anywhere
+    (`kv status -w table`). Nothing after `--` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        if arg.split("=", 1)[0] in GLOBAL_FLAGS_WITH_VALUE:
+            if "=" in arg or i + 1 == len(args):
+                front.append(arg)
+            else:
+                front += [arg, args[i + 1]]
+                i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class KvGroup(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_flags(args))
+
+
+@click.group(cls=KvGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoints", envvar="KV_ENDPOINTS", default="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
               show_default=True, help="Comma-separated node addresses (env KV_ENDPOINTS).")
 @click.option("--dial-timeout", type=float, default=2.0, show_default=True, help="Seconds to connect.")

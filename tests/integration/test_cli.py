@@ -62,7 +62,7 @@ def test_leader_ack_warns_that_it_can_be_lost(cluster: LocalCluster) -> None:
 
 def test_status_and_lag(cluster: LocalCluster) -> None:
     kv(cluster, "put", "x", "1")
-    r = kv(cluster, "-w", "table", "status")
+    r = kv(cluster, "status", "-w", "table")  # as the README shows it
     assert r.returncode == 0
     assert "| ENDPOINT" in r.stdout and r.stdout.count("leader") >= 1 and r.stdout.count("follower") == 2
     doc = json.loads(kv(cluster, "-w", "json", "status").stdout)
