@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 import sys
 from dataclasses import fields
 
@@ -15,14 +18,19 @@ def _fail(msg: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
 def main() -> None:
-    """raftkv: a Raft-replicated key-value store."""
+    """raftkv: a Raft-replicated key-value store.
+
+    Every flag of `serve` may also come from the environment as RAFTKV_SERVE_<FLAG> (e.g.
+    RAFTKV_SERVE_DATA_DIR); a flag on the command line wins."""
 
 
 @main.command()
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file with settings; flags win.")
-@click.option("--id", "node_id", type=int, help="This node's id (>= 1).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), envvar="RAFTKV_SERVE_CONFIG", help="TOML file with settings; flags win.")
+@click.option("--id", "node_id", type=int, envvar="RAFTKV_SERVE_ID", help="This node's id (>= 1).")
+@click.option("--id-from-hostname", is_flag=True, default=None,
+              help="Take the id from a StatefulSet hostname: NAME-0 is node 1, NAME-1 node 2, ...")
 @click.option("--data-dir", help="Directory for this node's LMDB data.")
 @click.option("--listen", help="gRPC address for clients and peers, e.g. 127.0.0.1:7001.")
 @click.option("--advertise", help="Address others should use to reach this node (default: --listen).")
@@ -58,6 +66,10 @@ def serve(config_file: str | None, **flags: object) -> None:
 def build_config(config_file: str | None, flags: dict[str, object]) -> ServerConfig:
     values: dict[str, object] = ServerConfig.from_file(config_file) if config_file else {}
     rename = {"node_id": "id"}
+    if flags.pop("id_from_hostname", None):
+        if flags.get("node_id") is not None:
+            raise ConfigError("--id and --id-from-hostname do not go together")
+        flags["node_id"] = id_from_hostname(os.environ.get("HOSTNAME") or socket.gethostname())
     for k, v in flags.items():
         if v is None:
             continue
@@ -67,6 +79,14 @@ def build_config(config_file: str | None, flags: dict[str, object]) -> ServerCon
     cfg = ServerConfig(**{k: v for k, v in values.items() if k in known})
     cfg.validate()
     return cfg
+
+
+def id_from_hostname(hostname: str) -> int:
+    """A StatefulSet names its pods NAME-0, NAME-1, ...; raftkv ids start at 1 (0 means "nobody")."""
+    m = re.search(r"-(\d+)$", hostname.split(".")[0])
+    if m is None:
+        raise ConfigError(f"hostname {hostname!r} does not end in -ORDINAL (as StatefulSet pods do); use --id")
+    return int(m.group(1)) + 1
 
 
 @main.command()
