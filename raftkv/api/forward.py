@@ -11,6 +11,7 @@ import grpc
 
 from ..proto.stubs import kv_pb2_grpc
 from ..server.host import NodeHost
+from ..tls import aio_channel
 
 FORWARDED = "raftkv-forwarded"
 
@@ -27,7 +28,7 @@ class Forwarder:
     def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address)
+            ch = aio_channel(address, self.host.cfg.tls)
             self._channels[address] = ch
         return ch
 

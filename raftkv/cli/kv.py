@@ -1,7 +1,8 @@
 """`kv`: the raftkv command-line client, in the manner of etcdctl.
 
 Global flags: --endpoints (env KV_ENDPOINTS; the flag wins), --dial-timeout, --command-timeout,
--w/--write-out simple|json|table. Errors print one line `Error: ...` on stderr and exit non-zero."""
+--cacert/--cert/--key (TLS), -w/--write-out simple|json|table; they may stand before or after the
+command. Errors print one line `Error: ...` on stderr and exit non-zero."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ EXIT_BAD_USAGE = 2
 
 
 class Ctx:
-    def __init__(self, endpoints: str, dial_timeout: float, command_timeout: float, out: str) -> None:
+    def __init__(self, endpoints: str, dial_timeout: float, command_timeout: float, out: str,
+                 tls: tuple[str, str, str] = ("", "", "")) -> None:
         self.endpoints = endpoints
+        self.tls = tls
         self.dial_timeout = dial_timeout
         self.command_timeout = command_timeout
         self.out = out
@@ -30,8 +33,15 @@ class Ctx:
     def client(self) -> Any:
         if self._client is None:
             from ..client import Client
+            from ..tls import TlsError, TlsFiles
 
-            self._client = Client(self.endpoints, timeout=self.command_timeout)
+            try:
+                tls = TlsFiles(*self.tls) if any(self.tls) else None
+                self._client = Client(self.endpoints, timeout=self.command_timeout, tls=tls)
+                if tls is not None:
+                    tls.channel_credentials()  # unreadable files fail here, in one line
+            except TlsError as e:
+                fail(str(e), EXIT_BAD_USAGE)
         return self._client
 
 
@@ -87,7 +97,8 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
-GLOBAL_FLAGS_WITH_VALUE = frozenset({"--endpoints", "--dial-timeout", "--command-timeout", "-w", "-o", "--write-out"})
+GLOBAL_FLAGS_WITH_VALUE = frozenset({"--endpoints", "--dial-timeout", "--command-timeout", "-w", "-o", "--write-out",
+                                     "--cacert", "--cert", "--key"})
 
 
 def hoist_global_flags(args: list[str]) -> list[str]:
@@ -125,12 +136,16 @@ class KvGroup(click.Group):
 @click.option("--command-timeout", type=float, default=5.0, show_default=True, help="Seconds per command.")
 @click.option("-w", "--write-out", "-o", "out", type=click.Choice(["simple", "json", "table"]), default="simple",
               show_default=True, help="Output format.")
+@click.option("--cacert", envvar="KV_CACERT", default="", help="Verify TLS nodes with this PEM CA (env KV_CACERT).")
+@click.option("--cert", envvar="KV_CERT", default="", help="Client certificate, PEM (env KV_CERT).")
+@click.option("--key", envvar="KV_KEY", default="", help="Key of --cert, PEM (env KV_KEY).")
 @click.pass_context
-def main(ctx: click.Context, endpoints: str, dial_timeout: float, command_timeout: float, out: str) -> None:
+def main(ctx: click.Context, endpoints: str, dial_timeout: float, command_timeout: float, out: str, cacert: str,
+         cert: str, key: str) -> None:
     """kv: talk to a raftkv cluster."""
     if not endpoints.strip():
         fail("--endpoints is empty", EXIT_BAD_USAGE)
-    ctx.obj = Ctx(endpoints, dial_timeout, command_timeout, out)
+    ctx.obj = Ctx(endpoints, dial_timeout, command_timeout, out, (cacert, cert, key))
 
 
 def write_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -49,6 +49,11 @@ def main() -> None:
 @click.option("--lag-critical-seconds", type=float, help="A follower this many seconds behind is critical.")
 @click.option("--semi-sync-timeout-ms", type=int, help="Default semi_sync wait before degrading (ms).")
 @click.option("--sync-timeout-ms", type=int, help="Default sync deadline (ms).")
+@click.option("--cert-file", help="PEM certificate: serve gRPC (clients and peers) over TLS only.")
+@click.option("--key-file", help="PEM private key of --cert-file.")
+@click.option("--trusted-ca-file", help="PEM CA for verifying peers (and clients, with --client-cert-auth).")
+@click.option("--client-cert-auth", is_flag=True, default=None,
+              help="Accept only connections with a certificate signed by --trusted-ca-file.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:

@@ -10,6 +10,7 @@ import grpc
 
 from ..proto.stubs import kv_pb2 as pb
 from ..proto.stubs import kv_pb2_grpc
+from ..tls import TlsFiles, aio_channel
 from .errors import DeadlineError, RaftKVError, UnavailableError, from_rpc_error
 from .policy import Endpoints, backoff, retryable
 from .requests import _b, prefix_end, read_options, write_options
@@ -17,12 +18,13 @@ from .sync_client import Client
 
 
 class AsyncClient:
-    def __init__(self, endpoints: list[str] | str, timeout: float = 5.0) -> None:
+    def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
         self.timeout = timeout
         self.session_token = b""
+        self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     async def close(self) -> None:
@@ -39,7 +41,7 @@ class AsyncClient:
     def _stub(self, address: str, admin: bool) -> Any:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address)
+            ch = aio_channel(address, self.tls)
             self._channels[address] = ch
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 

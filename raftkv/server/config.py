@@ -6,6 +6,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..tls import TlsError, TlsFiles
+
 
 class ConfigError(ValueError):
     """A setting that makes no sense; the message is one line meant for the operator."""
@@ -67,6 +69,13 @@ class ServerConfig:
     read_wait_ms: int = 200
     """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     map_size: int = 4 << 30
+    cert_file: str = ""
+    """PEM certificate: with `key_file`, the gRPC port (clients and peers) speaks TLS only."""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    """PEM CA that peers' (and, with `client_cert_auth`, clients') certificates must chain to."""
+    client_cert_auth: bool = False
+    """Refuse connections without a certificate signed by `trusted_ca_file` (peers included)."""
     log_format: str = "auto"
     """auto (readable on a terminal, JSON otherwise), json or console."""
     log_level: str = "info"
@@ -74,6 +83,13 @@ class ServerConfig:
     @property
     def address(self) -> str:
         return self.advertise or self.listen
+
+    @property
+    def tls(self) -> TlsFiles | None:
+        """This node's TLS files, or None for plaintext gRPC."""
+        if not (self.cert_file or self.key_file or self.trusted_ca_file):
+            return None
+        return TlsFiles(self.trusted_ca_file, self.cert_file, self.key_file)
 
     def validate(self) -> None:
         if self.id <= 0:
@@ -97,6 +113,14 @@ class ServerConfig:
             raise ConfigError("size limits must be positive")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("--log-format must be auto, json or console")
+        try:
+            tls = self.tls
+        except TlsError as e:
+            raise ConfigError(f"--cert-file/--key-file: {e}") from None
+        if tls is not None and not tls.cert:
+            raise ConfigError("--trusted-ca-file needs --cert-file and --key-file: peers verify this node too")
+        if self.client_cert_auth and not self.trusted_ca_file:
+            raise ConfigError("--client-cert-auth needs --trusted-ca-file")
 
     @staticmethod
     def from_file(path: str | Path) -> dict[str, object]:

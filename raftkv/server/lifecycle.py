@@ -16,6 +16,7 @@ from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
 from ..storage import LmdbNodeStore, StorageError, cluster_id_for
+from ..tls import TlsError
 from ..transport import Transport
 from ..transport.transport import CHANNEL_OPTIONS
 from .config import ServerConfig
@@ -55,7 +56,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     host_box: list[NodeHost] = []
     transport = Transport(cfg.id, cfg.address, lambda: store.cluster_id, on_message=lambda m: host_box[0].deliver(m),
                           on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
-                          adopt_cluster_id=store.adopt_cluster_id)
+                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls)
     host = NodeHost(cfg, store, transport, metrics)
     host_box.append(host)
     forwarder = Forwarder(host)
@@ -69,7 +70,14 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
              raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     try:
-        port = server.add_insecure_port(cfg.listen)
+        tls = cfg.tls
+        if tls is not None:
+            port = server.add_secure_port(cfg.listen, tls.server_credentials(cfg.client_cert_auth))
+        else:
+            port = server.add_insecure_port(cfg.listen)
+    except TlsError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 2
     except RuntimeError as e:
         print(f"Error: cannot listen on {cfg.listen}: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ import structlog
 from ..core import Message
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
+from ..tls import TlsFiles, aio_channel
 from .codec import from_proto, to_proto
 
 log = structlog.get_logger("raftkv.transport")
@@ -65,7 +66,7 @@ class _Peer:
     async def run(self) -> None:
         backoff = 0.05
         while not self.owner.stopping:
-            channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            channel = aio_channel(self.address, self.owner.tls, CHANNEL_OPTIONS)
             try:
                 stub = pb_grpc.RaftStub(channel)
                 await stub.Send(self._batches())
@@ -114,8 +115,9 @@ class _RaftService(pb_grpc.RaftServicer):
 class Transport:
     def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
                  on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
-                 queue_limit: int = 8192) -> None:
+                 queue_limit: int = 8192, tls: TlsFiles | None = None) -> None:
         self.node_id = node_id
+        self.tls = tls
         self.address = address
         self.cluster_id = cluster_id
         self.on_message = on_message

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from raftkv.client import Client, RaftKVError
+from raftkv.tls import TlsFiles
 
 FAST = ["--tick-ms", "20", "--election-ticks", "10", "--heartbeat-ticks", "1"]
 
@@ -23,8 +24,10 @@ def free_port() -> int:
 
 
 class LocalCluster:
-    def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None) -> None:
+    def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None, tls: TlsFiles | None = None) -> None:
         self.root = root
+        self.tls = tls
+        """What this harness's own clients present to TLS nodes (the nodes' flags go in `extra`)."""
         self.n = n
         self.extra = extra or []
         self.ports = {i: free_port() for i in range(1, n + 1)}
@@ -94,10 +97,10 @@ class LocalCluster:
                 p.wait()
 
     def client(self, timeout: float = 10.0) -> Client:
-        return Client(self.endpoints, timeout=timeout)
+        return Client(self.endpoints, timeout=timeout, tls=self.tls)
 
     def status(self, i: int, timeout: float = 1.0):  # noqa: ANN201
-        with Client(self.address(i), timeout=timeout) as c:
+        with Client(self.address(i), timeout=timeout, tls=self.tls) as c:
             return c.status(endpoint=self.address(i), timeout=timeout)
 
     def wait_leader(self, among: list[int] | None = None, timeout: float = 20.0) -> int:
