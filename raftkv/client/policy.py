@@ -8,11 +8,12 @@ for a transaction, whose second application could differ from the first."""
 from __future__ import annotations
 
 import random
+import time
 from dataclasses import dataclass, field
 
 import grpc
 
-from .errors import NotLeaderError, RaftKVError
+from .errors import DeadlineError, NotLeaderError, RaftKVError, UnavailableError, from_rpc_error
 
 SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN"}
 
@@ -68,3 +69,44 @@ def retryable(err: RaftKVError, kind: str) -> bool:
 
 def backoff(attempt: int) -> float:
     return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())
+
+
+class Attempts:
+    """One call's tries: where to send the next one, how long it may take, and, after a failure, whether
+    to try again (and after what pause) or to give up with the typed error. Shared by the sync and the
+    asyncio client, which differ only in how they wait."""
+
+    def __init__(self, endpoints: Endpoints, kind: str, admin: bool, timeout: float, endpoint: str | None) -> None:
+        self.endpoints = endpoints
+        self.kind = kind
+        self.prefer_leader = kind != "read" or admin
+        self.timeout = timeout
+        self.endpoint = endpoint
+        self.deadline = time.monotonic() + timeout
+        self.count = 0
+        self.last: RaftKVError | None = None
+
+    def next(self) -> tuple[str, float]:
+        """(address, seconds left) for the next try; DeadlineError once the time is up."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            if isinstance(self.last, DeadlineError):
+                raise self.last
+            raise DeadlineError(f"no answer within {self.timeout:.1f}s" + (f" (last error: {self.last})"
+                                                                           if self.last else ""),
+                                grpc.StatusCode.DEADLINE_EXCEEDED)
+        return self.endpoint or self.endpoints.pick(self.prefer_leader), remaining
+
+    def failed(self, address: str, e: grpc.RpcError) -> float:
+        """Learn from a failed try; returns the pause before the next one, or raises the error to give up."""
+        err = from_rpc_error(e)
+        self.endpoints.note_leader(address, err)
+        if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
+            self.endpoints.failed(address)
+            err = UnavailableError(f"{address}: {err}", err.code)
+        if self.endpoint is not None or not retryable(err, self.kind):
+            raise err from None
+        self.last = err
+        pause = min(backoff(self.count), max(0.0, self.deadline - time.monotonic()))
+        self.count += 1
+        return pause

@@ -11,8 +11,7 @@ from ..layers.session import SessionToken
 from ..proto.stubs import kv_pb2 as pb
 from ..proto.stubs import kv_pb2_grpc
 from ..tls import TlsFiles, sync_channel
-from .errors import DeadlineError, RaftKVError, UnavailableError, from_rpc_error
-from .policy import Endpoints, backoff, retryable
+from .policy import Attempts, Endpoints
 from .requests import _b, prefix_end, read_options, write_options
 
 
@@ -60,29 +59,13 @@ class Client:
 
     def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        deadline = time.monotonic() + (timeout or self.timeout)
-        attempt = 0
-        last: RaftKVError | None = None
+        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint)
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise last if isinstance(last, DeadlineError) else DeadlineError(
-                    f"no answer within {timeout or self.timeout:.1f}s" + (f" (last error: {last})" if last else ""),
-                    grpc.StatusCode.DEADLINE_EXCEEDED)
-            address = endpoint or self.endpoints.pick(prefer_leader=kind != "read" or admin)
+            address, remaining = attempts.next()
             try:
                 reply = getattr(self._stub(address, admin), method)(request, timeout=remaining)
             except grpc.RpcError as e:
-                err = from_rpc_error(e)
-                self.endpoints.note_leader(address, err)
-                if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
-                    self.endpoints.failed(address)
-                    err = UnavailableError(f"{address}: {err}", err.code)
-                if endpoint is not None or not retryable(err, kind):
-                    raise err from None
-                last = err
-                time.sleep(min(backoff(attempt), max(0.0, deadline - time.monotonic())))
-                attempt += 1
+                time.sleep(attempts.failed(address, e))
                 continue
             meta = getattr(reply, "meta", None)
             if meta is not None:
