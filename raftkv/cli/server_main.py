@@ -45,6 +45,7 @@ def main() -> None:
 @click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
 @click.option("--snapshot-entries", type=int, help="Snapshot and compact after this many applied entries.")
 @click.option("--snapshot-keep-entries", type=int, help="Log entries kept after compaction (default 1000).")
+@click.option("--snapshot-log-bytes", type=int, help="Also snapshot once the log holds this many bytes (default 256 MiB).")
 @click.option("--lag-critical-entries", type=int, help="A follower this many entries behind is critical.")
 @click.option("--lag-critical-seconds", type=float, help="A follower this many seconds behind is critical.")
 @click.option("--semi-sync-timeout-ms", type=int, help="Default semi_sync wait before degrading (ms).")

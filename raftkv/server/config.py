@@ -60,6 +60,8 @@ class ServerConfig:
     snapshot_entries: int = 10_000
     """Take a snapshot and compact the log once this many entries are applied past the last one."""
     snapshot_keep_entries: int = 1_000
+    snapshot_log_bytes: int = 256 << 20
+    """Also snapshot once the log holds this many bytes (big values fill a disk before the entry count)."""
     """Entries kept after compaction, so a briefly lagging follower still catches up from the log."""
     semi_sync_min_replicas: int = 1
     semi_sync_timeout_ms: int = 1000

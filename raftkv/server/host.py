@@ -517,8 +517,16 @@ class NodeHost:
             w = heapq.heappop(heap)
             if not w.future.done():
                 w.future.set_result(None)
-        if self.applied - self.store.snapshot_index() >= self.cfg.snapshot_entries:
+        if self._log_needs_compaction():
             await self.snapshot_now()
+
+    def _log_needs_compaction(self) -> bool:
+        """By count, or by size -- but never more often than every `snapshot_keep_entries` entries, since
+        that many stay in the log after each compaction whatever their size."""
+        since = self.applied - self.store.snapshot_index()
+        if since >= self.cfg.snapshot_entries:
+            return True
+        return since >= self.cfg.snapshot_keep_entries and self.store.log_bytes() >= self.cfg.snapshot_log_bytes
 
     def _sync_transport_peers(self) -> None:
         members = self.members.all()

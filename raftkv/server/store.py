@@ -32,6 +32,10 @@ class NodeStore(Protocol):
 
     def snapshot_index(self) -> int: ...
 
+    def log_bytes(self) -> int:
+        """Bytes the Raft log occupies, for size-based compaction."""
+        ...
+
     def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
         ...
 

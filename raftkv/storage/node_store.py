@@ -402,6 +402,12 @@ class LmdbNodeStore:
         with self.env.begin() as txn:
             return state_machine.range_read(txn, self.kv_db, op)
 
+    def log_bytes(self) -> int:
+        """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""
+        with self.env.begin() as txn:
+            st = txn.stat(self.log_db)
+        return st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+
     def db_size(self) -> int:
         try:
             return os.path.getsize(self.file)
