@@ -6,7 +6,9 @@ from ..core import ConfState, Entry, EntryType, Message, MessageType, Snapshot, 
 from ..proto.stubs import raft_pb2 as pb
 
 
-def to_proto(m: Message) -> pb.RaftMessage:
+def to_proto(m: Message, snapshot_tail: int | None = None) -> pb.RaftMessage:
+    """`snapshot_tail`: put only the last this-many bytes of the snapshot's data in the message, marked
+    `chunked` (the rest went ahead as chunks)."""
     out = pb.RaftMessage(
         type=int(m.type), to=m.to, **{"from": m.frm}, term=m.term, log_term=m.log_term, index=m.index,
         commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, stamp=m.stamp,
@@ -15,18 +17,24 @@ def to_proto(m: Message) -> pb.RaftMessage:
     )
     if m.snapshot is not None:
         meta = m.snapshot.meta
-        out.snapshot.CopyFrom(pb.Snapshot(index=meta.index, term=meta.term, data=m.snapshot.data,
+        data = m.snapshot.data
+        if snapshot_tail is not None:
+            data = data[len(data) - snapshot_tail:]
+        out.snapshot.CopyFrom(pb.Snapshot(index=meta.index, term=meta.term, data=data,
+                                          chunked=snapshot_tail is not None,
                                           conf=pb.ConfState(voters=sorted(meta.conf.voters),
                                                             learners=sorted(meta.conf.learners))))
     return out
 
 
-def from_proto(p: pb.RaftMessage) -> Message:
+def from_proto(p: pb.RaftMessage, snapshot_head: bytes = b"") -> Message:
+    """`snapshot_head`: the chunks that went ahead of a `chunked` snapshot, joined."""
     snap = None
     if p.HasField("snapshot"):
         s = p.snapshot
+        data = snapshot_head + s.data if s.chunked else s.data
         snap = Snapshot(SnapshotMeta(s.index, s.term, ConfState(frozenset(s.conf.voters), frozenset(s.conf.learners))),
-                        s.data)
+                        data)
     return Message(
         type=MessageType(p.type), to=p.to, frm=getattr(p, "from"), term=p.term, log_term=p.log_term, index=p.index,
         entries=[Entry(e.term, e.index, EntryType(e.type), e.data) for e in p.entries], commit=p.commit,

@@ -34,6 +34,8 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 MAX_BATCH = 512
+SNAPSHOT_CHUNK = 4 << 20
+"""Snapshot data larger than this travels as chunks, one per batch."""
 
 
 class _Peer:
@@ -53,15 +55,35 @@ class _Peer:
         self.ready.set()
         return True
 
+    def _batch(self, msgs: list[pb.RaftMessage], chunk: bytes = b"") -> pb.MessageBatch:
+        return pb.MessageBatch(cluster_id=self.owner.cluster_id(), **{"from": self.owner.node_id}, messages=msgs,
+                               from_address=self.owner.address, snapshot_chunk=chunk)
+
     async def _batches(self) -> AsyncIterator[pb.MessageBatch]:
+        chunk_size = self.owner.snapshot_chunk
         while True:
             if not self.queue:
                 self.ready.clear()
                 await self.ready.wait()
-            n = min(len(self.queue), MAX_BATCH)
-            msgs = [to_proto(self.queue.popleft()) for _ in range(n)]
-            yield pb.MessageBatch(cluster_id=self.owner.cluster_id(), **{"from": self.owner.node_id}, messages=msgs,
-                                  from_address=self.owner.address)
+            msgs: list[pb.RaftMessage] = []
+            while self.queue and len(msgs) < MAX_BATCH:
+                m = self.queue.popleft()
+                size = len(m.snapshot.data) if m.snapshot is not None else 0
+                if size <= chunk_size:
+                    msgs.append(to_proto(m))
+                    continue
+                # A big snapshot: what came before it goes first, then its data a chunk per batch, then
+                # the message itself with the last chunk. The stream keeps them in order.
+                if msgs:
+                    yield self._batch(msgs)
+                    msgs = []
+                data = memoryview(m.snapshot.data)
+                tail = size - (size - 1) // chunk_size * chunk_size
+                for off in range(0, size - tail, chunk_size):
+                    yield self._batch([], bytes(data[off:off + chunk_size]))
+                yield self._batch([to_proto(m, snapshot_tail=tail)])
+            if msgs:
+                yield self._batch(msgs)
 
     async def run(self) -> None:
         backoff = 0.05
@@ -96,6 +118,7 @@ class _RaftService(pb_grpc.RaftServicer):
     async def Send(self, request_iterator: AsyncIterator[pb.MessageBatch], context: grpc.aio.ServicerContext
                    ) -> pb.SendAck:
         deliver = self.owner.on_message
+        chunks: list[bytes] = []  # of a snapshot still arriving on this stream
         async for batch in request_iterator:
             ours = self.owner.cluster_id()
             if batch.cluster_id and ours and batch.cluster_id != ours:
@@ -107,17 +130,24 @@ class _RaftService(pb_grpc.RaftServicer):
             sender = getattr(batch, "from")
             if sender not in self.owner.peers and batch.from_address and sender != self.owner.node_id:
                 self.owner.add_peer(sender, batch.from_address)
+            if batch.snapshot_chunk:
+                chunks.append(batch.snapshot_chunk)
             for m in batch.messages:
-                deliver(from_proto(m))
+                if m.snapshot.chunked:
+                    deliver(from_proto(m, b"".join(chunks)))
+                    chunks = []
+                else:
+                    deliver(from_proto(m))
         return pb.SendAck()
 
 
 class Transport:
     def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
                  on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
-                 queue_limit: int = 8192, tls: TlsFiles | None = None) -> None:
+                 queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK) -> None:
         self.node_id = node_id
         self.tls = tls
+        self.snapshot_chunk = snapshot_chunk
         self.address = address
         self.cluster_id = cluster_id
         self.on_message = on_message
