@@ -48,6 +48,7 @@ from .store import NodeStore
 log = structlog.get_logger("raftkv.host")
 
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
+SNAPSHOT_RETRY_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -100,6 +101,9 @@ class NodeHost:
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
+        self._snap_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-snap-{cfg.id}")
+        self._snapshot_task: asyncio.Task[int] | None = None
+        self._snapshot_retry_at = 0.0
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
         self._proposals: deque[_Proposal] = deque()
@@ -150,6 +154,10 @@ class NodeHost:
             except (TimeoutError, asyncio.CancelledError):
                 self._loop_task.cancel()
         self._fail_everything(ShuttingDown("node is shutting down"))
+        if self._snapshot_task is not None and not self._snapshot_task.done():
+            self._snapshot_task.cancel()
+            await asyncio.gather(self._snapshot_task, return_exceptions=True)
+        self._snap_io.shutdown(wait=True)
         self._io.shutdown(wait=True)
 
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -311,15 +319,28 @@ class NodeHost:
         self._wake.set()
 
     async def snapshot_now(self) -> int:
-        """Snapshot the state machine at the applied index and compact the log, keeping the newest
+        """Snapshot the state machine at the applied index and compact the log; returns the snapshot index.
+        A snapshot already being taken is waited for rather than started twice."""
+        task = self._snapshot_task
+        if task is None or task.done():
+            task = self._snapshot_task = asyncio.create_task(self._take_snapshot(), name="raftkv-snapshot")
+        return await asyncio.shield(task)
+
+    async def _take_snapshot(self) -> int:
+        """Build the image on a thread of its own, from its own read transaction, while the loop and the I/O
+        thread go on (a large state machine takes seconds to copy: the node must keep heartbeating and
+        appending meanwhile); then store it and compact on the I/O thread, keeping the newest
         `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot."""
         loop = asyncio.get_running_loop()
-        applied = self.applied
-        compact_to = max(0, applied - self.cfg.snapshot_keep_entries)
-        await loop.run_in_executor(self._io, self.store.snapshot_and_compact, applied, self.node.conf_as_of(applied),
-                                   compact_to, self.node.conf_as_of(compact_to))
-        log.info("snapshot taken", index=applied, compacted_through=compact_to)
-        return applied
+        t0 = time.monotonic()
+        snap = await loop.run_in_executor(self._snap_io, self.store.build_snapshot)
+        index = snap.meta.index
+        compact_to = max(0, index - self.cfg.snapshot_keep_entries)
+        stored = await loop.run_in_executor(self._io, self.store.save_snapshot, snap, compact_to,
+                                            self.node.conf_as_of(compact_to))
+        log.info("snapshot taken", index=index, compacted_through=compact_to, bytes=len(snap.data),
+                 seconds=round(time.monotonic() - t0, 3))
+        return stored
 
     # ------------------------------------------------------------------------------------------
     # The loop
@@ -517,8 +538,16 @@ class NodeHost:
             w = heapq.heappop(heap)
             if not w.future.done():
                 w.future.set_result(None)
-        if self._log_needs_compaction():
-            await self.snapshot_now()
+        if ((self._snapshot_task is None or self._snapshot_task.done()) and self._log_needs_compaction()
+                and time.monotonic() >= self._snapshot_retry_at):
+            self._snapshot_task = asyncio.create_task(self._take_snapshot(), name="raftkv-snapshot")
+            self._snapshot_task.add_done_callback(self._snapshot_finished)
+
+    def _snapshot_finished(self, task: asyncio.Task[int]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
+            log.error("snapshot failed; the log keeps growing until one succeeds", error=str(task.exception()),
+                      retry_in_seconds=SNAPSHOT_RETRY_SECONDS)
 
     def _log_needs_compaction(self) -> bool:
         """By count, or by size -- but never more often than every `snapshot_keep_entries` entries, since

@@ -36,7 +36,12 @@ class NodeStore(Protocol):
         """Bytes the Raft log occupies, for size-based compaction."""
         ...
 
-    def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
+    def build_snapshot(self) -> Snapshot:
+        """An image of the state machine at its applied index; safe to call from any thread."""
+        ...
+
+    def save_snapshot(self, snap: Snapshot, compact_to: int, compact_conf: ConfState) -> int:
+        """Store a built snapshot (unless a newer one is stored) and compact the log through `compact_to`."""
         ...
 
     def snapshot_members(self) -> dict[int, bytes]: ...

@@ -328,16 +328,45 @@ class LmdbNodeStore:
                 db=self.meta_db)
         txn.put(b"data", snap.data, db=self.snap_db)
 
-    def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
-        """Snapshot the state machine at `applied` (which must be the applied index now) and drop log entries
-        up to `compact_to` (<= applied), whose membership is `compact_conf`. Returns the snapshot index."""
-        with self._lock, self.env.begin(write=True) as txn:
-            if applied != self._applied:
-                raise StorageError(f"snapshot at {applied} requested but applied index is {self._applied}")
+    def build_snapshot(self) -> Snapshot:
+        """An image of the state machine at its applied index, built in a read transaction of its own.
+
+        The applied index, its membership, the data and the member registry are all read from that one
+        transaction, so they agree with each other whatever the I/O thread writes meanwhile: this may run
+        on any thread while the node goes on appending and applying."""
+        with self.env.begin() as txn:
+            raw = txn.get(b"applied", db=self.meta_db)
+            applied, conf = msgpack.unpackb(raw) if raw is not None else (0, [[], []])
             kvs = [[bytes(k), bytes(v)] for k, v in txn.cursor(db=self.kv_db)]
             members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
-            blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
-            term = self._term_in(txn, applied)
+            term = self._term_in_view(txn, applied)
+        blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
+        return Snapshot(SnapshotMeta(applied, term, _conf_from_wire(conf)), blob)
+
+    def _term_in_view(self, txn: lmdb.Transaction, index: int) -> int:
+        raw = txn.get(b"compacted", db=self.meta_db)
+        if raw is not None:
+            c_idx, c_term, _ = msgpack.unpackb(raw)
+            if index == c_idx:
+                return int(c_term)
+        if index == 0:
+            return 0
+        entry = txn.get(_key(index), db=self.log_db)
+        if entry is None:
+            raise StorageError(f"{self.file}: log entry {index} is missing")
+        return self._decode(index, entry).term
+
+    def save_snapshot(self, snap: Snapshot, compact_to: int, compact_conf: ConfState) -> int:
+        """Store `snap` (from build_snapshot) and drop log entries up to `compact_to` (<= its index), whose
+        membership is `compact_conf`. A snapshot no newer than the stored one (say, one installed from the
+        leader while this was being built) is dropped. Returns the stored snapshot's index."""
+        meta = snap.meta
+        with self._lock, self.env.begin(write=True) as txn:
+            current = txn.get(b"snapmeta", db=self.meta_db)
+            if current is not None and msgpack.unpackb(current)[0] >= meta.index:
+                return int(msgpack.unpackb(current)[0])
+            blob = snap.data
+            applied, term, conf = meta.index, meta.term, meta.conf
             txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), zlib.crc32(blob)]),
                     db=self.meta_db)
             txn.put(b"data", blob, db=self.snap_db)
@@ -357,6 +386,14 @@ class LmdbNodeStore:
         self._compacted = new_compacted
         self._snapshot_cache = Snapshot(SnapshotMeta(applied, term, conf), blob)
         return applied
+
+    def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
+        """Snapshot now and compact, in one call: `applied` and `conf` must be the applied index and its
+        membership (a check for callers that know them). Returns the snapshot index."""
+        snap = self.build_snapshot()
+        if (snap.meta.index, snap.meta.conf) != (applied, conf):
+            raise StorageError(f"snapshot at {applied} requested but applied index is {snap.meta.index}")
+        return self.save_snapshot(snap, compact_to, compact_conf)
 
     def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
         if index == self._compacted[0]:
