@@ -49,9 +49,9 @@ class AsyncClient:
                    timeout: float | None = None, endpoint: str | None = None) -> Any:
         attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint)
         while True:
-            address, remaining = attempts.next()
+            address, budget = attempts.next()
             try:
-                reply = await getattr(self._stub(address, admin), method)(request, timeout=remaining)
+                reply = await getattr(self._stub(address, admin), method)(request, timeout=budget)
             except grpc.RpcError as e:
                 await asyncio.sleep(attempts.failed(address, e))
                 continue

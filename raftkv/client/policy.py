@@ -67,6 +67,18 @@ def retryable(err: RaftKVError, kind: str) -> bool:
     return False
 
 
+READ_ATTEMPT_MIN_S = 1.0
+
+
+def attempt_timeout(kind: str, remaining: float, total: float, endpoints: int, pinned: bool) -> float:
+    """How long one attempt may take. A read that may go elsewhere gets a share of the deadline, so one
+    hung node (paused, or overloaded, its port still open) cannot swallow the whole deadline: the read moves
+    on to the next endpoint. Writes keep the whole deadline: a write cut short has an unknown outcome."""
+    if kind != "read" or pinned or endpoints < 2:
+        return remaining
+    return min(remaining, max(READ_ATTEMPT_MIN_S, total / 3))
+
+
 def backoff(attempt: int) -> float:
     return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())
 
@@ -85,9 +97,11 @@ class Attempts:
         self.deadline = time.monotonic() + timeout
         self.count = 0
         self.last: RaftKVError | None = None
+        self.budget = timeout
+        self.cut_short = False
 
     def next(self) -> tuple[str, float]:
-        """(address, seconds left) for the next try; DeadlineError once the time is up."""
+        """(address, seconds this try may take) for the next try; DeadlineError once the time is up."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             if isinstance(self.last, DeadlineError):
@@ -95,7 +109,10 @@ class Attempts:
             raise DeadlineError(f"no answer within {self.timeout:.1f}s" + (f" (last error: {self.last})"
                                                                            if self.last else ""),
                                 grpc.StatusCode.DEADLINE_EXCEEDED)
-        return self.endpoint or self.endpoints.pick(self.prefer_leader), remaining
+        self.budget = attempt_timeout(self.kind, remaining, self.timeout, len(self.endpoints.addresses),
+                                      self.endpoint is not None)
+        self.cut_short = self.budget < remaining
+        return self.endpoint or self.endpoints.pick(self.prefer_leader), self.budget
 
     def failed(self, address: str, e: grpc.RpcError) -> float:
         """Learn from a failed try; returns the pause before the next one, or raises the error to give up."""
@@ -104,6 +121,10 @@ class Attempts:
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)
             err = UnavailableError(f"{address}: {err}", err.code)
+        elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.reason and self.cut_short:
+            self.endpoints.failed(address)  # our share ran out there: try the next endpoint at once
+            self.last = UnavailableError(f"{address}: no answer within {self.budget:.1f}s", err.code)
+            return 0.0
         if self.endpoint is not None or not retryable(err, self.kind):
             raise err from None
         self.last = err

@@ -61,9 +61,9 @@ class Client:
              timeout: float | None = None, endpoint: str | None = None) -> Any:
         attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint)
         while True:
-            address, remaining = attempts.next()
+            address, budget = attempts.next()
             try:
-                reply = getattr(self._stub(address, admin), method)(request, timeout=remaining)
+                reply = getattr(self._stub(address, admin), method)(request, timeout=budget)
             except grpc.RpcError as e:
                 time.sleep(attempts.failed(address, e))
                 continue
