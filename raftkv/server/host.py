@@ -36,7 +36,14 @@ from ..core import (
     Ready,
     StateRole,
 )
-from ..layers.acks import AckLevel, AckOutcome, AckRequest, DurabilityWaiters, confirmed_members
+from ..layers.acks import (
+    AckLevel,
+    AckOutcome,
+    AckRequest,
+    DurabilityWaiters,
+    SemiSyncStatus,
+    confirmed_members,
+)
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
 from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
 from .config import ServerConfig
@@ -99,6 +106,7 @@ class NodeHost:
         self.node = RaftNode(core_cfg, store.log)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
+        self.semi_sync = SemiSyncStatus()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
@@ -244,8 +252,19 @@ class NodeHost:
         if outcome.timed_out:
             raise SyncTimeout(index, term, outcome.confirmed_by)
         if level == AckLevel.SEMI_SYNC:
-            self.metrics.semi_sync_degraded(outcome.degraded)
+            self._note_semi_sync(index, ack, outcome)
         return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+
+    def _note_semi_sync(self, index: int, ack: AckRequest, outcome: AckOutcome) -> None:
+        if not self.semi_sync.observe(outcome.degraded):
+            return
+        self.metrics.semi_sync_transition(outcome.degraded)
+        if outcome.degraded:
+            log.warning("semi-sync degraded", index=index, timeout_ms=ack.timeout_ms, min_replicas=ack.min_replicas,
+                        confirmed_by=outcome.confirmed_by,
+                        detail="writes are acknowledged after commit without the semi-sync replicas")
+        else:
+            log.info("semi-sync recovered", index=index, confirmed_by=outcome.confirmed_by)
 
     def _await_apply(self, index: int, term: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

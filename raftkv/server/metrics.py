@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..layers.lag import FollowerLag
-
-log = structlog.get_logger("raftkv.metrics")
 
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -48,19 +45,12 @@ class Metrics:
         self.lag_critical = Gauge("raftkv_replication_lag_critical", "1 while a follower's lag is critical", labels,
                                   registry=r)
         self._peers: set[str] = set()
-        self._degraded = False
 
-    def semi_sync_degraded(self, degraded: bool) -> None:
-        """Count and log each transition into and out of degraded mode once (MySQL's semi-sync status)."""
-        if degraded == self._degraded:
-            return
-        self._degraded = degraded
+    def semi_sync_transition(self, degraded: bool) -> None:
+        """Semi-sync writes entered (or left) degraded mode: count entries, show the current state."""
         self.semi_sync_degraded_gauge.set(1 if degraded else 0)
         if degraded:
             self.semi_sync_degradations.inc()
-            log.warning("semi-sync degraded: writes acknowledged after commit without the semi-sync replicas")
-        else:
-            log.info("semi-sync recovered: replicas confirm writes within the timeout again")
 
     def observe_lag(self, lags: Iterable[FollowerLag]) -> None:
         seen = set()
