@@ -307,6 +307,7 @@ class NodeHost:
         idx = await self.read_index()
         await self.wait_applied(idx)
         self.reads_served += 1
+        self.metrics.linearizable_reads.inc()
         return idx
 
     # ------------------------------------------------------------------------------------------
@@ -399,11 +400,11 @@ class NodeHost:
             err = self.not_leader()
             for p in live:
                 p.placed.set_exception(err)
+            self.metrics.proposals_failed.inc(len(live))
             return
         term = self.node.term
         for i, p in enumerate(live):
             p.placed.set_result((first + i, term))
-        self.metrics.proposals_pending.inc(len(live))
 
     def _place_conf_changes(self) -> None:
         while self._conf_requests:
@@ -433,6 +434,7 @@ class NodeHost:
                 f.set_exception(err)
             return
         self.read_rounds += 1
+        self.metrics.read_index_rounds.inc()
         self._read_batches[ctx] = batch
 
     async def _handle_ready(self, rd: Ready) -> None:
@@ -455,6 +457,8 @@ class NodeHost:
                 self._io, self.store.save_and_apply, rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries,
                 rd.conf_state, self.members.encode_after(member_changes))
             self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+            if rd.committed_entries:
+                self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
             if rd.snapshot is not None:
                 self.applied = rd.snapshot.meta.index
                 self.members.replace_from_snapshot(self.store.snapshot_members())
@@ -505,6 +509,7 @@ class NodeHost:
                 fut.set_result(None)
             else:
                 fut.set_exception(ProposalLost(idx))
+                self.metrics.proposals_failed.inc()
 
     async def _after_apply(self, rd: Ready, results: list[Any], member_changes: list[ConfChange]) -> None:
         entries = rd.committed_entries
@@ -512,13 +517,13 @@ class NodeHost:
         if member_changes:
             self.members.apply(member_changes, self.node.conf)
             self._sync_transport_peers()
-        applied_here = 0
         for e, res in zip(entries, results, strict=True):
             waiter = self._apply_waiters.pop(e.index, None)
             if waiter is None:
                 continue
             term, fut = waiter
-            applied_here += 1
+            if e.term != term:
+                self.metrics.proposals_failed.inc()
             if fut.done():
                 continue
             if e.term != term:
@@ -529,8 +534,6 @@ class NodeHost:
                 fut.set_result(res)
         self.metrics.proposals_committed.inc(len(entries))
         self.metrics.proposals_applied.inc(len(entries))
-        if applied_here:
-            self.metrics.proposals_pending.dec(applied_here)
         heap = self._applied_heap
         while heap and heap[0].index <= self.applied:
             w = heapq.heappop(heap)
@@ -572,6 +575,9 @@ class NodeHost:
 
     def _after_round(self) -> None:
         now = time.monotonic()
+        # Pending: in the leader's log, not yet applied (whatever ack level answered the client already).
+        self.metrics.proposals_pending.set(max(0, self.node.raft_log.last_index() - self.applied)
+                                           if self.is_leader else 0)
         if self.is_leader:
             if self.durability:
                 self.durability.update(self.match_indexes(), now)

@@ -22,8 +22,10 @@ class Metrics:
                                            registry=r)
         self.proposals_applied = Counter("raftkv_proposals_applied", "Entries applied to the state machine",
                                          registry=r)
-        self.proposals_pending = Gauge("raftkv_proposals_pending", "Proposals waiting to be applied", registry=r)
-        self.proposals_failed = Counter("raftkv_proposals_failed", "Proposals that failed", registry=r)
+        self.proposals_pending = Gauge("raftkv_proposals_pending",
+                                       "Entries in the leader's log not yet applied on the leader", registry=r)
+        self.proposals_failed = Counter("raftkv_proposals_failed",
+                                        "Proposals dropped (no leader) or overwritten by a new leader", registry=r)
         self.fsync_seconds = Histogram("raftkv_fsync_duration_seconds", "Time to persist one Ready (group commit)",
                                        buckets=_FAST_BUCKETS, registry=r)
         self.apply_seconds = Histogram("raftkv_apply_duration_seconds", "Time to apply one batch of entries",
@@ -32,6 +34,10 @@ class Metrics:
                                               "Transitions of semi-sync writes into degraded mode", registry=r)
         self.semi_sync_degraded_gauge = Gauge("raftkv_semi_sync_degraded",
                                               "1 while semi-sync writes are degrading to majority", registry=r)
+        self.read_index_rounds = Counter("raftkv_read_index_rounds",
+                                         "ReadIndex rounds started here; concurrent reads share one", registry=r)
+        self.linearizable_reads = Counter("raftkv_linearizable_reads",
+                                          "Linearizable reads served here after a ReadIndex round", registry=r)
         labels = ["peer"]
         self.lag_entries = Gauge("raftkv_replication_lag_entries", "Entries a follower lacks", labels, registry=r)
         self.lag_bytes = Gauge("raftkv_replication_lag_bytes", "Bytes of entries a follower lacks", labels,
