@@ -131,6 +131,10 @@ class NodeHost:
         self._last_lag_check = 0.0
         self._known_commit = 0
         self.read_rounds = 0  # ReadIndex requests issued to the core (batches, not individual reads)
+        self._round_started = 0.0
+        # A round not answered within an election timeout is not waited for: CheckQuorum or a new leader
+        # will settle it, and reads that came later should not stall behind it.
+        self._round_patience = cfg.election_ticks * cfg.tick_ms / 1000
         self.reads_served = 0
 
     # ------------------------------------------------------------------------------------------
@@ -385,7 +389,9 @@ class NodeHost:
             self._place_proposals()
         if self._conf_requests:
             self._place_conf_changes()
-        if self._reads:
+        if self._reads and (not self._read_batches or now - self._round_started >= self._round_patience):
+            # One round in flight at a time: reads arriving meanwhile all share the next one.
+            self._round_started = now
             self._start_read_round()
 
     def _place_proposals(self) -> None:
