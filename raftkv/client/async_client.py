@@ -11,7 +11,7 @@ import grpc
 from ..proto.stubs import kv_pb2 as pb
 from ..proto.stubs import kv_pb2_grpc
 from .errors import DeadlineError, RaftKVError, UnavailableError, from_rpc_error
-from .policy import Endpoints, backoff, retryable
+from .policy import Endpoints, attempt_timeout, backoff, retryable
 from .requests import _b, prefix_end, read_options, write_options
 from .sync_client import Client
 
@@ -57,14 +57,20 @@ class AsyncClient:
                     f"no answer within {timeout or self.timeout:.1f}s" + (f" (last error: {last})" if last else ""),
                     grpc.StatusCode.DEADLINE_EXCEEDED)
             address = endpoint or self.endpoints.pick(prefer_leader=kind != "read" or admin)
+            budget = attempt_timeout(kind, remaining, timeout or self.timeout, len(self.endpoints.addresses),
+                                     endpoint is not None)
             try:
-                reply = await getattr(self._stub(address, admin), method)(request, timeout=remaining)
+                reply = await getattr(self._stub(address, admin), method)(request, timeout=budget)
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
                 self.endpoints.note_leader(address, err)
                 if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
                     self.endpoints.failed(address)
                     err = UnavailableError(f"{address}: {err}", err.code)
+                elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.reason and budget < remaining:
+                    self.endpoints.failed(address)  # our share ran out there: try the next endpoint
+                    last = UnavailableError(f"{address}: no answer within {budget:.1f}s", err.code)
+                    continue
                 if endpoint is not None or not retryable(err, kind):
                     raise err from None
                 last = err

@@ -66,5 +66,17 @@ def retryable(err: RaftKVError, kind: str) -> bool:
     return False
 
 
+READ_ATTEMPT_MIN_S = 1.0
+
+
+def attempt_timeout(kind: str, remaining: float, total: float, endpoints: int, pinned: bool) -> float:
+    """How long one attempt may take. A read that may go elsewhere gets a share of the deadline, so one
+    hung node (paused, or overloaded, its port still open) cannot swallow the whole deadline: the read moves
+    on to the next endpoint. Writes keep the whole deadline: a write cut short has an unknown outcome."""
+    if kind != "read" or pinned or endpoints < 2:
+        return remaining
+    return min(remaining, max(READ_ATTEMPT_MIN_S, total / 3))
+
+
 def backoff(attempt: int) -> float:
     return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())
