@@ -102,3 +102,20 @@ def test_lease_reads_and_default_ack_follow_server_flags(tmp_path: Path) -> None
         assert r.returncode != 0 and r.stderr.startswith("Error: lease reads are disabled")
     finally:
         off.stop_all()
+
+
+def test_a_hung_first_endpoint_does_not_swallow_reads(cluster: LocalCluster) -> None:
+    """A paused node keeps its port open, so connecting works and nothing answers. Reads and admin reads
+    give it a share of the deadline and move on to the next endpoint."""
+    leader = cluster.wait_leader()
+    hung = next(i for i in (1, 2, 3) if i != leader)
+    eps = ",".join(cluster.address(i) for i in [hung] + [i for i in (1, 2, 3) if i != hung])
+    assert kv(None, "put", "h", "1", endpoints=cluster.address(leader)).returncode == 0
+    cluster.signal(hung, signal.SIGSTOP)
+    try:
+        r = kv(None, "get", "h", endpoints=eps)
+        assert r.returncode == 0 and r.stdout == "h\n1\n", r.stderr
+        r = kv(None, "-w", "json", "lag", endpoints=eps)
+        assert r.returncode == 0 and int(json.loads(r.stdout)["leader_id"]) == leader, r.stderr
+    finally:
+        cluster.signal(hung, signal.SIGCONT)
