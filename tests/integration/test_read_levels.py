@@ -81,14 +81,14 @@ def test_bounded_staleness_holds_while_provable_then_fails_or_forwards(cluster: 
         try:
             # Within the bound: answered locally, and the reply states the bound it proved.
             r = c.get("b", consistency="bounded_staleness", max_staleness_ms=bound_ms, strict=True, endpoint=addr)
-            within = time.monotonic() - cut_at
             assert r.found and r.kv.value == b"1" and r.meta.served_by == cut
             assert r.meta.consistency_achieved == pb.BOUNDED_STALENESS
-            assert 0 <= r.meta.staleness_bound_ms <= bound_ms
-            # Its own clock, measured from before its last confirmed stamp: at least the time since the cut.
-            assert r.meta.staleness_bound_ms >= within * 1000 - 50
-            r = c.get("b", consistency="bounded_staleness", max_staleness_ms=bound_ms, endpoint=addr)
-            assert r.meta.served_by == cut
+            assert 0 < r.meta.staleness_bound_ms <= bound_ms
+            time.sleep(0.1)
+            # No confirmation can arrive now, so the bound it can prove only grows, on its own clock.
+            r2 = c.get("b", consistency="bounded_staleness", max_staleness_ms=bound_ms, endpoint=addr)
+            assert r2.meta.served_by == cut
+            assert r.meta.staleness_bound_ms + 100 <= r2.meta.staleness_bound_ms <= bound_ms
             time.sleep(max(0.0, bound_ms / 1000 + 0.2 - (time.monotonic() - cut_at)))
             # Past the bound: strict fails at once, without strict it tries the leader (unreachable here).
             with pytest.raises(FailedPreconditionError) as info:
