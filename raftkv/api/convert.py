@@ -79,7 +79,7 @@ class Validator:
         raise invalid("a transaction operation must be put, delete or range")
 
     def ack(self, w: pb.WriteOptions) -> AckRequest:
-        level = ACK_FROM_PB.get(w.ack)
+        level = AckLevel(self.cfg.default_ack) if w.ack == pb.ACK_DEFAULT else ACK_FROM_PB.get(w.ack)
         if level is None:
             raise invalid(f"unknown ack level {w.ack}")
         if level == AckLevel.SYNC:

@@ -35,14 +35,15 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.v = Validator(host.cfg)
 
     # -- helpers -----------------------------------------------------------------------------
-    def _token(self, index: int) -> bytes:
-        return SessionToken(index=index, term=self.host.node.term).encode(self.store.cluster_id)
+    def _token(self, index: int, term: int | None = None) -> bytes:
+        return SessionToken(index=index, term=self.host.node.term if term is None else term).encode(
+            self.store.cluster_id)
 
     def _write_meta(self, out: WriteOutcome) -> pb.WriteMeta:
         return pb.WriteMeta(index=out.index, term=out.term, ack_achieved=ACK_TO_PB[out.ack.level],
                             degraded=out.ack.degraded, confirmed_by=out.ack.confirmed_by,
-                            commit_latency_us=int(out.latency_s * 1e6), session_token=self._token(out.index),
-                            served_by=self.host.cfg.id)
+                            commit_latency_us=int(out.latency_s * 1e6), session_token=self._token(out.index, out.term),
+                            served_by=self.host.cfg.id, may_be_lost=out.ack.level == AckLevel.LEADER)
 
     def _read_meta(self, point: ReadPoint, applied: int) -> pb.ReadMeta:
         return pb.ReadMeta(served_by=self.host.cfg.id, applied_index=applied,

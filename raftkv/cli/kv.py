@@ -174,8 +174,9 @@ def _write_meta_lines(meta: Any) -> list[str]:
     ack = pb.Ack.Name(meta.ack_achieved).removeprefix("ACK_").lower()
     lines = [f"OK (index {meta.index}, term {meta.term}, ack {ack}"
              + (", DEGRADED" if meta.degraded else "")
-             + f", confirmed by {','.join(map(str, meta.confirmed_by)) or '-'})"]
-    if meta.ack_achieved == pb.ACK_LEADER:
+             + f", confirmed by {','.join(map(str, meta.confirmed_by)) or '-'}"
+             + f", {meta.commit_latency_us / 1000:.1f} ms)"]
+    if meta.may_be_lost or meta.ack_achieved == pb.ACK_LEADER:
         lines.append("warning: acknowledged before commit (ack=leader); it is lost if the leader fails first")
     return lines
 
@@ -201,7 +202,13 @@ def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str
         click.echo(text(r.prev_kv.key))
         click.echo(text(r.prev_kv.value))
     if print_token:
-        click.echo(f"session-token: {token_text(r.meta.session_token)}")
+        _print_token(c, r.meta.session_token)
+
+
+def _print_token(c: Ctx, token: bytes) -> None:
+    """The reply's session token, for a later `--consistency session --session-token ...` (on stderr with
+    -w json, so stdout stays one JSON document)."""
+    click.echo(f"session-token: {token_text(token)}", err=c.out == "json")
 
 
 def _read_kwargs(consistency: str, max_staleness_ms: int | None, max_lag_entries: int | None, strict: bool,
@@ -243,7 +250,7 @@ def get(c: Ctx, key: str, consistency: str, max_staleness_ms: int | None, max_la
     r = run(lambda: c.client.get(key, **kw))
     _print_kvs(c, [r.kv] if r.found else [], r)
     if print_token:
-        click.echo(f"session-token: {token_text(r.meta.session_token)}")
+        _print_token(c, r.meta.session_token)
 
 
 @main.command(name="range")
@@ -270,8 +277,10 @@ def range_cmd(c: Ctx, key: str, range_end: str, prefix: bool, from_key: bool, li
                                    count_only=count_only, **kw))
     if count_only:
         click.echo(json.dumps(to_json(r)) if c.out == "json" else str(r.count))
-        return
-    _print_kvs(c, list(r.kvs), r, keys_only)
+    else:
+        _print_kvs(c, list(r.kvs), r, keys_only)
+    if print_token:
+        _print_token(c, r.meta.session_token)
 
 
 @main.command(name="del")
@@ -279,17 +288,23 @@ def range_cmd(c: Ctx, key: str, range_end: str, prefix: bool, from_key: bool, li
 @click.argument("range_end", required=False, default="")
 @click.option("--prefix", is_flag=True)
 @click.option("--prev-kv", is_flag=True)
+@click.option("--print-token", is_flag=True, help="Print the session token of this write.")
+@write_options
 @pass_ctx
-def delete(c: Ctx, key: str, range_end: str, prefix: bool, prev_kv: bool) -> None:
+def delete(c: Ctx, key: str, range_end: str, prefix: bool, prev_kv: bool, print_token: bool, ack: str,
+           min_replicas: int, timeout_ms: int) -> None:
     """Delete KEY (or [KEY, RANGE_END), or --prefix); prints how many were deleted."""
-    r = run(lambda: c.client.delete(key, range_end, prefix=prefix, prev_kv=prev_kv))
+    r = run(lambda: c.client.delete(key, range_end, prefix=prefix, prev_kv=prev_kv, ack=ack,
+                                    min_replicas=min_replicas, timeout_ms=timeout_ms))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
-        return
-    click.echo(str(r.deleted))
-    for kv in r.prev_kvs:
-        click.echo(text(kv.key))
-        click.echo(text(kv.value))
+    else:
+        click.echo(str(r.deleted))
+        for kv in r.prev_kvs:
+            click.echo(text(kv.key))
+            click.echo(text(kv.value))
+    if print_token:
+        _print_token(c, r.meta.session_token)
 
 
 def _parse_compare(s: str) -> Any:
@@ -328,29 +343,32 @@ def _parse_op(s: str) -> Any:
 @click.option("--compare", "compares", multiple=True, help="e.g. 'value(balance) = 1000' (all must hold).")
 @click.option("--then", "then_ops", multiple=True, help="Operation if every compare holds: 'put k v', 'del k', 'get k'.")
 @click.option("--else", "else_ops", multiple=True, help="Operation otherwise.")
+@click.option("--print-token", is_flag=True, help="Print the session token of this transaction.")
 @write_options
 @pass_ctx
-def txn(c: Ctx, compares: tuple[str, ...], then_ops: tuple[str, ...], else_ops: tuple[str, ...], ack: str,
-        min_replicas: int, timeout_ms: int) -> None:
+def txn(c: Ctx, compares: tuple[str, ...], then_ops: tuple[str, ...], else_ops: tuple[str, ...], print_token: bool,
+        ack: str, min_replicas: int, timeout_ms: int) -> None:
     """An atomic compare-and-swap transaction (prints SUCCESS or FAILURE, then the results)."""
     cmp = [_parse_compare(s) for s in compares]
     ok_ops = [_parse_op(s) for s in then_ops]
     bad_ops = [_parse_op(s) for s in else_ops]
-    r = run(lambda: c.client.txn(cmp, ok_ops, bad_ops, ack=ack))
+    r = run(lambda: c.client.txn(cmp, ok_ops, bad_ops, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
-        return
-    click.echo("SUCCESS" if r.succeeded else "FAILURE")
-    for resp in r.responses:
-        kind = resp.WhichOneof("response")
-        if kind == "range":
-            for kv in resp.range.kvs:
-                click.echo(text(kv.key))
-                click.echo(text(kv.value))
-        elif kind == "put":
-            click.echo("OK")
-        else:
-            click.echo(str(resp.delete.deleted))
+    else:
+        click.echo("SUCCESS" if r.succeeded else "FAILURE")
+        for resp in r.responses:
+            kind = resp.WhichOneof("response")
+            if kind == "range":
+                for kv in resp.range.kvs:
+                    click.echo(text(kv.key))
+                    click.echo(text(kv.value))
+            elif kind == "put":
+                click.echo("OK")
+            else:
+                click.echo(str(resp.delete.deleted))
+    if print_token:
+        _print_token(c, r.meta.session_token)
 
 
 def _status_rows(statuses: list[tuple[str, Any]]) -> list[list[Any]]:
@@ -401,32 +419,51 @@ def _lag_rows(r: Any) -> list[list[Any]]:
             for f in r.followers]
 
 
+LAG_HEADERS = ["follower", "role", "state", "match", "lag entries", "lag bytes", "flush lag s", "replay lag s",
+               "last contact s", "status"]
+
+
+def _lag_frame(r: Any, watch: bool) -> str:
+    lines = []
+    if watch:
+        lines.append(f"leader {r.leader_id}  commit {r.commit}  last index {r.last_index}  "
+                     f"{time.strftime('%H:%M:%S')}  (Ctrl-C to stop)")
+    lines.append(table(LAG_HEADERS, _lag_rows(r)))
+    return "\n".join(lines)
+
+
 @main.command()
-@click.option("--watch", is_flag=True, help="Refresh every --interval seconds until Ctrl-C.")
+@click.option("--watch", is_flag=True, help="A live table, refreshed every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True)
 @click.option("--count", type=int, default=0, help="With --watch: stop after this many refreshes (0 = forever).")
 @pass_ctx
 def lag(c: Ctx, watch: bool, interval: float, count: int) -> None:
     """Replication lag of every follower, as the leader sees it."""
-    headers = ["follower", "role", "state", "match", "lag entries", "lag bytes", "flush lag s", "replay lag s",
-               "last contact s", "status"]
-    n = 0
-    while True:
+    if interval <= 0:
+        fail("--interval must be > 0", EXIT_BAD_USAGE)
+    if not watch:
         r = run(lambda: c.client.lag())
-        if c.out == "json":
-            click.echo(json.dumps(to_json(r)))
-        else:
-            if watch:
-                click.echo(f"leader {r.leader_id}  commit {r.commit}  last index {r.last_index}  "
-                           f"{time.strftime('%H:%M:%S')}")
-            click.echo(table(headers, _lag_rows(r)))
-        n += 1
-        if not watch or (count and n >= count):
-            return
-        try:
+        click.echo(json.dumps(to_json(r)) if c.out == "json" else _lag_frame(r, False))
+        return
+    from ..client import RaftKVError
+
+    live = sys.stdout.isatty() and c.out != "json"
+    n = 0
+    try:
+        while True:
+            try:
+                r = c.client.lag()
+                frame = json.dumps(to_json(r)) if c.out == "json" else _lag_frame(r, True)
+            except RaftKVError as e:  # an election or a dead node: keep watching, say what happened
+                frame = f"{time.strftime('%H:%M:%S')}  no answer: {str(e).splitlines()[0] if str(e) else e!r}"
+            # On a terminal the table is redrawn in place; piped output gets one frame after another.
+            click.echo(("\x1b[H\x1b[2J" if live else "") + frame)
+            n += 1
+            if count and n >= count:
+                return
             time.sleep(interval)
-        except KeyboardInterrupt:
-            return
+    except KeyboardInterrupt:
+        return
 
 
 @main.group()
@@ -483,11 +520,11 @@ def members_promote(c: Ctx, node_id: int) -> None:
 @members.command(name="update")
 @click.argument("node_id", type=int)
 @click.option("--address", default="")
-@click.option("--sync/--no-sync", "sync_mark", default=False)
-@click.option("--semi-sync/--no-semi-sync", default=False)
+@click.option("--sync/--no-sync", "sync_mark", default=None, help="Mark (or unmark) it for the sync set.")
+@click.option("--semi-sync/--no-semi-sync", default=None, help="Mark (or unmark) it for the semi-sync set.")
 @pass_ctx
-def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool, semi_sync: bool) -> None:
-    """Change a member's address or replication marks."""
+def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool | None, semi_sync: bool | None) -> None:
+    """Change a member's address or replication marks (a mark not named keeps its value)."""
     _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync)))
 
 

@@ -41,6 +41,10 @@ def main() -> None:
 @click.option("--election-ticks", type=int, help="Election timeout in ticks (default 10).")
 @click.option("--heartbeat-ticks", type=int, help="Heartbeat interval in ticks (default 1).")
 @click.option("--lease-reads/--no-lease-reads", default=None, help="Allow `lease` reads (depends on clock drift).")
+@click.option("--lease-drift-ticks", type=int,
+              help="Lease reads stop this many ticks before the election timeout (clock-drift margin, default 2).")
+@click.option("--read-wait-ms", type=int,
+              help="How long a follower waits to catch up for a bounded-staleness or session read (default 200).")
 @click.option("--max-key-bytes", type=int, help="Largest key accepted (default 4096).")
 @click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
 @click.option("--snapshot-entries", type=int, help="Snapshot and compact after this many applied entries.")
@@ -48,6 +52,9 @@ def main() -> None:
 @click.option("--snapshot-log-bytes", type=int, help="Also snapshot once the log holds this many bytes (default 256 MiB).")
 @click.option("--lag-critical-entries", type=int, help="A follower this many entries behind is critical.")
 @click.option("--lag-critical-seconds", type=float, help="A follower this many seconds behind is critical.")
+@click.option("--default-ack", type=click.Choice(["leader", "majority", "semi_sync", "sync"]),
+              help="Ack level of writes that name none (default majority).")
+@click.option("--semi-sync-min-replicas", type=int, help="Default semi_sync replicas to wait for (default 1).")
 @click.option("--semi-sync-timeout-ms", type=int, help="Default semi_sync wait before degrading (ms).")
 @click.option("--sync-timeout-ms", type=int, help="Default sync deadline (ms).")
 @click.option("--cert-file", help="PEM certificate: serve gRPC (clients and peers) over TLS only.")

@@ -75,19 +75,26 @@ class AsyncClient:
         return await self.call("Get", req, "read", endpoint=endpoint, timeout=timeout)
 
     async def range(self, key: bytes | str, range_end: bytes | str = b"", prefix: bool = False, limit: int = 0,
-                    consistency: str = "default", endpoint: str | None = None) -> pb.RangeResponse:
+                    consistency: str = "default", endpoint: str | None = None, timeout: float | None = None,
+                    **read: Any) -> pb.RangeResponse:
         k = _b(key)
         end = prefix_end(k) if prefix else _b(range_end)
-        token = self.session_token if consistency == "session" else b""
-        req = pb.RangeRequest(key=k, range_end=end, limit=limit, read=read_options(consistency, session_token=token))
-        return await self.call("Range", req, "read", endpoint=endpoint)
+        given = read.pop("session_token", None)
+        token = (given if given is not None else self.session_token) if consistency == "session" else b""
+        req = pb.RangeRequest(key=k, range_end=end, limit=limit,
+                              read=read_options(consistency, session_token=token, **read))
+        return await self.call("Range", req, "read", endpoint=endpoint, timeout=timeout)
 
-    async def delete(self, key: bytes | str, ack: str = "default") -> pb.DeleteResponse:
-        return await self.call("Delete", pb.DeleteRequest(key=_b(key), write=write_options(ack)), "write")
+    async def delete(self, key: bytes | str, ack: str = "default", min_replicas: int = 0, timeout_ms: int = 0,
+                     timeout: float | None = None) -> pb.DeleteResponse:
+        req = pb.DeleteRequest(key=_b(key), write=write_options(ack, min_replicas, timeout_ms))
+        return await self.call("Delete", req, "write", timeout=timeout)
 
     async def txn(self, compares: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = (),
-                  ack: str = "default", timeout: float | None = None) -> pb.TxnResponse:
-        req = pb.TxnRequest(compare=compares, success=success, failure=list(failure), write=write_options(ack))
+                  ack: str = "default", min_replicas: int = 0, timeout_ms: int = 0,
+                  timeout: float | None = None) -> pb.TxnResponse:
+        req = pb.TxnRequest(compare=compares, success=success, failure=list(failure),
+                            write=write_options(ack, min_replicas, timeout_ms))
         return await self.call("Txn", req, "txn", timeout=timeout)
 
     async def status(self, endpoint: str | None = None) -> pb.StatusResponse:

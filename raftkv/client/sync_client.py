@@ -92,21 +92,25 @@ class Client:
               endpoint: str | None = None, timeout: float | None = None, **read: Any) -> pb.RangeResponse:
         k = _b(key)
         end = prefix_end(k) if prefix else _b(range_end)
-        token = self.session_token if consistency == "session" else b""
+        given = read.pop("session_token", None)
+        token = (given if given is not None else self.session_token) if consistency == "session" else b""
         req = pb.RangeRequest(key=k, range_end=end, limit=limit, keys_only=keys_only, count_only=count_only,
                               read=read_options(consistency, session_token=token, **read))
         return self.call("Range", req, "read", endpoint=endpoint, timeout=timeout)
 
     def delete(self, key: bytes | str, range_end: bytes | str = b"", prefix: bool = False, prev_kv: bool = False,
-               ack: str = "default", timeout: float | None = None) -> pb.DeleteResponse:
+               ack: str = "default", min_replicas: int = 0, timeout_ms: int = 0,
+               timeout: float | None = None) -> pb.DeleteResponse:
         k = _b(key)
         end = prefix_end(k) if prefix else _b(range_end)
-        req = pb.DeleteRequest(key=k, range_end=end, prev_kv=prev_kv, write=write_options(ack))
+        req = pb.DeleteRequest(key=k, range_end=end, prev_kv=prev_kv, write=write_options(ack, min_replicas, timeout_ms))
         return self.call("Delete", req, "write", timeout=timeout)
 
     def txn(self, compares: list[pb.Compare], success: list[pb.RequestOp], failure: list[pb.RequestOp] = (),
-            ack: str = "default", timeout: float | None = None) -> pb.TxnResponse:
-        req = pb.TxnRequest(compare=compares, success=success, failure=list(failure), write=write_options(ack))
+            ack: str = "default", min_replicas: int = 0, timeout_ms: int = 0,
+            timeout: float | None = None) -> pb.TxnResponse:
+        req = pb.TxnRequest(compare=compares, success=success, failure=list(failure),
+                            write=write_options(ack, min_replicas, timeout_ms))
         return self.call("Txn", req, "txn", timeout=timeout)
 
     # -- Admin ---------------------------------------------------------------------------------
@@ -127,8 +131,15 @@ class Client:
     def member_promote(self, node_id: int) -> pb.MemberResponse:
         return self.call("MemberPromote", pb.MemberPromoteRequest(id=node_id), "txn", admin=True)
 
-    def member_update(self, node_id: int, address: str = "", sync: bool = False, semi_sync: bool = False
-                      ) -> pb.MemberResponse:
+    def member_update(self, node_id: int, address: str = "", sync: bool | None = None,
+                      semi_sync: bool | None = None) -> pb.MemberResponse:
+        """Change a member's address and/or marks; a mark left as None keeps its current value."""
+        if sync is None or semi_sync is None:
+            current = next((m for m in self.members().members if m.id == node_id), None)
+            if current is not None:
+                sync = current.sync if sync is None else sync
+                semi_sync = current.semi_sync if semi_sync is None else semi_sync
+        sync, semi_sync = bool(sync), bool(semi_sync)
         return self.call("MemberUpdate", pb.MemberUpdateRequest(id=node_id, address=address, sync=sync,
                                                                 semi_sync=semi_sync), "txn", admin=True)
 

@@ -59,6 +59,23 @@ class _Waiter:
     future: asyncio.Future[AckOutcome] = field(repr=False)
 
 
+class SemiSyncStatus:
+    """Whether semi-sync writes are currently degrading to majority (MySQL's Rpl_semi_sync_master_status).
+
+    Each semi-sync outcome is observed; only a change of state is reported, so entering and leaving degraded
+    mode is logged and counted once per transition however many writes pass in between."""
+
+    def __init__(self) -> None:
+        self.degraded = False
+
+    def observe(self, degraded: bool) -> bool:
+        """Record one semi-sync write's outcome; True when it changed the state."""
+        if degraded == self.degraded:
+            return False
+        self.degraded = degraded
+        return True
+
+
 class DurabilityWaiters:
     """Writes already committed that wait for more members to hold them (SEMI_SYNC and SYNC)."""
 

@@ -63,6 +63,8 @@ class ServerConfig:
     snapshot_log_bytes: int = 256 << 20
     """Also snapshot once the log holds this many bytes (big values fill a disk before the entry count)."""
     """Entries kept after compaction, so a briefly lagging follower still catches up from the log."""
+    default_ack: str = "majority"
+    """Ack level of writes that name none: leader, majority, semi_sync or sync."""
     semi_sync_min_replicas: int = 1
     semi_sync_timeout_ms: int = 1000
     sync_timeout_ms: int = 5000
@@ -113,6 +115,14 @@ class ServerConfig:
             raise ConfigError("--lease-drift-ticks must be in [0, election-ticks)")
         if self.max_key_bytes <= 0 or self.max_value_bytes <= 0:
             raise ConfigError("size limits must be positive")
+        if self.default_ack not in ("leader", "majority", "semi_sync", "sync"):
+            raise ConfigError("--default-ack must be leader, majority, semi_sync or sync")
+        if self.semi_sync_min_replicas < 1 or self.semi_sync_timeout_ms < 1 or self.sync_timeout_ms < 1:
+            raise ConfigError("semi-sync replicas and write timeouts must be >= 1")
+        if self.lag_critical_entries < 1 or self.lag_critical_seconds <= 0:
+            raise ConfigError("--lag-critical-entries must be >= 1 and --lag-critical-seconds > 0")
+        if self.read_wait_ms < 0:
+            raise ConfigError("--read-wait-ms must be >= 0")
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("--log-format must be auto, json or console")
         try:

@@ -36,7 +36,14 @@ from ..core import (
     Ready,
     StateRole,
 )
-from ..layers.acks import AckLevel, AckOutcome, AckRequest, DurabilityWaiters, confirmed_members
+from ..layers.acks import (
+    AckLevel,
+    AckOutcome,
+    AckRequest,
+    DurabilityWaiters,
+    SemiSyncStatus,
+    confirmed_members,
+)
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
 from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
 from .config import ServerConfig
@@ -100,6 +107,7 @@ class NodeHost:
         self.node = RaftNode(core_cfg, store.log)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
+        self.semi_sync = SemiSyncStatus()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
         self._snap_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-snap-{cfg.id}")
         self._snapshot_task: asyncio.Task[int] | None = None
@@ -127,6 +135,10 @@ class NodeHost:
         self._last_lag_check = 0.0
         self._known_commit = 0
         self.read_rounds = 0  # ReadIndex requests issued to the core (batches, not individual reads)
+        self._round_started = 0.0
+        # A round not answered within an election timeout is not waited for: CheckQuorum or a new leader
+        # will settle it, and reads that came later should not stall behind it.
+        self._round_patience = cfg.election_ticks * cfg.tick_ms / 1000
         self.reads_served = 0
 
     # ------------------------------------------------------------------------------------------
@@ -252,8 +264,19 @@ class NodeHost:
         if outcome.timed_out:
             raise SyncTimeout(index, term, outcome.confirmed_by)
         if level == AckLevel.SEMI_SYNC:
-            self.metrics.semi_sync_degraded(outcome.degraded)
+            self._note_semi_sync(index, ack, outcome)
         return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+
+    def _note_semi_sync(self, index: int, ack: AckRequest, outcome: AckOutcome) -> None:
+        if not self.semi_sync.observe(outcome.degraded):
+            return
+        self.metrics.semi_sync_transition(outcome.degraded)
+        if outcome.degraded:
+            log.warning("semi-sync degraded", index=index, timeout_ms=ack.timeout_ms, min_replicas=ack.min_replicas,
+                        confirmed_by=outcome.confirmed_by,
+                        detail="writes are acknowledged after commit without the semi-sync replicas")
+        else:
+            log.info("semi-sync recovered", index=index, confirmed_by=outcome.confirmed_by)
 
     def _await_apply(self, index: int, term: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -296,6 +319,7 @@ class NodeHost:
         idx = await self.read_index()
         await self.wait_applied(idx)
         self.reads_served += 1
+        self.metrics.linearizable_reads.inc()
         return idx
 
     # ------------------------------------------------------------------------------------------
@@ -386,7 +410,9 @@ class NodeHost:
             self._place_proposals()
         if self._conf_requests:
             self._place_conf_changes()
-        if self._reads:
+        if self._reads and (not self._read_batches or now - self._round_started >= self._round_patience):
+            # One round in flight at a time: reads arriving meanwhile all share the next one.
+            self._round_started = now
             self._start_read_round()
 
     def _place_proposals(self) -> None:
@@ -401,11 +427,11 @@ class NodeHost:
             err = self.not_leader()
             for p in live:
                 p.placed.set_exception(err)
+            self.metrics.proposals_failed.inc(len(live))
             return
         term = self.node.term
         for i, p in enumerate(live):
             p.placed.set_result((first + i, term))
-        self.metrics.proposals_pending.inc(len(live))
 
     def _place_conf_changes(self) -> None:
         while self._conf_requests:
@@ -435,6 +461,7 @@ class NodeHost:
                 f.set_exception(err)
             return
         self.read_rounds += 1
+        self.metrics.read_index_rounds.inc()
         self._read_batches[ctx] = batch
 
     async def _handle_ready(self, rd: Ready) -> None:
@@ -457,6 +484,8 @@ class NodeHost:
                 self._io, self.store.save_and_apply, rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries,
                 rd.conf_state, self.members.encode_after(member_changes))
             self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+            if rd.committed_entries:
+                self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
             if rd.snapshot is not None:
                 self.applied = rd.snapshot.meta.index
                 self.members.replace_from_snapshot(self.store.snapshot_members())
@@ -507,6 +536,7 @@ class NodeHost:
                 fut.set_result(None)
             else:
                 fut.set_exception(ProposalLost(idx))
+                self.metrics.proposals_failed.inc()
 
     async def _after_apply(self, rd: Ready, results: list[Any], member_changes: list[ConfChange]) -> None:
         entries = rd.committed_entries
@@ -514,13 +544,13 @@ class NodeHost:
         if member_changes:
             self.members.apply(member_changes, self.node.conf)
             self._sync_transport_peers()
-        applied_here = 0
         for e, res in zip(entries, results, strict=True):
             waiter = self._apply_waiters.pop(e.index, None)
             if waiter is None:
                 continue
             term, fut = waiter
-            applied_here += 1
+            if e.term != term:
+                self.metrics.proposals_failed.inc()
             if fut.done():
                 continue
             if e.term != term:
@@ -531,8 +561,6 @@ class NodeHost:
                 fut.set_result(res)
         self.metrics.proposals_committed.inc(len(entries))
         self.metrics.proposals_applied.inc(len(entries))
-        if applied_here:
-            self.metrics.proposals_pending.dec(applied_here)
         heap = self._applied_heap
         while heap and heap[0].index <= self.applied:
             w = heapq.heappop(heap)
@@ -590,6 +618,9 @@ class NodeHost:
 
     def _after_round(self) -> None:
         now = time.monotonic()
+        # Pending: in the leader's log, not yet applied (whatever ack level answered the client already).
+        self.metrics.proposals_pending.set(max(0, self.node.raft_log.last_index() - self.applied)
+                                           if self.is_leader else 0)
         if self.is_leader:
             if self.durability:
                 self.durability.update(self.match_indexes(), now)

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..layers.lag import FollowerLag
-
-log = structlog.get_logger("raftkv.metrics")
 
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -25,8 +22,10 @@ class Metrics:
                                            registry=r)
         self.proposals_applied = Counter("raftkv_proposals_applied", "Entries applied to the state machine",
                                          registry=r)
-        self.proposals_pending = Gauge("raftkv_proposals_pending", "Proposals waiting to be applied", registry=r)
-        self.proposals_failed = Counter("raftkv_proposals_failed", "Proposals that failed", registry=r)
+        self.proposals_pending = Gauge("raftkv_proposals_pending",
+                                       "Entries in the leader's log not yet applied on the leader", registry=r)
+        self.proposals_failed = Counter("raftkv_proposals_failed",
+                                        "Proposals dropped (no leader) or overwritten by a new leader", registry=r)
         self.fsync_seconds = Histogram("raftkv_fsync_duration_seconds", "Time to persist one Ready (group commit)",
                                        buckets=_FAST_BUCKETS, registry=r)
         self.apply_seconds = Histogram("raftkv_apply_duration_seconds", "Time to apply one batch of entries",
@@ -35,6 +34,10 @@ class Metrics:
                                               "Transitions of semi-sync writes into degraded mode", registry=r)
         self.semi_sync_degraded_gauge = Gauge("raftkv_semi_sync_degraded",
                                               "1 while semi-sync writes are degrading to majority", registry=r)
+        self.read_index_rounds = Counter("raftkv_read_index_rounds",
+                                         "ReadIndex rounds started here; concurrent reads share one", registry=r)
+        self.linearizable_reads = Counter("raftkv_linearizable_reads",
+                                          "Linearizable reads served here after a ReadIndex round", registry=r)
         labels = ["peer"]
         self.lag_entries = Gauge("raftkv_replication_lag_entries", "Entries a follower lacks", labels, registry=r)
         self.lag_bytes = Gauge("raftkv_replication_lag_bytes", "Bytes of entries a follower lacks", labels,
@@ -48,19 +51,12 @@ class Metrics:
         self.lag_critical = Gauge("raftkv_replication_lag_critical", "1 while a follower's lag is critical", labels,
                                   registry=r)
         self._peers: set[str] = set()
-        self._degraded = False
 
-    def semi_sync_degraded(self, degraded: bool) -> None:
-        """Count and log each transition into and out of degraded mode once (MySQL's semi-sync status)."""
-        if degraded == self._degraded:
-            return
-        self._degraded = degraded
+    def semi_sync_transition(self, degraded: bool) -> None:
+        """Semi-sync writes entered (or left) degraded mode: count entries, show the current state."""
         self.semi_sync_degraded_gauge.set(1 if degraded else 0)
         if degraded:
             self.semi_sync_degradations.inc()
-            log.warning("semi-sync degraded: writes acknowledged after commit without the semi-sync replicas")
-        else:
-            log.info("semi-sync recovered: replicas confirm writes within the timeout again")
 
     def observe_lag(self, lags: Iterable[FollowerLag]) -> None:
         seen = set()

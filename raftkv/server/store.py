@@ -12,6 +12,9 @@ from ..core import ConfState, Entry, HardState, LogStorage, Snapshot
 
 
 class NodeStore(Protocol):
+    last_apply_seconds: float
+    """Time the last save_and_apply spent applying its committed entries (for the apply histogram)."""
+
     @property
     def log(self) -> LogStorage: ...
 

@@ -20,6 +20,7 @@ import hashlib
 import os
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,8 @@ class LmdbNodeStore:
         self.snap_db = self.env.open_db(b"snap")
         self._lock = threading.Lock()
         self._snapshot_cache: Snapshot | None = None
+        self.last_apply_seconds = 0.0
+        """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
         self._init_meta(node_id, cluster_id)
         self._load_cache()
         self._verify_tail()
@@ -269,12 +272,14 @@ class LmdbNodeStore:
                         db=self.meta_db)
             applied = self._applied
             if committed:
+                t0 = time.perf_counter()
                 for e in committed:
                     if e.index <= applied:
                         results.append(None)
                         continue
                     results.append(self._apply_one(txn, e))
                     applied = e.index
+                self.last_apply_seconds = time.perf_counter() - t0
                 new_conf = conf if conf is not None else self._applied_conf
                 txn.put(b"applied", msgpack.packb([applied, _conf_to_wire(new_conf)]), db=self.meta_db)
             if members is not None:

@@ -114,3 +114,12 @@ def test_lag_monitor_reports_crossings_once() -> None:
     lags, tr = m.compute({2: (10, 11, "replicate", False), 3: (10, 11, "replicate", False)}, 10, 10, now=6.0)
     assert not lags[0].critical and lags[0].lag_entries == 0 and lags[0].flush_lag_seconds == 0.0
     assert [(t.id, t.critical) for t in tr] == [(2, False)]
+
+
+def test_semi_sync_status_reports_each_transition_once() -> None:
+    from raftkv.layers.acks import SemiSyncStatus
+
+    s = SemiSyncStatus()
+    assert [s.observe(d) for d in (False, True, True, True, False, False, True)] == \
+        [False, True, False, False, True, False, True]
+    assert s.degraded
