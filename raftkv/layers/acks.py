@@ -60,19 +60,37 @@ class _Waiter:
 
 
 class SemiSyncStatus:
-    """Whether semi-sync writes are currently degrading to majority (MySQL's Rpl_semi_sync_master_status).
+    """Whether semi-sync writes are currently degraded to majority (MySQL's Rpl_semi_sync_master_status).
 
-    Each semi-sync outcome is observed; only a change of state is reported, so entering and leaving degraded
-    mode is logged and counted once per transition however many writes pass in between."""
+    As in MySQL, a write that times out switches semi-sync off: while degraded, semi-sync writes are answered
+    as soon as they are committed instead of each waiting out its timeout for a replica that is down. Once
+    enough semi-sync members have caught up with the write that degraded, writes wait for them again.
+    Only changes of state are reported, so each transition is logged and counted once."""
 
     def __init__(self) -> None:
         self.degraded = False
+        self.recover_at = 0
+        self.recover_need = 1
 
-    def observe(self, degraded: bool) -> bool:
+    def observe(self, degraded: bool, index: int, need: int) -> bool:
         """Record one semi-sync write's outcome; True when it changed the state."""
+        if degraded:
+            self.recover_at = max(self.recover_at, index)
+            self.recover_need = need
         if degraded == self.degraded:
             return False
         self.degraded = degraded
+        return True
+
+    def caught_up(self, match: Mapping[int, int], members: frozenset[int]) -> bool:
+        """While degraded: have `recover_need` semi-sync members durably reached the write that degraded?
+        Then semi-sync is on again (returns True once, for the transition)."""
+        if not self.degraded:
+            return False
+        have = sum(1 for nid in members if match.get(nid, 0) >= self.recover_at)
+        if have < min(self.recover_need, len(members)):
+            return False
+        self.degraded = False
         return True
 
 

@@ -268,15 +268,23 @@ class NodeHost:
         return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
 
     def _note_semi_sync(self, index: int, ack: AckRequest, outcome: AckOutcome) -> None:
-        if not self.semi_sync.observe(outcome.degraded):
+        if not self.semi_sync.observe(outcome.degraded, index, ack.min_replicas):
             return
         self.metrics.semi_sync_transition(outcome.degraded)
         if outcome.degraded:
             log.warning("semi-sync degraded", index=index, timeout_ms=ack.timeout_ms, min_replicas=ack.min_replicas,
                         confirmed_by=outcome.confirmed_by,
-                        detail="writes are acknowledged after commit without the semi-sync replicas")
+                        detail="writes are acknowledged after commit without the semi-sync replicas, "
+                               "until they catch up")
         else:
             log.info("semi-sync recovered", index=index, confirmed_by=outcome.confirmed_by)
+
+    def _check_semi_sync_recovery(self) -> None:
+        match = self.match_indexes()
+        if self.semi_sync.caught_up(match, self.members.semi_sync_set(self.node.conf, self.cfg.id)):
+            self.metrics.semi_sync_transition(False)
+            log.info("semi-sync recovered", caught_up_to=self.semi_sync.recover_at,
+                     confirmed_by=confirmed_members(self.semi_sync.recover_at, match))
 
     def _await_apply(self, index: int, term: int) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -292,7 +300,8 @@ class NodeHost:
         else:
             members = self.members.semi_sync_set(self.node.conf, self.cfg.id)
             need = min(ack.min_replicas, len(members))
-            deadline = now + ack.timeout_ms / 1000
+            # Degraded: answer as soon as committed (confirmed already, or not), do not wait out the timeout.
+            deadline = now if self.semi_sync.degraded else now + ack.timeout_ms / 1000
         fut = self.durability.add(index, ack.level, members, need, deadline, self.match_indexes(), now)
         self._wake.set()
         return fut
@@ -624,6 +633,8 @@ class NodeHost:
         if self.is_leader:
             if self.durability:
                 self.durability.update(self.match_indexes(), now)
+            if self.semi_sync.degraded:
+                self._check_semi_sync_recovery()
             if now - self._last_lag_check >= 0.5:
                 self._last_lag_check = now
                 self._compute_lag(now)

@@ -49,12 +49,16 @@ def test_stopped_follower_fails_sync_degrades_semi_sync_and_leaves_majority_alon
             got = c.get("sync-key")  # linearizable: the write stayed committed
             assert got.found and got.kv.value == b"committed anyway" and got.kv.mod_revision == err.index
 
-            # semi_sync: acknowledged after timeout_ms, marked degraded, as majority.
+            # semi_sync: acknowledged after timeout_ms, marked degraded, as majority; then, as in MySQL,
+            # semi-sync is off until the replica catches up: later writes do not wait out the timeout again.
             for n in range(3):
                 r = c.put(f"semi-{n}", "v", ack="semi_sync", timeout_ms=300)
                 assert r.meta.degraded and r.meta.ack_achieved == pb.ACK_MAJORITY
                 assert sorted(r.meta.confirmed_by) == sorted([leader, other])
-                assert r.meta.commit_latency_us >= 300_000
+                if n == 0:
+                    assert r.meta.commit_latency_us >= 300_000
+                else:
+                    assert r.meta.commit_latency_us < 300_000
             # majority: unaffected by the stopped follower.
             r = c.put("majority-key", "v", ack="majority")
             assert not r.meta.degraded and r.meta.ack_achieved == pb.ACK_MAJORITY

@@ -120,6 +120,18 @@ def test_semi_sync_status_reports_each_transition_once() -> None:
     from raftkv.layers.acks import SemiSyncStatus
 
     s = SemiSyncStatus()
-    assert [s.observe(d) for d in (False, True, True, True, False, False, True)] == \
+    assert [s.observe(d, i, 1) for i, d in enumerate((False, True, True, True, False, False, True))] == \
         [False, True, False, False, True, False, True]
-    assert s.degraded
+    assert s.degraded and s.recover_at == 6
+
+
+def test_semi_sync_recovers_once_replicas_reach_the_write_that_degraded() -> None:
+    from raftkv.layers.acks import SemiSyncStatus
+
+    s = SemiSyncStatus()
+    members = frozenset({2, 3})
+    assert not s.caught_up({2: 50, 3: 50}, members)  # not degraded: nothing to recover from
+    s.observe(True, 10, 2)
+    assert not s.caught_up({2: 10, 3: 9}, members) and s.degraded  # one of the two needed is behind
+    assert s.caught_up({2: 10, 3: 12}, members) and not s.degraded
+    assert not s.caught_up({2: 10, 3: 12}, members)  # the transition is reported once
