@@ -1,5 +1,5 @@
 """A real 3-node cluster: writes through any node, kill -9 of the leader under load, full restarts, snapshot
-catch-up, the seed chapter's balance example, refusal of bad input, and refusal of bad data on disk."""
+catch-up, the bank-balance example, refusal of bad input, and refusal of bad data on disk."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_node_down_long_enough_needs_a_snapshot(tmp_path: Path) -> None:
 
 
 def test_balance_example_ends_at_850(cluster: LocalCluster) -> None:
-    """The seed chapter's example: balance 1000, two clients on different nodes subtract 100 and 50 at the
+    """The bank-balance example: balance 1000, two clients on different nodes subtract 100 and 50 at the
     same moment. With compare-and-swap and retries the result is 850, never 900 or 950."""
     for _round in range(3):
         with cluster.client() as c:
