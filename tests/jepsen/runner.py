@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raftkv.client import Client
+from raftkv.client import Client, RaftKVError
 
 from .checkers import Verdict
 from .history import History
@@ -83,8 +83,7 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
         cluster = Cluster(topo, out / "nodes")
         cluster.start_all()
         cluster.wait_leader(60)
-        with Client(cluster.endpoints, timeout=10) as c:
-            workload.setup(c)
+        _setup(workload, cluster)
         history = History()
         nemesis = Nemesis(cluster, history, cfg.nemesis, cfg.seed, cfg.quiet, cfg.hold)
         _drive(cfg, cluster, workload, nemesis, history)
@@ -117,6 +116,20 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
         if nemesis is not None and nemesis.errors:
             (out / "nemesis-errors.txt").write_text("\n".join(nemesis.errors) + "\n")
     return res
+
+
+def _setup(workload: Any, cluster: Cluster, timeout: float = 30.0) -> None:
+    """The initial state, retried while nodes are still coming up (set-up writes are idempotent)."""
+    deadline = time.monotonic() + timeout
+    with Client(cluster.endpoints, timeout=5) as c:
+        while True:
+            try:
+                workload.setup(c)
+                return
+            except RaftKVError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
 
 def _drive(cfg: RunConfig, cluster: Cluster, workload: Any, nemesis: Nemesis, history: History) -> None:
