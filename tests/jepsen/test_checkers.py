@@ -300,3 +300,18 @@ def test_history_pairs_events_and_leaves_unfinished_ops_indeterminate(tmp_path) 
     evs = [{"type": "invoke", "process": 3, "f": "read", "key": "x", "value": None, "time": 0.0},
            {"type": "ok", "process": 3, "f": "read", "key": "x", "value": 1, "time": 0.5}]
     assert pair(evs)[0].result == 1
+
+
+def test_counterexample_of_a_write_applied_twice() -> None:
+    """The anomaly the suite found (register, kill -9 of the leader): a put retried after its first copy
+    had been committed was applied again after a cas had replaced its value."""
+    ops = [w(1314, 12.10, 12.17), r(1314, 12.21, 12.24), w(1324, 12.517, 12.549), r(1324, 12.528, 12.565),
+           w(1328, 12.565, 13.357), r(1328, 12.591, 13.176), cas(1328, 1330, True, 13.186, 13.191),
+           cas(1328, 1333, False, 13.237, 13.246), r(1330, 13.300, 13.312), w(1338, 13.322, 13.337),
+           r(1338, 13.347, 13.354), r(1328, 13.347, 13.358), r(1328, 13.365, 13.370), w(1341, 13.368, 13.396),
+           r(1341, 13.381, 13.455)]
+    v = check_register(ops)
+    assert v.valid is False
+    cex = v.anomalies[0]["counterexample"]
+    assert len(cex) == 3, cex
+    assert "write(x, 1328)" in cex[0] and "cas(x, [1328, 1330]) -> True" in cex[1] and "-> 1328" in cex[2]

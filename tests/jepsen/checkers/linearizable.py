@@ -140,12 +140,22 @@ def linearizable(ops: Sequence[Op], init: Any = NOT_FOUND, budget_s: float = 60.
     return Search(True, explored, best)
 
 
-def _referenced(ops: Sequence[Op]) -> set[Any]:
+def _written(o: Op) -> Any:
+    return _h(o.arg if o.f == "write" else o.arg[1])
+
+
+def _failed_cas(o: Op) -> bool:
+    return o.f == "cas" and o.ok and o.result is False
+
+
+def _needed_values(ops: Sequence[Op]) -> set[Any]:
+    """Values that some op in `ops` needs to have been written: what reads returned and what a
+    successful cas found."""
     vals: set[Any] = set()
     for o in ops:
-        if o.f == "read" and o.status == "ok":
+        if o.f == "read":
             vals.add(_h(o.result))
-        elif o.f == "cas":
+        elif o.f == "cas" and o.ok and o.result:
             vals.add(_h(o.arg[0]))
     return vals
 
@@ -158,16 +168,27 @@ def _h(v: Any) -> Any:
         return repr(v)
 
 
-def _removable(op: Op, rest: Sequence[Op]) -> bool:
-    if op.f == "read":
-        return True
-    written = op.arg if op.f == "write" else op.arg[1]
-    return _h(written) not in _referenced(rest)
+def _with_writers(history: Sequence[Op], window: Sequence[Op], init: Any) -> list[Op]:
+    """`window` plus the op that wrote each value it needs, without failed cas ops whose compared value
+    was written outside it (without the writes in between they could fail for no real reason)."""
+    written = {_written(o) for o in window if o.f != "read"}
+    writer = {_written(o): o for o in history if o.f != "read"}
+    out = [o for o in window if not (_failed_cas(o) and _h(o.arg[0]) not in written)]
+    for v in _needed_values(out) - written - {_h(init)}:
+        if v in writer and all(o is not writer[v] for o in out):
+            out.append(writer[v])
+    return sorted(out, key=lambda o: o.start)
 
 
 def shrink(ops: Sequence[Op], init: Any = NOT_FOUND, budget_s: float = 20.0, max_greedy: int = 120) -> list[Op]:
-    """A small sub-history that is still not linearizable: first the shortest failing prefix (by
-    invocation), then ops removed one at a time while it keeps failing."""
+    """A small sub-history that is still not linearizable.
+
+    Removing an op can make a history *harder* to linearize only by taking away a value someone needs
+    (a read's value, a successful cas's expected value) or the intermediate writes that let a failed cas
+    fail; so the shrinking keeps the writers of needed values, prefers a history without failed cas ops
+    (and then removes unneeded writes), and otherwise removes only reads and failed cas ops. Steps: the
+    shortest failing prefix (by invocation), then the shortest failing tail window of it with the
+    writers it needs, then ops removed one at a time while the rest keeps failing."""
     deadline = time.monotonic() + budget_s
     ops = sorted(_relevant(ops), key=lambda o: o.start)
 
@@ -175,26 +196,33 @@ def shrink(ops: Sequence[Op], init: Any = NOT_FOUND, budget_s: float = 20.0, max
         left = max(0.5, deadline - time.monotonic())
         return linearizable(sub, init, budget_s=min(5.0, left)).ok is False
 
+    without_failed_cas = [o for o in ops if not _failed_cas(o)]
+    writes_removable = fails(without_failed_cas)
+    if writes_removable:
+        ops = without_failed_cas
     lo, hi = 1, len(ops)
     while lo < hi:
         mid = (lo + hi) // 2
-        if fails(ops[:mid]):
+        if fails(_with_writers(ops, ops[:mid], init)):
             hi = mid
         else:
             lo = mid + 1
-    cur = list(ops[:hi])
-    if len(cur) > max_greedy:  # keep the tail where the anomaly surfaced
-        for w in (20, 40, 80, max_greedy):
-            window = cur[-w:]
-            if all(_h(v) in {_h(o.arg if o.f == "write" else o.arg[1]) for o in window if o.f != "read"} | {init}
-                   for v in _referenced(window)) and fails(window):
-                cur = window
-                break
+    cur = _with_writers(ops, ops[:hi], init)
+    for w in (4, 8, 16, 32, 64, max_greedy):
+        if w >= len(cur):
+            break
+        window = _with_writers(ops, cur[-w:], init)
+        if fails(window):
+            cur = window
+            break
     if len(cur) <= max_greedy:
         i = len(cur) - 1
         while i >= 0 and time.monotonic() < deadline:
+            o = cur[i]
             trial = cur[:i] + cur[i + 1:]
-            if _removable(cur[i], trial) and fails(trial):
+            removable = o.f == "read" or _failed_cas(o) or (
+                writes_removable and _written(o) not in _needed_values(trial))
+            if removable and fails(trial):
                 cur = trial
             i -= 1
     return cur
