@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nemeses", help="matrix: comma-separated subset of nemeses")
     ap.add_argument("--out", type=Path, help="results folder (default results/<timestamp>)")
     ap.add_argument("--prefix", default="rkvjm", help="name prefix of the namespaces and links the suite owns")
+    ap.add_argument("--net", type=int, default=1, help="the nodes' subnet is 10.213.NET.0/24 (one per prefix)")
     ap.add_argument("--cleanup", action="store_true", help="only remove leftovers of a crashed run, then exit")
     args = ap.parse_args(argv)
 
@@ -49,10 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.matrix:
         workloads = _subset(args.workloads, sorted(WORKLOADS), "workload")
         nemeses = _subset(args.nemeses, NEMESES, "nemesis")
-        configs = [RunConfig(w, n, args.seed + i, args.time_limit, args.nodes, prefix=args.prefix)
+        configs = [RunConfig(w, n, args.seed + i, args.time_limit, args.nodes, prefix=args.prefix,
+                             net=args.net)
                    for i, (n, w) in enumerate((n, w) for n in nemeses for w in workloads)]
     else:
-        configs = [RunConfig(args.workload, args.nemesis, args.seed, args.time_limit, args.nodes, prefix=args.prefix)]
+        configs = [RunConfig(args.workload, args.nemesis, args.seed, args.time_limit, args.nodes, prefix=args.prefix,
+                             net=args.net)]
     results = []
     for i, cfg in enumerate(configs, 1):
         res = run_one(cfg, out)

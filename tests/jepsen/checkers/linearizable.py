@@ -174,10 +174,13 @@ def _with_writers(history: Sequence[Op], window: Sequence[Op], init: Any) -> lis
     written = {_written(o) for o in window if o.f != "read"}
     writer = {_written(o): o for o in history if o.f != "read"}
     out = [o for o in window if not (_failed_cas(o) and _h(o.arg[0]) not in written)]
-    for v in _needed_values(out) - written - {_h(init)}:
-        if v in writer and all(o is not writer[v] for o in out):
+    while True:  # a writer brought in may itself need a value (a cas), so close over them
+        missing = [v for v in _needed_values(out) - written - {_h(init)} if v in writer]
+        if not missing:
+            return sorted(out, key=lambda o: o.start)
+        for v in missing:
             out.append(writer[v])
-    return sorted(out, key=lambda o: o.start)
+            written.add(v)
 
 
 def shrink(ops: Sequence[Op], init: Any = NOT_FOUND, budget_s: float = 20.0, max_greedy: int = 120) -> list[Op]:
@@ -207,11 +210,12 @@ def shrink(ops: Sequence[Op], init: Any = NOT_FOUND, budget_s: float = 20.0, max
             hi = mid
         else:
             lo = mid + 1
-    cur = _with_writers(ops, ops[:hi], init)
+    prefix = ops[:hi]
+    cur = _with_writers(ops, prefix, init)
     for w in (4, 8, 16, 32, 64, max_greedy):
-        if w >= len(cur):
+        if w >= len(prefix):
             break
-        window = _with_writers(ops, cur[-w:], init)
+        window = _with_writers(ops, prefix[-w:], init)
         if fails(window):
             cur = window
             break
