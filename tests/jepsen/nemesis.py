@@ -67,6 +67,11 @@ class Faults:
             self._admin = Client(self.cluster.endpoints, timeout=3.0)
         return self._admin
 
+    def close(self) -> None:
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+
     def leader_slot(self) -> int:
         node = self.cluster.leader()
         return node.slot if node is not None else self.rng.choice(self.slots)
@@ -131,7 +136,7 @@ class Faults:
         return {"mute": lead}
 
     # -- processes -----------------------------------------------------------------------------
-    def _restart(self, node: Node) -> None:
+    def restart(self, node: Node) -> None:
         if node in self.removed:
             return
         node.resume()
@@ -141,7 +146,7 @@ class Faults:
     def kill(self, slot: int) -> Callable[[], None]:
         node = self.cluster.nodes[slot]
         node.kill()
-        return lambda: self._restart(node)
+        return lambda: self.restart(node)
 
     def pause(self, slot: int) -> Callable[[], None]:
         node = self.cluster.nodes[slot]
@@ -291,7 +296,7 @@ class Nemesis:
         f = self.faults
         f.heal_network()
         for node in self.cluster.nodes.values():
-            f._restart(node)
+            f.restart(node)
         deadline = time.monotonic() + timeout
         while f.removed and time.monotonic() < deadline:
             for node in list(f.removed):
@@ -307,5 +312,4 @@ class Nemesis:
         return len(self.windows)
 
     def close(self) -> None:
-        if self.faults._admin is not None:
-            self.faults._admin.close()
+        self.faults.close()

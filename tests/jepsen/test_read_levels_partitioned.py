@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
@@ -40,7 +41,7 @@ def _wait_applied(cluster: Cluster, node: Node, key: str, value: str, timeout: f
 
 def test_isolated_leader_in_minority_never_serves_linearizable_reads(ns_cluster: Cluster) -> None:
     cluster = ns_cluster
-    faults = Faults(cluster, __import__("random").Random(5))
+    faults = Faults(cluster, random.Random(5))
     with Client(cluster.endpoints, timeout=10) as c:
         c.put("x", "old")
     old = cluster.wait_leader()
@@ -111,7 +112,7 @@ BOUND_MS = 1500
 
 def test_follower_cut_off_from_the_leader(ns_cluster: Cluster) -> None:
     cluster = ns_cluster
-    faults = Faults(cluster, __import__("random").Random(6))
+    faults = Faults(cluster, random.Random(6))
     leader = cluster.wait_leader()
     f = next(n for n in cluster.nodes.values() if n is not leader)
     others = [n for n in cluster.nodes.values() if n is not f]
