@@ -34,9 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help="results folder (default results/<timestamp>)")
     ap.add_argument("--prefix", default="rkvjm", help="name prefix of the namespaces and links the suite owns")
     ap.add_argument("--net", type=int, default=1, help="the nodes' subnet is 10.213.NET.0/24 (one per prefix)")
+    ap.add_argument("--recheck", type=Path, metavar="DIR",
+                    help="run the checkers again over the histories saved under DIR (no cluster needed)")
     ap.add_argument("--cleanup", action="store_true", help="only remove leftovers of a crashed run, then exit")
     args = ap.parse_args(argv)
 
+    if args.recheck:
+        return recheck(args.recheck)
     try:
         check_environment()
     except TopologyError as e:
@@ -68,6 +72,27 @@ def main(argv: list[str] | None = None) -> int:
     print(write_matrix_summary(results, out))
     print(f"results in {out}")
     return 0 if all(r.valid is True for r in results) else 1
+
+
+def recheck(root: Path) -> int:
+    """Check saved histories again (e.g. after a checker changed); prints one line per run."""
+    import json
+
+    from .history import pair, read_jsonl
+
+    bad = 0
+    for summary in sorted(root.glob("*/summary.json")):
+        meta = json.loads(summary.read_text())
+        history = summary.parent / "history.jsonl"
+        if meta.get("error") or not history.exists():
+            print(f"{meta['run']:<48} skipped: {meta.get('error') or 'no history'}")
+            continue
+        ops = pair(read_jsonl(history))
+        verdicts = WORKLOADS[meta["workload"]](meta["seed"]).check(ops)
+        ok = all(v.valid is True for v in verdicts)
+        bad += not ok
+        print(f"{meta['run']:<48} {'PASS' if ok else 'FAIL'}  " + " ".join(f"{v.checker}={v.label}" for v in verdicts))
+    return 1 if bad else 0
 
 
 def _subset(raw: str | None, allowed: list[str], what: str) -> list[str]:

@@ -315,3 +315,11 @@ def test_counterexample_of_a_write_applied_twice() -> None:
     cex = v.anomalies[0]["counterexample"]
     assert len(cex) == 3, cex
     assert "write(x, 1328)" in cex[0] and "cas(x, [1328, 1330]) -> True" in cex[1] and "-> 1328" in cex[2]
+
+
+def test_session_write_of_unknown_outcome_landing_late_is_not_a_violation() -> None:
+    """Found in a run with partitions: a write that timed out was applied seconds later, after the
+    process's next write; reads then rightly show it, with a newer revision."""
+    late = op("write", "p0", 1, None, 0, 1, "info", process=0)
+    v = check_session([late, sw(0, "p0", 2, 12, 1.5), sr(0, "p0", 2, 12, 2, node=1), sr(0, "p0", 1, 15, 3, node=2)])
+    assert v.valid is True

@@ -2,9 +2,10 @@
 
 Each client process writes its own key with increasing counters (through the leader) and reads keys with
 `consistency=session` from whichever node it picked. A read returns the value and its mod revision.
-- read-your-writes: a read of the process's own key returns at least the counter of its last
-  acknowledged write, and a revision at least that write's index;
+- read-your-writes: a read of a key the process wrote returns a revision at least that write's index;
 - monotonic reads: a read never returns an older revision of a key than one the process already saw.
+Revisions, not values, are compared: a write whose outcome was unknown (a timeout) may still take effect
+later, even after the process's next writes, and then it is rightly the newest value.
 """
 
 from __future__ import annotations
@@ -27,27 +28,26 @@ def check_session(ops: Sequence[Op]) -> Verdict:
     for p, pops in by_process.items():
         pops.sort(key=lambda o: o.start)
         seen_rev: dict[Any, int] = defaultdict(int)
-        own_counter: dict[Any, int] = {}
+        own_write: dict[Any, Op] = {}
         last_node = None
         for o in pops:
             if not o.ok:
                 continue
             if o.f == "write":
                 counts["writes"] += 1
-                rev = int(o.result)
-                own_counter[o.key] = o.arg
-                seen_rev[o.key] = max(seen_rev[o.key], rev)
+                own_write[o.key] = o
                 continue
             counts["reads"] += 1
             if last_node is not None and o.node != last_node:
                 counts["node_switches"] += 1
             last_node = o.node
-            value, rev = o.result.get("value"), int(o.result.get("rev", 0))
-            if o.key in own_counter and (value is None or value < own_counter[o.key]):
+            rev = int(o.result.get("rev", 0))
+            mine = own_write.get(o.key)
+            if mine is not None and rev < int(mine.result):
                 counts["ryw_violations"] += 1
                 v.valid = False
                 v.anomalies.append({"type": "read-your-writes", "process": p, "key": o.key,
-                                    "wrote": own_counter[o.key], "read": o.describe()})
+                                    "wrote": mine.describe(), "read": o.describe()})
             elif rev < seen_rev[o.key]:
                 counts["monotonic_violations"] += 1
                 v.valid = False
