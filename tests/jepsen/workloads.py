@@ -143,7 +143,14 @@ class Register(Workload):
                                                        lambda rep: _int(rep.kv.value) if rep.found else None))
 
     def check(self, ops: list[Op]) -> list[Verdict]:
-        return [check_register(ops)]
+        v = check_register(ops)
+        answered = {o.key for o in ops if o.process == "final" and o.ok}
+        for key in self.keys:
+            if key not in answered:  # a cluster that no longer answers after every fault healed
+                v.valid = False
+                v.anomalies.append({"type": "no-final-read", "key": key,
+                                    "message": "the cluster did not answer a final read after every fault healed"})
+        return [v]
 
 
 # -------------------------------------------------------------------------------------------------
