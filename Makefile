@@ -17,7 +17,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test,jepsen]'
 	touch $(STAMP)
 
 venv: $(STAMP) proto
@@ -38,6 +38,13 @@ test: venv
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
+
+# The partition suite's full matrix: every nemesis x every workload on nodes in network namespaces
+# (root). One progress line per run; results (histories, summaries, plots) under results/.
+JEPSEN_ARGS ?= --time-limit 15
+jepsen: venv
+	bash tests/install_system_deps.sh
+	$(PY) -m tests.jepsen --matrix $(JEPSEN_ARGS) --out results/matrix-$$(date +%Y%m%d-%H%M%S)
 
 lint: venv
 	$(VENV)/bin/ruff check .

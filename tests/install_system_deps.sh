@@ -14,3 +14,13 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# Debian's iptables is the nf_tables variant; where the kernel lacks nf_tables the legacy variant
+# (same package) still works. The partition suite picks whichever answers (tests/jepsen/topology.py);
+# say which when it is not the default.
+if [ "$(id -u)" -eq 0 ] && ! iptables -w -S INPUT >/dev/null 2>&1; then
+  if command -v iptables-legacy >/dev/null 2>&1 && iptables-legacy -w -S INPUT >/dev/null 2>&1; then
+    echo "iptables (nf_tables) does not work on this kernel; the partition suite uses iptables-legacy" >&2
+  else
+    echo "warning: neither iptables variant works here; the partition suite will fail" >&2
+  fi
+fi

@@ -2,8 +2,12 @@
 
 Retrying is safe when the server says the request was not applied: NOT_LEADER (refused before proposing),
 a proposal discarded by a leader change, a node shutting down, or a read interrupted by a leader change.
-A connection that failed outright is retried for reads and for idempotent writes (put, delete), never
-for a transaction, whose second application could differ from the first."""
+A failed connection is retried for reads. A put or delete is retried only when the connection was never
+made, so the request never left this process: a connection that broke after the request was sent (the
+node died or was cut off mid-call) may have delivered it, and a put applied once by a new leader and
+again by the retry, after another client's write, would undo that write: a linearizability violation
+the partition suite caught. Such an error reaches the caller, whose write's outcome is unknown. A
+transaction is never retried after a connection failure."""
 
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ import grpc
 from .errors import DeadlineError, NotLeaderError, RaftKVError, UnavailableError, from_rpc_error
 
 SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN"}
+# How gRPC words a call that failed before any connection carried it (no server can have seen it).
+NEVER_SENT = ("failed to connect to all addresses", "no address", "dns resolution failed")
 
 
 @dataclass
@@ -62,8 +68,10 @@ def retryable(err: RaftKVError, kind: str) -> bool:
     """kind: 'read', 'write' (idempotent put/delete) or 'txn'."""
     if err.reason in SAFE_REASONS:
         return True
-    if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
-        return kind in ("read", "write")  # the connection failed
+    if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:  # the connection failed
+        if kind == "read":
+            return True
+        return kind == "write" and never_sent(err)
     return False
 
 
@@ -77,6 +85,12 @@ def attempt_timeout(kind: str, remaining: float, total: float, endpoints: int, p
     if kind != "read" or pinned or endpoints < 2:
         return remaining
     return min(remaining, max(READ_ATTEMPT_MIN_S, total / 3))
+
+
+def never_sent(err: RaftKVError) -> bool:
+    """Did the call fail before a connection carried it?"""
+    text = str(err).lower()
+    return any(marker in text for marker in NEVER_SENT)
 
 
 def backoff(attempt: int) -> float:

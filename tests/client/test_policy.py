@@ -34,3 +34,17 @@ def test_stale_leader_naming_itself_is_dropped() -> None:
     assert eps.pick(prefer_leader=True) == "b:1"
     eps.note_leader("b:1", not_leader("b:1"))
     assert eps.leader is None
+
+
+def test_writes_are_retried_only_when_the_request_never_left() -> None:
+    from raftkv.client.errors import UnavailableError
+    from raftkv.client.policy import retryable
+
+    never_connected = UnavailableError("10.0.0.1:7001: failed to connect to all addresses; last error: "
+                                       "Connection refused", grpc.StatusCode.UNAVAILABLE)
+    broke_mid_call = UnavailableError("10.0.0.1:7001: Socket closed", grpc.StatusCode.UNAVAILABLE)
+    assert retryable(never_connected, "write") and retryable(never_connected, "read")
+    assert not retryable(broke_mid_call, "write")  # the server may have received it
+    assert retryable(broke_mid_call, "read")  # reads change nothing
+    assert not retryable(never_connected, "txn") and not retryable(broke_mid_call, "txn")
+    assert retryable(not_leader("b:1"), "txn")  # refused before proposing: safe for anything

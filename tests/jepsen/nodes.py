@@ -1,0 +1,172 @@
+"""Real `raftkv serve` processes, one per namespace, started with `ip netns exec` (which execs the
+server, so the PID we hold is the server's own). Faults act on those PIDs only: kill -9, SIGSTOP and
+SIGCONT, restart on the same data directory, or wipe-and-rejoin under a new member id."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from raftkv.client import Client, RaftKVError
+
+from .topology import Topology
+
+PORT = 7001
+TIMING = ["--tick-ms", "20", "--election-ticks", "15", "--heartbeat-ticks", "1"]
+
+
+class Node:
+    """The node living in namespace slot `slot`. Its member id is `slot` until it is removed and added
+    back, which gives it a fresh id (a removed id is never reused)."""
+
+    def __init__(self, topo: Topology, slot: int, root: Path, extra: list[str]) -> None:
+        self.topo, self.slot, self.root, self.extra = topo, slot, root, extra
+        self.id = slot
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.paused = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.topo.ip(self.slot)}:{PORT}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / f"node{self.slot}-id{self.id}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.root / f"node{self.slot}.log"
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, peers: str | None) -> None:
+        cmd = [*self.topo.exec_prefix(self.slot), sys.executable, "-m", "raftkv.cli.server_main", "serve",
+               "--id", str(self.id), "--data-dir", str(self.data_dir), "--listen", self.address,
+               "--log-format", "json", *TIMING, *self.extra]
+        cmd += ["--peers", peers] if peers else ["--join"]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.paused = False
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        if self.proc is None:
+            return
+        self.signal(signal.SIGKILL)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.paused = False
+
+    def pause(self) -> None:
+        self.signal(signal.SIGSTOP)
+        self.paused = True
+
+    def resume(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.paused = False
+
+    def stop(self) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.resume()
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def wipe(self, new_id: int) -> None:
+        """Forget everything: a removed member comes back as a new, empty one."""
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.id = new_id
+
+
+class Cluster:
+    def __init__(self, topo: Topology, root: Path, extra: list[str] | None = None) -> None:
+        self.topo = topo
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.nodes = {s: Node(topo, s, root, extra or []) for s in range(1, topo.n + 1)}
+        self.next_id = topo.n + 1
+        self.founding_peers_original = self.founding_peers
+        self._clients: dict[str, Client] = {}
+
+    @property
+    def founding_peers(self) -> str:
+        return ",".join(f"{n.id}={n.address}" for n in self.nodes.values())
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.address for n in self.nodes.values()]
+
+    def by_id(self, node_id: int) -> Node | None:
+        return next((n for n in self.nodes.values() if n.id == node_id), None)
+
+    def start_all(self) -> None:
+        peers = self.founding_peers
+        for n in self.nodes.values():
+            n.start(peers)
+
+    def stop_all(self) -> None:
+        for n in self.nodes.values():
+            n.resume()
+        for n in self.nodes.values():
+            n.stop()
+        for c in self._clients.values():
+            c.close()
+        self._clients.clear()
+
+    def client(self, address: str) -> Client:
+        c = self._clients.get(address)
+        if c is None:
+            c = self._clients[address] = Client([address], timeout=1.0)
+        return c
+
+    def status(self, node: Node, timeout: float = 0.5):  # noqa: ANN201
+        return self.client(node.address).status(endpoint=node.address, timeout=timeout)
+
+    def leader(self, timeout: float = 0.5) -> Node | None:
+        """The node that a majority of the reachable nodes name as leader and that says it leads."""
+        votes: dict[int, int] = {}
+        for n in self.nodes.values():
+            if not n.alive() or n.paused:
+                continue
+            try:
+                st = self.status(n, timeout)
+            except RaftKVError:
+                continue
+            if st.leader_id:
+                votes[st.leader_id] = votes.get(st.leader_id, 0) + 1
+        for lid, count in sorted(votes.items(), key=lambda kv: -kv[1]):
+            node = self.by_id(lid)
+            if node is None or count < len(self.nodes) // 2 + 1:
+                continue
+            try:
+                if self.status(node, timeout).role == "leader":
+                    return node
+            except RaftKVError:
+                continue
+        return None
+
+    def wait_leader(self, timeout: float = 30.0) -> Node:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            node = self.leader()
+            if node is not None:
+                return node
+            time.sleep(0.1)
+        raise AssertionError(f"no leader within {timeout}s; node logs in {self.root}")
