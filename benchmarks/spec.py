@@ -27,7 +27,7 @@ class RunSpec:
     duration_s: float = 10.0         # bound in time ...
     max_ops: int = 2_000_000         # ... and in operations
     procs: int = 2                   # client processes
-    client: str = "unary"            # raftkv client path: unary (one RPC per op) | batch (coalesced Batch RPC)
+    client: str = "batch"            # raftkv client path: unary (one RPC per op) | batch (coalesced Batch RPC)
     read_target: str = "all"         # reads spread over all nodes, or sent to the leader only
     op_timeout_s: float = 5.0
     endpoints: list[str] = field(default_factory=list)
