@@ -12,8 +12,10 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 HERE = Path(__file__).resolve().parent
 
@@ -28,6 +30,7 @@ def free_port() -> int:
 class Node:
     id: int
     client_address: str
+    metrics_url: str = ""
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
 
@@ -56,6 +59,28 @@ class Cluster:
 
     def leader_id(self, timeout: float = 30.0) -> int:
         raise NotImplementedError
+
+    # Prometheus series whose _sum/_count tell how each node spent its disk time.
+    DISK_SERIES: ClassVar[tuple[str, ...]] = ()
+
+    def disk_metrics(self) -> dict[int, dict[str, float]]:
+        """{node: {series_sum: s, series_count: n}} scraped from each live node's /metrics."""
+        out: dict[int, dict[str, float]] = {}
+        for i, n in self.nodes.items():
+            if not n.alive() or not n.metrics_url:
+                continue
+            try:
+                with urllib.request.urlopen(n.metrics_url, timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                continue
+            vals: dict[str, float] = {}
+            for line in text.splitlines():
+                name, _, value = line.partition(" ")
+                if any(name == f"{s}_sum" or name == f"{s}_count" for s in self.DISK_SERIES):
+                    vals[name] = float(value)
+            out[i] = vals
+        return out
 
     def leader_address(self) -> str:
         return self.nodes[self.leader_id()].client_address
@@ -101,13 +126,15 @@ class Cluster:
 
 
 class RaftkvCluster(Cluster):
+    DISK_SERIES = ("raftkv_fsync_duration_seconds",)
+
     def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None) -> None:
         super().__init__("raftkv", root)
         self.extra = extra or []
         self.peer_spec = ""
         ports = {i: free_port() for i in range(1, n + 1)}
         for i, p in ports.items():
-            self.nodes[i] = Node(i, f"127.0.0.1:{p}")
+            self.nodes[i] = Node(i, f"127.0.0.1:{p}", f"http://127.0.0.1:{free_port()}/metrics")
         self.peer_spec = ",".join(f"{i}={n.client_address}" for i, n in sorted(self.nodes.items()))
         root.mkdir(parents=True, exist_ok=True)
         # Batched preloads go through Txn; allow more operations per transaction than the default.
@@ -119,7 +146,8 @@ class RaftkvCluster(Cluster):
         n.log_path = self.root / f"node{i}.log"
         cmd = [sys.executable, "-m", "raftkv.cli.server_main", "serve", "--config", str(self.config_file),
                "--id", str(i), "--data-dir", str(self.root / f"node{i}"), "--listen", n.client_address,
-               "--peers", self.peer_spec, "--log-format", "json", *self.extra]
+               "--peers", self.peer_spec, "--log-format", "json",
+               "--metrics-listen", n.metrics_url.removeprefix("http://").removesuffix("/metrics"), *self.extra]
         with open(n.log_path, "ab") as log:
             n.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -183,13 +211,16 @@ class EtcdCluster(Cluster):
     """etcd members on loopback with etcd's defaults (fsync on every commit). The quota is raised so that
     the value-size and key-count scale runs fit; nothing else is tuned."""
 
+    DISK_SERIES = ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds")
+
     def __init__(self, root: Path, n: int = 3, quota_bytes: int = 8 << 30) -> None:
         super().__init__("etcd", root)
         self.binary = etcd_binary()
         self.quota_bytes = quota_bytes
         self.peer_urls: dict[int, str] = {}
         for i in range(1, n + 1):
-            self.nodes[i] = Node(i, f"127.0.0.1:{free_port()}")
+            port = free_port()
+            self.nodes[i] = Node(i, f"127.0.0.1:{port}", f"http://127.0.0.1:{port}/metrics")
             self.peer_urls[i] = f"http://127.0.0.1:{free_port()}"
         self.initial_cluster = ",".join(f"m{i}={u}" for i, u in sorted(self.peer_urls.items()))
         self.token = f"bench-{os.getpid()}-{int(time.time())}"

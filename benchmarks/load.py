@@ -11,6 +11,7 @@ import sys
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +114,8 @@ def _fmt_progress(label: str, spec: RunSpec, elapsed: float, ops: int) -> str:
             f"{ops:>9,} ops {rate:>9,.0f} ops/s")
 
 
-def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False) -> dict[str, Any]:
+def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False,
+             probe: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Drive `spec` against a running cluster; returns the raw measurements of the run."""
     slots_by_proc = [list(range(p, spec.concurrency, spec.procs)) for p in range(spec.procs)]
     per_proc_budget = max(1, spec.max_ops // spec.procs)
@@ -132,6 +134,7 @@ def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False) ->
             pass
         load_start = loadavg()
         before = {i: sample(pid) for i, pid in server_pids.items()}
+        probe_before = probe() if probe else None
         t0 = time.monotonic()
         hard_stop = t0 + spec.duration_s + 60
         tty = sys.stderr.isatty()
@@ -148,6 +151,7 @@ def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False) ->
                 print("\r" + line if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
                 last_line = now
         after = {i: sample(pid) for i, pid in server_pids.items()}
+        probe_after = probe() if probe else None
         window = time.monotonic() - t0
         if not quiet and tty:
             print(file=sys.stderr)
@@ -173,6 +177,7 @@ def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False) ->
         "read_lat": reads, "write_lat": writes, "errors": dict(errors),
         "client_cpu_s": sum(r.cpu_s for r in results.values()),
         "server_before": before, "server_after": after, "loadavg_start": load_start, "loadavg_end": loadavg(),
+        "probe_before": probe_before, "probe_after": probe_after,
     }
 
 

@@ -72,9 +72,11 @@ def print_summary(r: dict[str, Any]) -> None:
     lat = r["latency"]
     errs = sum(r["errors"].values())
     cpu = " ".join(f"{'*' if n['leader'] else ''}n{n['id']}={n['cpu_s_per_1k_ops']}" for n in r["nodes"])
+    lead = next((n for n in r["nodes"] if n["leader"]), {})
+    disk = " ".join(f"{k}={v}" for k, v in lead.items() if k.endswith("_mean_ms") or k.startswith("ops_per_"))
     print(f"  {r['spec']['label']:<42} c={r['spec']['concurrency']:<4} {r['throughput_ops_s']:>9,.0f} ops/s  "
           f"p50 {lat.get('p50_ms', 0):7.2f}  p99 {lat.get('p99_ms', 0):7.2f}  p99.9 {lat.get('p999_ms', 0):7.2f} ms  "
-          f"err {errs}  cpu s/1k ops {cpu}  client {r['client_cpu_s_per_1k_ops']}", file=sys.stderr, flush=True)
+          f"err {errs}  cpu s/1k ops {cpu}  client {r['client_cpu_s_per_1k_ops']}  leader disk: {disk}", file=sys.stderr, flush=True)
 
 
 def measure(cluster: Cluster, spec: RunSpec) -> dict[str, Any]:
@@ -82,7 +84,7 @@ def measure(cluster: Cluster, spec: RunSpec) -> dict[str, Any]:
     leader = cluster.leader_id()
     spec = replace(spec, endpoints=cluster.endpoints(), leader=cluster.nodes[leader].client_address,
                    nodes=len(cluster.nodes))
-    raw = run_load(spec, cluster.pids())
+    raw = run_load(spec, cluster.pids(), probe=cluster.disk_metrics)
     r = summarize(spec, raw, leader)
     print_summary(r)
     return r

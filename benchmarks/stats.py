@@ -45,7 +45,8 @@ def summarize(spec: RunSpec, raw: dict[str, Any], leader_id: int | None) -> dict
         if before is None or after is None:
             continue
         cpu = after.cpu_s - before.cpu_s
-        nodes.append({"id": i, "leader": i == leader_id, "cpu_s": round(cpu, 3),
+        disk = _disk(raw.get("probe_before"), raw.get("probe_after"), i, ops)
+        nodes.append({**disk, "id": i, "leader": i == leader_id, "cpu_s": round(cpu, 3),
                       "cpu_s_per_1k_ops": round(cpu / ops * 1000, 4) if ops else None,
                       "cpu_util": round(cpu / raw["window_s"], 3),
                       "rss_mb": round(after.rss_bytes / 2**20, 1), "peak_rss_mb": round(after.hwm_bytes / 2**20, 1)})
@@ -66,6 +67,26 @@ def summarize(spec: RunSpec, raw: dict[str, Any], leader_id: int | None) -> dict
         "client_cpu_s_per_1k_ops": round(raw["client_cpu_s"] / ops * 1000, 4) if ops else None,
         "loadavg_start": raw["loadavg_start"], "loadavg_end": raw["loadavg_end"],
     }
+
+
+def _disk(before: Any, after: Any, node: int, ops: int) -> dict[str, Any]:
+    """Per disk series (raftkv: fsync of one Ready; etcd: WAL fsync, backend commit): how many, their mean
+    duration, and operations per fsync, over the run's window."""
+    if not before or not after or node not in before or node not in after:
+        return {}
+    out: dict[str, Any] = {}
+    b, a = before[node], after[node]
+    for name in a:
+        if not name.endswith("_count"):
+            continue
+        base = name.removesuffix("_count")
+        n = a[name] - b.get(name, 0.0)
+        secs = a.get(base + "_sum", 0.0) - b.get(base + "_sum", 0.0)
+        short = base.replace("_duration_seconds", "").replace("raftkv_", "").replace("etcd_disk_", "")
+        out[f"{short}_count"] = int(n)
+        out[f"{short}_mean_ms"] = round(secs / n * 1000, 3) if n else None
+        out[f"ops_per_{short}"] = round(ops / n, 1) if n else None
+    return out
 
 
 def etcd_counterpart(mode: str) -> str:
