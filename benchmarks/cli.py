@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"from: {', '.join(all_modes())}")
     run.add_argument("--sweep-modes", default=",".join(DEFAULT_SWEEP),
                      help="modes run at every --concurrency (others only at the highest)")
+    run.add_argument("--unary-modes", default=",".join(DEFAULT_SWEEP),
+                     help="modes also run through raftkv's unary path at the highest concurrency ('' for none)")
     run.add_argument("--concurrency", default="1,16,64", help="comma list (default 1,16,64)")
     run.add_argument("--preload-timeout", type=float, default=600.0)
 
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             if m not in all_modes():
                 ap.error(f"unknown mode {m!r}; choose from {', '.join(all_modes())}")
         run_matrix(doc, out, _strs(a.systems), _base(a), modes, _strs(a.sweep_modes), _ints(a.concurrency),
-                   a.preload_timeout)
+                   a.preload_timeout, _strs(a.unary_modes))
     elif a.cmd == "scale":
         from .scale import run_scale
 

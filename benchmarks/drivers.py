@@ -101,28 +101,29 @@ class RaftkvUnaryDriver(Driver):
 
 class RaftkvBatchDriver(RaftkvUnaryDriver):
     """Operations go through the client's batcher: whatever is issued concurrently in one client process
-    travels in one KV.Batch RPC per endpoint (answered in order, one result or error per operation)."""
+    travels in one KV.Batch RPC per endpoint (answered in order, one result or error per operation).
+    Reads and writes have separate batchers, so a read never waits in a batch for a write's commit."""
 
     def __init__(self, spec: RunSpec) -> None:
         super().__init__(spec)
-        self.batchers: dict[str, Any] = {}
+        self.batchers: dict[tuple[str, str], Any] = {}
 
-    def batcher(self, address: str) -> Any:
-        b = self.batchers.get(address)
+    def batcher(self, address: str, kind: str) -> Any:
+        b = self.batchers.get((address, kind))
         if b is None:
             from raftkv.client.batching import Batcher
 
             b = Batcher(self.stub(address), timeout=self.spec.op_timeout_s)
-            self.batchers[address] = b
+            self.batchers[(address, kind)] = b
         return b
 
     async def put(self, i: int, slot: int) -> None:
         req = self.pb.PutRequest(key=key_bytes(i, self.spec.key_size), value=self.value, write=self.write)
-        await self.batcher(self.spec.leader).put(req)
+        await self.batcher(self.spec.leader, "w").put(req)
 
     async def get(self, i: int, slot: int) -> None:
         req = self.pb.GetRequest(key=key_bytes(i, self.spec.key_size), read=self.read)
-        await self.batcher(self.read_address(slot)).get(req)
+        await self.batcher(self.read_address(slot), "r").get(req)
 
 
 class EtcdDriver(Driver):

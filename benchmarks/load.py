@@ -210,15 +210,16 @@ def _preload_worker(spec: RunSpec, lo: int, hi: int, batch: int, inflight: int, 
         out.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def preload(spec: RunSpec, keys: int, timeout_s: float = 600.0, quiet: bool = False) -> dict[str, Any]:
-    """Write keys 0..keys-1 with batched, atomic multi-put transactions, bounded by `timeout_s`.
+def preload(spec: RunSpec, keys: int, timeout_s: float = 600.0, quiet: bool = False, first: int = 0
+            ) -> dict[str, Any]:
+    """Write keys first..keys-1 with batched, atomic multi-put transactions, bounded by `timeout_s`.
     Returns how many keys were written and how long it took (it may stop short at the bound)."""
     per_op = spec.key_size + spec.value_size + 16
     limit = 1000 if spec.system == "raftkv" else 128  # etcd's default --max-txn-ops is 128
     batch = max(1, min(limit, (1 << 20) // per_op))
     out = CTX.Queue()
     t0 = time.monotonic()
-    p = CTX.Process(target=_preload_worker, args=(spec, 0, keys, batch, 4, timeout_s, out), daemon=True)
+    p = CTX.Process(target=_preload_worker, args=(spec, first, keys, batch, 4, timeout_s, out), daemon=True)
     p.start()
     status, value = "error", "no answer"
     while True:
@@ -237,5 +238,5 @@ def preload(spec: RunSpec, keys: int, timeout_s: float = 600.0, quiet: bool = Fa
     if status != "ok":
         raise RuntimeError(f"preload failed: {value}")
     took = time.monotonic() - t0
-    return {"keys_requested": keys, "keys_loaded": int(value), "seconds": took, "batch": batch,
-            "complete": int(value) >= keys}
+    return {"keys_requested": keys - first, "keys_loaded": int(value), "seconds": round(took, 2), "batch": batch,
+            "keys_per_s": round(int(value) / took) if took else None, "complete": int(value) >= keys - first}

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -91,15 +91,22 @@ def measure(cluster: Cluster, spec: RunSpec) -> dict[str, Any]:
 
 
 def run_matrix(doc: dict[str, Any], out: Path, systems: list[str], base: RunSpec, modes: list[str],
-               sweep_modes: list[str], concurrencies: list[int], preload_timeout_s: float = 600.0) -> None:
-    """Every mode at the highest concurrency, the sweep modes at every concurrency; one cluster per system,
-    started fresh, preloaded with `base.keys` keys, stopped before the next system starts."""
+               sweep_modes: list[str], concurrencies: list[int], preload_timeout_s: float = 600.0,
+               unary_modes: list[str] | None = None) -> None:
+    """Every mode at the highest concurrency, the sweep modes at every concurrency. Each system gets one
+    fresh cluster, preloaded with `base.keys` keys, and the clusters run side by side (an idle cluster
+    costs only its heartbeats): each workload runs on one system, then at once on the other, so a change
+    in the machine's background load falls on both rather than on whichever system ran later.
+    `unary_modes` also run at the highest concurrency through raftkv's one-RPC-per-operation path."""
     top = max(concurrencies)
-    for system in systems:
-        root = out / "data" / system
-        extra = ["--lease-reads"] if system == "raftkv" else None
-        print(f"{system}: starting {base.nodes} nodes in {root}", file=sys.stderr, flush=True)
-        with running_cluster(system, root, base.nodes, extra) as cluster:
+    with ExitStack() as stack:
+        clusters: dict[str, Cluster] = {}
+        for system in systems:
+            root = out / "data" / system
+            extra = ["--lease-reads"] if system == "raftkv" else None
+            print(f"{system}: starting {base.nodes} nodes in {root}", file=sys.stderr, flush=True)
+            cluster = stack.enter_context(running_cluster(system, root, base.nodes, extra))
+            clusters[system] = cluster
             if system == "etcd":
                 doc["meta"]["etcd_version"] = etcd_version()
             leader = cluster.leader_id()
@@ -108,13 +115,20 @@ def run_matrix(doc: dict[str, Any], out: Path, systems: list[str], base: RunSpec
             pre = preload(pre_spec, base.keys, preload_timeout_s)
             doc.setdefault("preload", {})[system] = pre
             print(f"  preloaded {pre['keys_loaded']:,} keys in {pre['seconds']:.1f}s", file=sys.stderr, flush=True)
-            for mode in modes:
-                if system == "etcd" and mode not in ETCD_MODES:
+        plan: list[tuple[str, int, str]] = []
+        for mode in modes:
+            for c in (concurrencies if mode in sweep_modes else [top]):
+                plan.append((mode, c, base.client))
+        for mode in unary_modes or []:
+            if "raftkv" in clusters and base.client != "unary":
+                plan.append((mode, top, "unary"))
+        for mode, c, client in plan:
+            for system, cluster in clusters.items():
+                if system == "etcd" and (mode not in ETCD_MODES or client != base.client):
                     continue
-                for c in (concurrencies if mode in sweep_modes else [top]):
-                    spec = replace(base, system=system, mode=mode, concurrency=c, procs=base.procs)
-                    doc["runs"].append(measure(cluster, spec))
-        write_partial(doc, out)
+                spec = replace(base, system=system, mode=mode, concurrency=c, client=client)
+                doc["runs"].append(measure(cluster, spec))
+            write_partial(doc, out)
     finish(doc, out)
 
 
