@@ -48,6 +48,8 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
         cells = []
         for _, k in cols:
             v = r.get(k)
+            if isinstance(v, bool):
+                v = "yes" if v else "no"
             cells.append("-" if v is None else (f"{v:,.2f}" if isinstance(v, float) else
                                                 (f"{v:,}" if isinstance(v, int) else str(v))))
         lines.append("| " + " | ".join(cells) + " |")
@@ -55,7 +57,7 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
 
 
 def _row(r: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"system": r["spec"]["system"], "mode": r["spec"]["mode"], "ops_s": r["throughput_ops_s"],
+    return {"system": r["spec"]["system"], "mode": r["spec"]["mode"], "ops_s": round(r["throughput_ops_s"]),
             "p50_ms": r["latency"].get("p50_ms"), "p99_ms": r["latency"].get("p99_ms"),
             "errors": sum(r["errors"].values()), "loadavg": r["loadavg_start"].split(" ")[0], **extra}
 
