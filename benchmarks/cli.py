@@ -3,7 +3,7 @@
     run       the matrix of modes against raftkv and etcd (the default: a complete but short run)
     scale     throughput and p99 as key count, value size or cluster size grows; memory per key
     catchup   time for a restarted node to catch up after a large log / snapshot
-    profile   a run with py-spy (or pyinstrument) attached to the leader, to see what bounds it
+    profile   a run with py-spy attached to the leader, a follower or a client, to see what bounds it
 """
 
 from __future__ import annotations
@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     _common(pr)
     pr.add_argument("--mode", default="write-majority")
     pr.add_argument("--concurrency", type=int, default=64)
-    pr.add_argument("--tool", choices=["py-spy", "pyinstrument"], default="py-spy")
-    pr.add_argument("--target", default="leader", help="leader, follower, or client")
+    pr.add_argument("--system", choices=["raftkv", "etcd"], default="raftkv")
+    pr.add_argument("--target", choices=["leader", "follower", "client"], default="leader")
+    pr.add_argument("--gil", action=argparse.BooleanOptionalAction, default=True,
+                    help="sample only the thread holding the GIL (Python CPU), or every non-idle thread")
 
     a = ap.parse_args(argv or ["run"])
     if a.cmd is None:

@@ -62,6 +62,8 @@ class Cluster:
 
     # Prometheus series whose _sum/_count tell how each node spent its disk time.
     DISK_SERIES: ClassVar[tuple[str, ...]] = ()
+    # Counters reported as their increase over a run.
+    COUNTERS: ClassVar[tuple[str, ...]] = ()
 
     def disk_metrics(self) -> dict[int, dict[str, float]]:
         """{node: {series_sum: s, series_count: n}} scraped from each live node's /metrics."""
@@ -77,7 +79,8 @@ class Cluster:
             vals: dict[str, float] = {}
             for line in text.splitlines():
                 name, _, value = line.partition(" ")
-                if any(name == f"{s}_sum" or name == f"{s}_count" for s in self.DISK_SERIES):
+                if any(name == f"{s}_sum" or name == f"{s}_count" for s in self.DISK_SERIES) or \
+                        name in self.COUNTERS:
                     vals[name] = float(value)
             out[i] = vals
         return out
@@ -127,6 +130,7 @@ class Cluster:
 
 class RaftkvCluster(Cluster):
     DISK_SERIES = ("raftkv_fsync_duration_seconds",)
+    COUNTERS = ("raftkv_leader_changes_total",)
 
     def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None) -> None:
         super().__init__("raftkv", root)
@@ -212,6 +216,7 @@ class EtcdCluster(Cluster):
     the value-size and key-count scale runs fit; nothing else is tuned."""
 
     DISK_SERIES = ("etcd_disk_wal_fsync_duration_seconds", "etcd_disk_backend_commit_duration_seconds")
+    COUNTERS = ("etcd_server_leader_changes_seen_total",)
 
     def __init__(self, root: Path, n: int = 3, quota_bytes: int = 8 << 30) -> None:
         super().__init__("etcd", root)

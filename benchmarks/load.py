@@ -52,9 +52,23 @@ async def _worker_async(spec: RunSpec, index: int, slots: list[int], budget: int
     driver = make_driver(spec)
     await driver.connect()
     loop = asyncio.get_running_loop()
-    # One operation per slot before the clock starts: connections up, leader found, caches warm.
-    await asyncio.gather(*(driver.get(s % max(1, spec.keys), s) if spec.read_ratio >= 1.0
-                           else driver.put(s % max(1, spec.keys), s) for s in slots))
+    # One operation per slot before the clock starts: connections up, caches warm. A cluster still
+    # settling (an election after the previous run) gets a few seconds to answer.
+    async def warm(s: int) -> None:
+        give_up = time.monotonic() + 20
+        while True:
+            try:
+                if spec.read_ratio >= 1.0:
+                    await driver.get(s % max(1, spec.keys), s)
+                else:
+                    await driver.put(s % max(1, spec.keys), s)
+                return
+            except Exception:
+                if time.monotonic() > give_up:
+                    raise
+                await asyncio.sleep(0.1)
+
+    await asyncio.gather(*(warm(s) for s in slots))
     await loop.run_in_executor(None, start.wait, 120)
     res = WorkerResult()
     read_lat = array("f")
@@ -115,7 +129,8 @@ def _fmt_progress(label: str, spec: RunSpec, elapsed: float, ops: int) -> str:
 
 
 def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False,
-             probe: Callable[[], Any] | None = None) -> dict[str, Any]:
+             probe: Callable[[], Any] | None = None,
+             on_start: Callable[[list[int]], Any] | None = None) -> dict[str, Any]:
     """Drive `spec` against a running cluster; returns the raw measurements of the run."""
     slots_by_proc = [list(range(p, spec.concurrency, spec.procs)) for p in range(spec.procs)]
     per_proc_budget = max(1, spec.max_ops // spec.procs)
@@ -135,6 +150,8 @@ def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False,
         load_start = loadavg()
         before = {i: sample(pid) for i, pid in server_pids.items()}
         probe_before = probe() if probe else None
+        if on_start is not None:
+            on_start([p.pid for p in procs if p.pid is not None])
         t0 = time.monotonic()
         hard_stop = t0 + spec.duration_s + 60
         tty = sys.stderr.isatty()

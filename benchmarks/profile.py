@@ -1,8 +1,10 @@
 """A run with py-spy sampling one server process, to find what bounds it rather than guess.
 
-py-spy records the process's stacks (all threads, native frames off) into a collapsed-stack file and an
-SVG flame graph; the summary lists the functions with the most samples on top of the stack (self) and
-on the stack at all (inclusive), as shares of all samples."""
+py-spy records the process's stacks into a collapsed-stack file (profile-<target>.txt, usable with any
+flame graph tool). With `--gil` (the default) only the thread holding the GIL is sampled, so the shares
+are shares of the Python CPU time that serialises everything in the process; without it, threads waiting
+in fsync count too. The summary lists functions by samples on top of the stack (self) and anywhere on it
+(inclusive), as a percentage of all samples."""
 
 from __future__ import annotations
 
@@ -46,13 +48,15 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
         return {"samples": 0, "self": [], "inclusive": []}
     return {"samples": total,
             "self": [[f, round(c / total * 100, 1)] for f, c in self_samples.most_common(top)],
-            "inclusive": [[f, round(c / total * 100, 1)] for f, c in incl.most_common(top)]}
+            # Frames on (nearly) every stack (the event loop, thread bootstrap) say nothing: leave them out.
+            "inclusive": [[f, round(c / total * 100, 1)] for f, c in incl.most_common()
+                          if c < 0.9 * total][:top]}
 
 
 def _short(frame: str) -> str:
-    # py-spy frames look like "function (path/to/file.py:123)"; keep function and file:line tail.
+    # py-spy frames look like "function (path/to/file.py:123)"; keep the function and the file's tail.
     fn, _, where = frame.partition(" (")
-    where = where.rstrip(")")
+    where = where.rstrip(")").rsplit(":", 1)[0]
     parts = where.split("/")
     tail = "/".join(parts[-2:]) if len(parts) > 1 else where
     return f"{fn} ({tail})"
@@ -65,37 +69,47 @@ def profile_table(summary: dict[str, Any], key: str) -> str:
 
 
 def run_profile(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: RunSpec) -> None:
-    root = out / "data" / "raftkv"
-    with running_cluster("raftkv", root, base.nodes, ["--lease-reads"]) as cluster:
+    """py-spy on the leader, a follower, or the first client process, for the length of one run."""
+    system = a.system
+    root = out / "data" / system
+    extra = ["--lease-reads"] if system == "raftkv" else None
+    with running_cluster(system, root, base.nodes, extra) as cluster:
         leader = cluster.leader_id()
-        spec = replace(base, endpoints=cluster.endpoints(), leader=cluster.nodes[leader].client_address)
+        spec = replace(base, system=system, endpoints=cluster.endpoints(),
+                       leader=cluster.nodes[leader].client_address)
         preload(replace(spec, mode="write-majority"), base.keys)
-        if a.target == "leader":
-            target = leader
+        target = {"leader": leader, "follower": next(i for i in cluster.nodes if i != leader)}.get(a.target)
+        if system == "etcd" and a.target != "client":
+            raise SystemExit("py-spy profiles Python processes: with --system etcd only --target client works")
+        raw_path = out / f"profile-{system}-{a.target}.txt"
+        spy: list[subprocess.Popen[bytes]] = []
+
+        def attach(pid: int) -> None:
+            args = [py_spy(), "record", "-p", str(pid), "-d", str(int(base.duration_s)), "-r", "200", "-f", "raw",
+                    "-o", str(raw_path), "--nonblocking"] + (["--gil"] if a.gil else [])
+            spy.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+
+        if target is not None:
+            pid = cluster.nodes[target].pid
+            attach(pid)
+            raw = run_load(spec, cluster.pids())
         else:
-            target = next(i for i in cluster.nodes if i != leader)
-        pid = cluster.nodes[target].pid
-        raw_path = out / f"profile-{a.target}.txt"
-        svg_path = out / f"profile-{a.target}.svg"
-        # Two recorders would disturb the process twice; record collapsed stacks, then render the SVG
-        # from them is not something py-spy does, so record raw first and a flame graph in a second pass.
-        spy = subprocess.Popen([py_spy(), "record", "-p", str(pid), "-d", str(int(base.duration_s)), "-r", "200",
-                                "-f", "raw", "-o", str(raw_path), "--nonblocking"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        raw = run_load(spec, cluster.pids())
-        try:
-            _, err = spy.communicate(timeout=base.duration_s + 60)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            _, err = spy.communicate()
+            pids: list[int] = []
+            raw = run_load(spec, cluster.pids(), on_start=lambda ps: (pids.extend(ps), attach(ps[0])))
+            pid = pids[0] if pids else 0
+        err = b""
+        for p in spy:
+            try:
+                _, err = p.communicate(timeout=base.duration_s + 60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                _, err = p.communicate()
         r = summarize(spec, raw, leader)
         doc["runs"].append(r)
         summary = summarize_collapsed(raw_path) if raw_path.exists() else {"samples": 0, "error": err.decode()[-500:]}
-        doc["profile"] = {"target": a.target, "node": target, "pid": pid, "raw": raw_path.name, **summary}
-        doc.setdefault("sections", {})[f"Profile of the {a.target} (node {target}), self time"] = profile_table(
-            summary, "self")
-        doc["sections"][f"Profile of the {a.target} (node {target}), inclusive time"] = profile_table(
-            summary, "inclusive")
-        if svg_path and raw_path.exists():
-            pass
+        who = f"{system} {a.target}" + (f" (node {target})" if target else "")
+        doc["profile"] = {"system": system, "target": a.target, "node": target, "pid": pid, "raw": raw_path.name,
+                          "gil_only": a.gil, **summary}
+        doc.setdefault("sections", {})[f"Profile of the {who}, self time"] = profile_table(summary, "self")
+        doc["sections"][f"Profile of the {who}, inclusive time"] = profile_table(summary, "inclusive")
     finish(doc, out)

@@ -15,9 +15,21 @@ def _f(x: Any, nd: int = 1) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def disk_cell(nodes: list[dict[str, Any]]) -> str:
+    """The leader's log fsyncs (raftkv: one per Ready; etcd: WAL), their mean time and operations each."""
+    lead = next((n for n in nodes if n["leader"]), None)
+    if not lead:
+        return "-"
+    for name in ("fsync", "wal_fsync"):
+        if lead.get(f"{name}_mean_ms") is not None:
+            return f"{lead[f'{name}_mean_ms']:.2f} x {lead[f'ops_per_{name}']:.0f}"
+    return "-"
+
+
 def runs_table(runs: list[dict[str, Any]]) -> str:
-    head = ("| run | conc | nodes | keys | value B | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors "
-            "| server CPU s/1k ops (per node) | client CPU s/1k ops | RSS MB (per node) | loadavg |")
+    head = ("| run | conc | nodes | keys | value B | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | elections "
+            "| server CPU s/1k ops (per node) | client CPU s/1k ops | leader fsync: mean ms x ops each "
+            "| RSS MB (per node) | loadavg |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in runs:
         s, lat = r["spec"], r["latency"]
@@ -27,8 +39,8 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
         errs = sum(r["errors"].values())
         lines.append(f"| {s['label']} | {s['concurrency']} | {s['nodes']} | {_f(s['keys'])} | {_f(s['value_size'])} "
                      f"| {_f(r['throughput_ops_s'], 0)} | {_f(lat.get('p50_ms'), 2)} | {_f(lat.get('p90_ms'), 2)} "
-                     f"| {_f(lat.get('p99_ms'), 2)} | {_f(lat.get('p999_ms'), 2)} | {errs} | {cpu} "
-                     f"| {_f(r['client_cpu_s_per_1k_ops'], 3)} | {rss} | {r['loadavg_start'].split(' ')[0]} |")
+                     f"| {_f(lat.get('p99_ms'), 2)} | {_f(lat.get('p999_ms'), 2)} | {errs} | {r.get('leader_changes', 0)} | {cpu} "
+                     f"| {_f(r['client_cpu_s_per_1k_ops'], 3)} | {disk_cell(nodes)} | {rss} | {r['loadavg_start'].split(' ')[0]} |")
     return "\n".join(lines)
 
 

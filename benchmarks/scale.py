@@ -59,7 +59,15 @@ def _table(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> str:
 def _row(r: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"system": r["spec"]["system"], "mode": r["spec"]["mode"], "ops_s": round(r["throughput_ops_s"]),
             "p50_ms": r["latency"].get("p50_ms"), "p99_ms": r["latency"].get("p99_ms"),
-            "errors": sum(r["errors"].values()), "loadavg": r["loadavg_start"].split(" ")[0], **extra}
+            "errors": sum(r["errors"].values()), "elections": r.get("leader_changes", 0), "loadavg": r["loadavg_start"].split(" ")[0], **extra}
+
+
+def note(doc: dict[str, Any], text: str) -> None:
+    """Something a reader of the figures must know (a failed run, a bound that was hit)."""
+    print(f"  NOTE: {text}", file=sys.stderr, flush=True)
+    doc.setdefault("notes", []).append(text)
+    notes = doc.setdefault("sections", {})
+    notes["Notes"] = "\n".join(f"- {n}" for n in doc["notes"])
 
 
 def scale_keys(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: RunSpec, system: str) -> None:
@@ -83,7 +91,11 @@ def scale_keys(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: RunS
             print(f"  {system}: {loaded:,} keys; preload {pre['seconds']}s ({pre['keys_per_s']} keys/s); {mem}",
                   file=sys.stderr, flush=True)
             for mode in SCALE_MODES:
-                r = measure(cluster, replace(base, system=system, mode=mode, keys=loaded))
+                try:
+                    r = measure(cluster, replace(base, system=system, mode=mode, keys=loaded))
+                except RuntimeError as e:
+                    note(doc, f"{system}, {loaded:,} keys, {mode}: run failed: {e}")
+                    continue
                 doc["runs"].append(r)
                 rows.append(_row(r, keys=loaded, preload_s=pre["seconds"], preload_keys_s=pre["keys_per_s"],
                                  complete=pre["complete"],
@@ -92,9 +104,8 @@ def scale_keys(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: RunS
                                  disk_b_per_key=round(sum(mem["disk_bytes_per_key"].values()) / max(1, len(disk)))))
             write_partial(doc, out)
             if not pre["complete"]:
-                doc.setdefault("notes", []).append(
-                    f"{system}: preload to {target:,} keys did not finish within {a.preload_timeout}s; "
-                    f"measured up to {loaded:,} keys")
+                note(doc, f"{system}: preload to {target:,} keys did not finish within {a.preload_timeout}s; "
+                          f"measured up to {loaded:,} keys")
                 break
 
 
@@ -136,6 +147,7 @@ def run_scale(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: RunSp
     figures = doc.setdefault("figures", {})
     common = [("system", "system"), ("mode", "mode")]
     perf = [("ops/s", "ops_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("errors", "errors"),
+            ("leader changes", "elections"),
             ("loadavg", "loadavg")]
     for w in what:
         for system in systems:

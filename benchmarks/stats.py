@@ -63,6 +63,7 @@ def summarize(spec: RunSpec, raw: dict[str, Any], leader_id: int | None) -> dict
         "write_latency": {k: v for k, v in latency_summary(raw["write_lat"]).items() if k != "cdf"},
         "nodes": nodes,
         "server_cpu_s_total": round(sum(n["cpu_s"] for n in nodes), 3),
+        "leader_changes": max((n.get("leader_changes", 0) for n in nodes), default=0),
         "client_cpu_s": round(raw["client_cpu_s"], 3),
         "client_cpu_s_per_1k_ops": round(raw["client_cpu_s"] / ops * 1000, 4) if ops else None,
         "loadavg_start": raw["loadavg_start"], "loadavg_end": raw["loadavg_end"],
@@ -77,6 +78,9 @@ def _disk(before: Any, after: Any, node: int, ops: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     b, a = before[node], after[node]
     for name in a:
+        if "leader_changes" in name:
+            out["leader_changes"] = int(a[name] - b.get(name, 0.0))
+            continue
         if not name.endswith("_count"):
             continue
         base = name.removesuffix("_count")
