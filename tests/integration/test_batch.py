@@ -9,7 +9,7 @@ import asyncio
 import grpc
 import pytest
 
-from raftkv.client import InvalidArgumentError
+from raftkv.client import AsyncClient, InvalidArgumentError
 from raftkv.client.batching import Batcher
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.proto.stubs import kv_pb2_grpc
@@ -104,3 +104,21 @@ async def test_batcher_coalesces_concurrent_operations(cluster: LocalCluster) ->
         assert b.ops_sent == n + 1 and b.batches_sent < n // 10  # concurrent operations shared RPCs
         gets = await asyncio.gather(*(b.get(pb.GetRequest(key=f"k{i}".encode())) for i in range(n)))
         assert [g.kv.value for g in gets] == [f"v{i}".encode() for i in range(n)]
+
+
+@pytest.mark.asyncio
+async def test_async_client_with_batching_gives_each_caller_its_own_answer(cluster: LocalCluster) -> None:
+    cluster.wait_leader()
+    async with AsyncClient(cluster.endpoints, timeout=10, batching=True) as c:
+        n = 200
+        puts = await asyncio.gather(*(c.put(f"ac{i}", f"v{i}") for i in range(n)))
+        assert len({p.meta.index for p in puts}) == n
+        with pytest.raises(InvalidArgumentError):
+            await c.put("", "no key")
+        gets, missing = await asyncio.gather(
+            asyncio.gather(*(c.get(f"ac{i}") for i in range(n))), c.get("ac-missing"))
+        assert [g.kv.value for g in gets] == [f"v{i}".encode() for i in range(n)]
+        assert not missing.found
+        r = await c.get("ac7", consistency="session")  # the client's session token rides along
+        assert r.kv.value == b"v7" and r.meta.consistency_achieved == pb.SESSION
+        assert sum(b.batches_sent for b in c._batchers.values()) < n  # operations shared RPCs
