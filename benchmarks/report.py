@@ -22,7 +22,7 @@ def disk_cell(nodes: list[dict[str, Any]]) -> str:
         return "-"
     for name in ("fsync", "wal_fsync"):
         if lead.get(f"{name}_mean_ms") is not None:
-            return f"{lead[f'{name}_mean_ms']:.2f} x {lead[f'ops_per_{name}']:.0f}"
+            return f"{lead[f'{name}_mean_ms']:.2f} x {lead[f'ops_per_{name}']:.1f}"
     return "-"
 
 
