@@ -104,22 +104,27 @@ def plots(doc: dict[str, Any], out: Path) -> list[str]:
     if runs:
         top = max(r["spec"]["concurrency"] for r in runs)
         at_top = [r for r in runs if r["spec"]["concurrency"] == top and r["latency"].get("count")]
-        if at_top:
+        groups = {"writes": [r for r in at_top if not r["spec"]["mode"].startswith("read-")],
+                  "reads": [r for r in at_top if r["spec"]["mode"].startswith("read-")]}
+        for group, rs in groups.items():
+            if not rs:
+                continue
             fig, ax = plt.subplots(figsize=(8, 5))
-            for r in at_top:
+            colors = plt.get_cmap("tab20").colors
+            for k, r in enumerate(rs):
                 cdf = r["latency"]["cdf"]
-                ax.plot([x for x, _ in cdf], [q for _, q in cdf], label=r["spec"]["label"],
-                        linestyle="--" if r["spec"]["system"] == "etcd" else "-")
+                ax.plot([x for x, _ in cdf], [q for _, q in cdf], label=r["spec"]["label"], color=colors[k % 20],
+                        linestyle="--" if r["spec"]["system"] == "etcd" else "-", linewidth=1.6)
             ax.set_xscale("log")
             ax.set_xlabel("latency (ms)")
             ax.set_ylabel("fraction of operations")
-            ax.set_title(f"Latency CDF per mode, {top} concurrent operations")
+            ax.set_title(f"Latency CDF per mode ({group}), {top} concurrent operations")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=7)
             fig.tight_layout()
-            fig.savefig(out / "latency_cdf.png", dpi=110)
+            fig.savefig(out / f"latency_cdf_{group}.png", dpi=110)
             plt.close(fig)
-            made.append("latency_cdf.png")
+            made.append(f"latency_cdf_{group}.png")
     for name, fig_spec in doc.get("figures", {}).items():
         fig, ax = plt.subplots(figsize=(8, 5))
         for label, pts in fig_spec["series"].items():

@@ -34,6 +34,8 @@ def test_batch_answers_every_operation_in_order_with_its_own_error(cluster: Loca
     leader = cluster.wait_leader()
     with cluster.client() as c:
         c.put("pre", "old")
+        c.put("gone", "old")
+    # A read need not observe a write of its own batch, so no read here touches a key the batch writes.
     ops = [
         _put(b"a", b"1"),
         _put(b"", b"no key"),                                       # invalid: fails alone
@@ -43,7 +45,7 @@ def test_batch_answers_every_operation_in_order_with_its_own_error(cluster: Loca
         _get(b"pre", consistency=pb.SERIALIZABLE),
         _get(b"missing"),
         _get(b"pre", consistency=pb.SESSION, session_token=b"garbage"),  # invalid token: fails alone
-        pb.BatchOp(delete=pb.DeleteRequest(key=b"pre", prev_kv=True)),
+        pb.BatchOp(delete=pb.DeleteRequest(key=b"gone", prev_kv=True)),
         pb.BatchOp(range=pb.RangeRequest(key=b"p", range_end=b"q")),
         pb.BatchOp(),                                               # no operation at all
         _put(b"c", b"x" * 2_000_000),                               # over the value limit
@@ -66,10 +68,11 @@ def test_batch_answers_every_operation_in_order_with_its_own_error(cluster: Loca
     assert res.results[5].get.meta.consistency_achieved == pb.SERIALIZABLE
     assert not res.results[6].get.found
     assert res.results[8].delete.deleted == 1 and res.results[8].delete.prev_kvs[0].value == b"old"
+    assert [kv.key for kv in res.results[9].range.kvs] == [b"pre"]
     with cluster.client() as c:
         assert c.get("a").kv.value == b"3"  # the later put of the same key won
         assert c.get("b").kv.value == b"2"
-        assert not c.get("pre").found
+        assert not c.get("gone").found and c.get("pre").kv.value == b"old"
 
 
 def test_batch_sent_to_a_follower_forwards_writes_and_serves_reads(cluster: LocalCluster) -> None:
