@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from .spec import RunSpec, all_modes
@@ -87,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--gil", action=argparse.BooleanOptionalAction, default=True,
                     help="sample only the thread holding the GIL (Python CPU), or every non-idle thread")
 
+    # SIGTERM or SIGINT end the harness through its `finally` blocks, so every cluster it started is
+    # stopped (each server by its PID) rather than left running.
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     a = ap.parse_args(argv or ["run"])
     if a.cmd is None:
         a = ap.parse_args(["run", *argv])

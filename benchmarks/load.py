@@ -142,6 +142,7 @@ def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False,
     for p in procs:
         p.start()
     results: dict[int, WorkerResult] = {}
+    finished = False
     try:
         try:
             start.wait(180)
@@ -172,8 +173,11 @@ def run_load(spec: RunSpec, server_pids: dict[int, int], quiet: bool = False,
         window = time.monotonic() - t0
         if not quiet and tty:
             print(file=sys.stderr)
+        finished = True
     finally:
         for p in procs:
+            if not finished:  # interrupted: the clients stop now, not at the end of their run
+                p.terminate()
             p.join(5)
             if p.is_alive():
                 p.terminate()
