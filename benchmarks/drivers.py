@@ -27,6 +27,7 @@ class Driver:
         self.spec = spec
         self.value = value_bytes(spec.value_size)
         self.channels: dict[str, grpc.aio.Channel] = {}
+        self.stubs: dict[str, Any] = {}
 
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self.channels.get(address)
@@ -77,7 +78,10 @@ class RaftkvUnaryDriver(Driver):
         self.read = read_options(**self.read_kwargs) if spec.consistency != "session" else None
 
     def stub(self, address: str) -> Any:
-        return self.grpc.KVStub(self.channel(address))
+        st = self.stubs.get(address)
+        if st is None:
+            st = self.stubs[address] = self.grpc.KVStub(self.channel(address))
+        return st
 
     async def connect(self) -> None:
         if self.read is None:  # session reads need a token from a write
@@ -137,7 +141,10 @@ class EtcdDriver(Driver):
         self.serializable = spec.consistency == "serializable"
 
     def stub(self, address: str) -> Any:
-        return self.grpc.KVStub(self.channel(address))
+        st = self.stubs.get(address)
+        if st is None:
+            st = self.stubs[address] = self.grpc.KVStub(self.channel(address))
+        return st
 
     async def put(self, i: int, slot: int) -> None:
         req = self.pb.PutRequest(key=key_bytes(i, self.spec.key_size), value=self.value)

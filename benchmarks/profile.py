@@ -30,6 +30,11 @@ def py_spy() -> str:
     return exe
 
 
+BOILERPLATE = ("click/", "runpy", "asyncio/runners.py", "threading.py", "server_main.py", "lifecycle.py",
+               "run_forever", "run_until_complete", "_run_once", "futures/thread.py", "spawn.py", "process.py",
+               "Handle._run", "_worker (", "asyncio/tasks.py")
+
+
 def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
     self_samples: Counter[str] = Counter()
     incl: Counter[str] = Counter()
@@ -48,9 +53,9 @@ def summarize_collapsed(path: Path, top: int = 25) -> dict[str, Any]:
         return {"samples": 0, "self": [], "inclusive": []}
     return {"samples": total,
             "self": [[f, round(c / total * 100, 1)] for f, c in self_samples.most_common(top)],
-            # Frames on (nearly) every stack (the event loop, thread bootstrap) say nothing: leave them out.
+            # Frames that only carry the process (entry point, event loop, thread bootstrap) say nothing.
             "inclusive": [[f, round(c / total * 100, 1)] for f, c in incl.most_common()
-                          if c < 0.9 * total][:top]}
+                          if not any(b in f for b in BOILERPLATE)][:top]}
 
 
 def _short(frame: str) -> str:

@@ -22,13 +22,16 @@ def disk_cell(nodes: list[dict[str, Any]]) -> str:
         return "-"
     for name in ("fsync", "wal_fsync"):
         if lead.get(f"{name}_mean_ms") is not None:
-            return f"{lead[f'{name}_mean_ms']:.2f} x {lead[f'ops_per_{name}']:.1f}"
+            busy = lead.get(f"{name}_busy")
+            return f"{lead[f'{name}_mean_ms']:.2f} x {lead[f'ops_per_{name}']:.1f}" + (
+                f", {busy:.0%}" if busy is not None else "")
     return "-"
 
 
 def runs_table(runs: list[dict[str, Any]]) -> str:
     head = ("| run | conc | nodes | keys | value B | ops/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | elections "
-            "| server CPU s/1k ops (per node) | client CPU s/1k ops | leader fsync: mean ms x ops each "
+            "| server CPU s/1k ops (per node) | client CPU s/1k ops | cores used: servers + clients "
+            "| leader fsync: mean ms x ops each, busy "
             "| RSS MB (per node) | loadavg |")
     lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
     for r in runs:
@@ -40,7 +43,8 @@ def runs_table(runs: list[dict[str, Any]]) -> str:
         lines.append(f"| {s['label']} | {s['concurrency']} | {s['nodes']} | {_f(s['keys'])} | {_f(s['value_size'])} "
                      f"| {_f(r['throughput_ops_s'], 0)} | {_f(lat.get('p50_ms'), 2)} | {_f(lat.get('p90_ms'), 2)} "
                      f"| {_f(lat.get('p99_ms'), 2)} | {_f(lat.get('p999_ms'), 2)} | {errs} | {r.get('leader_changes', 0)} | {cpu} "
-                     f"| {_f(r['client_cpu_s_per_1k_ops'], 3)} | {disk_cell(nodes)} | {rss} | {r['loadavg_start'].split(' ')[0]} |")
+                     f"| {_f(r['client_cpu_s_per_1k_ops'], 3)} | {_f(r.get('server_cores'), 2)} + "
+                     f"{_f(r.get('client_cores'), 2)} | {disk_cell(nodes)} | {rss} | {r['loadavg_start'].split(' ')[0]} |")
     return "\n".join(lines)
 
 

@@ -45,7 +45,7 @@ def summarize(spec: RunSpec, raw: dict[str, Any], leader_id: int | None) -> dict
         if before is None or after is None:
             continue
         cpu = after.cpu_s - before.cpu_s
-        disk = _disk(raw.get("probe_before"), raw.get("probe_after"), i, ops)
+        disk = _disk(raw.get("probe_before"), raw.get("probe_after"), i, ops, raw["window_s"])
         nodes.append({**disk, "id": i, "leader": i == leader_id, "cpu_s": round(cpu, 3),
                       "cpu_s_per_1k_ops": round(cpu / ops * 1000, 4) if ops else None,
                       "cpu_util": round(cpu / raw["window_s"], 3),
@@ -65,14 +65,16 @@ def summarize(spec: RunSpec, raw: dict[str, Any], leader_id: int | None) -> dict
         "server_cpu_s_total": round(sum(n["cpu_s"] for n in nodes), 3),
         "leader_changes": max((n.get("leader_changes", 0) for n in nodes), default=0),
         "client_cpu_s": round(raw["client_cpu_s"], 3),
+        "server_cores": round(sum(n["cpu_s"] for n in nodes) / raw["window_s"], 2),
+        "client_cores": round(raw["client_cpu_s"] / elapsed, 2) if elapsed else None,
         "client_cpu_s_per_1k_ops": round(raw["client_cpu_s"] / ops * 1000, 4) if ops else None,
         "loadavg_start": raw["loadavg_start"], "loadavg_end": raw["loadavg_end"],
     }
 
 
-def _disk(before: Any, after: Any, node: int, ops: int) -> dict[str, Any]:
+def _disk(before: Any, after: Any, node: int, ops: int, window_s: float) -> dict[str, Any]:
     """Per disk series (raftkv: fsync of one Ready; etcd: WAL fsync, backend commit): how many, their mean
-    duration, and operations per fsync, over the run's window."""
+    duration, operations per fsync, and the share of the run's window spent in them (busy)."""
     if not before or not after or node not in before or node not in after:
         return {}
     out: dict[str, Any] = {}
@@ -90,6 +92,7 @@ def _disk(before: Any, after: Any, node: int, ops: int) -> dict[str, Any]:
         out[f"{short}_count"] = int(n)
         out[f"{short}_mean_ms"] = round(secs / n * 1000, 3) if n else None
         out[f"ops_per_{short}"] = round(ops / n, 1) if n else None
+        out[f"{short}_busy"] = round(secs / window_s, 2) if window_s else None
     return out
 
 
