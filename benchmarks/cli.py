@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(cu)
     cu.add_argument("--entries", type=int, default=50_000, help="writes while the follower is down")
     cu.add_argument("--systems", default="raftkv,etcd")
+    cu.add_argument("--preload-timeout", type=float, default=900.0)
 
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)

@@ -201,14 +201,17 @@ def _position(cluster: Cluster, node: int) -> int:
 
 
 def run_catchup(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: RunSpec) -> None:
-    """Stop a follower, write --entries single-key writes (raftkv compacts its log into a snapshot every
-    10,000 entries, so the follower needs a snapshot plus the log tail), restart it and time until it has
-    applied everything that was committed when it came back."""
+    """Preload --keys keys, stop a follower, write --entries single-key writes (raftkv compacts its log into
+    a snapshot every 10,000 entries, so the follower needs a snapshot of all keys plus the log tail),
+    restart it and time until it has applied everything that was committed when it came back (the time
+    includes the restarted process's start-up)."""
     rows = doc.setdefault("catchup", [])
     for system in [s.strip() for s in a.systems.split(",") if s.strip()]:
         root = out / "data" / f"catchup-{system}"
         with running_cluster(system, root, base.nodes, _extra(system)) as cluster:
             leader = cluster.leader_id()
+            pre = preload(_spec_for(cluster, base, mode="write-majority"), base.keys, a.preload_timeout)
+            cluster.leader_id()
             follower = next(i for i in sorted(cluster.nodes) if i != leader)
             cluster.stop_node(follower)
             spec = _spec_for(cluster, base, mode="write-majority", max_ops=a.entries, duration_s=600.0)
@@ -224,14 +227,14 @@ def run_catchup(doc: dict[str, Any], out: Path, a: argparse.Namespace, base: Run
             took = time.monotonic() - t1
             done = _caught_up(cluster, follower, target)
             log_text = cluster.nodes[follower].log_path.read_text(errors="replace") if cluster.nodes[follower].log_path else ""
-            row = {"system": system, "entries_written": raw["writes"], "write_s": round(write_s, 1),
+            row = {"system": system, "keys": pre["keys_loaded"], "entries_written": raw["writes"], "write_s": round(write_s, 1),
                    "target_position": target, "catchup_s": round(took, 2) if done else None,
                    "caught_up": done, "snapshot_installed": "installed snapshot" in log_text if system == "raftkv" else None,
                    "data_mb_leader": round(cluster.data_bytes(leader) / 2**20, 1)}
             rows.append(row)
             print(f"  catch-up {row}", file=sys.stderr, flush=True)
     doc.setdefault("sections", {})["Catch-up of a restarted follower"] = _table(rows, [
-        ("system", "system"), ("writes while down", "entries_written"), ("position to reach", "target_position"),
+        ("system", "system"), ("keys", "keys"), ("writes while down", "entries_written"), ("position to reach", "target_position"),
         ("catch-up s", "catchup_s"), ("caught up", "caught_up"), ("via snapshot", "snapshot_installed"),
         ("leader data MB", "data_mb_leader")])
     finish(doc, out)
