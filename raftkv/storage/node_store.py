@@ -145,8 +145,6 @@ class LmdbNodeStore:
                 self._last_index, self._last_term = self._compacted[0], self._compacted[1]
             hs = txn.get(b"hardstate", db=self.meta_db)
             self._hard = HardState(*msgpack.unpackb(hs)) if hs is not None else HardState()
-            sm = txn.get(b"snapmeta", db=self.meta_db)
-            self._snap_point = msgpack.unpackb(sm)[0] if sm is not None else self._compacted[0]
             ap = txn.get(b"applied", db=self.meta_db)
             if ap is None:
                 self._applied, self._applied_conf = 0, ConfState()
@@ -221,41 +219,20 @@ class LmdbNodeStore:
         return limit_size(out, max_bytes)
 
     def snapshot(self) -> Snapshot:
-        """A snapshot no older than the compacted log, for a follower that needs one.
-
-        A snapshot received from a leader is kept as it came. Our own snapshots are not copied when the
-        log is compacted (that copy of the whole state machine, every `snapshot_entries` writes, stalled
-        the node for seconds at a million keys): the `kv` sub-database at its applied index already is
-        one, so the blob is made here, from one read transaction, only when a follower needs it, and
-        kept until the log is compacted past it."""
-        cache = self._snapshot_cache
-        if cache is not None and cache.meta.index >= self._compacted[0]:
-            return cache
+        if self._snapshot_cache is not None:
+            return self._snapshot_cache
         with self.env.begin() as txn:
             meta = txn.get(b"snapmeta", db=self.meta_db)
-            if meta is None:
-                c_idx, c_term, conf = self._compacted
-                return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
-            idx, term, conf, crc = msgpack.unpackb(meta)
-            if crc is None:  # a snapshot point of our own: the state machine as it is now
-                snap = self._state_snapshot(txn, idx, _conf_from_wire(conf))
-            else:
-                blob = bytes(txn.get(b"data", db=self.snap_db) or b"")
-                if zlib.crc32(blob) != crc:
-                    raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
-                snap = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
-        self._snapshot_cache = snap
-        return snap
-
-    def _state_snapshot(self, txn: lmdb.Transaction, point: int, point_conf: ConfState) -> Snapshot:
-        """The state machine at the applied index seen by `txn` (a consistent view), as a snapshot."""
-        ap = txn.get(b"applied", db=self.meta_db)
-        applied, conf_wire = msgpack.unpackb(ap) if ap is not None else (0, [[], []])
-        conf = point_conf if applied == point else _conf_from_wire(conf_wire)
-        kvs = [[bytes(k), bytes(v)] for k, v in txn.cursor(db=self.kv_db)]
-        members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
-        blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
-        return Snapshot(SnapshotMeta(applied, self._term_in(txn, applied), conf), blob)
+            data = txn.get(b"data", db=self.snap_db)
+        if meta is None:
+            c_idx, c_term, conf = self._compacted
+            return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
+        idx, term, conf, crc = msgpack.unpackb(meta)
+        blob = bytes(data or b"")
+        if zlib.crc32(blob) != crc:
+            raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
+        self._snapshot_cache = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
+        return self._snapshot_cache
 
     # ------------------------------------------------------------------------------------------
     # Host writes
@@ -309,7 +286,6 @@ class LmdbNodeStore:
             self._last_index, self._last_term = m.index, m.term
             self._applied, self._applied_conf = m.index, m.conf
             self._snapshot_cache = snapshot
-            self._snap_point = m.index
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -353,15 +329,18 @@ class LmdbNodeStore:
         txn.put(b"data", snap.data, db=self.snap_db)
 
     def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
-        """Record a snapshot point at `applied` (which must be the applied index now) and drop log entries
-        up to `compact_to` (<= applied), whose membership is `compact_conf`. Returns the snapshot index.
-        No copy of the state machine is made here: `snapshot()` makes one when a follower needs it."""
+        """Snapshot the state machine at `applied` (which must be the applied index now) and drop log entries
+        up to `compact_to` (<= applied), whose membership is `compact_conf`. Returns the snapshot index."""
         with self._lock, self.env.begin(write=True) as txn:
             if applied != self._applied:
                 raise StorageError(f"snapshot at {applied} requested but applied index is {self._applied}")
+            kvs = [[bytes(k), bytes(v)] for k, v in txn.cursor(db=self.kv_db)]
+            members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
+            blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
             term = self._term_in(txn, applied)
-            txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), None]), db=self.meta_db)
-            txn.delete(b"data", db=self.snap_db)
+            txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), zlib.crc32(blob)]),
+                    db=self.meta_db)
+            txn.put(b"data", blob, db=self.snap_db)
             compact_to = min(compact_to, applied)
             if compact_to > self._compacted[0]:
                 c_term = self._term_in(txn, compact_to)
@@ -376,7 +355,7 @@ class LmdbNodeStore:
             else:
                 new_compacted = self._compacted
         self._compacted = new_compacted
-        self._snap_point = applied
+        self._snapshot_cache = Snapshot(SnapshotMeta(applied, term, conf), blob)
         return applied
 
     def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
@@ -397,8 +376,7 @@ class LmdbNodeStore:
         return self._applied_conf
 
     def snapshot_index(self) -> int:
-        """The newest snapshot point (our own, or one installed from a leader)."""
-        return self._snap_point
+        return self.snapshot().meta.index
 
     def compacted_index(self) -> int:
         return self._compacted[0]

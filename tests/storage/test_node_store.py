@@ -192,35 +192,6 @@ def test_applied_index_matches_data_after_kill_9(tmp_path: Path) -> None:
     assert s.last_index() >= applied
 
 
-def test_compaction_records_a_point_and_a_snapshot_is_made_when_a_follower_needs_it(tmp_path: Path) -> None:
-    s = open_store(tmp_path / "a")
-    s.bootstrap(CONF, {1: b"m1"})
-    ents = cmd_entries(4, 2, [Put(b"k%03d" % i, b"v%d" % i) for i in range(50)])
-    s.save_and_apply(HardState(2, 1, 53), ents, None, [Entry(1, i) for i in (1, 2, 3)] + ents, CONF, {1: b"m1"})
-    assert s.snapshot_and_compact(53, CONF, 40, CONF) == 53
-    assert s.snapshot_index() == 53 and s.first_index() == 41
-    # Compaction copied nothing: the state machine itself is the snapshot until one is needed.
-    with s.env.begin() as txn:
-        assert txn.get(b"data", db=s.snap_db) is None
-    more = cmd_entries(54, 2, [Put(b"k%03d" % i, b"new") for i in range(5)])
-    s.save_and_apply(HardState(2, 1, 58), more, None, more, None, None)
-    snap = s.snapshot()  # made now, at the applied index, with what was applied since the point
-    assert (snap.meta.index, snap.meta.term, snap.meta.conf) == (58, 2, CONF)
-    dst = open_store(tmp_path / "b", node_id=2)
-    dst.save_and_apply(HardState(2, 0, 58), [], snap, [], None, None)
-    assert dst.range(Range(b"", b"\0")).kvs == s.range(Range(b"", b"\0")).kvs
-    assert dst.get(b"k002").value == b"new" and dst.get(b"k049").value == b"v49"
-    assert dst.snapshot_index() == 58 and dst.load_members() == {1: b"m1"}
-    dst.close()
-    assert s.snapshot() is snap  # kept while the log is not compacted past it
-    assert s.snapshot_and_compact(58, CONF, 56, CONF) == 58 and s.snapshot() is snap
-    s.close()
-    s = open_store(tmp_path / "a")  # after a restart: the point survives, the blob is made again
-    assert s.snapshot_index() == 58 and s.snapshot().meta.index == 58
-    assert s.snapshot().data == snap.data
-    s.close()
-
-
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["append", "truncate", "compact"]), st.integers(0, 8), st.integers(1, 5)),
                 min_size=1, max_size=25))
