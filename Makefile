@@ -46,6 +46,19 @@ jepsen: venv
 	bash tests/install_system_deps.sh
 	$(PY) -m tests.jepsen --matrix $(JEPSEN_ARGS) --out results/matrix-$$(date +%Y%m%d-%H%M%S)
 
+# Benchmarks against a local raftkv cluster and a local etcd (installed from Debian when missing).
+# Never part of `make test`. BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="run --duration 20".
+BENCH_STAMP := $(VENV)/.bench-installed
+BENCH_ARGS ?= run
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PIP) install -q -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: venv $(BENCH_STAMP)
+	bash benchmarks/install_etcd.sh
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check .
 

@@ -12,6 +12,7 @@ from ..proto.stubs import kv_pb2_grpc
 from ..server.host import NodeHost, WriteOutcome
 from ..storage import LmdbNodeStore, commands
 from ..storage.commands import Range
+from .batch_service import BatchExecutor
 from .convert import (
     ACK_TO_PB,
     READ_TO_PB,
@@ -33,6 +34,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.store = store
         self.fwd = forwarder
         self.v = Validator(host.cfg)
+        self.batch = BatchExecutor(self)
 
     # -- helpers -----------------------------------------------------------------------------
     def _token(self, index: int, term: int | None = None) -> bytes:
@@ -121,6 +123,10 @@ class KVService(kv_pb2_grpc.KVServicer):
         reply = range_to_pb(self.store.range(op))
         reply.meta.CopyFrom(self._read_meta(point, applied))
         return reply
+
+    @rpc
+    async def Batch(self, request: pb.BatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchResponse:
+        return await self.batch.run(request, context)
 
 
 __all__ = ["KVService", "ReadLevel"]

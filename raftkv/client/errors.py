@@ -70,7 +70,11 @@ def from_rpc_error(e: grpc.RpcError) -> RaftKVError:
             info = error_details_pb2.ErrorInfo()
             if d.Unpack(info):
                 reason, meta = info.reason, dict(info.metadata)
-    msg = details or (code.name if code else "error")
+    return error_from_status(code, details or (code.name if code else "error"), reason, meta)
+
+
+def error_from_status(code: grpc.StatusCode | None, msg: str, reason: str, meta: dict[str, str]) -> RaftKVError:
+    """The typed error for a status (from a failed call, or one operation of a batch)."""
     if reason == "NOT_LEADER":
         return NotLeaderError(msg, code, reason, meta)
     if reason == "SYNC_TIMEOUT":

@@ -128,9 +128,15 @@ class Attempts:
         self.cut_short = self.budget < remaining
         return self.endpoint or self.endpoints.pick(self.prefer_leader), self.budget
 
-    def failed(self, address: str, e: grpc.RpcError) -> float:
-        """Learn from a failed try; returns the pause before the next one, or raises the error to give up."""
-        err = from_rpc_error(e)
+    def failed(self, address: str, e: grpc.RpcError | RaftKVError | TimeoutError) -> float:
+        """Learn from a failed try (a failed call, an operation's own error from a batch, or our own
+        timeout); returns the pause before the next one, or raises the error to give up."""
+        if isinstance(e, grpc.RpcError):
+            err = from_rpc_error(e)
+        elif isinstance(e, RaftKVError):
+            err = e
+        else:
+            err = DeadlineError(str(e) or "deadline exceeded", grpc.StatusCode.DEADLINE_EXCEEDED)
         self.endpoints.note_leader(address, err)
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)
