@@ -3,6 +3,7 @@
     run       the matrix of modes against raftkv and etcd (the default: a complete but short run)
     scale     throughput and p99 as key count, value size or cluster size grows; memory per key
     catchup   time for a restarted node to catch up after a large log / snapshot
+    failover  kill -9 the leader under writes: election, write outage, catch-up, lost writes
     profile   a run with py-spy attached to the leader, a follower or a client, to see what bounds it
 """
 
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     cu.add_argument("--systems", default="raftkv,etcd")
     cu.add_argument("--preload-timeout", type=float, default=900.0)
 
+    from .failover import add_parser as add_failover
+
+    add_failover(sub, _common)
+
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)
     pr.add_argument("--mode", default="write-majority")
@@ -121,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         from .scale import run_catchup
 
         run_catchup(doc, out, a, _base(a))
+    elif a.cmd == "failover":
+        from .failover import run_failover
+
+        run_failover(doc, out, a)
     elif a.cmd == "profile":
         from .profile import run_profile
 
