@@ -109,7 +109,6 @@ class NodeHost:
         self.durability = DurabilityWaiters()
         self.semi_sync = SemiSyncStatus()
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
-        self._snap_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-snap-{cfg.id}")
         self._snapshot_task: asyncio.Task[int] | None = None
         self._snapshot_retry_at = 0.0
         self._wake = asyncio.Event()
@@ -169,7 +168,6 @@ class NodeHost:
         if self._snapshot_task is not None and not self._snapshot_task.done():
             self._snapshot_task.cancel()
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
-        self._snap_io.shutdown(wait=True)
         self._io.shutdown(wait=True)
 
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -360,20 +358,15 @@ class NodeHost:
         return await asyncio.shield(task)
 
     async def _take_snapshot(self) -> int:
-        """Build the image on a thread of its own, from its own read transaction, while the loop and the I/O
-        thread go on (a large state machine takes seconds to copy: the node must keep heartbeating and
-        appending meanwhile); then store it and compact on the I/O thread, keeping the newest
-        `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot."""
+        """Record a snapshot point and compact the log on the I/O thread, keeping the newest
+        `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot.
+        No copy of the state machine is made now: the store builds one, off this loop, when a follower
+        needs it."""
         loop = asyncio.get_running_loop()
-        t0 = time.monotonic()
-        snap = await loop.run_in_executor(self._snap_io, self.store.build_snapshot)
-        index = snap.meta.index
-        compact_to = max(0, index - self.cfg.snapshot_keep_entries)
-        stored = await loop.run_in_executor(self._io, self.store.save_snapshot, snap, compact_to,
-                                            self.node.conf_as_of(compact_to))
-        log.info("snapshot taken", index=index, compacted_through=compact_to, bytes=len(snap.data),
-                 seconds=round(time.monotonic() - t0, 3))
-        return stored
+        compact_to = max(0, self.applied - self.cfg.snapshot_keep_entries)
+        index = await loop.run_in_executor(self._io, self.store.compact, compact_to, self.node.conf_as_of(compact_to))
+        log.info("log compacted", snapshot_index=index, compacted_through=compact_to)
+        return index
 
     # ------------------------------------------------------------------------------------------
     # The loop

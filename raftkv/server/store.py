@@ -39,12 +39,9 @@ class NodeStore(Protocol):
         """Bytes the Raft log occupies, for size-based compaction."""
         ...
 
-    def build_snapshot(self) -> Snapshot:
-        """An image of the state machine at its applied index; safe to call from any thread."""
-        ...
-
-    def save_snapshot(self, snap: Snapshot, compact_to: int, compact_conf: ConfState) -> int:
-        """Store a built snapshot (unless a newer one is stored) and compact the log through `compact_to`."""
+    def compact(self, compact_to: int, compact_conf: ConfState) -> int:
+        """Record a snapshot point at the applied index and compact the log through `compact_to`; the
+        snapshot image itself is made when a follower needs one (LogStorage.snapshot)."""
         ...
 
     def snapshot_members(self) -> dict[int, bytes]: ...

@@ -36,6 +36,7 @@ from ..core import (
     HardState,
     Snapshot,
     SnapshotMeta,
+    SnapshotTemporarilyUnavailable,
     UnavailableError,
     bootstrap_entries,
 )
@@ -91,6 +92,8 @@ class LmdbNodeStore:
         self.snap_db = self.env.open_db(b"snap")
         self._lock = threading.Lock()
         self._snapshot_cache: Snapshot | None = None
+        self._builder: threading.Thread | None = None
+        self._build_error: Exception | None = None
         self.last_apply_seconds = 0.0
         """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
         self._init_meta(node_id, cluster_id)
@@ -148,6 +151,8 @@ class LmdbNodeStore:
                 self._last_index, self._last_term = self._compacted[0], self._compacted[1]
             hs = txn.get(b"hardstate", db=self.meta_db)
             self._hard = HardState(*msgpack.unpackb(hs)) if hs is not None else HardState()
+            sm = txn.get(b"snapmeta", db=self.meta_db)
+            self._snap_point = int(msgpack.unpackb(sm)[0]) if sm is not None else 0
             ap = txn.get(b"applied", db=self.meta_db)
             if ap is None:
                 self._applied, self._applied_conf = 0, ConfState()
@@ -222,20 +227,52 @@ class LmdbNodeStore:
         return limit_size(out, max_bytes)
 
     def snapshot(self) -> Snapshot:
-        if self._snapshot_cache is not None:
-            return self._snapshot_cache
+        """A snapshot no older than the compacted log, for a follower that fell behind it.
+
+        Compaction does not copy the state machine (at a million keys that copy stalled the node for
+        seconds, every `snapshot_entries` writes): the `kv` sub-database at its applied index already is
+        a snapshot. So the image is made only when a follower needs one, on a thread of its own from one
+        read transaction; until it is ready this raises SnapshotTemporarilyUnavailable and the leader asks
+        again later. A snapshot installed from a leader is kept as it came, checked against its CRC."""
+        cache = self._snapshot_cache
+        if cache is not None and cache.meta.index >= self._compacted[0]:
+            return cache
+        if self._build_error is not None:
+            err, self._build_error = self._build_error, None
+            raise err
         with self.env.begin() as txn:
             meta = txn.get(b"snapmeta", db=self.meta_db)
-            data = txn.get(b"data", db=self.snap_db)
-        if meta is None:
-            c_idx, c_term, conf = self._compacted
-            return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
-        idx, term, conf, crc = msgpack.unpackb(meta)
-        blob = bytes(data or b"")
-        if zlib.crc32(blob) != crc:
-            raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
-        self._snapshot_cache = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
-        return self._snapshot_cache
+            if meta is None:
+                c_idx, c_term, conf = self._compacted
+                return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
+            idx, term, conf, crc = msgpack.unpackb(meta)
+            if crc is not None and idx >= self._compacted[0]:
+                blob = bytes(txn.get(b"data", db=self.snap_db) or b"")
+                if zlib.crc32(blob) != crc:
+                    raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
+                self._snapshot_cache = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
+                return self._snapshot_cache
+        self._start_build()
+        raise SnapshotTemporarilyUnavailable()
+
+    def _start_build(self) -> None:
+        with self._lock:
+            if self._builder is not None and self._builder.is_alive():
+                return
+            self._builder = threading.Thread(target=self._build_into_cache, name="raftkv-snapshot-build",
+                                             daemon=True)
+            self._builder.start()
+
+    def _build_into_cache(self) -> None:
+        try:
+            snap = self.build_snapshot()
+        except Exception as e:  # handed to the next snapshot() call, on the host's thread
+            self._build_error = e
+            return
+        with self._lock:
+            cache = self._snapshot_cache
+            if cache is None or snap.meta.index > cache.meta.index:
+                self._snapshot_cache = snap
 
     # ------------------------------------------------------------------------------------------
     # Host writes
@@ -291,6 +328,7 @@ class LmdbNodeStore:
             self._last_index, self._last_term = m.index, m.term
             self._applied, self._applied_conf = m.index, m.conf
             self._snapshot_cache = snapshot
+            self._snap_point = m.index
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -361,20 +399,15 @@ class LmdbNodeStore:
             raise StorageError(f"{self.file}: log entry {index} is missing")
         return self._decode(index, entry).term
 
-    def save_snapshot(self, snap: Snapshot, compact_to: int, compact_conf: ConfState) -> int:
-        """Store `snap` (from build_snapshot) and drop log entries up to `compact_to` (<= its index), whose
-        membership is `compact_conf`. A snapshot no newer than the stored one (say, one installed from the
-        leader while this was being built) is dropped. Returns the stored snapshot's index."""
-        meta = snap.meta
+    def compact(self, compact_to: int, compact_conf: ConfState) -> int:
+        """Record a snapshot point at the applied index and drop log entries up to `compact_to` (<= it),
+        whose membership is `compact_conf`. Called on the I/O thread, so the applied index is exact.
+        No copy of the state machine is made (see `snapshot`). Returns the snapshot point."""
         with self._lock, self.env.begin(write=True) as txn:
-            current = txn.get(b"snapmeta", db=self.meta_db)
-            if current is not None and msgpack.unpackb(current)[0] >= meta.index:
-                return int(msgpack.unpackb(current)[0])
-            blob = snap.data
-            applied, term, conf = meta.index, meta.term, meta.conf
-            txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), zlib.crc32(blob)]),
-                    db=self.meta_db)
-            txn.put(b"data", blob, db=self.snap_db)
+            applied, conf = self._applied, self._applied_conf
+            term = self._term_in(txn, applied)
+            txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), None]), db=self.meta_db)
+            txn.delete(b"data", db=self.snap_db)
             compact_to = min(compact_to, applied)
             if compact_to > self._compacted[0]:
                 c_term = self._term_in(txn, compact_to)
@@ -389,16 +422,8 @@ class LmdbNodeStore:
             else:
                 new_compacted = self._compacted
         self._compacted = new_compacted
-        self._snapshot_cache = Snapshot(SnapshotMeta(applied, term, conf), blob)
+        self._snap_point = applied
         return applied
-
-    def snapshot_and_compact(self, applied: int, conf: ConfState, compact_to: int, compact_conf: ConfState) -> int:
-        """Snapshot now and compact, in one call: `applied` and `conf` must be the applied index and its
-        membership (a check for callers that know them). Returns the snapshot index."""
-        snap = self.build_snapshot()
-        if (snap.meta.index, snap.meta.conf) != (applied, conf):
-            raise StorageError(f"snapshot at {applied} requested but applied index is {snap.meta.index}")
-        return self.save_snapshot(snap, compact_to, compact_conf)
 
     def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
         if index == self._compacted[0]:
@@ -418,7 +443,8 @@ class LmdbNodeStore:
         return self._applied_conf
 
     def snapshot_index(self) -> int:
-        return self.snapshot().meta.index
+        """The newest snapshot point: our own compaction's, or a snapshot installed from a leader."""
+        return self._snap_point
 
     def compacted_index(self) -> int:
         return self._compacted[0]

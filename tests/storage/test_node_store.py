@@ -25,7 +25,7 @@ from raftkv.core import (
     HardState,
     MemoryStorage,
     Snapshot,
-    SnapshotMeta,
+    SnapshotTemporarilyUnavailable,
     UnavailableError,
 )
 from raftkv.storage import CorruptionError, ForeignDataError, LmdbNodeStore, cluster_id_for
@@ -140,16 +140,30 @@ def test_txn_compare_and_swap(tmp_path: Path) -> None:
     assert isinstance(res[0], ValueError) and s.applied_index() == 8  # a bad command fails alone
 
 
+def wait_for_snapshot(store: LmdbNodeStore) -> Snapshot:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return store.snapshot()
+        except SnapshotTemporarilyUnavailable:
+            assert time.monotonic() < deadline, "the snapshot was never built"
+            time.sleep(0.01)
+
+
 def test_snapshot_install_reproduces_state(tmp_path: Path) -> None:
     src = open_store(tmp_path / "a")
     src.bootstrap(CONF, {1: b"m1"})
     ents = cmd_entries(4, 2, [Put(b"k%03d" % i, b"v%d" % i) for i in range(50)])
     src.save_and_apply(HardState(2, 1, 53), ents, None, [Entry(1, i) for i in (1, 2, 3)] + ents, CONF, {1: b"m1"})
-    assert src.snapshot_and_compact(53, CONF, 40, CONF) == 53
+    assert src.compact(40, CONF) == 53 and src.snapshot_index() == 53
     assert src.first_index() == 41 and src.term(40) == 2
     with pytest.raises(CompactedError):
         src.entries(10, 20)
-    snap = src.snapshot()
+    # Compaction copied nothing: the image is built in the background the first time one is asked for.
+    with pytest.raises(SnapshotTemporarilyUnavailable):
+        src.snapshot()
+    snap = wait_for_snapshot(src)
+    assert (snap.meta.index, snap.meta.term, snap.meta.conf) == (53, 2, CONF)
     dst = open_store(tmp_path / "b", node_id=2)
     dst.save_and_apply(HardState(2, 0, 53), [], snap, [], None, None)
     assert dst.applied_index() == 53 and dst.first_index() == 54 and dst.last_index() == 53
@@ -214,8 +228,8 @@ def test_behaves_like_memory_storage(tmp_path_factory: pytest.TempPathFactory, o
             to = max(mem.first_index(), last - a)
             mem.create_snapshot(to, ConfState(), b"")
             mem.compact(to)
-            # The state machine is empty here; compaction only needs the log.
-            lm.save_snapshot(Snapshot(SnapshotMeta(to, mem.term(to), ConfState()), b""), to, ConfState())
+            lm._applied = to  # the state machine is empty here; compaction only needs the log
+            lm.compact(to, ConfState())
             continue
         else:
             continue
