@@ -38,7 +38,14 @@ class LeadershipLost(HostError):
 
 
 class ShuttingDown(HostError):
+    """The node stopped before the request went into the log: nothing was applied. Safe to retry."""
+
     retryable = True
+
+
+class OutcomeUnknown(HostError):
+    """The node stopped after the write went into its log: it may still commit under another leader.
+    Retrying could apply it twice, so the client must not retry it blindly."""
 
 
 class SyncTimeout(HostError):

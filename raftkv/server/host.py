@@ -47,7 +47,7 @@ from ..layers.acks import (
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
 from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
 from .config import ServerConfig
-from .errors import LeadershipLost, NotLeader, ProposalLost, ShuttingDown, SyncTimeout
+from .errors import LeadershipLost, NotLeader, OutcomeUnknown, ProposalLost, ShuttingDown, SyncTimeout
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .store import NodeStore
@@ -650,6 +650,10 @@ class NodeHost:
         return lags, transitions
 
     def _fail_everything(self, err: Exception) -> None:
+        """Answer every waiting request with `err` (nothing of theirs reached the log, or they only read),
+        except writes already proposed: those may still commit elsewhere, so they learn the outcome is
+        unknown rather than being invited to retry."""
+        unknown = OutcomeUnknown(f"{err}; the write was already proposed and may still be applied")
         for p in self._proposals:
             if not p.placed.done():
                 p.placed.set_exception(err)
@@ -669,14 +673,14 @@ class NodeHost:
         self._read_batches = {}
         for _, fut in list(self._apply_waiters.values()) + list(self._persist_waiters.values()):
             if not fut.done():
-                fut.set_exception(err)
+                fut.set_exception(unknown)
         self._apply_waiters.clear()
         self._persist_waiters.clear()
         for w in self._applied_heap:
             if not w.future.done():
                 w.future.set_exception(err)
         self._applied_heap = []
-        self.durability.fail_all(err)
+        self.durability.fail_all(unknown)
 
     # ------------------------------------------------------------------------------------------
     # Member registry helpers for services

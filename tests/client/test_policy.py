@@ -48,3 +48,19 @@ def test_writes_are_retried_only_when_the_request_never_left() -> None:
     assert retryable(broke_mid_call, "read")  # reads change nothing
     assert not retryable(never_connected, "txn") and not retryable(broke_mid_call, "txn")
     assert retryable(not_leader("b:1"), "txn")  # refused before proposing: safe for anything
+
+
+def test_a_write_cut_off_after_it_was_proposed_is_not_retried() -> None:
+    """A node that stops with a write already in its log answers OutcomeUnknown: it may still commit
+    under another leader, so the client reports it instead of sending a second copy."""
+    from raftkv.api.errors import classify
+    from raftkv.client.errors import RaftKVError
+    from raftkv.client.policy import retryable
+    from raftkv.server.errors import OutcomeUnknown, ShuttingDown
+
+    for host_error, safe in ((ShuttingDown("node is shutting down"), True),
+                             (OutcomeUnknown("node is shutting down; the write was already proposed"), False)):
+        status = classify(host_error)
+        err = RaftKVError(str(status), status.code, status.reason)
+        assert status.code == grpc.StatusCode.UNAVAILABLE
+        assert retryable(err, "write") is safe and retryable(err, "txn") is safe
