@@ -350,8 +350,8 @@ class NodeHost:
         self._wake.set()
 
     async def snapshot_now(self) -> int:
-        """Snapshot the state machine at the applied index and compact the log; returns the snapshot index.
-        A snapshot already being taken is waited for rather than started twice."""
+        """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
+        A compaction already under way is waited for rather than started twice."""
         task = self._snapshot_task
         if task is None or task.done():
             task = self._snapshot_task = asyncio.create_task(self._take_snapshot(), name="raftkv-snapshot")
