@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -44,7 +45,7 @@ class Node:
 
 
 @dataclass
-class Cluster:
+class Cluster(ABC):
     """What the load generator needs from either system."""
 
     system: str
@@ -57,8 +58,9 @@ class Cluster:
     def pids(self) -> dict[int, int]:
         return {i: n.pid for i, n in self.nodes.items() if n.alive()}
 
+    @abstractmethod
     def leader_id(self, timeout: float = 30.0) -> int:
-        raise NotImplementedError
+        """Each system implements this."""
 
     # Prometheus series whose _sum/_count tell how each node spent its disk time.
     DISK_SERIES: ClassVar[tuple[str, ...]] = ()
@@ -88,8 +90,9 @@ class Cluster:
     def leader_address(self) -> str:
         return self.nodes[self.leader_id()].client_address
 
+    @abstractmethod
     def start_node(self, i: int) -> None:
-        raise NotImplementedError
+        """Each system implements this."""
 
     def start(self) -> Cluster:
         for i in sorted(self.nodes):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from typing import Any
 
 import grpc
@@ -22,7 +23,7 @@ def value_bytes(size: int, seed: int = 7) -> bytes:
     return (os.urandom(16) * (size // 16 + 1))[:size] if size else b""
 
 
-class Driver:
+class Driver(ABC):
     def __init__(self, spec: RunSpec) -> None:
         self.spec = spec
         self.value = value_bytes(spec.value_size)
@@ -42,18 +43,20 @@ class Driver:
         eps = self.spec.endpoints
         return eps[slot % len(eps)]
 
-    async def connect(self) -> None:
+    async def connect(self) -> None:  # noqa: B027 - optional hook: most drivers connect lazily
         """Anything to do once per client process before the measured run."""
 
+    @abstractmethod
     async def put(self, i: int, slot: int) -> None:
-        raise NotImplementedError
+        """Each system implements this."""
 
+    @abstractmethod
     async def get(self, i: int, slot: int) -> None:
-        raise NotImplementedError
+        """Each system implements this."""
 
+    @abstractmethod
     async def put_many(self, ids: range) -> None:
         """A batched preload write of many keys (one atomic transaction)."""
-        raise NotImplementedError
 
     async def close(self) -> None:
         for ch in self.channels.values():
