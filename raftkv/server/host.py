@@ -56,6 +56,7 @@ log = structlog.get_logger("raftkv.host")
 
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
 SNAPSHOT_RETRY_SECONDS = 10.0
+LOG_SIZE_CHECK_EVERY = 64
 
 
 @dataclass(slots=True)
@@ -111,6 +112,7 @@ class NodeHost:
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
         self._snapshot_task: asyncio.Task[int] | None = None
         self._snapshot_retry_at = 0.0
+        self._log_size_checked_at = 0
         self._wake = asyncio.Event()
         self._inbox: deque[Message] = deque()
         self._proposals: deque[_Proposal] = deque()
@@ -352,10 +354,15 @@ class NodeHost:
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
         A compaction already under way is waited for rather than started twice."""
+        return await asyncio.shield(self._compaction())
+
+    def _compaction(self) -> asyncio.Task[int]:
+        """The compaction under way, or a new one."""
         task = self._snapshot_task
         if task is None or task.done():
             task = self._snapshot_task = asyncio.create_task(self._take_snapshot(), name="raftkv-snapshot")
-        return await asyncio.shield(task)
+            task.add_done_callback(self._snapshot_finished)
+        return task
 
     async def _take_snapshot(self) -> int:
         """Record a snapshot point and compact the log on the I/O thread, keeping the newest
@@ -568,10 +575,8 @@ class NodeHost:
             w = heapq.heappop(heap)
             if not w.future.done():
                 w.future.set_result(None)
-        if ((self._snapshot_task is None or self._snapshot_task.done()) and self._log_needs_compaction()
-                and time.monotonic() >= self._snapshot_retry_at):
-            self._snapshot_task = asyncio.create_task(self._take_snapshot(), name="raftkv-snapshot")
-            self._snapshot_task.add_done_callback(self._snapshot_finished)
+        if self._log_needs_compaction() and time.monotonic() >= self._snapshot_retry_at:
+            self._compaction()
 
     def _snapshot_finished(self, task: asyncio.Task[int]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -585,7 +590,13 @@ class NodeHost:
         since = self.applied - self.store.snapshot_index()
         if since >= self.cfg.snapshot_entries:
             return True
-        return since >= self.cfg.snapshot_keep_entries and self.store.log_bytes() >= self.cfg.snapshot_log_bytes
+        # The size is read from LMDB, on the apply path: at most once per LOG_SIZE_CHECK_EVERY entries (or per
+        # snapshot_keep_entries, if fewer).
+        every = max(1, min(LOG_SIZE_CHECK_EVERY, self.cfg.snapshot_keep_entries))
+        if since < self.cfg.snapshot_keep_entries or self.applied - self._log_size_checked_at < every:
+            return False
+        self._log_size_checked_at = self.applied
+        return self.store.log_bytes() >= self.cfg.snapshot_log_bytes
 
     def _sync_transport_peers(self) -> None:
         members = self.members.all()

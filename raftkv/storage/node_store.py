@@ -382,11 +382,13 @@ class LmdbNodeStore:
             applied, conf = msgpack.unpackb(raw) if raw is not None else (0, [[], []])
             kvs = [[bytes(k), bytes(v)] for k, v in txn.cursor(db=self.kv_db)]
             members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
-            term = self._term_in_view(txn, applied)
+            term = self._term_in(txn, applied)
         blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
         return Snapshot(SnapshotMeta(applied, term, _conf_from_wire(conf)), blob)
 
-    def _term_in_view(self, txn: lmdb.Transaction, index: int) -> int:
+    def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
+        """The term of entry `index` as `txn` sees the log (the compaction point included), not as the
+        caches do: a snapshot builder's read transaction may be older than them."""
         raw = txn.get(b"compacted", db=self.meta_db)
         if raw is not None:
             c_idx, c_term, _ = msgpack.unpackb(raw)
@@ -424,14 +426,6 @@ class LmdbNodeStore:
         self._compacted = new_compacted
         self._snap_point = applied
         return applied
-
-    def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
-        if index == self._compacted[0]:
-            return self._compacted[1]
-        raw = txn.get(_key(index), db=self.log_db)
-        if raw is None:
-            raise StorageError(f"{self.file}: log entry {index} is missing")
-        return self._decode(index, raw).term
 
     # ------------------------------------------------------------------------------------------
     # Reads for the host and clients
