@@ -110,6 +110,13 @@ class LagMonitor:
         self.last_contact: dict[int, float] = {}
         self._critical: set[int] = set()
 
+    def start_term(self) -> None:
+        """Forget what an earlier leadership recorded: its append times and crossings no longer hold."""
+        self.clock = AppendClock(self.clock._max)
+        self.applied.clear()
+        self.last_contact.clear()
+        self._critical.clear()
+
     def heard_from(self, node_id: int, applied: int, now: float) -> None:
         self.last_contact[node_id] = now
         if applied > self.applied.get(node_id, 0):

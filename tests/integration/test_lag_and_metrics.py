@@ -19,6 +19,10 @@ from .test_cli import kv
 LOW_THRESHOLDS = ["--lag-critical-entries", "20", "--lag-critical-seconds", "1.0"]
 
 
+def events_of(cluster: LocalCluster, i: int, event: str, follower: int) -> list[dict]:
+    return [e for e in events_named(cluster, i, event) if e.get("follower") == follower]
+
+
 def _lag_of(c: Client, node: int):  # noqa: ANN202
     return next(f for f in c.lag().followers if f.id == node)
 
@@ -55,9 +59,11 @@ def test_lag_of_a_stopped_follower_rises_turns_critical_and_recovers(tmp_path: P
                 assert sample(m, "raftkv_replication_lag_bytes", peer=peer) >= 3000
                 assert sample(m, "raftkv_replication_lag_seconds", peer=peer) >= 1.0
                 assert sample(m, "raftkv_replication_lag_critical", peer=peer) == 1
+                # Only the stopped follower's crossing is asserted: on a loaded machine the other one may
+                # legitimately pass the low 1 s threshold for a moment too.
                 crossed = wait_for("the critical-lag log event",
-                                   lambda: events_named(cluster, leader, "replication lag critical"), timeout=5)
-                assert crossed[0]["follower"] == slow and crossed[0]["level"] == "warning"
+                                   lambda: events_of(cluster, leader, "replication lag critical", slow), timeout=5)
+                assert crossed[0]["level"] == "warning"
                 r = kv(cluster, "-w", "json", "lag", endpoints=cluster.address(leader))
                 doc = json.loads(r.stdout)
                 mine = next(f for f in doc["followers"] if int(f["id"]) == slow)
@@ -72,9 +78,9 @@ def test_lag_of_a_stopped_follower_rises_turns_critical_and_recovers(tmp_path: P
                             lambda: (lg := _lag_of(c, slow)).lag_entries == 0 and not lg.critical and lg)
             assert done.flush_lag_seconds == 0 and done.lag_bytes == 0 and done.match == c.lag().last_index
         recovered = wait_for("the recovery log event",
-                             lambda: events_named(cluster, leader, "replication lag recovered"), timeout=5)
-        assert len(recovered) == 1 and recovered[0]["follower"] == slow
-        assert len(events_named(cluster, leader, "replication lag critical")) == 1
+                             lambda: events_of(cluster, leader, "replication lag recovered", slow), timeout=5)
+        assert len(recovered) == 1
+        assert len(events_of(cluster, leader, "replication lag critical", slow)) == 1
         m = wait_for("metrics to show recovery",
                      lambda: (m := scrape(cluster, leader))
                      and sample(m, "raftkv_replication_lag_critical", peer=str(slow)) == 0 and m)

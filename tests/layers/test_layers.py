@@ -116,6 +116,16 @@ def test_lag_monitor_reports_crossings_once() -> None:
     assert [(t.id, t.critical) for t in tr] == [(2, False)]
 
 
+def test_a_new_leadership_does_not_date_lag_from_an_earlier_term() -> None:
+    m = LagMonitor(LagThresholds(critical_entries=1000, critical_seconds=5))
+    m.clock.record(1, [10] * 5, now=0.0)  # appended while leader of an earlier term, then deposed
+    m.start_term()
+    m.clock.record(6, [10], now=100.0)  # leader again: its first entry of the new term
+    lags, tr = m.compute({2: (0, 6, "probe", False)}, 6, 5, now=101.0)  # follower's match not yet known
+    assert lags[0].flush_lag_seconds == 1.0 and not lags[0].critical and tr == []
+    assert lags[0].lag_bytes == 10  # bytes of entries the earlier term wrote are not known to be missing
+
+
 def test_semi_sync_status_reports_each_transition_once() -> None:
     from raftkv.layers.acks import SemiSyncStatus
 
