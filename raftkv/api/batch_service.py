@@ -108,10 +108,18 @@ class BatchExecutor:
 
     async def _writes(self, writes: list[tuple[int, str, bytes, AckRequest, bool]],
                       results: list[pb.BatchResult | None]) -> None:
-        # Each host.write queues its proposal on its first step; gathered here, they are all queued before
-        # the host loop runs again, so they go into the log together, in request order.
-        outs = await asyncio.gather(*(self.host.write(data, ack, needs_result=needs)
-                                      for _, _, data, ack, needs in writes), return_exceptions=True)
+        # All majority writes (the usual case): one group for the host. Otherwise each host.write queues its
+        # proposal on its first step. Either way they are all queued before the host loop runs again, so they
+        # go into the log together, in request order.
+        outs: list[Any]
+        if all(w[3].level == AckLevel.MAJORITY for w in writes):
+            try:
+                outs = await self.host.write_many([w[2] for w in writes])
+            except Exception as e:  # noqa: BLE001 - e.g. NotLeader: every write fails alike
+                outs = [e] * len(writes)
+        else:
+            outs = await asyncio.gather(*(self.host.write(data, ack, needs_result=needs)
+                                          for _, _, data, ack, needs in writes), return_exceptions=True)
         for (i, kind, _, _, _), out in zip(writes, outs, strict=True):
             if isinstance(out, BaseException):
                 results[i] = op_error(out)

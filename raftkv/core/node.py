@@ -210,6 +210,14 @@ class RaftNode:
     def soft_state(self) -> SoftState:
         return self.raft.soft_state()
 
+    def match_indexes(self) -> dict[int, int]:
+        """On a leader, each member's match index (its own included); empty otherwise. The cheap part of
+        `status()`, for hosts that consult it on every write."""
+        r = self.raft
+        if r.role != StateRole.LEADER:
+            return {}
+        return {nid: pr.match for nid, pr in r.prs.items()}
+
     def status(self) -> Status:
         r = self.raft
         progress: dict[int, ProgressStatus] = {}
