@@ -57,8 +57,9 @@ log = structlog.get_logger("raftkv.host")
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
 SNAPSHOT_RETRY_SECONDS = 10.0
 LOG_SIZE_CHECK_EVERY = 64
-# A Ready at most this large is written on the loop's own thread (see `_write_ready`).
-INLINE_WRITE_ENTRIES = 4096
+# A Ready within these bounds is written on the loop's own thread (see `_write_ready`).
+INLINE_WRITE_MIN_ENTRIES = 8
+INLINE_WRITE_MAX_ENTRIES = 4096
 INLINE_WRITE_BYTES = 1 << 20
 
 
@@ -552,19 +553,28 @@ class NodeHost:
     async def _write_ready(self, rd: Ready, members: dict[int, bytes] | None) -> list[Any]:
         """Persist a Ready and apply its committed entries: one LMDB transaction, one fsync.
 
-        An ordinary Ready (a few dozen small entries) is written right here on the loop's thread. The host
-        loop waits for it either way, and handing it to the I/O thread cost more than the transaction itself
-        under load (measured ~1 ms per Ready against a ~1 ms transaction): the result sat waiting for a loop
-        busy with gRPC callbacks. LMDB releases the GIL for the fsync, so gRPC's own threads keep receiving
-        meanwhile. A snapshot or a Ready carrying megabytes still goes to the I/O thread, so that the loop
-        goes on answering Status, health checks and forwarded requests while it is written."""
+        Where it runs is a trade-off measured with `python -m benchmarks` (see benchmarks/README.md):
+        - A busy node's Ready (dozens of entries, from KV.Batch calls) is written right here on the loop's
+          thread. Handing it to the I/O thread cost as much as the transaction itself (~1 ms): the thread
+          waited for the GIL, and its result for a loop busy with gRPC callbacks. LMDB releases the GIL for
+          the fsync, so gRPC's own threads keep receiving meanwhile.
+        - A Ready of a few entries goes to the I/O thread, so the loop stays free while it is written:
+          gRPC's asyncio server accepts about one new call per loop iteration, and one-RPC-per-operation
+          clients slowed threefold when each iteration also held a 1 ms fsync.
+        - A snapshot or a Ready carrying megabytes also goes to the I/O thread, so that the loop goes on
+          answering Status, health checks and forwarded requests while it is written."""
         args = (rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries, rd.conf_state, members)
-        small = (rd.snapshot is None and len(rd.entries) + len(rd.committed_entries) <= INLINE_WRITE_ENTRIES
-                 and sum(len(e.data) for e in rd.entries) + sum(len(e.data) for e in rd.committed_entries)
-                 <= INLINE_WRITE_BYTES)
-        if small:
-            return self.store.save_and_apply(*args)
-        return await asyncio.get_running_loop().run_in_executor(self._io, self.store.save_and_apply, *args)
+        count = len(rd.entries) + len(rd.committed_entries)
+        inline = (rd.snapshot is None and INLINE_WRITE_MIN_ENTRIES <= count <= INLINE_WRITE_MAX_ENTRIES
+                  and sum(len(e.data) for e in rd.entries) + sum(len(e.data) for e in rd.committed_entries)
+                  <= INLINE_WRITE_BYTES)
+        if not inline:
+            return await asyncio.get_running_loop().run_in_executor(self._io, self.store.save_and_apply, *args)
+        if rd.entries and rd.messages:
+            # A leader's appends: one loop iteration lets the peer streams take them before the fsync, so
+            # that its followers write in parallel with it.
+            await asyncio.sleep(0)
+        return self.store.save_and_apply(*args)
 
     def _stamp(self, msgs: list[Message]) -> None:
         stamp = time.monotonic_ns()

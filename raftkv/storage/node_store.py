@@ -291,52 +291,53 @@ class LmdbNodeStore:
                        committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
                        ) -> list[Any]:
         results: list[Any] = []
-        with self._lock, self.env.begin(write=True) as txn:
+        with self._lock:  # held until the caches move too: compaction may run on another thread
+            with self.env.begin(write=True) as txn:
+                if snapshot is not None:
+                    self._install(txn, snapshot)
+                if entries:
+                    first = entries[0].index
+                    cur = txn.cursor(db=self.log_db)
+                    if first <= self._last_index and cur.set_range(_key(first)):
+                        while cur.delete():  # truncate the conflicting suffix
+                            pass
+                    for e in entries:
+                        crc = _crc(e.index, e.term, int(e.type), e.data)
+                        rec = msgpack.packb([e.term, int(e.type), e.data, crc], use_bin_type=True)
+                        txn.put(_key(e.index), rec, db=self.log_db, append=False)
+                if hard_state is not None:
+                    txn.put(b"hardstate", msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
+                            db=self.meta_db)
+                applied = self._applied
+                if committed:
+                    t0 = time.perf_counter()
+                    for e in committed:
+                        if e.index <= applied:
+                            results.append(None)
+                            continue
+                        results.append(self._apply_one(txn, e))
+                        applied = e.index
+                    self.last_apply_seconds = time.perf_counter() - t0
+                    new_conf = conf if conf is not None else self._applied_conf
+                    txn.put(b"applied", msgpack.packb([applied, _conf_to_wire(new_conf)]), db=self.meta_db)
+                if members is not None:
+                    self._write_members(txn, members)
+            # The transaction committed with fsync (sync=True): only now does the cache move.
             if snapshot is not None:
-                self._install(txn, snapshot)
+                m = snapshot.meta
+                self._compacted = (m.index, m.term, m.conf)
+                self._last_index, self._last_term = m.index, m.term
+                self._applied, self._applied_conf = m.index, m.conf
+                self._snapshot_cache = snapshot
+                self._snap_point = m.index
             if entries:
-                first = entries[0].index
-                cur = txn.cursor(db=self.log_db)
-                if first <= self._last_index and cur.set_range(_key(first)):
-                    while cur.delete():  # truncate the conflicting suffix
-                        pass
-                for e in entries:
-                    rec = msgpack.packb([e.term, int(e.type), e.data, _crc(e.index, e.term, int(e.type), e.data)],
-                                        use_bin_type=True)
-                    txn.put(_key(e.index), rec, db=self.log_db, append=False)
+                self._last_index, self._last_term = entries[-1].index, entries[-1].term
             if hard_state is not None:
-                txn.put(b"hardstate", msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
-                        db=self.meta_db)
-            applied = self._applied
+                self._hard = hard_state
             if committed:
-                t0 = time.perf_counter()
-                for e in committed:
-                    if e.index <= applied:
-                        results.append(None)
-                        continue
-                    results.append(self._apply_one(txn, e))
-                    applied = e.index
-                self.last_apply_seconds = time.perf_counter() - t0
-                new_conf = conf if conf is not None else self._applied_conf
-                txn.put(b"applied", msgpack.packb([applied, _conf_to_wire(new_conf)]), db=self.meta_db)
-            if members is not None:
-                self._write_members(txn, members)
-        # The transaction committed with fsync (sync=True): only now does the cache move.
-        if snapshot is not None:
-            m = snapshot.meta
-            self._compacted = (m.index, m.term, m.conf)
-            self._last_index, self._last_term = m.index, m.term
-            self._applied, self._applied_conf = m.index, m.conf
-            self._snapshot_cache = snapshot
-            self._snap_point = m.index
-        if entries:
-            self._last_index, self._last_term = entries[-1].index, entries[-1].term
-        if hard_state is not None:
-            self._hard = hard_state
-        if committed:
-            self._applied = max(self._applied, committed[-1].index)
-            if conf is not None:
-                self._applied_conf = conf
+                self._applied = max(self._applied, committed[-1].index)
+                if conf is not None:
+                    self._applied_conf = conf
         return results
 
     def _apply_one(self, txn: lmdb.Transaction, e: Entry) -> Any:
@@ -403,9 +404,14 @@ class LmdbNodeStore:
 
     def compact(self, compact_to: int, compact_conf: ConfState) -> int:
         """Record a snapshot point at the applied index and drop log entries up to `compact_to` (<= it),
-        whose membership is `compact_conf`. Called on the I/O thread, so the applied index is exact.
+        whose membership is `compact_conf`. The applied index is read under the store lock, which
+        `save_and_apply` holds until its caches have moved, so it is exact whichever thread writes.
         No copy of the state machine is made (see `snapshot`). Returns the snapshot point."""
-        with self._lock, self.env.begin(write=True) as txn:
+        with self._lock:
+            return self._compact_locked(compact_to, compact_conf)
+
+    def _compact_locked(self, compact_to: int, compact_conf: ConfState) -> int:
+        with self.env.begin(write=True) as txn:
             applied, conf = self._applied, self._applied_conf
             term = self._term_in(txn, applied)
             txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), None]), db=self.meta_db)
