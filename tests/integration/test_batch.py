@@ -125,3 +125,22 @@ async def test_async_client_with_batching_gives_each_caller_its_own_answer(clust
         r = await c.get("ac7", consistency="session")  # the client's session token rides along
         assert r.kv.value == b"v7" and r.meta.consistency_achieved == pb.SESSION
         assert sum(b.batches_sent for b in c._batchers.values()) < n  # operations shared RPCs
+
+
+def test_a_one_node_cluster_answers_a_batch_it_commits_and_applies_without_yielding(tmp_path) -> None:  # noqa: ANN001
+    """On one node a batch of writes is persisted, committed and applied in consecutive Readys of one
+    loop iteration, with no peer to wait for: every write must still get its own answer."""
+    cluster = LocalCluster(tmp_path, n=1).start_all()
+    try:
+        leader = cluster.wait_leader()
+        for round_ in range(3):
+            ops = [_put(f"solo-{round_}-{i}".encode(), str(i).encode()) for i in range(50)]
+            reply = _batch(cluster.address(leader), ops)
+            kinds = [r.WhichOneof("result") for r in reply.results]
+            assert kinds == ["put"] * 50, [r.error for r in reply.results if r.HasField("error")][:3]
+            indexes = [r.put.meta.index for r in reply.results]
+            assert indexes == list(range(indexes[0], indexes[0] + 50))
+        with cluster.client() as c:
+            assert c.get("solo-2-49").kv.value == b"49"
+    finally:
+        cluster.stop_all()
