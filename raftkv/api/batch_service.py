@@ -20,11 +20,10 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
 from ..layers.acks import AckLevel, AckRequest
 from ..proto.stubs import kv_pb2 as pb
+from ..status import error_info
 from ..storage import commands
 from .convert import delete_to_pb, kv_to_pb, put_to_pb, range_to_pb
 from .errors import RequestError, classify, invalid
@@ -45,13 +44,7 @@ def op_error(e: BaseException) -> pb.BatchResult:
 
 def rpc_error(e: grpc.aio.AioRpcError) -> pb.BatchResult:
     """A forwarded sub-batch that failed as a whole: each of its operations gets that status."""
-    reason, meta = "", {}
-    status = rpc_status.from_call(e)
-    if status is not None:
-        for d in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if d.Unpack(info):
-                reason, meta = info.reason, dict(info.metadata)
+    reason, meta = error_info(e)
     return pb.BatchResult(error=pb.OpError(code=e.code().value[0], message=e.details() or e.code().name,
                                            reason=reason, metadata=meta))
 

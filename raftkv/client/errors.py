@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from ..status import error_info
 
 
 class RaftKVError(Exception):
@@ -60,16 +60,7 @@ class NotFoundError(RaftKVError):
 def from_rpc_error(e: grpc.RpcError) -> RaftKVError:
     code = e.code() if hasattr(e, "code") else None
     details = e.details() if hasattr(e, "details") else str(e)
-    reason, meta = "", {}
-    try:
-        status = rpc_status.from_call(e)  # type: ignore[arg-type]
-    except (ValueError, AttributeError):
-        status = None
-    if status is not None:
-        for d in status.details:
-            info = error_details_pb2.ErrorInfo()
-            if d.Unpack(info):
-                reason, meta = info.reason, dict(info.metadata)
+    reason, meta = error_info(e)
     return error_from_status(code, details or (code.name if code else "error"), reason, meta)
 
 
