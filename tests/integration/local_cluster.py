@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.ports import free_port
 from raftkv.client import Client, RaftKVError
 from raftkv.tls import TlsFiles
 
 FAST = ["--tick-ms", "20", "--election-ticks", "10", "--heartbeat-ticks", "1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalCluster:

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 import grpc
 import pytest
 
+from benchmarks.ports import free_port
 from raftkv.core import ConfState, Entry, Message, MessageType, Snapshot, SnapshotMeta
 from raftkv.transport import Transport
 from raftkv.transport.transport import CHANNEL_OPTIONS
 
 CLUSTER = b"c" * 16
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start(node_id: int, received: list[Message], chunk: int) -> tuple[Transport, grpc.aio.Server, str]:
