@@ -109,16 +109,22 @@ class LagMonitor:
         self.applied: dict[int, int] = {}
         self.last_contact: dict[int, float] = {}
         self._critical: set[int] = set()
+        self._term_started = float("-inf")
+        self._heard_this_term: set[int] = set()
 
-    def start_term(self) -> None:
-        """Forget what an earlier leadership recorded: its append times and crossings no longer hold."""
+    def start_term(self, now: float) -> None:
+        """This node has just become leader. Append times recorded in an earlier leadership are dropped
+        (a follower's lag is dated from this one at the earliest), and until a follower first answers in
+        this leadership its match index is the leader's initial guess (0), not a fact: it is not called
+        critical on that guess before `critical_seconds` have passed. What was heard from followers
+        (last contact, applied index) stays true and is kept."""
         self.clock = AppendClock(self.clock._max)
-        self.applied.clear()
-        self.last_contact.clear()
-        self._critical.clear()
+        self._term_started = now
+        self._heard_this_term.clear()
 
     def heard_from(self, node_id: int, applied: int, now: float) -> None:
         self.last_contact[node_id] = now
+        self._heard_this_term.add(node_id)
         if applied > self.applied.get(node_id, 0):
             self.applied[node_id] = applied
 
@@ -142,7 +148,8 @@ class LagMonitor:
                 flush_lag_seconds=flush,
                 replay_lag_seconds=max(0.0, now - replay_t) if replay_t is not None else 0.0,
                 last_contact_seconds=(now - contact) if contact is not None else None,
-                critical=lag_entries > th.critical_entries or flush > th.critical_seconds,
+                critical=(lag_entries > th.critical_entries or flush > th.critical_seconds)
+                and (nid in self._heard_this_term or now - self._term_started > th.critical_seconds),
             )
             out.append(lag)
             if lag.critical and nid not in self._critical:

@@ -684,8 +684,7 @@ class NodeHost:
                         f.set_exception(err)
             self._last_leader = ss.leader
             if ss.leader == self.cfg.id:
-                # Append times kept from an earlier term would date a follower's lag from then.
-                self.lag.start_term()
+                self.lag.start_term(time.monotonic())
         self.metrics.has_leader.set(1 if ss.leader != NONE else 0)
         self.metrics.is_leader.set(1 if ss.role == StateRole.LEADER else 0)
         if ss.role != StateRole.LEADER:

@@ -117,13 +117,28 @@ def test_lag_monitor_reports_crossings_once() -> None:
 
 
 def test_a_new_leadership_does_not_date_lag_from_an_earlier_term() -> None:
-    m = LagMonitor(LagThresholds(critical_entries=1000, critical_seconds=5))
+    m = LagMonitor(LagThresholds(critical_entries=3, critical_seconds=5))
+    m.heard_from(2, applied=5, now=0.5)
     m.clock.record(1, [10] * 5, now=0.0)  # appended while leader of an earlier term, then deposed
-    m.start_term()
+    m.start_term(now=100.0)
     m.clock.record(6, [10], now=100.0)  # leader again: its first entry of the new term
-    lags, tr = m.compute({2: (0, 6, "probe", False)}, 6, 5, now=101.0)  # follower's match not yet known
-    assert lags[0].flush_lag_seconds == 1.0 and not lags[0].critical and tr == []
+    # Right after the election the follower's match (0) is the leader's guess, not yet an answer.
+    lags, tr = m.compute({2: (0, 6, "probe", False)}, 6, 5, now=101.0)
+    assert lags[0].flush_lag_seconds == 1.0 and lags[0].lag_entries == 6 and not lags[0].critical and tr == []
     assert lags[0].lag_bytes == 10  # bytes of entries the earlier term wrote are not known to be missing
+    assert lags[0].last_contact_seconds == 100.5 and lags[0].applied == 0  # what was heard stays true
+    # Still silent after a critical period: now it is critical.
+    lags, tr = m.compute({2: (0, 6, "probe", False)}, 6, 5, now=106.0)
+    assert lags[0].critical and [(t.id, t.critical) for t in tr] == [(2, True)]
+
+
+def test_a_follower_that_answered_in_this_leadership_is_judged_at_once() -> None:
+    m = LagMonitor(LagThresholds(critical_entries=3, critical_seconds=5))
+    m.start_term(now=100.0)
+    m.clock.record(1, [10] * 6, now=100.0)
+    m.heard_from(2, applied=1, now=100.2)  # it answered: its match of 1 is a fact
+    lags, tr = m.compute({2: (1, 2, "replicate", False)}, 6, 6, now=100.5)
+    assert lags[0].lag_entries == 5 and lags[0].critical and [t.id for t in tr] == [2]
 
 
 def test_semi_sync_status_reports_each_transition_once() -> None:
