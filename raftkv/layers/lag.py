@@ -77,6 +77,13 @@ class AppendClock:
             self._time.pop()
             self._through.pop()
 
+    def clear(self) -> None:
+        """Forget every entry: the times of another leadership's appends do not date this one's lag."""
+        self._index.clear()
+        self._time.clear()
+        self._through.clear()
+        self._base = 0
+
     def forget_through(self, index: int) -> None:
         while self._index and self._index[0] <= index:
             self._pop_left()
@@ -118,7 +125,7 @@ class LagMonitor:
         this leadership its match index is the leader's initial guess (0), not a fact: it is not called
         critical on that guess before `critical_seconds` have passed. What was heard from followers
         (last contact, applied index) stays true and is kept."""
-        self.clock = AppendClock(self.clock._max)
+        self.clock.clear()
         self._term_started = now
         self._heard_this_term.clear()
 

@@ -5,6 +5,7 @@ Batcher under concurrency."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import grpc
 import pytest
@@ -127,7 +128,7 @@ async def test_async_client_with_batching_gives_each_caller_its_own_answer(clust
         assert sum(b.batches_sent for b in c._batchers.values()) < n  # operations shared RPCs
 
 
-def test_a_one_node_cluster_answers_a_batch_it_commits_and_applies_without_yielding(tmp_path) -> None:  # noqa: ANN001
+def test_a_one_node_cluster_answers_a_batch_it_commits_and_applies_without_yielding(tmp_path: Path) -> None:
     """On one node a batch of writes is persisted, committed and applied in consecutive Readys of one
     loop iteration, with no peer to wait for: every write must still get its own answer."""
     cluster = LocalCluster(tmp_path, n=1).start_all()
