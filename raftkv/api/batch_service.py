@@ -95,7 +95,9 @@ class BatchExecutor:
                 work.append(self._forward(ops, [w[0] for w in writes], results, context))
         for read_opts, items in reads.values():
             work.append(self._reads(read_opts, items, ops, results, context))
-        if work:
+        if len(work) == 1:
+            await work[0]  # the usual case: no task to wrap it in, no extra loop iteration to report it
+        elif work:
             await asyncio.gather(*work)
         return pb.BatchResponse(results=results)
 

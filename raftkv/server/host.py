@@ -29,6 +29,7 @@ from ..core import (
     ConfChange,
     ConfChangeRejected,
     Config,
+    Entry,
     Message,
     MessageType,
     ProposalDropped,
@@ -57,10 +58,9 @@ log = structlog.get_logger("raftkv.host")
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
 SNAPSHOT_RETRY_SECONDS = 10.0
 LOG_SIZE_CHECK_EVERY = 64
-# A Ready within these bounds is written on the loop's own thread (see `_write_ready`).
-INLINE_WRITE_MIN_ENTRIES = 8
-INLINE_WRITE_MAX_ENTRIES = 4096
-INLINE_WRITE_BYTES = 1 << 20
+# A Ready larger than this is written whole on the I/O thread (see `_write_ready`).
+PREPARE_MAX_ENTRIES = 4096
+PREPARE_MAX_BYTES = 1 << 20
 
 
 @dataclass(slots=True)
@@ -140,6 +140,8 @@ class NodeHost:
         self._stopping = False
         self._persisted_index = store.log.last_index()
         self.applied = store.applied_index()
+        # The newest entry whose writer has been answered: ahead of `applied` while its fsync runs.
+        self._answered = self.applied
         self.leader_changes = 0
         self._last_leader = NONE
         self._last_lag_check = 0.0
@@ -292,7 +294,15 @@ class NodeHost:
         self._proposals.append(_Proposal(datas, placed, applied))
         self._wake.set()
         first, term = await placed
-        results = await asyncio.gather(*applied, return_exceptions=True)
+        # Entries are answered in index order, so when the last is answered all are: waiting on it alone
+        # saves the loop iterations a gather over hundreds of futures takes to report.
+        try:
+            await applied[-1]
+        except Exception:  # noqa: BLE001 - each entry's outcome is read below
+            pass
+        if not all(f.done() for f in applied):
+            await asyncio.wait(applied)
+        results = [f.exception() or f.result() for f in applied]
         match = self.match_indexes()
         latency = time.monotonic() - started
         return [r if isinstance(r, BaseException) else
@@ -350,6 +360,11 @@ class NodeHost:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._applied_heap, _IndexWaiter(index, next(self._heap_seq), fut))
         await fut
+
+    async def wait_answered(self) -> None:
+        """Wait until every write this node has answered is visible to its readers: a write's reply can
+        leave during the fsync that makes its apply visible (`_write_ready`)."""
+        await self.wait_applied(self._answered)
 
     async def linearizable_barrier(self) -> int:
         """Wait until this node may serve a linearizable read; returns the read index."""
@@ -523,9 +538,9 @@ class NodeHost:
             # One transaction, one fsync: the Ready's snapshot, entries and hard state, and its committed
             # entries applied together with the applied index (they are committed cluster-wide already).
             member_changes = self.members.changes_in(rd.committed_entries)
-            t0 = time.perf_counter()
-            results = await self._write_ready(rd, self.members.encode_after(member_changes))
-            self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+            # A membership change is answered after its commit, once the registry has it (`_after_apply`).
+            results = await self._write_ready(rd, self.members.encode_after(member_changes),
+                                              early=not member_changes)
             if rd.committed_entries:
                 self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
             if rd.snapshot is not None:
@@ -550,31 +565,40 @@ class NodeHost:
                     fut.set_result(rs.index)
         self.node.advance(rd)
 
-    async def _write_ready(self, rd: Ready, members: dict[int, bytes] | None) -> list[Any]:
-        """Persist a Ready and apply its committed entries: one LMDB transaction, one fsync.
+    async def _write_ready(self, rd: Ready, members: dict[int, bytes] | None, early: bool) -> list[Any]:
+        """Persist a Ready and apply its committed entries: one LMDB transaction, one fsync, on the I/O thread.
 
-        Where it runs is a trade-off measured with `python -m benchmarks` (see benchmarks/README.md):
-        - A busy node's Ready (dozens of entries, from KV.Batch calls) is written right here on the loop's
-          thread. Handing it to the I/O thread cost as much as the transaction itself (~1 ms): the thread
-          waited for the GIL, and its result for a loop busy with gRPC callbacks. LMDB releases the GIL for
-          the fsync, so gRPC's own threads keep receiving meanwhile.
-        - A Ready of a few entries goes to the I/O thread, so the loop stays free while it is written:
-          gRPC's asyncio server accepts about one new call per loop iteration, and one-RPC-per-operation
-          clients slowed threefold when each iteration also held a 1 ms fsync.
-        - A snapshot or a Ready carrying megabytes also goes to the I/O thread, so that the loop goes on
-          answering Status, health checks and forwarded requests while it is written."""
+        Measured with `python -m benchmarks` (see benchmarks/README.md): a thread that runs Python code
+        waits for the GIL while the loop is busy with gRPC callbacks, and a loop that runs the fsync itself
+        leaves gRPC's calls waiting. So the loop does the Ready's CPU work (`prepare_ready`: records
+        encoded, commands applied to a plan) and the I/O thread only writes the records and fsyncs,
+        holding the GIL for a few calls; meanwhile the loop serves gRPC. The writers of committed entries
+        (`early`) are answered as soon as the results are known, while the fsync runs: their entries are
+        durable on a majority already, and this node's readers wait for the commit (`wait_answered`), so
+        no read here misses a write that was acknowledged.
+
+        A Ready the plan does not cover (a snapshot, a log truncation, a command reading a key range) or
+        one carrying thousands of entries or megabytes is done whole on the I/O thread, the loop free."""
         args = (rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries, rd.conf_state, members)
-        count = len(rd.entries) + len(rd.committed_entries)
-        inline = (rd.snapshot is None and INLINE_WRITE_MIN_ENTRIES <= count <= INLINE_WRITE_MAX_ENTRIES
-                  and sum(len(e.data) for e in rd.entries) + sum(len(e.data) for e in rd.committed_entries)
-                  <= INLINE_WRITE_BYTES)
-        if not inline:
-            return await asyncio.get_running_loop().run_in_executor(self._io, self.store.save_and_apply, *args)
-        if rd.entries and rd.messages:
-            # A leader's appends: one loop iteration lets the peer streams take them before the fsync, so
-            # that its followers write in parallel with it.
-            await asyncio.sleep(0)
-        return self.store.save_and_apply(*args)
+        loop = asyncio.get_running_loop()
+        prepared = self.store.prepare_ready(*args) if self._preparable(rd) else None
+        if prepared is None:
+            t0 = time.perf_counter()
+            results = await loop.run_in_executor(self._io, self.store.save_and_apply, *args)
+            self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+            return results
+        if early and rd.committed_entries:
+            self._answer(rd.committed_entries, prepared.results)
+        await loop.run_in_executor(self._io, prepared.commit)
+        self.metrics.fsync_seconds.observe(prepared.seconds)
+        return prepared.results
+
+    @staticmethod
+    def _preparable(rd: Ready) -> bool:
+        if rd.snapshot is not None or len(rd.entries) + len(rd.committed_entries) > PREPARE_MAX_ENTRIES:
+            return False
+        size = sum(len(e.data) for e in rd.entries) + sum(len(e.data) for e in rd.committed_entries)
+        return size <= PREPARE_MAX_BYTES
 
     def _stamp(self, msgs: list[Message]) -> None:
         stamp = time.monotonic_ns()
@@ -612,21 +636,7 @@ class NodeHost:
         if member_changes:
             self.members.apply(member_changes, self.node.conf)
             self._sync_transport_peers()
-        for e, res in zip(entries, results, strict=True):
-            waiter = self._apply_waiters.pop(e.index, None)
-            if waiter is None:
-                continue
-            term, fut = waiter
-            if e.term != term:
-                self.metrics.proposals_failed.inc()
-            if fut.done():
-                continue
-            if e.term != term:
-                fut.set_exception(ProposalLost(e.index))
-            elif isinstance(res, Exception):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
+        self._answer(entries, results)
         self.metrics.proposals_committed.inc(len(entries))
         self.metrics.proposals_applied.inc(len(entries))
         heap = self._applied_heap
@@ -636,6 +646,32 @@ class NodeHost:
                 w.future.set_result(None)
         if self._log_needs_compaction() and time.monotonic() >= self._snapshot_retry_at:
             self._compaction()
+
+    def _answer(self, entries: list[Entry], results: list[Any]) -> bool:
+        """Hand each applied entry's result to the writer waiting for it; True if anyone was answered."""
+        waiters = self._apply_waiters
+        if not waiters:
+            return False
+        answered = False
+        for e, res in zip(entries, results, strict=True):
+            waiter = waiters.pop(e.index, None)
+            if waiter is None:
+                continue
+            term, fut = waiter
+            if e.term != term:
+                self.metrics.proposals_failed.inc()
+            if fut.done():
+                continue
+            answered = True
+            if e.term != term:
+                fut.set_exception(ProposalLost(e.index))
+            elif isinstance(res, Exception):
+                fut.set_exception(res)
+            else:
+                fut.set_result(res)
+        if answered:
+            self._answered = max(self._answered, entries[-1].index)
+        return answered
 
     def _snapshot_finished(self, task: asyncio.Task[int]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -8,9 +8,9 @@
 - `members`: member id -> address and replication marks;
 - `snap`: the latest snapshot's data.
 
-Writes come from the host's single I/O thread: `save_and_apply` makes one Ready durable -- snapshot,
-entries, hard state, and the committed entries applied with their applied index -- in one transaction
-and one fsync. Reads (the core's LogStorage calls, client reads) may run concurrently on the event-loop
+Writes come from the host, one at a time: `save_and_apply` makes one Ready durable -- snapshot, entries,
+hard state, and the committed entries applied with their applied index -- in one transaction and one
+fsync; `prepare_ready` does the same in two steps, so that the fsync can run on another thread. Reads (the core's LogStorage calls, client reads) may run concurrently on the event-loop
 thread: LMDB gives every read transaction a consistent view.
 """
 
@@ -290,64 +290,144 @@ class LmdbNodeStore:
     def save_and_apply(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
                        committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
                        ) -> list[Any]:
-        results: list[Any] = []
         with self._lock:  # held until the caches move too: compaction may run on another thread
             with self.env.begin(write=True) as txn:
-                if snapshot is not None:
-                    self._install(txn, snapshot)
-                if entries:
-                    first = entries[0].index
-                    cur = txn.cursor(db=self.log_db)
-                    if first <= self._last_index and cur.set_range(_key(first)):
-                        while cur.delete():  # truncate the conflicting suffix
-                            pass
-                    for e in entries:
-                        crc = _crc(e.index, e.term, int(e.type), e.data)
-                        rec = msgpack.packb([e.term, int(e.type), e.data, crc], use_bin_type=True)
-                        txn.put(_key(e.index), rec, db=self.log_db, append=False)
-                if hard_state is not None:
-                    txn.put(b"hardstate", msgpack.packb([hard_state.term, hard_state.vote, hard_state.commit]),
-                            db=self.meta_db)
-                applied = self._applied
-                if committed:
-                    t0 = time.perf_counter()
-                    for e in committed:
-                        if e.index <= applied:
-                            results.append(None)
-                            continue
-                        results.append(self._apply_one(txn, e))
-                        applied = e.index
-                    self.last_apply_seconds = time.perf_counter() - t0
-                    new_conf = conf if conf is not None else self._applied_conf
-                    txn.put(b"applied", msgpack.packb([applied, _conf_to_wire(new_conf)]), db=self.meta_db)
-                if members is not None:
-                    self._write_members(txn, members)
-            # The transaction committed with fsync (sync=True): only now does the cache move.
-            if snapshot is not None:
-                m = snapshot.meta
-                self._compacted = (m.index, m.term, m.conf)
-                self._last_index, self._last_term = m.index, m.term
-                self._applied, self._applied_conf = m.index, m.conf
-                self._snapshot_cache = snapshot
-                self._snap_point = m.index
-            if entries:
-                self._last_index, self._last_term = entries[-1].index, entries[-1].term
-            if hard_state is not None:
-                self._hard = hard_state
-            if committed:
-                self._applied = max(self._applied, committed[-1].index)
-                if conf is not None:
-                    self._applied_conf = conf
+                results = self._write_ready(txn, hard_state, entries, snapshot, committed, conf, members)
+            self._committed(hard_state, entries, snapshot, committed, conf)
         return results
 
-    def _apply_one(self, txn: lmdb.Transaction, e: Entry) -> Any:
+    def prepare_ready(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
+                      committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
+                      ) -> PreparedWrite | None:
+        """`save_and_apply` with its Python work done now, on the caller's thread, and nothing written yet.
+
+        The returned write's `commit()` only hands ready-made records to LMDB and fsyncs, so it runs on the
+        I/O thread without contending for the GIL with the event loop, and the loop stays free meanwhile.
+        The results are known before the commit, so the host can answer writers (whose entries are
+        committed cluster-wide already) while the fsync runs.
+
+        Covers the usual Ready: appends past the end of the log, and committed commands that touch single
+        keys. Returns None for anything else (a snapshot, a truncation of the log, a command that reads or
+        deletes a key range): `save_and_apply` does those. It reads the state machine as the last commit
+        left it, so no other write may be in flight."""
+        if snapshot is not None or (entries and entries[0].index <= self._last_index):
+            return None
+        applied = self._applied
+        results: list[Any] = []
+        planned: state_machine.PlannedChanges | None = None
+        if committed:
+            t0 = time.perf_counter()
+            with self.env.begin(db=self.kv_db) as txn:
+                planned = state_machine.PlannedChanges(state_machine.TxnView(txn, self.kv_db))
+                for e in committed:
+                    if e.index <= applied:
+                        results.append(None)
+                        continue
+                    applied = e.index
+                    try:
+                        results.append(self._apply_one(planned, e))
+                    except state_machine.NeedsTransaction:
+                        return None
+            self.last_apply_seconds = time.perf_counter() - t0
+        log = [(_key(e.index), self._record(e)) for e in entries]
+        meta: list[tuple[bytes, bytes]] = []
+        if hard_state is not None:
+            meta.append((b"hardstate", self._hard_state_record(hard_state)))
+        if committed:
+            meta.append((b"applied", self._applied_record(applied, conf)))
+        return PreparedWrite(self, log, planned.changes if planned is not None else {}, meta, members, results,
+                             (hard_state, entries, None, committed, conf))
+
+    def _write_prepared(self, w: PreparedWrite) -> None:
+        with self._lock:  # as in save_and_apply
+            with self.env.begin(write=True) as txn:
+                if w.log:
+                    txn.cursor(db=self.log_db).putmulti(w.log)
+                puts = [(k, v) for k, v in w.kv.items() if v is not None]
+                if puts:
+                    txn.cursor(db=self.kv_db).putmulti(puts)
+                if len(puts) < len(w.kv):
+                    for k, v in w.kv.items():
+                        if v is None:
+                            txn.delete(k, db=self.kv_db)
+                for k, v in w.meta:
+                    txn.put(k, v, db=self.meta_db)
+                if w.members is not None:
+                    self._write_members(txn, w.members)
+            self._committed(*w.ready)
+
+    @staticmethod
+    def _record(e: Entry) -> bytes:
+        return msgpack.packb([e.term, int(e.type), e.data, _crc(e.index, e.term, int(e.type), e.data)],
+                             use_bin_type=True)
+
+    @staticmethod
+    def _hard_state_record(hs: HardState) -> bytes:
+        return msgpack.packb([hs.term, hs.vote, hs.commit])
+
+    def _applied_record(self, applied: int, conf: ConfState | None) -> bytes:
+        return msgpack.packb([applied, _conf_to_wire(conf if conf is not None else self._applied_conf)])
+
+    def _write_ready(self, txn: lmdb.Transaction, hard_state: HardState | None, entries: list[Entry],
+                     snapshot: Snapshot | None, committed: list[Entry], conf: ConfState | None,
+                     members: dict[int, bytes] | None) -> list[Any]:
+        results: list[Any] = []
+        if snapshot is not None:
+            self._install(txn, snapshot)
+        if entries:
+            first = entries[0].index
+            cur = txn.cursor(db=self.log_db)
+            if first <= self._last_index and cur.set_range(_key(first)):
+                while cur.delete():  # truncate the conflicting suffix
+                    pass
+            for e in entries:
+                txn.put(_key(e.index), self._record(e), db=self.log_db)
+        if hard_state is not None:
+            txn.put(b"hardstate", self._hard_state_record(hard_state), db=self.meta_db)
+        applied = self._applied
+        if committed:
+            t0 = time.perf_counter()
+            view = state_machine.TxnView(txn, self.kv_db)
+            for e in committed:
+                if e.index <= applied:
+                    results.append(None)
+                    continue
+                results.append(self._apply_one(view, e))
+                applied = e.index
+            self.last_apply_seconds = time.perf_counter() - t0
+            txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
+        if members is not None:
+            self._write_members(txn, members)
+        return results
+
+    def _committed(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
+                   committed: list[Entry], conf: ConfState | None) -> None:
+        """The transaction committed with fsync (sync=True): only now do the caches move."""
+        if snapshot is not None:
+            m = snapshot.meta
+            self._compacted = (m.index, m.term, m.conf)
+            self._last_index, self._last_term = m.index, m.term
+            self._applied, self._applied_conf = m.index, m.conf
+            self._snapshot_cache = snapshot
+            self._snap_point = m.index
+        if entries:
+            self._last_index, self._last_term = entries[-1].index, entries[-1].term
+        if hard_state is not None:
+            self._hard = hard_state
+        if committed:
+            self._applied = max(self._applied, committed[-1].index)
+            if conf is not None:
+                self._applied_conf = conf
+
+    @staticmethod
+    def _apply_one(view: state_machine.KVView, e: Entry) -> Any:
         if e.type != EntryType.NORMAL or not e.data:
             return None
         try:
             cmd = commands.decode(e.data)
         except ValueError as err:
             return err  # a bad command fails alone; the entry still counts as applied
-        return state_machine.apply_command(txn, self.kv_db, cmd, e.index)
+        return state_machine.apply_command(view, cmd, e.index)
 
     def _write_members(self, txn: lmdb.Transaction, members: dict[int, bytes]) -> None:
         txn.drop(self.members_db, delete=False)
@@ -464,11 +544,11 @@ class LmdbNodeStore:
 
     def get(self, key: bytes) -> KV | None:
         with self.env.begin() as txn:
-            return state_machine.get(txn, self.kv_db, key)
+            return state_machine.get(state_machine.TxnView(txn, self.kv_db), key)
 
     def range(self, op: Range) -> RangeResult:
         with self.env.begin() as txn:
-            return state_machine.range_read(txn, self.kv_db, op)
+            return state_machine.range_read(state_machine.TxnView(txn, self.kv_db), op)
 
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""
@@ -484,3 +564,29 @@ class LmdbNodeStore:
 
     def close(self) -> None:
         self.env.close()
+
+
+class PreparedWrite:
+    """A Ready turned into LMDB records (see `LmdbNodeStore.prepare_ready`); `commit()` writes and fsyncs
+    them in one transaction, on any one thread."""
+
+    __slots__ = ("_store", "log", "kv", "meta", "members", "results", "ready", "seconds")
+
+    def __init__(self, store: LmdbNodeStore, log: list[tuple[bytes, bytes]], kv: dict[bytes, bytes | None],
+                 meta: list[tuple[bytes, bytes]], members: dict[int, bytes] | None, results: list[Any],
+                 ready: tuple[Any, ...]) -> None:
+        self._store = store
+        self.log = log
+        self.kv = kv
+        self.meta = meta
+        self.members = members
+        self.results = results
+        """One per committed entry, as `save_and_apply` returns them."""
+        self.ready = ready
+        self.seconds = 0.0
+        """How long the commit took (transaction and fsync), once done."""
+
+    def commit(self) -> None:
+        t0 = time.perf_counter()
+        self._store._write_prepared(self)
+        self.seconds = time.perf_counter() - t0

@@ -25,6 +25,7 @@ from raftkv.core import (
     HardState,
     MemoryStorage,
     Snapshot,
+    SnapshotMeta,
     SnapshotTemporarilyUnavailable,
     UnavailableError,
 )
@@ -186,13 +187,17 @@ APPLY_LOOP = textwrap.dedent("""
     print("ready", flush=True)
     while True:
         batch = [Entry(1, i + j, EntryType.NORMAL, encode(Put(b"k%08d" % (i + j), b"x" * 100))) for j in range(50)]
-        s.save_and_apply(None, batch, None, batch, None, None)
+        if sys.argv[2] == "prepared":
+            s.prepare_ready(None, batch, None, batch, None, None).commit()
+        else:
+            s.save_and_apply(None, batch, None, batch, None, None)
         i += 50
 """)
 
 
-def test_applied_index_matches_data_after_kill_9(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", APPLY_LOOP, str(tmp_path)], stdout=subprocess.PIPE)
+@pytest.mark.parametrize("path", ["save_and_apply", "prepared"])
+def test_applied_index_matches_data_after_kill_9(tmp_path: Path, path: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", APPLY_LOOP, str(tmp_path), path], stdout=subprocess.PIPE)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         time.sleep(0.7)
@@ -241,3 +246,88 @@ def test_behaves_like_memory_storage(tmp_path_factory: pytest.TempPathFactory, o
                                                                         for e in mem.entries(lo, hi)]
     assert lm.term(lo - 1) == mem.term(lo - 1)
     lm.close()
+
+
+KEYS = [b"a", b"ab", b"b", b"c"]
+single_key_op = st.one_of(
+    st.builds(Put, st.sampled_from(KEYS), st.binary(max_size=4), st.booleans()),
+    st.builds(Delete, st.sampled_from(KEYS), st.just(b""), st.booleans()),
+)
+compare = st.builds(Compare, st.sampled_from(KEYS), st.sampled_from(["value", "version", "mod", "exists"]),
+                    st.sampled_from(["=", "!=", "<", ">"]), st.integers(0, 3))
+command = st.one_of(
+    single_key_op,
+    st.builds(Txn, st.lists(compare, max_size=2).map(tuple), st.lists(single_key_op, max_size=3).map(tuple),
+              st.lists(st.one_of(single_key_op, st.builds(Range, st.sampled_from(KEYS))), max_size=2).map(tuple)),
+    # Key ranges: the plan declines these, and save_and_apply must take over.
+    st.builds(Delete, st.just(b"a"), st.just(prefix_end(b"a")), st.booleans()),
+    st.builds(Txn, st.just(()), st.just((Range(b"", b"\0"),)), st.just(())),
+)
+
+
+def _fix_compare(c: Compare) -> Compare:
+    # Value compares take bytes, the others integers, as the API validates them.
+    if c.target == "value":
+        return Compare(c.key, c.target, c.result, b"%d" % c.operand)
+    if c.target == "exists":
+        return Compare(c.key, c.target, "=" if c.result == "=" else "!=", bool(c.operand % 2))
+    return c
+
+
+def _fixed(cmd):  # noqa: ANN001, ANN202
+    if isinstance(cmd, Txn):
+        return Txn(tuple(_fix_compare(c) for c in cmd.compares), cmd.success, cmd.failure)
+    return cmd
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(command, min_size=1, max_size=6), min_size=1, max_size=8))
+def test_prepared_write_applies_like_save_and_apply(tmp_path_factory: pytest.TempPathFactory, batches: list) -> None:
+    """The same Readys through `prepare_ready` + commit (falling back to save_and_apply where the plan
+    declines) and through save_and_apply alone: the same results, the same state, the same log."""
+    whole, planned = (open_store(tmp_path_factory.mktemp(n)) for n in ("whole", "planned"))
+    for s in (whole, planned):
+        s.bootstrap(CONF, {})
+        s.save_and_apply(None, [], None, [Entry(1, i) for i in (1, 2, 3)], CONF, None)
+    index, declined = 4, 0
+    for batch in batches:
+        ents = cmd_entries(index, 2, [_fixed(c) for c in batch])
+        index += len(ents)
+        hs = HardState(2, 1, index - 1)
+        expected = whole.save_and_apply(hs, ents, None, ents, None, None)
+        w = planned.prepare_ready(hs, ents, None, ents, None, None)
+        if w is None:
+            declined += 1
+            got = planned.save_and_apply(hs, ents, None, ents, None, None)
+        else:
+            got = w.results
+            w.commit()
+        assert got == expected
+        assert planned.applied_index() == whole.applied_index() == index - 1
+        assert planned.hard_state() == whole.hard_state()
+    everything = Range(b"", b"\0")
+    assert planned.range(everything) == whole.range(everything)
+    assert [(e.index, e.data) for e in planned.entries(1, index)] == [(e.index, e.data) for e in whole.entries(1, index)]
+    planned.close()
+    whole.close()
+
+
+def test_prepare_declines_what_needs_a_transaction(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.bootstrap(CONF, {})
+    s.save_and_apply(HardState(2, 1, 3), [], None, [Entry(1, i) for i in (1, 2, 3)], CONF, None)
+    put = cmd_entries(4, 2, [Put(b"a", b"1")])
+    w = s.prepare_ready(None, put, None, put, None, None)
+    assert w is not None and w.results[0].revision == 4
+    # Nothing is written or visible before the commit.
+    assert s.get(b"a") is None and s.applied_index() == 3 and s.last_index() == 3
+    w.commit()
+    assert s.get(b"a").value == b"1" and s.applied_index() == 4 and s.last_index() == 4 and w.seconds > 0
+    ranged = cmd_entries(5, 2, [Delete(b"a", prefix_end(b"a"))])
+    assert s.prepare_ready(None, ranged, None, ranged, None, None) is None
+    overwrite = [Entry(3, 4, data=b"x")]  # a new leader's entry replacing ours: a truncation
+    assert s.prepare_ready(None, overwrite, None, [], None, None) is None
+    snap = Snapshot(SnapshotMeta(10, 2, CONF), b"")
+    assert s.prepare_ready(None, [], snap, [], None, None) is None
+    # A declined plan left nothing behind: the store still takes the Ready whole.
+    assert s.save_and_apply(None, ranged, None, ranged, None, None)[0].deleted == 1 and s.get(b"a") is None
