@@ -647,12 +647,12 @@ class NodeHost:
         if self._log_needs_compaction() and time.monotonic() >= self._snapshot_retry_at:
             self._compaction()
 
-    def _answer(self, entries: list[Entry], results: list[Any]) -> bool:
-        """Hand each applied entry's result to the writer waiting for it; True if anyone was answered."""
+    def _answer(self, entries: list[Entry], results: list[Any]) -> None:
+        """Hand each applied entry's result to the writer waiting for it (once: an answered writer's
+        waiter is gone)."""
         waiters = self._apply_waiters
         if not waiters:
-            return False
-        answered = False
+            return
         for e, res in zip(entries, results, strict=True):
             waiter = waiters.pop(e.index, None)
             if waiter is None:
@@ -662,16 +662,13 @@ class NodeHost:
                 self.metrics.proposals_failed.inc()
             if fut.done():
                 continue
-            answered = True
+            self._answered = max(self._answered, e.index)
             if e.term != term:
                 fut.set_exception(ProposalLost(e.index))
             elif isinstance(res, Exception):
                 fut.set_exception(res)
             else:
                 fut.set_result(res)
-        if answered:
-            self._answered = max(self._answered, entries[-1].index)
-        return answered
 
     def _snapshot_finished(self, task: asyncio.Task[int]) -> None:
         if not task.cancelled() and task.exception() is not None:

@@ -10,8 +10,9 @@
 
 Writes come from the host, one at a time: `save_and_apply` makes one Ready durable -- snapshot, entries,
 hard state, and the committed entries applied with their applied index -- in one transaction and one
-fsync; `prepare_ready` does the same in two steps, so that the fsync can run on another thread. Reads (the core's LogStorage calls, client reads) may run concurrently on the event-loop
-thread: LMDB gives every read transaction a consistent view.
+fsync; `prepare_ready` does the same in two steps, so that the fsync can run on another thread. Reads
+(the core's LogStorage calls, client reads) may run concurrently on the event-loop thread: LMDB gives
+every read transaction a consistent view.
 """
 
 from __future__ import annotations

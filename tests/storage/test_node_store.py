@@ -307,7 +307,8 @@ def test_prepared_write_applies_like_save_and_apply(tmp_path_factory: pytest.Tem
         assert planned.hard_state() == whole.hard_state()
     everything = Range(b"", b"\0")
     assert planned.range(everything) == whole.range(everything)
-    assert [(e.index, e.data) for e in planned.entries(1, index)] == [(e.index, e.data) for e in whole.entries(1, index)]
+    log = [(e.index, e.data) for e in whole.entries(1, index)]
+    assert [(e.index, e.data) for e in planned.entries(1, index)] == log
     planned.close()
     whole.close()
 
