@@ -566,7 +566,8 @@ class NodeHost:
         self.node.advance(rd)
 
     async def _write_ready(self, rd: Ready, members: dict[int, bytes] | None, early: bool) -> list[Any]:
-        """Persist a Ready and apply its committed entries: one LMDB transaction, one fsync, on the I/O thread.
+        """Persist a Ready and apply its committed entries: one LMDB transaction and one fsync, on the I/O
+        thread.
 
         Measured with `python -m benchmarks` (see benchmarks/README.md): a thread that runs Python code
         waits for the GIL while the loop is busy with gRPC callbacks, and a loop that runs the fsync itself

@@ -24,7 +24,8 @@ class PreparedWrite(Protocol):
 
 class NodeStore(Protocol):
     last_apply_seconds: float
-    """Time the last save_and_apply spent applying its committed entries (for the apply histogram)."""
+    """Time the last save_and_apply or prepare_ready spent applying its committed entries (for the apply
+    histogram)."""
 
     @property
     def log(self) -> LogStorage: ...

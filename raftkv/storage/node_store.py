@@ -23,6 +23,7 @@ import struct
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -336,8 +337,8 @@ class LmdbNodeStore:
             meta.append((b"hardstate", self._hard_state_record(hard_state)))
         if committed:
             meta.append((b"applied", self._applied_record(applied, conf)))
-        return PreparedWrite(self, log, planned.changes if planned is not None else {}, meta, members, results,
-                             (hard_state, entries, None, committed, conf))
+        changes = planned.changes if planned is not None else {}
+        return PreparedWrite(self, log, changes, meta, members, results, (hard_state, entries, None, committed, conf))
 
     def _write_prepared(self, w: PreparedWrite) -> None:
         with self._lock:  # as in save_and_apply
@@ -567,27 +568,23 @@ class LmdbNodeStore:
         self.env.close()
 
 
+@dataclass(slots=True)
 class PreparedWrite:
     """A Ready turned into LMDB records (see `LmdbNodeStore.prepare_ready`); `commit()` writes and fsyncs
     them in one transaction, on any one thread."""
 
-    __slots__ = ("_store", "log", "kv", "meta", "members", "results", "ready", "seconds")
-
-    def __init__(self, store: LmdbNodeStore, log: list[tuple[bytes, bytes]], kv: dict[bytes, bytes | None],
-                 meta: list[tuple[bytes, bytes]], members: dict[int, bytes] | None, results: list[Any],
-                 ready: tuple[Any, ...]) -> None:
-        self._store = store
-        self.log = log
-        self.kv = kv
-        self.meta = meta
-        self.members = members
-        self.results = results
-        """One per committed entry, as `save_and_apply` returns them."""
-        self.ready = ready
-        self.seconds = 0.0
-        """How long the commit took (transaction and fsync), once done."""
+    store: LmdbNodeStore
+    log: list[tuple[bytes, bytes]]
+    kv: dict[bytes, bytes | None]  # key -> its new record, None when deleted
+    meta: list[tuple[bytes, bytes]]
+    members: dict[int, bytes] | None
+    results: list[Any]
+    """One per committed entry, as `save_and_apply` returns them."""
+    ready: tuple[Any, ...]  # what `_committed` moves the caches to
+    seconds: float = 0.0
+    """How long the commit took (transaction and fsync), once done."""
 
     def commit(self) -> None:
         t0 = time.perf_counter()
-        self._store._write_prepared(self)
+        self.store._write_prepared(self)
         self.seconds = time.perf_counter() - t0

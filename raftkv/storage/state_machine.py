@@ -165,7 +165,8 @@ def _op(view: KVView, op: Put | Delete | Range, revision: int) -> PutResult | De
     return range_read(view, op)
 
 
-def apply_command(view: KVView, cmd: Put | Delete | Txn, revision: int) -> PutResult | DeleteResult | TxnResult:
+def apply_command(view: KVView, cmd: Put | Delete | Txn, revision: int
+                  ) -> PutResult | DeleteResult | TxnResult:
     if isinstance(cmd, Put):
         return _put(view, cmd, revision)
     if isinstance(cmd, Delete):

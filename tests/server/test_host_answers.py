@@ -65,12 +65,14 @@ async def _leader(store: LmdbNodeStore) -> NodeHost:
 
 
 @pytest.mark.parametrize("level", [ReadLevel.SERIALIZABLE, ReadLevel.LINEARIZABLE])
-def test_a_write_is_answered_during_its_fsync_and_reads_wait_for_it(store: LmdbNodeStore, level: ReadLevel) -> None:
+def test_a_write_is_answered_during_its_fsync_and_reads_wait_for_it(store: LmdbNodeStore,
+                                                                    level: ReadLevel) -> None:
     async def main() -> None:
         host = await _leader(store)
         held = HeldCommits(store)
         try:
-            out = await asyncio.wait_for(host.write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY)), 10)
+            write = host.write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY))
+            out = await asyncio.wait_for(write, 10)
             assert out.result.revision == out.index
             # The answer may come before the I/O thread reaches the commit; it gets there and is held.
             assert await asyncio.get_running_loop().run_in_executor(None, held.held.wait, 10)

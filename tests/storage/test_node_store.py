@@ -282,7 +282,8 @@ def _fixed(cmd):  # noqa: ANN001, ANN202
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(command, min_size=1, max_size=6), min_size=1, max_size=8))
-def test_prepared_write_applies_like_save_and_apply(tmp_path_factory: pytest.TempPathFactory, batches: list) -> None:
+def test_prepared_write_applies_like_save_and_apply(tmp_path_factory: pytest.TempPathFactory,
+                                                    batches: list) -> None:
     """The same Readys through `prepare_ready` + commit (falling back to save_and_apply where the plan
     declines) and through save_and_apply alone: the same results, the same state, the same log."""
     whole, planned = (open_store(tmp_path_factory.mktemp(n)) for n in ("whole", "planned"))
