@@ -338,7 +338,8 @@ class LmdbNodeStore:
         if committed:
             meta.append((b"applied", self._applied_record(applied, conf)))
         changes = planned.changes if planned is not None else {}
-        return PreparedWrite(self, log, changes, meta, members, results, (hard_state, entries, None, committed, conf))
+        ready = (hard_state, entries, None, committed, conf)
+        return PreparedWrite(self, log, changes, meta, members, results, ready)
 
     def _write_prepared(self, w: PreparedWrite) -> None:
         with self._lock:  # as in save_and_apply
