@@ -56,7 +56,9 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     host_box: list[NodeHost] = []
     transport = Transport(cfg.id, cfg.address, lambda: store.cluster_id, on_message=lambda m: host_box[0].deliver(m),
                           on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
-                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls)
+                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls, snapshot_store=store,
+                          on_snapshot=lambda m: host_box[0].deliver_snapshot(m),
+                          on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok))
     host = NodeHost(cfg, store, transport, metrics)
     host_box.append(host)
     forwarder = Forwarder(host)

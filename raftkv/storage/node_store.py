@@ -6,7 +6,7 @@
   it), compaction point, snapshot metadata;
 - `kv`: the key-value state machine (see state_machine.py);
 - `members`: member id -> address and replication marks;
-- `snap`: the latest snapshot's data.
+- `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py).
 
 Writes come from the host, one at a time: `save_and_apply` makes one Ready durable -- snapshot, entries,
 hard state, and the committed entries applied with their applied index -- in one transaction and one
@@ -38,12 +38,11 @@ from ..core import (
     HardState,
     Snapshot,
     SnapshotMeta,
-    SnapshotTemporarilyUnavailable,
     UnavailableError,
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, state_machine
+from . import commands, snapshots, state_machine
 from .commands import KV, Range, RangeResult
 from .errors import CorruptionError, ForeignDataError, StorageError
 
@@ -93,12 +92,10 @@ class LmdbNodeStore:
         self.members_db = self.env.open_db(b"members")
         self.snap_db = self.env.open_db(b"snap")
         self._lock = threading.Lock()
-        self._snapshot_cache: Snapshot | None = None
-        self._builder: threading.Thread | None = None
-        self._build_error: Exception | None = None
         self.last_apply_seconds = 0.0
         """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
         self._init_meta(node_id, cluster_id)
+        snapshots.clear_staging(self.path)
         self._load_cache()
         self._verify_tail()
 
@@ -229,52 +226,40 @@ class LmdbNodeStore:
         return limit_size(out, max_bytes)
 
     def snapshot(self) -> Snapshot:
-        """A snapshot no older than the compacted log, for a follower that fell behind it.
+        """The snapshot a follower behind the compacted log needs: metadata only (the applied index, its
+        term and membership), from the caches, at once.
 
-        Compaction does not copy the state machine (at a million keys that copy stalled the node for
-        seconds, every `snapshot_entries` writes): the `kv` sub-database at its applied index already is
-        a snapshot. So the image is made only when a follower needs one, on a thread of its own from one
-        read transaction; until it is ready this raises SnapshotTemporarilyUnavailable and the leader asks
-        again later. A snapshot installed from a leader is kept as it came, checked against its CRC."""
-        cache = self._snapshot_cache
-        if cache is not None and cache.meta.index >= self._compacted[0]:
-            return cache
-        if self._build_error is not None:
-            err, self._build_error = self._build_error, None
-            raise err
-        with self.env.begin() as txn:
-            meta = txn.get(b"snapmeta", db=self.meta_db)
-            if meta is None:
-                c_idx, c_term, conf = self._compacted
-                return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
-            idx, term, conf, crc = msgpack.unpackb(meta)
-            if crc is not None and idx >= self._compacted[0]:
-                blob = bytes(txn.get(b"data", db=self.snap_db) or b"")
-                if zlib.crc32(blob) != crc:
-                    raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
-                self._snapshot_cache = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
-                return self._snapshot_cache
-        self._start_build()
-        raise SnapshotTemporarilyUnavailable()
+        No image is built, here or at compaction (at a million keys a copy stalled the node for seconds):
+        the `kv` sub-database at its applied index already is the snapshot. The transport streams it to
+        the follower from a read transaction of its own (`open_snapshot_reader`), whose applied index may
+        be later than this one, and the follower installs what that transaction held."""
+        applied, conf = self._applied, self._applied_conf
+        return Snapshot(SnapshotMeta(applied, self.term(applied), conf))
 
-    def _start_build(self) -> None:
-        with self._lock:
-            if self._builder is not None and self._builder.is_alive():
-                return
-            self._builder = threading.Thread(target=self._build_into_cache, name="raftkv-snapshot-build",
-                                             daemon=True)
-            self._builder.start()
+    # ------------------------------------------------------------------------------------------
+    # Snapshot streams (see snapshots.py)
+    # ------------------------------------------------------------------------------------------
+    def _snapshot_dbs(self) -> list[Any]:
+        dbs = {b"kv": self.kv_db, b"members": self.members_db}
+        return [dbs[name] for name in snapshots.SNAPSHOT_DBS]
 
-    def _build_into_cache(self) -> None:
-        try:
-            snap = self.build_snapshot()
-        except Exception as e:  # handed to the next snapshot() call, on the host's thread
-            self._build_error = e
-            return
-        with self._lock:
-            cache = self._snapshot_cache
-            if cache is None or snap.meta.index > cache.meta.index:
-                self._snapshot_cache = snap
+    def open_snapshot_reader(self, chunk_bytes: int) -> snapshots.SnapshotReader:
+        """The state machine as of now, in pieces, from one read transaction; use it on one thread."""
+        return snapshots.SnapshotReader(self.env, self._snapshot_dbs(), self._snapshot_meta_in, chunk_bytes)
+
+    def _snapshot_meta_in(self, txn: lmdb.Transaction) -> SnapshotMeta:
+        raw = txn.get(b"applied", db=self.meta_db)
+        applied, conf = msgpack.unpackb(raw) if raw is not None else (0, [[], []])
+        return SnapshotMeta(applied, self._term_in(txn, applied), _conf_from_wire(conf))
+
+    def stage_snapshot(self, meta: SnapshotMeta) -> snapshots.SnapshotStage:
+        """Somewhere to put a snapshot as it arrives; `finish()` gives the token for the core's message."""
+        return snapshots.SnapshotStage(self.path / snapshots.STAGING_DIR, meta)
+
+    def discard_staged(self, token: bytes) -> None:
+        """A staged snapshot the core did not take (it held everything already); installed ones are gone."""
+        if snapshots.is_staged(token):
+            snapshots.staged_path(self.path / snapshots.STAGING_DIR, token).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------------------
     # Host writes
@@ -411,8 +396,8 @@ class LmdbNodeStore:
             self._compacted = (m.index, m.term, m.conf)
             self._last_index, self._last_term = m.index, m.term
             self._applied, self._applied_conf = m.index, m.conf
-            self._snapshot_cache = snapshot
             self._snap_point = m.index
+            self.discard_staged(snapshot.data)
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -438,6 +423,21 @@ class LmdbNodeStore:
             txn.put(_U64.pack(nid), info, db=self.members_db)
 
     def _install(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
+        """Make the snapshot's records the state machine, in the Ready's transaction: a staged stream (the
+        usual case), or data that came whole inside the message (from a node of an earlier version)."""
+        m = snap.meta
+        if snapshots.is_staged(snap.data):
+            path = snapshots.staged_path(self.path / snapshots.STAGING_DIR, snap.data)
+            snapshots.install_staged(txn, self._snapshot_dbs(), path, m.index)
+        else:
+            self._install_whole(txn, snap)
+        txn.drop(self.log_db, delete=False)
+        txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
+        txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
+        txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), None]), db=self.meta_db)
+        txn.delete(b"data", db=self.snap_db)
+
+    def _install_whole(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
         try:
             body = msgpack.unpackb(snap.data, strict_map_key=False)
             kvs, members = body["kv"], body["members"]
@@ -447,28 +447,6 @@ class LmdbNodeStore:
         for k, raw in kvs:
             txn.put(k, raw, db=self.kv_db)
         self._write_members(txn, {int(k): v for k, v in members.items()})
-        txn.drop(self.log_db, delete=False)
-        m = snap.meta
-        txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
-        txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
-        txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), zlib.crc32(snap.data)]),
-                db=self.meta_db)
-        txn.put(b"data", snap.data, db=self.snap_db)
-
-    def build_snapshot(self) -> Snapshot:
-        """An image of the state machine at its applied index, built in a read transaction of its own.
-
-        The applied index, its membership, the data and the member registry are all read from that one
-        transaction, so they agree with each other whatever the I/O thread writes meanwhile: this may run
-        on any thread while the node goes on appending and applying."""
-        with self.env.begin() as txn:
-            raw = txn.get(b"applied", db=self.meta_db)
-            applied, conf = msgpack.unpackb(raw) if raw is not None else (0, [[], []])
-            kvs = [[bytes(k), bytes(v)] for k, v in txn.cursor(db=self.kv_db)]
-            members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
-            term = self._term_in(txn, applied)
-        blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
-        return Snapshot(SnapshotMeta(applied, term, _conf_from_wire(conf)), blob)
 
     def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
         """The term of entry `index` as `txn` sees the log (the compaction point included), not as the

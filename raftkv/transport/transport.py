@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import structlog
 
-from ..core import Message
+from ..core import Message, MessageType
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import TlsFiles, aio_channel
 from .codec import from_proto, to_proto
+from .snapshot_stream import SNAPSHOT_STREAM_CHUNK, InstallHook, SnapshotSender, SnapshotStore, receive
 
 log = structlog.get_logger("raftkv.transport")
 
@@ -140,11 +141,22 @@ class _RaftService(pb_grpc.RaftServicer):
                     deliver(from_proto(m))
         return pb.SendAck()
 
+    async def InstallSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk],
+                              context: grpc.aio.ServicerContext) -> pb.InstallSnapshotResponse:
+        return await receive(self.owner, request_iterator, context)
+
 
 class Transport:
     def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
                  on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
-                 queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK) -> None:
+                 queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK,
+                 snapshot_store: SnapshotStore | None = None, on_snapshot: InstallHook | None = None,
+                 on_snapshot_status: Callable[[int, bool], None] | None = None,
+                 snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK) -> None:
+        """With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
+        (snapshot_stream.py), received ones are staged in it and handed over with `on_snapshot`; without,
+        a snapshot's data travels inline on the message stream. `on_snapshot_status(peer, ok)` reports
+        each snapshot message's fate, for the core's `report_snapshot`."""
         self.node_id = node_id
         self.tls = tls
         self.snapshot_chunk = snapshot_chunk
@@ -157,6 +169,14 @@ class Transport:
         self.peers: dict[int, _Peer] = {}
         self.stopping = False
         self.dropped = 0
+        self.snapshot_store = snapshot_store
+        self.on_snapshot = on_snapshot
+        self.on_snapshot_status = on_snapshot_status
+        self.snapshot_stream_chunk = snapshot_stream_chunk
+        self.receiving = 0
+        """InstallSnapshot streams being received now."""
+        self.snapshots: SnapshotSender | None = (
+            SnapshotSender(self, snapshot_store, CHANNEL_OPTIONS) if snapshot_store is not None else None)
 
     def servicer(self) -> pb_grpc.RaftServicer:
         return _RaftService(self)
@@ -178,6 +198,8 @@ class Transport:
         p = self.peers.pop(node_id, None)
         if p is not None and p.task is not None:
             p.task.cancel()
+        if self.snapshots is not None:
+            self.snapshots.cancel(node_id)
 
     def peer_ids(self) -> list[int]:
         return list(self.peers)
@@ -186,13 +208,30 @@ class Transport:
         for m in msgs:
             p = self.peers.get(m.to)
             if p is None:
+                if m.type == MessageType.SNAP:
+                    self._snapshot_status(m.to, False)
+                continue
+            if m.type == MessageType.SNAP and self.snapshots is not None:
+                self.snapshots.send(m, p.address)
                 continue
             if not p.push(m):
                 self.dropped += 1
                 self.on_unreachable(m.to)
+                if m.type == MessageType.SNAP:
+                    self._snapshot_status(m.to, False)
+            elif m.type == MessageType.SNAP:
+                # Inline: handed to the stream; the follower's answer (or the heartbeat that follows)
+                # tells the leader what became of it.
+                self._snapshot_status(m.to, True)
+
+    def _snapshot_status(self, to: int, ok: bool) -> None:
+        if self.on_snapshot_status is not None:
+            self.on_snapshot_status(to, ok)
 
     async def stop(self) -> None:
         self.stopping = True
+        if self.snapshots is not None:
+            await self.snapshots.stop()
         tasks = [p.task for p in self.peers.values() if p.task is not None]
         for t in tasks:
             t.cancel()
