@@ -451,6 +451,9 @@ class NodeHost:
         needs it."""
         loop = asyncio.get_running_loop()
         compact_to = max(0, self.applied - self.cfg.snapshot_keep_entries)
+        floor = self.transport.snapshot_floor()
+        if floor is not None:  # a follower installing that snapshot will need the entries after it
+            compact_to = min(compact_to, floor)
         index = await loop.run_in_executor(self._io, self.store.compact, compact_to, self.node.conf_as_of(compact_to))
         log.info("log compacted", snapshot_index=index, compacted_through=compact_to)
         return index

@@ -90,6 +90,7 @@ class SnapshotSender:
         self.channel_options = channel_options
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._failures: dict[int, int] = {}
+        self._indexes: dict[int, int] = {}  # peer -> index of the snapshot being streamed to it
 
     def send(self, m: Message, address: str) -> None:
         task = self._tasks.get(m.to)
@@ -97,6 +98,11 @@ class SnapshotSender:
             return  # the stream under way reports for this message too
         self._tasks[m.to] = asyncio.get_running_loop().create_task(self._run(m, address),
                                                                    name=f"raftkv-snapshot-to-{m.to}")
+
+    def floor(self) -> int | None:
+        """The lowest index of the snapshots being streamed: the log must keep the entries after it, or the
+        follower that installs it will need another snapshot straight away."""
+        return min(self._indexes.values(), default=None)
 
     def cancel(self, node_id: int) -> None:
         task = self._tasks.pop(node_id, None)
@@ -115,6 +121,8 @@ class SnapshotSender:
             self.owner.on_snapshot_status(to, ok)
 
     async def _run(self, m: Message, address: str) -> None:
+        assert m.snapshot is not None
+        self._indexes[m.to] = m.snapshot.meta.index
         try:
             await self._stream(m, address)
         except asyncio.CancelledError:
@@ -128,11 +136,14 @@ class SnapshotSender:
             code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
             log.warning("snapshot send failed; retrying", peer=m.to, code=code, error=detail,
                         retry_in_seconds=delay)
+            self._indexes.pop(m.to, None)
             await asyncio.sleep(delay)
             self._report(m.to, False)
         else:
             self._failures.pop(m.to, None)
             self._report(m.to, True)
+        finally:
+            self._indexes.pop(m.to, None)
 
     async def _stream(self, m: Message, address: str) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +157,7 @@ class SnapshotSender:
             reader = pieces = await loop.run_in_executor(pool, self.store.open_snapshot_reader,
                                                          self.owner.snapshot_stream_chunk)
             head = dataclasses.replace(m, snapshot=Snapshot(pieces.meta))
+            self._indexes[m.to] = pieces.meta.index
             log.info("sending snapshot", peer=m.to, index=pieces.meta.index, term=pieces.meta.term)
 
             async def chunks() -> AsyncIterator[pb.SnapshotChunk]:

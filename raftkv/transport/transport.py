@@ -224,6 +224,11 @@ class Transport:
                 # tells the leader what became of it.
                 self._snapshot_status(m.to, True)
 
+    def snapshot_floor(self) -> int | None:
+        """The lowest index of the snapshots being streamed to peers (None: none), which compaction keeps
+        the log after."""
+        return self.snapshots.floor() if self.snapshots is not None else None
+
     def _snapshot_status(self, to: int, ok: bool) -> None:
         if self.on_snapshot_status is not None:
             self.on_snapshot_status(to, ok)

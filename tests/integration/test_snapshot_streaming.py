@@ -1,7 +1,7 @@
 """A follower that comes back behind the leader's compacted log catches up by a streamed snapshot, on real
-processes: the leader keeps serving (its /metrics answers all along, nobody is elected), the follower
-ends with exactly the leader's records, and its memory stays bounded by a fraction of the data it
-received, not a multiple of it.
+processes, with writes going on: the leader keeps serving (its /metrics answers all along, nobody is
+elected), the follower ends with exactly the leader's records, and its peak memory stays within the
+data's size plus a fixed base (the dirty pages of the one install transaction), not a multiple of it.
 
 The data size is `RAFTKV_SNAPSHOT_TEST_MB` (default 40); the figures (leader /metrics response times,
 follower peak RSS, catch-up time) are printed, so `-s` shows them (benchmarks/README.md, "Snapshot
@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import lmdb
+import msgpack
 
 from raftkv.client import AsyncClient, Client
 
 from .local_cluster import LocalCluster
-from .observe import wait_for
+from .observe import events_named, wait_for
 
 MB = 1 << 20
 DATA_MB = int(os.environ.get("RAFTKV_SNAPSHOT_TEST_MB", "40"))
@@ -30,12 +32,17 @@ BASE_RSS = 160 * MB
 """A node's peak RSS with nothing to install (Python, gRPC, LMDB's map), with a margin."""
 
 
-def _hwm(pid: int) -> int:
+def _status(pid: int, field: str) -> int:
+    """A memory figure of /proc/PID/status, in bytes."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    raise AssertionError(f"no {field}")
+
+
+def _hwm(pid: int) -> int:
+    return _status(pid, "VmHWM")
 
 
 async def _fill(endpoints: str, count: int, deadline: float) -> None:
@@ -50,6 +57,23 @@ async def _fill(endpoints: str, count: int, deadline: float) -> None:
                 await c.put(b"snap/%08d" % i, value)
 
         await asyncio.gather(*(writer() for _ in range(64)))
+
+
+class _Writer(threading.Thread):
+    """Small writes through the leader while the follower catches up (at most `limit`)."""
+
+    def __init__(self, endpoint: str, limit: int = 20_000) -> None:
+        super().__init__(daemon=True)
+        self.endpoint = endpoint
+        self.limit = limit
+        self.acked = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        with Client(self.endpoint, timeout=10) as c:
+            while not self.done.is_set() and self.acked < self.limit:
+                c.put(b"load/%06d" % self.acked, b"x" * 100)
+                self.acked += 1
 
 
 class _Scraper(threading.Thread):
@@ -99,23 +123,31 @@ def test_follower_catches_up_by_streamed_snapshot_without_stalling_the_leader(tm
         before = {i: c.status(i) for i in (leader, other)}
         assert before[leader].snapshot_index > 0 and before[leader].leader_id == leader
 
+        leader_hwm_before = _hwm(c.procs[leader].pid)
         scraper = _Scraper(f"http://127.0.0.1:{c.metrics_ports[leader]}/metrics")
         scraper.start()
+        writer = _Writer(c.address(leader))
+        writer.start()
         t0 = time.monotonic()
         c.start(lagger)
         c.wait_applied(lagger, before[leader].commit, timeout=240)
         catch_up = time.monotonic() - t0
         scraper.done.set()
+        writer.done.set()
         scraper.join()
+        writer.join()
         hwm = _hwm(c.procs[lagger].pid)
         leader_hwm = _hwm(c.procs[leader].pid)
+        # What the leader's RSS holds now: its own memory, and pages of the LMDB file it mapped to read them.
+        leader_anon, leader_file = (_status(c.procs[leader].pid, f) for f in ("RssAnon", "RssFile"))
 
         after = {i: c.status(i) for i in (leader, other, lagger)}
         lag_status = after[lagger]
         print(f"\nsnapshot catch-up: {count} keys, {DATA_MB} MiB: catch-up {catch_up:.2f} s; leader /metrics "
               f"{len(scraper.times)} scrapes, max {max(scraper.times, default=0) * 1000:.0f} ms, "
               f"failed {len(scraper.failures)}; follower VmHWM {hwm / MB:.0f} MiB; leader VmHWM "
-              f"{leader_hwm / MB:.0f} MiB; terms {before[leader].term} -> {after[leader].term}")
+              f"{leader_hwm_before / MB:.0f} -> {leader_hwm / MB:.0f} MiB (now anon {leader_anon / MB:.0f}, "
+              f"file {leader_file / MB:.0f}); {writer.acked} writes meanwhile; terms {before[leader].term} -> {after[leader].term}")
         assert lag_status.snapshot_index > 0, "the follower replayed the log instead of installing a snapshot"
         assert "installed snapshot" in c.log_text(lagger)
         # The leader stayed responsive and in charge: every scrape answered, nobody was elected.
@@ -128,13 +160,60 @@ def test_follower_catches_up_by_streamed_snapshot_without_stalling_the_leader(tm
         # Memory bounded by the data (LMDB's dirty pages of the one install transaction), not a multiple.
         assert hwm < DATA_MB * MB * 3 // 2 + BASE_RSS, f"follower peak RSS {hwm / MB:.0f} MiB for {DATA_MB} MiB"
 
-        with Client(c.address(lagger)) as cl:
-            got = cl.range("snap/", prefix=True, count_only=True, consistency="serializable",
-                           endpoint=c.address(lagger))
-            assert got.count == count
         wait_for("the follower to apply the leader's last entry",
                  lambda: c.status(lagger).applied >= c.status(leader).applied)
+        with Client(c.address(lagger)) as cl:
+            for prefix, n in (("snap/", count), ("load/", writer.acked)):
+                got = cl.range(prefix, prefix=True, count_only=True, consistency="serializable",
+                               endpoint=c.address(lagger))
+                assert got.count == n, prefix
     finally:
         c.stop_all()
     # Byte for byte: every record of the leader's kv, and nothing else.
+    assert _records(tmp_path / f"node{lagger}") == _records(tmp_path / f"node{leader}")
+
+
+def _meta_applied(path: Path) -> int:
+    env = lmdb.open(str(path), readonly=True, lock=False, max_dbs=16, subdir=True)
+    try:
+        with env.begin(db=env.open_db(b"meta", create=False)) as txn:
+            raw = txn.get(b"applied")
+        return int(msgpack.unpackb(raw)[0]) if raw is not None else 0
+    finally:
+        env.close()
+
+
+def test_a_stream_broken_midway_leaves_the_follower_untouched_and_is_retried(tmp_path: Path) -> None:
+    flags = ["--snapshot-entries", "2000", "--snapshot-keep-entries", "100"]
+    c = LocalCluster(tmp_path, extra=flags).start_all()
+    try:
+        leader = c.wait_leader()
+        lagger = next(i for i in (1, 2, 3) if i != leader)
+        assert c.stop(lagger) == 0
+        applied_before = _meta_applied(tmp_path / f"node{lagger}")
+        count = 20 * MB // VALUE
+        asyncio.run(_fill(c.address(leader), count, time.monotonic() + 300))
+        with Client(c.address(leader)) as cl:
+            cl.snapshot(endpoint=c.address(leader))
+        commit = c.status(leader).commit
+        c.start(lagger)
+        # Freeze the follower as the stream starts (flow control then holds the leader's sender), and
+        # kill it: the stream breaks midway.
+        wait_for("the leader to start a snapshot stream",
+                 lambda: events_named(c, leader, "sending snapshot"), every=0.005)
+        c.signal(lagger, signal.SIGSTOP)
+        c.kill(lagger)
+        wait_for("the leader to notice the broken stream", lambda: events_named(c, leader, "snapshot send failed; "
+                                                                                   "retrying"))
+        assert not events_named(c, lagger, "installed snapshot")
+        assert _meta_applied(tmp_path / f"node{lagger}") == applied_before
+        assert _records(tmp_path / f"node{lagger}") == {}  # nothing of the half stream was installed
+        c.start(lagger)
+        c.wait_applied(lagger, commit, timeout=120)
+        assert events_named(c, lagger, "installed snapshot")
+        assert not (tmp_path / f"node{lagger}" / "snapshot-staging").exists() or not any(
+            (tmp_path / f"node{lagger}" / "snapshot-staging").iterdir())
+        assert len(events_named(c, leader, "snapshot sent")) >= 1
+    finally:
+        c.stop_all()
     assert _records(tmp_path / f"node{lagger}") == _records(tmp_path / f"node{leader}")

@@ -1,0 +1,145 @@
+"""Snapshots as record streams on real LMDB files: a leader's store cut into pieces from one read
+transaction, staged and verified on a follower's, installed in the Ready's transaction; a corrupt piece,
+a short stream or a staged file damaged on disk is refused and leaves the follower's state as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from raftkv.core import CompactedError, ConfState, Entry, HardState, Snapshot
+from raftkv.storage import CorruptionError, LmdbNodeStore, cluster_id_for
+from raftkv.storage.commands import Put, Range, encode
+from raftkv.storage.snapshots import STAGING_DIR, SnapshotStreamError
+
+CID = cluster_id_for({1: "a:1", 2: "b:2", 3: "c:3"})
+CONF = ConfState(frozenset({1, 2, 3}))
+EVERYTHING = Range(b"", b"\0")
+
+
+def open_store(path: Path, node_id: int = 1) -> LmdbNodeStore:
+    return LmdbNodeStore(path, node_id, CID, map_size=64 << 20)
+
+
+def leader_with(path: Path, n: int, first: int = 4, term: int = 2) -> LmdbNodeStore:
+    s = open_store(path)
+    s.bootstrap(CONF, {1: b"m1", 2: b"m2"})
+    ents = [Entry(term, first + i, data=encode(Put(b"k%04d" % i, b"v%d" % i * 10))) for i in range(n)]
+    s.save_and_apply(HardState(term, 1, first + n - 1), ents, None, [Entry(1, i) for i in (1, 2, 3)] + ents, CONF,
+                     {1: b"m1", 2: b"m2"})
+    return s
+
+
+def stream(src: LmdbNodeStore, dst: LmdbNodeStore, chunk: int = 300) -> tuple[Snapshot, list[tuple[bytes, int]]]:
+    """Every piece of `src`'s snapshot, staged in `dst`; returns the snapshot to install and the pieces."""
+    reader = src.open_snapshot_reader(chunk)
+    pieces = []
+    while (p := reader.next_piece()) is not None:
+        pieces.append((p.data, p.crc))
+    stage = dst.stage_snapshot(reader.meta)
+    for data, crc in pieces:
+        stage.add(data, crc)
+    token = stage.finish(reader.count, reader.digest())
+    reader.close()
+    return Snapshot(reader.meta, token), pieces
+
+
+def staged_files(store: LmdbNodeStore) -> list[str]:
+    d = store.path / STAGING_DIR
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_streamed_snapshot_reproduces_the_leaders_records(tmp_path: Path) -> None:
+    src = leader_with(tmp_path / "a", 50)
+    assert src.compact(40, CONF) == 53
+    with pytest.raises(CompactedError):
+        src.entries(10, 20)
+    # The core's message carries metadata only, at once: no image is built.
+    snap = src.snapshot()
+    assert (snap.meta.index, snap.meta.term, snap.meta.conf, snap.data) == (53, 2, CONF, b"")
+    dst = open_store(tmp_path / "b", node_id=2)
+    dst.save_and_apply(HardState(1, 0, 0), [Entry(1, 1, data=encode(Put(b"stale", b"gone")))], None,
+                       [Entry(1, 1, data=encode(Put(b"stale", b"gone")))], None, {3: b"m3"})
+    staged, pieces = stream(src, dst)
+    assert len(pieces) > 5  # many bounded pieces, not one image
+    assert staged.meta == snap.meta and len(staged_files(dst)) == 1
+    dst.save_and_apply(HardState(2, 0, 53), [], staged, [], None, None)
+    assert dst.applied_index() == 53 and dst.first_index() == 54 and dst.last_index() == 53
+    assert dst.range(EVERYTHING).kvs == src.range(EVERYTHING).kvs  # the stale key is gone
+    assert dst.load_members() == {1: b"m1", 2: b"m2"}
+    assert staged_files(dst) == []  # the installed stage is removed
+    dst.close()
+    dst = open_store(tmp_path / "b", node_id=2)  # survives a restart
+    assert dst.get(b"k0049").value == b"v49" * 10 and dst.snapshot().meta.index == 53 and dst.term(53) == 2
+
+
+def test_reader_sees_one_point_of_the_log(tmp_path: Path) -> None:
+    """Metadata and records come from one read transaction, whatever is applied while the stream goes."""
+    src = leader_with(tmp_path / "a", 20)
+    reader = src.open_snapshot_reader(100)
+    later = [Entry(2, 24, data=encode(Put(b"later", b"x")))]
+    src.save_and_apply(HardState(2, 1, 24), later, None, later, None, None)
+    dst = open_store(tmp_path / "b", node_id=2)
+    stage = dst.stage_snapshot(reader.meta)
+    while (p := reader.next_piece()) is not None:
+        stage.add(p.data, p.crc)
+    snap = Snapshot(reader.meta, stage.finish(reader.count, reader.digest()))
+    reader.close()
+    assert snap.meta.index == 23
+    dst.save_and_apply(HardState(2, 0, 23), [], snap, [], None, None)
+    assert dst.get(b"later") is None and dst.get(b"k0019") is not None
+
+
+def test_corrupt_piece_or_short_stream_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    src = leader_with(tmp_path / "a", 30)
+    dst = leader_with(tmp_path / "b", 3, term=1)
+    before = dst.range(EVERYTHING).kvs
+    reader = src.open_snapshot_reader(200)
+    pieces = []
+    while (p := reader.next_piece()) is not None:
+        pieces.append((p.data, p.crc))
+
+    stage = dst.stage_snapshot(reader.meta)
+    stage.add(*pieces[0])
+    data, crc = pieces[1]
+    flipped = data[:10] + bytes([data[10] ^ 0x01]) + data[11:]
+    with pytest.raises(SnapshotStreamError, match="piece 1 .* fails its checksum"):
+        stage.add(flipped, crc)
+    stage.abort()
+
+    stage = dst.stage_snapshot(reader.meta)
+    for piece in pieces[:-1]:  # the last piece never came
+        stage.add(*piece)
+    with pytest.raises(SnapshotStreamError, match="does not check out"):
+        stage.finish(reader.count, reader.digest())
+    stage.abort()
+
+    stage = dst.stage_snapshot(reader.meta)
+    for piece in pieces:
+        stage.add(*piece)
+    with pytest.raises(SnapshotStreamError, match="SHA-256 differs"):
+        stage.finish(reader.count, b"\0" * 32)
+    stage.abort()
+    reader.close()
+    assert staged_files(dst) == [] and dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6
+
+
+def test_staged_file_damaged_on_disk_is_refused_at_install(tmp_path: Path) -> None:
+    src = leader_with(tmp_path / "a", 30)
+    dst = leader_with(tmp_path / "b", 3, term=1)
+    before = dst.range(EVERYTHING).kvs
+    snap, _ = stream(src, dst)
+    path = dst.path / STAGING_DIR / staged_files(dst)[0]
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptionError, match="staged snapshot at index 33 fails its checksum") as e:
+        dst.save_and_apply(HardState(2, 0, 33), [], snap, [], None, None)
+    assert str(path) in str(e.value)
+    # The install's transaction was never committed: the follower is as it was.
+    assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6 and dst.last_index() == 6
+    dst.close()
+    reopened = open_store(tmp_path / "b")
+    assert reopened.range(EVERYTHING).kvs == before and reopened.applied_index() == 6
+    assert staged_files(reopened) == []  # what a stopped node left behind is cleared on start
