@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 import structlog
 
-from ..core import Message, Snapshot, SnapshotMeta
+from ..core import Message, MessageType, Snapshot, SnapshotMeta
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import aio_channel
@@ -193,45 +193,12 @@ async def receive(owner: Transport, request_iterator: AsyncIterator[pb.SnapshotC
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"node {owner.node_id} is receiving {owner.receiving} snapshots already")
     owner.receiving += 1
-    stage: SnapshotStage | None = None
-    token = b""
     try:
-        first = await anext(aiter(request_iterator), None)
-        if first is None or not first.message.HasField("snapshot"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a snapshot stream starts with its message")
-        sender = getattr(first, "from")
-        ours = owner.cluster_id()
-        if first.cluster_id and ours and first.cluster_id != ours:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"node {owner.node_id} belongs to cluster {ours.hex()}, not {first.cluster_id.hex()}")
-        if not ours and first.cluster_id:
-            owner.adopt_cluster_id(first.cluster_id)
-        if sender not in owner.peers and first.from_address and sender != owner.node_id:
-            owner.add_peer(sender, first.from_address)
-        msg = from_proto(first.message)
+        msg = await _admit(owner, await anext(aiter(request_iterator), None), context)
         assert msg.snapshot is not None
         meta = msg.snapshot.meta
-        started = time.monotonic()
-        stage = await asyncio.to_thread(store.stage_snapshot, meta)
-        ended = False
-        try:
-            async for chunk in request_iterator:
-                if chunk.data:
-                    await asyncio.to_thread(stage.add, chunk.data, chunk.crc)
-                if chunk.last:
-                    token = await asyncio.to_thread(stage.finish, chunk.records, chunk.sha256)
-                    ended = True
-                    break
-        except ValueError as e:  # the store's SnapshotStreamError, or a piece that cannot be read
-            log.error("snapshot refused: corrupt stream", leader=sender, index=meta.index, error=str(e))
-            await context.abort(grpc.StatusCode.DATA_LOSS, f"node {owner.node_id} refused the snapshot: {e}")
-        if not ended:
-            log.warning("snapshot stream ended before its last piece; nothing installed", leader=sender,
-                        index=meta.index)
-            await context.abort(grpc.StatusCode.ABORTED, "the snapshot stream ended early")
-        log.info("snapshot received", leader=sender, index=meta.index, term=meta.term,
-                 seconds=round(time.monotonic() - started, 2))
-        stage = None  # complete: from here on the token, and whoever holds it, own the file
+        token = await _stage(owner, store, meta, msg.frm, request_iterator, context)
+        # Complete: from here on the token, and whoever holds it, own the staged file.
         outcome = asyncio.ensure_future(install(dataclasses.replace(msg, snapshot=Snapshot(meta, token))))
 
         def not_needed(f: asyncio.Future[bool]) -> None:
@@ -247,5 +214,54 @@ async def receive(owner: Transport, request_iterator: AsyncIterator[pb.SnapshotC
         return pb.InstallSnapshotResponse(installed=installed)
     finally:
         owner.receiving -= 1
-        if stage is not None:
+
+
+async def _admit(owner: Transport, first: pb.SnapshotChunk | None, context: grpc.aio.ServicerContext) -> Message:
+    """The stream's first chunk: its snapshot message, from a sender of this cluster (as on `Send`)."""
+    if first is None or first.message.type != MessageType.SNAP or not first.message.HasField("snapshot"):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a snapshot stream starts with its snapshot message")
+    assert first is not None
+    sender = getattr(first, "from")
+    ours = owner.cluster_id()
+    if first.cluster_id and ours and first.cluster_id != ours:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"node {owner.node_id} belongs to cluster {ours.hex()}, not {first.cluster_id.hex()}")
+    if not ours and first.cluster_id:
+        owner.adopt_cluster_id(first.cluster_id)
+    if sender not in owner.peers and first.from_address and sender != owner.node_id:
+        owner.add_peer(sender, first.from_address)
+    return from_proto(first.message)
+
+
+async def _stage(owner: Transport, store: SnapshotStore, meta: SnapshotMeta, sender: int,
+                 request_iterator: AsyncIterator[pb.SnapshotChunk], context: grpc.aio.ServicerContext) -> bytes:
+    """Write the pieces to a staging file as they come (off the loop), verified; returns the token of the
+    complete stage. Any other end removes the file and fails the call."""
+    started = time.monotonic()
+    stage: SnapshotStage | None = None
+    token = b""
+    try:
+        stage = await asyncio.to_thread(store.stage_snapshot, meta)
+        async for chunk in request_iterator:
+            if chunk.data:
+                await asyncio.to_thread(stage.add, chunk.data, chunk.crc)
+            if chunk.last:
+                token = await asyncio.to_thread(stage.finish, chunk.records, chunk.sha256)
+                break
+    except ValueError as e:  # the store's SnapshotStreamError
+        log.error("snapshot refused: corrupt stream", leader=sender, index=meta.index, error=str(e))
+        await context.abort(grpc.StatusCode.DATA_LOSS, f"node {owner.node_id} refused the snapshot: {e}")
+    except OSError as e:  # a full or failing disk: nothing is installed, the leader retries later
+        log.error("snapshot cannot be staged", leader=sender, index=meta.index, error=str(e))
+        await context.abort(grpc.StatusCode.UNAVAILABLE,
+                            f"node {owner.node_id} cannot stage the snapshot: {e.strerror or e}")
+    finally:
+        if not token and stage is not None:
             stage.abort()
+    if not token:
+        log.warning("snapshot stream ended before its last piece; nothing installed", leader=sender,
+                    index=meta.index)
+        await context.abort(grpc.StatusCode.ABORTED, "the snapshot stream ended early")
+    log.info("snapshot received", leader=sender, index=meta.index, term=meta.term,
+             seconds=round(time.monotonic() - started, 2))
+    return token

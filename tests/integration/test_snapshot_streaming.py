@@ -157,6 +157,9 @@ def test_follower_catches_up_by_streamed_snapshot_without_stalling_the_leader(tm
             assert after[i].leader_changes == before[i].leader_changes, i
             assert after[i].leader_id == leader
         assert lag_status.term == before[leader].term and lag_status.leader_id == leader
+        # Nor did the follower itself start an election after installing (while it installed, the leader's
+        # heartbeats waited in its inbox).
+        assert not [e for e in events_named(c, lagger, "leader changed") if e["role"] != "follower"]
         # Memory bounded by the data (LMDB's dirty pages of the one install transaction), not a multiple.
         assert hwm < DATA_MB * MB * 3 // 2 + BASE_RSS, f"follower peak RSS {hwm / MB:.0f} MiB for {DATA_MB} MiB"
 

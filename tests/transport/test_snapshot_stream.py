@@ -109,6 +109,22 @@ async def test_snapshot_streams_installs_and_is_reported_only_once_installed(tmp
 
 
 @pytest.mark.asyncio
+async def test_a_snapshot_the_follower_did_not_need_is_dropped_there(tmp_path: Path) -> None:
+    src = leader_store(tmp_path / "a", 50)
+    dst = LmdbNodeStore(tmp_path / "b", 2, CID, map_size=64 << 20)
+
+    async def already_held(m: Message) -> bool:
+        return False  # the core held everything the snapshot covers
+
+    async with Node(1, src) as leader, Node(2, dst, already_held) as follower:
+        leader.t.add_peer(2, follower.address)
+        leader.t.send([Message(MessageType.SNAP, to=2, frm=1, term=3, snapshot=src.snapshot())])
+        await until(lambda: leader.statuses)
+        assert leader.statuses == [(2, True)]  # the follower holds the data: no reason to send it again
+    assert staged(dst) == [] and dst.applied_index() == 0
+
+
+@pytest.mark.asyncio
 async def test_a_failed_stream_is_reported_as_failed(tmp_path: Path) -> None:
     src = leader_store(tmp_path / "a", 10)
     async with Node(1, src) as leader, Node(2, None) as follower:  # takes no snapshot streams
