@@ -17,6 +17,7 @@ every read transaction a consistent view.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import struct
@@ -95,7 +96,7 @@ class LmdbNodeStore:
         self.last_apply_seconds = 0.0
         """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
         self._init_meta(node_id, cluster_id)
-        snapshots.clear_staging(self.path)
+        self._open_generations()
         self._load_cache()
         self._verify_tail()
 
@@ -239,9 +240,28 @@ class LmdbNodeStore:
     # ------------------------------------------------------------------------------------------
     # Snapshot streams (see snapshots.py)
     # ------------------------------------------------------------------------------------------
+    def _open_generations(self) -> None:
+        """Point `kv_db` and `members_db` at the live generation of the state machine (see snapshots.py),
+        and empty the other one of what an interrupted stage left there."""
+        self._stage_lock = threading.Lock()
+        self._stage_owner: object | None = None  # a stage under way, or the token of a complete one
+        with self.env.begin(db=self.meta_db) as txn:
+            self._generation = int(txn.get(b"state_gen") or b"0")
+        live = [self.env.open_db(n) for n in snapshots.generation_names(self._generation)]
+        self._staging_dbs = [self.env.open_db(n) for n in snapshots.generation_names(1 - self._generation)]
+        self._set_live(live)
+        with self.env.begin(write=True) as txn:
+            for db in self._staging_dbs:
+                if txn.stat(db)["entries"]:
+                    txn.drop(db, delete=False)
+
+    def _set_live(self, dbs: list[Any]) -> None:
+        by_name = dict(zip(snapshots.SNAPSHOT_DBS, dbs, strict=True))
+        self.kv_db, self.members_db = by_name[b"kv"], by_name[b"members"]
+
     def _snapshot_dbs(self) -> list[Any]:
-        dbs = {b"kv": self.kv_db, b"members": self.members_db}
-        return [dbs[name] for name in snapshots.SNAPSHOT_DBS]
+        by_name = {b"kv": self.kv_db, b"members": self.members_db}
+        return [by_name[name] for name in snapshots.SNAPSHOT_DBS]
 
     def open_snapshot_reader(self, chunk_bytes: int) -> snapshots.SnapshotReader:
         """The state machine as of now, in pieces, from one read transaction; use it on one thread."""
@@ -253,13 +273,42 @@ class LmdbNodeStore:
         return SnapshotMeta(applied, self._term_in(txn, applied), _conf_from_wire(conf))
 
     def stage_snapshot(self, meta: SnapshotMeta) -> snapshots.SnapshotStage:
-        """Somewhere to put a snapshot as it arrives; `finish()` gives the token for the core's message."""
-        return snapshots.SnapshotStage(self.path / snapshots.STAGING_DIR, meta)
+        """Somewhere to put a snapshot as it arrives; `finish()` gives the token for the core's message.
+        One at a time: another stage, or a complete one not yet installed or discarded, makes this raise
+        OSError(EBUSY) (the sender retries later)."""
+        with self._stage_lock:
+            if self._stage_owner is not None:
+                raise OSError(errno.EBUSY, "another snapshot is being received or installed")
+            self._stage_owner = owner = object()
+
+        def release() -> None:
+            with self._stage_lock:
+                if self._stage_owner is owner:
+                    self._stage_owner = None
+
+        try:
+            stage = snapshots.SnapshotStage(self.env, self._staging_dbs, meta, release)
+        except BaseException:
+            release()
+            raise
+        original_finish = stage.finish
+
+        def finish(records: int, sha256: bytes) -> bytes:
+            token = original_finish(records, sha256)
+            with self._stage_lock:
+                if self._stage_owner is owner:
+                    self._stage_owner = token  # complete: held for the install until it happens or is dropped
+            return token
+
+        stage.finish = finish  # type: ignore[method-assign]
+        return stage
 
     def discard_staged(self, token: bytes) -> None:
-        """A staged snapshot the core did not take (it held everything already); installed ones are gone."""
-        if snapshots.is_staged(token):
-            snapshots.staged_path(self.path / snapshots.STAGING_DIR, token).unlink(missing_ok=True)
+        """A staged snapshot the core did not take (it held everything already): the next stage may begin.
+        Its records stay in the staging generation until that stage empties it."""
+        with self._stage_lock:
+            if self._stage_owner == token:
+                self._stage_owner = None
 
     # ------------------------------------------------------------------------------------------
     # Host writes
@@ -361,6 +410,8 @@ class LmdbNodeStore:
                      members: dict[int, bytes] | None) -> list[Any]:
         results: list[Any] = []
         if snapshot is not None:
+            if committed and snapshots.is_staged(snapshot.data):  # never from the core (see _install)
+                raise StorageError(f"{self.file}: committed entries in the Ready of a staged snapshot")
             self._install(txn, snapshot)
         if entries:
             first = entries[0].index
@@ -397,7 +448,8 @@ class LmdbNodeStore:
             self._last_index, self._last_term = m.index, m.term
             self._applied, self._applied_conf = m.index, m.conf
             self._snap_point = m.index
-            self.discard_staged(snapshot.data)
+            if snapshots.is_staged(snapshot.data):
+                self._switched_generation()
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -424,11 +476,15 @@ class LmdbNodeStore:
 
     def _install(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
         """Make the snapshot's records the state machine, in the Ready's transaction: a staged stream (the
-        usual case), or data that came whole inside the message (from a node of an earlier version)."""
+        usual case: the staged generation becomes the live one, see `_switched_generation`; the handles
+        move after the commit, so nothing else in this transaction may touch the state machine), or data
+        that came whole inside the message (from a node of an earlier version)."""
         m = snap.meta
         if snapshots.is_staged(snap.data):
-            path = snapshots.staged_path(self.path / snapshots.STAGING_DIR, snap.data)
-            snapshots.install_staged(txn, self._snapshot_dbs(), path, m.index)
+            with self._stage_lock:
+                if self._stage_owner != snap.data:
+                    raise StorageError(f"{self.file}: the snapshot at index {m.index} is not the one staged here")
+            txn.put(b"state_gen", b"%d" % (1 - self._generation), db=self.meta_db)
         else:
             self._install_whole(txn, snap)
         txn.drop(self.log_db, delete=False)
@@ -436,6 +492,19 @@ class LmdbNodeStore:
         txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
         txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), None]), db=self.meta_db)
         txn.delete(b"data", db=self.snap_db)
+
+    def _switched_generation(self) -> None:
+        """After the install's commit: the staged generation is live; the old one is emptied (in a
+        transaction of its own, after readers have moved to the new handles) and becomes the staging one."""
+        old = self._snapshot_dbs()
+        self._set_live(self._staging_dbs)
+        self._staging_dbs = old
+        self._generation = 1 - self._generation
+        with self._stage_lock:
+            self._stage_owner = None
+        with self.env.begin(write=True) as txn:
+            for db in old:
+                txn.drop(db, delete=False)
 
     def _install_whole(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
         try:

@@ -9,15 +9,17 @@ once it has installed the snapshot, is what the leader's core is told (`report_s
 then; a broken stream, a refusal or a deadline is reported as a failure after a back-off, and the core
 sends a new snapshot message, so the stream is retried from the start.
 
-On the follower, `receive` stages the pieces on disk as they come (the store's `SnapshotStage`, off the
-loop), refuses a corrupt piece (DATA_LOSS, logged), checks the count and SHA-256 at the end, and only then
-hands the core the snapshot message, its data a token naming the staged file; the host installs it in the
-Ready's transaction and answers. A stream that ends early leaves nothing behind but a removed file."""
+On the follower, `receive` stages the pieces as they come (the store's `SnapshotStage`, off the loop, a
+transaction per piece), refuses a corrupt piece (DATA_LOSS, logged), checks the count and SHA-256 at the
+end, and only then hands the core the snapshot message, its data a token naming the stage; the host
+installs it in the Ready's transaction and answers. A stream that ends early leaves the live state as it
+was."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +200,7 @@ async def receive(owner: Transport, request_iterator: AsyncIterator[pb.SnapshotC
         assert msg.snapshot is not None
         meta = msg.snapshot.meta
         token = await _stage(owner, store, meta, msg.frm, request_iterator, context)
-        # Complete: from here on the token, and whoever holds it, own the staged file.
+        # Complete: from here on the token, and whoever holds it, own the stage.
         outcome = asyncio.ensure_future(install(dataclasses.replace(msg, snapshot=Snapshot(meta, token))))
 
         def not_needed(f: asyncio.Future[bool]) -> None:
@@ -235,8 +237,8 @@ async def _admit(owner: Transport, first: pb.SnapshotChunk | None, context: grpc
 
 async def _stage(owner: Transport, store: SnapshotStore, meta: SnapshotMeta, sender: int,
                  request_iterator: AsyncIterator[pb.SnapshotChunk], context: grpc.aio.ServicerContext) -> bytes:
-    """Write the pieces to a staging file as they come (off the loop), verified; returns the token of the
-    complete stage. Any other end removes the file and fails the call."""
+    """Write the pieces to a stage as they come (off the loop), verified; returns the token of the
+    complete stage. Any other end gives the stage up and fails the call."""
     started = time.monotonic()
     stage: SnapshotStage | None = None
     token = b""
@@ -251,8 +253,9 @@ async def _stage(owner: Transport, store: SnapshotStore, meta: SnapshotMeta, sen
     except ValueError as e:  # the store's SnapshotStreamError
         log.error("snapshot refused: corrupt stream", leader=sender, index=meta.index, error=str(e))
         await context.abort(grpc.StatusCode.DATA_LOSS, f"node {owner.node_id} refused the snapshot: {e}")
-    except OSError as e:  # a full or failing disk: nothing is installed, the leader retries later
-        log.error("snapshot cannot be staged", leader=sender, index=meta.index, error=str(e))
+    except OSError as e:  # busy with another, or a full or failing disk: the leader retries later
+        (log.warning if e.errno == errno.EBUSY else log.error)(
+            "snapshot cannot be staged", leader=sender, index=meta.index, error=str(e))
         await context.abort(grpc.StatusCode.UNAVAILABLE,
                             f"node {owner.node_id} cannot stage the snapshot: {e.strerror or e}")
     finally:

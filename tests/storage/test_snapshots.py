@@ -1,17 +1,19 @@
 """Snapshots as record streams on real LMDB files: a leader's store cut into pieces from one read
-transaction, staged and verified on a follower's, installed in the Ready's transaction; a corrupt piece,
-a short stream or a staged file damaged on disk is refused and leaves the follower's state as it was."""
+transaction, staged and verified on a follower's, installed in the Ready's transaction by switching the
+state machine's generation; a corrupt piece, a short stream, a second stream at once or a stage cut off by
+a restart is refused and leaves the follower's state as it was."""
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import pytest
 
 from raftkv.core import CompactedError, ConfState, Entry, HardState, Snapshot
-from raftkv.storage import CorruptionError, LmdbNodeStore, cluster_id_for
+from raftkv.storage import LmdbNodeStore, StorageError, cluster_id_for
 from raftkv.storage.commands import Put, Range, encode
-from raftkv.storage.snapshots import STAGING_DIR, SnapshotStreamError
+from raftkv.storage.snapshots import SnapshotStreamError
 
 CID = cluster_id_for({1: "a:1", 2: "b:2", 3: "c:3"})
 CONF = ConfState(frozenset({1, 2, 3}))
@@ -45,9 +47,9 @@ def stream(src: LmdbNodeStore, dst: LmdbNodeStore, chunk: int = 300) -> tuple[Sn
     return Snapshot(reader.meta, token), pieces
 
 
-def staged_files(store: LmdbNodeStore) -> list[str]:
-    d = store.path / STAGING_DIR
-    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+def staged_records(store: LmdbNodeStore) -> int:
+    with store.env.begin() as txn:
+        return sum(txn.stat(db)["entries"] for db in store._staging_dbs)
 
 
 def test_streamed_snapshot_reproduces_the_leaders_records(tmp_path: Path) -> None:
@@ -63,15 +65,25 @@ def test_streamed_snapshot_reproduces_the_leaders_records(tmp_path: Path) -> Non
                        [Entry(1, 1, data=encode(Put(b"stale", b"gone")))], None, {3: b"m3"})
     staged, pieces = stream(src, dst)
     assert len(pieces) > 5  # many bounded pieces, not one image
-    assert staged.meta == snap.meta and len(staged_files(dst)) == 1
+    assert staged.meta == snap.meta and staged_records(dst) == 52  # 50 keys and 2 members
+    assert dst.get(b"stale") is not None  # staged beside the live state, which is untouched
     dst.save_and_apply(HardState(2, 0, 53), [], staged, [], None, None)
     assert dst.applied_index() == 53 and dst.first_index() == 54 and dst.last_index() == 53
     assert dst.range(EVERYTHING).kvs == src.range(EVERYTHING).kvs  # the stale key is gone
     assert dst.load_members() == {1: b"m1", 2: b"m2"}
-    assert staged_files(dst) == []  # the installed stage is removed
+    assert staged_records(dst) == 0  # the old generation is emptied
     dst.close()
     dst = open_store(tmp_path / "b", node_id=2)  # survives a restart
     assert dst.get(b"k0049").value == b"v49" * 10 and dst.snapshot().meta.index == 53 and dst.term(53) == 2
+    assert dst.get(b"stale") is None and dst.load_members() == {1: b"m1", 2: b"m2"}
+    # A second install switches back to the first generation.
+    src2 = leader_with(tmp_path / "c", 5, term=3)
+    again, _ = stream(src2, dst)
+    dst.save_and_apply(HardState(3, 0, 8), [], again, [], None, None)
+    assert dst.range(EVERYTHING).kvs == src2.range(EVERYTHING).kvs
+    dst.close()
+    dst = open_store(tmp_path / "b", node_id=2)
+    assert dst.range(EVERYTHING).kvs == src2.range(EVERYTHING).kvs and dst.applied_index() == 8
 
 
 def test_reader_sees_one_point_of_the_log(tmp_path: Path) -> None:
@@ -122,24 +134,41 @@ def test_corrupt_piece_or_short_stream_is_refused_and_nothing_changes(tmp_path: 
         stage.finish(reader.count, b"\0" * 32)
     stage.abort()
     reader.close()
-    assert staged_files(dst) == [] and dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6
+    assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6
 
 
-def test_staged_file_damaged_on_disk_is_refused_at_install(tmp_path: Path) -> None:
+def test_one_stage_at_a_time_and_only_the_staged_token_installs(tmp_path: Path) -> None:
     src = leader_with(tmp_path / "a", 30)
     dst = leader_with(tmp_path / "b", 3, term=1)
     before = dst.range(EVERYTHING).kvs
     snap, _ = stream(src, dst)
-    path = dst.path / STAGING_DIR / staged_files(dst)[0]
-    raw = bytearray(path.read_bytes())
-    raw[len(raw) // 2] ^= 0x40
-    path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptionError, match="staged snapshot at index 33 fails its checksum") as e:
-        dst.save_and_apply(HardState(2, 0, 33), [], snap, [], None, None)
-    assert str(path) in str(e.value)
-    # The install's transaction was never committed: the follower is as it was.
-    assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6 and dst.last_index() == 6
-    dst.close()
+    with pytest.raises(OSError) as busy:  # complete but not yet installed: another would overwrite it
+        dst.stage_snapshot(snap.meta)
+    assert busy.value.errno == errno.EBUSY
+    forged = Snapshot(snap.meta, snap.data[:-4] + b"beef")
+    with pytest.raises(StorageError, match="not the one staged here"):
+        dst.save_and_apply(HardState(2, 0, 33), [], forged, [], None, None)
+    assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6
+    dst.discard_staged(snap.data)  # the core did not take it: the next stage may begin
+    dst.stage_snapshot(snap.meta).abort()
+
+
+def test_a_stage_cut_off_by_a_restart_leaves_the_state_and_is_emptied(tmp_path: Path) -> None:
+    src = leader_with(tmp_path / "a", 30)
+    dst = leader_with(tmp_path / "b", 3, term=1)
+    before = dst.range(EVERYTHING).kvs
+    reader = src.open_snapshot_reader(200)
+    stage = dst.stage_snapshot(reader.meta)
+    for _ in range(3):
+        p = reader.next_piece()
+        assert p is not None
+        stage.add(p.data, p.crc)
+    reader.close()
+    assert staged_records(dst) > 0
+    dst.close()  # stopped mid-stream
     reopened = open_store(tmp_path / "b")
     assert reopened.range(EVERYTHING).kvs == before and reopened.applied_index() == 6
-    assert staged_files(reopened) == []  # what a stopped node left behind is cleared on start
+    assert staged_records(reopened) == 0
+    snap, _ = stream(src, reopened)  # and the retried stream installs
+    reopened.save_and_apply(HardState(2, 0, 33), [], snap, [], None, None)
+    assert reopened.range(EVERYTHING).kvs == src.range(EVERYTHING).kvs
