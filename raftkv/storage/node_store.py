@@ -3,9 +3,12 @@
 - `log`: u64 big-endian index -> msgpack [term, type, data, crc32]; the crc covers index, term, type and
   data and is verified on every read, so a flipped bit is reported, never replicated or applied;
 - `meta`: format version, node id, cluster id, hard state, applied record (index + membership as of
-  it), compaction point, snapshot metadata;
+  it), compaction point, snapshot metadata, `state_gen` (which generation of the state machine is live);
 - `kv`: the key-value state machine (see state_machine.py);
 - `members`: member id -> address and replication marks;
+- `kv~1`, `members~1`: the other generation of those two: a snapshot from a leader is staged there and
+  installed by switching generations (snapshots.py), so either pair may be the live one: use `kv_db` and
+  `members_db`, never the names;
 - `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py).
 
 Writes come from the host, one at a time: `save_and_apply` makes one Ready durable -- snapshot, entries,
@@ -53,6 +56,11 @@ _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
 
 
+_STATE_HANDLES = {b"kv": "kv_db", b"members": "members_db"}
+"""The attribute holding the live handle of each sub-database of the state machine (snapshots.SNAPSHOT_DBS):
+a sub-database added to the state machine goes in both."""
+
+
 def cluster_id_for(peers: dict[int, str], token: str = "") -> bytes:
     """A founding cluster's id, the same on every founding node: derived from the founding members (and
     an optional token to tell apart clusters founded with the same addresses)."""
@@ -83,7 +91,7 @@ class LmdbNodeStore:
         self.path.mkdir(parents=True, exist_ok=True)
         self.file = str(self.path / "data.mdb")
         try:
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=8, subdir=True, sync=True,
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, subdir=True, sync=True,
                                  metasync=True, lock=True, max_readers=256, readahead=False)
         except lmdb.Error as e:
             raise StorageError(f"{self.path}: cannot open the LMDB environment: {e}") from None
@@ -256,12 +264,11 @@ class LmdbNodeStore:
                     txn.drop(db, delete=False)
 
     def _set_live(self, dbs: list[Any]) -> None:
-        by_name = dict(zip(snapshots.SNAPSHOT_DBS, dbs, strict=True))
-        self.kv_db, self.members_db = by_name[b"kv"], by_name[b"members"]
+        for name, db in zip(snapshots.SNAPSHOT_DBS, dbs, strict=True):
+            setattr(self, _STATE_HANDLES[name], db)
 
     def _snapshot_dbs(self) -> list[Any]:
-        by_name = {b"kv": self.kv_db, b"members": self.members_db}
-        return [by_name[name] for name in snapshots.SNAPSHOT_DBS]
+        return [getattr(self, _STATE_HANDLES[name]) for name in snapshots.SNAPSHOT_DBS]
 
     def open_snapshot_reader(self, chunk_bytes: int) -> snapshots.SnapshotReader:
         """The state machine as of now, in pieces, from one read transaction; use it on one thread."""
