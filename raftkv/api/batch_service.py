@@ -60,6 +60,7 @@ class BatchExecutor:
         ops = request.ops
         if len(ops) > MAX_BATCH_OPS:
             raise invalid(f"batch has {len(ops)} operations; the limit is {MAX_BATCH_OPS}")
+        self.v.request_size(request, "batch request")
         results: list[pb.BatchResult | None] = [None] * len(ops)
         writes: list[tuple[int, str, bytes, AckRequest, bool]] = []
         reads: dict[bytes, tuple[pb.ReadOptions, list[tuple[int, str, Any]]]] = {}
@@ -67,10 +68,12 @@ class BatchExecutor:
             kind = op.WhichOneof("op")
             try:
                 if kind == "put":
+                    self.v.request_size(op.put, "put request")
                     cmd: commands.Command = self.v.put(op.put)
                     ack = self.v.ack(op.put.write)
                     writes.append((i, kind, commands.encode(cmd), ack, op.put.prev_kv or ack.level != AckLevel.LEADER))
                 elif kind == "delete":
+                    self.v.request_size(op.delete, "delete request")
                     cmd = self.v.delete(op.delete)
                     writes.append((i, kind, commands.encode(cmd), self.v.ack(op.delete.write), True))
                 elif kind == "get":

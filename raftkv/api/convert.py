@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import grpc
+from google.protobuf.message import Message
+
 from ..layers.acks import AckLevel, AckRequest
 from ..layers.reads import ReadLevel, StalenessBound
 from ..proto.stubs import kv_pb2 as pb
 from ..server.config import ServerConfig
 from ..storage.commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn
-from .errors import invalid
+from .errors import RequestError, invalid
 
 ACK_FROM_PB = {pb.ACK_DEFAULT: AckLevel.MAJORITY, pb.ACK_LEADER: AckLevel.LEADER, pb.ACK_MAJORITY: AckLevel.MAJORITY,
                pb.ACK_SEMI_SYNC: AckLevel.SEMI_SYNC, pb.ACK_SYNC: AckLevel.SYNC}
@@ -25,6 +28,17 @@ RESULTS = {pb.Compare.EQUAL: "=", pb.Compare.NOT_EQUAL: "!=", pb.Compare.LESS: "
 class Validator:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
+
+    def request_size(self, r: Message, what: str = "request") -> None:
+        """Refuse a write request over --max-request-bytes before it is proposed: one big entry makes every
+        follower receive, fsync and apply it, and a leader that stalls on it loses its lease (etcd's
+        "request is too large")."""
+        size = r.ByteSize()
+        limit = self.cfg.max_request_bytes
+        if size > limit:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{what} is too large: {size} bytes; the limit is {limit} bytes (--max-request-bytes)",
+                               "REQUEST_TOO_LARGE", {"size": str(size), "limit": str(limit)})
 
     def key(self, key: bytes, what: str = "key") -> bytes:
         if not key:

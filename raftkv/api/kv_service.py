@@ -70,6 +70,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     # -- RPCs ----------------------------------------------------------------------------------
     @rpc
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
+        self.v.request_size(request)
         cmd = self.v.put(request)
         out = await self._write("Put", request, context, cmd, request.write, request.prev_kv)
         if not isinstance(out, WriteOutcome):
@@ -80,6 +81,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        self.v.request_size(request)
         cmd = self.v.delete(request)
         out = await self._write("Delete", request, context, cmd, request.write, True)
         if not isinstance(out, WriteOutcome):
@@ -90,6 +92,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @rpc
     async def Txn(self, request: pb.TxnRequest, context: grpc.aio.ServicerContext) -> pb.TxnResponse:
+        self.v.request_size(request)
         cmd = self.v.txn(request)
         out = await self._write("Txn", request, context, cmd, request.write, True)
         if not isinstance(out, WriteOutcome):
