@@ -25,7 +25,7 @@ from ..layers.acks import AckLevel, AckRequest
 from ..proto.stubs import kv_pb2 as pb
 from ..status import error_info
 from ..storage import commands
-from .convert import delete_to_pb, kv_to_pb, put_to_pb, range_to_pb
+from .convert import delete_to_pb, kv_to_pb, put_to_pb
 from .errors import RequestError, classify, invalid
 from .reads import ForwardToLeader, prepare_read
 
@@ -151,7 +151,7 @@ class BatchExecutor:
                         reply.kv.CopyFrom(kv_to_pb(kv))
                     results[i] = pb.BatchResult(get=reply)
                 else:
-                    reply = range_to_pb(store.range(arg))
+                    reply = await self.kv.range_reply(arg)
                     reply.meta.CopyFrom(meta)
                     results[i] = pb.BatchResult(range=reply)
             except Exception as e:  # noqa: BLE001

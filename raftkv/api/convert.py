@@ -66,7 +66,10 @@ class Validator:
     def range(self, r: pb.RangeRequest) -> Range:
         if not r.key and r.range_end != b"\0":
             raise invalid("key must not be empty (use range_end \\0 with an empty key to read everything)")
-        return Range(r.key, self.range_end(r.range_end), r.limit, r.keys_only, r.count_only)
+        # The server's key-count bound is the limit whenever the client asks for more (or for no limit);
+        # the byte bound is applied by the scan (`range_read`), which always returns at least one key.
+        limit = min(r.limit, self.cfg.max_range_keys) if r.limit else self.cfg.max_range_keys
+        return Range(r.key, self.range_end(r.range_end), limit, r.keys_only, r.count_only)
 
     def txn(self, r: pb.TxnRequest) -> Txn:
         ops = len(r.success) + len(r.failure) + len(r.compare)
@@ -125,7 +128,9 @@ def kv_to_pb(kv: KV) -> pb.KeyValue:
 
 
 def range_to_pb(r: RangeResult) -> pb.RangeResponse:
-    return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in r.kvs], count=r.count, more=r.more)
+    """With `more`, `next_key` is where the next page starts: the last key returned + "\\0" (etcd's way)."""
+    next_key = r.kvs[-1].key + b"\0" if r.more and r.kvs else b""
+    return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in r.kvs], count=r.count, more=r.more, next_key=next_key)
 
 
 def put_to_pb(r: PutResult | None) -> pb.PutResponse:

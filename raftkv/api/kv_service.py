@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 
 from ..layers.acks import AckLevel
@@ -27,6 +30,10 @@ from .errors import rpc
 from .forward import Forwarder
 from .reads import ForwardToLeader, ReadPoint, prepare_read
 
+RANGE_THREADS = 2
+"""Range scans run on this many threads, never on the event loop: a scan of many keys (counting every
+match, as etcd does) would stall the host loop and its heartbeats. More ranges at once wait their turn."""
+
 
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, host: NodeHost, store: LmdbNodeStore, forwarder: Forwarder) -> None:
@@ -35,6 +42,18 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.fwd = forwarder
         self.v = Validator(host.cfg)
         self.batch = BatchExecutor(self)
+        self._scans = ThreadPoolExecutor(max_workers=RANGE_THREADS, thread_name_prefix=f"raftkv-range-{host.cfg.id}")
+
+    def close(self) -> None:
+        """Wait for running scans before the store closes under them."""
+        self._scans.shutdown(wait=True, cancel_futures=True)
+
+    async def range_reply(self, op: Range) -> pb.RangeResponse:
+        """Scan and build the reply on a scan thread, bounded by --max-range-keys (in `op.limit`) and
+        --max-range-bytes."""
+        limit_bytes = self.host.cfg.max_range_bytes
+        return await asyncio.get_running_loop().run_in_executor(
+            self._scans, lambda: range_to_pb(self.store.range(op, limit_bytes)))
 
     # -- helpers -----------------------------------------------------------------------------
     def _token(self, index: int, term: int | None = None) -> bytes:
@@ -123,7 +142,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         if not isinstance(point, ReadPoint):
             return point
         applied = self.host.applied
-        reply = range_to_pb(self.store.range(op))
+        reply = await self.range_reply(op)
         reply.meta.CopyFrom(self._read_meta(point, applied))
         return reply
 

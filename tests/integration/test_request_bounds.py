@@ -4,6 +4,9 @@ stays JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import grpc
 import pytest
 
@@ -92,3 +95,75 @@ def test_the_largest_allowed_value_is_still_accepted_and_replicated(cluster: Loc
             last = kv.Put(pb.PutRequest(key=b"max%d" % i, value=bytes([i]) * MIB), timeout=20)
     for i in cluster.ports:
         cluster.wait_applied(i, last.meta.index)
+
+
+# ---------------------------------------------------------------------------------------------- Range bounds
+@pytest.fixture
+def small_range_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    c = LocalCluster(tmp_path, extra=["--max-range-bytes", "65536", "--max-range-keys", "700"]).start_all()
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def load_keys(kv: kv_pb2_grpc.KVStub, n: int, value_bytes: int) -> list[bytes]:
+    keys = [b"r/%06d" % i for i in range(n)]
+    for lo in range(0, n, 500):
+        reply = kv.Batch(pb.BatchRequest(ops=[pb.BatchOp(put=pb.PutRequest(key=k, value=b"v" * value_bytes))
+                                              for k in keys[lo:lo + 500]]), timeout=30)
+        assert not any(r.WhichOneof("result") == "error" for r in reply.results)
+    return keys
+
+
+def page_through(kv: kv_pb2_grpc.KVStub, start: bytes, end: bytes, read: pb.ReadOptions, limit: int = 0
+                 ) -> tuple[list[bytes], list[pb.RangeResponse]]:
+    seen: list[bytes] = []
+    pages = []
+    key = start
+    while True:
+        r = kv.Range(pb.RangeRequest(key=key, range_end=end, limit=limit, read=read), timeout=20)
+        pages.append(r)
+        seen += [x.key for x in r.kvs]
+        if not r.more:
+            assert not r.next_key
+            return seen, pages
+        assert r.kvs and r.next_key == r.kvs[-1].key + b"\0"  # etcd clients continue from last key + \0
+        key = r.next_key
+        assert len(pages) < 1000
+
+
+def test_range_answers_are_bounded_and_page_through_every_key_once(small_range_cluster: LocalCluster) -> None:
+    c = small_range_cluster
+    leader = c.wait_leader()
+    ch, kv = stub(c, leader)
+    with ch:
+        keys = load_keys(kv, 3000, 100)  # ~330 KB of keys and values: five times --max-range-bytes
+        first = kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0"), timeout=20)
+        assert first.more and first.count == 3000  # count stays every match, as etcd's
+        assert 0 < len(first.kvs) < 3000 and first.ByteSize() <= 65536 + 1024
+        seen, pages = page_through(kv, b"r/", b"r0", pb.ReadOptions())
+        assert seen == keys and len(pages) > 4
+        # Keys only: by count (--max-range-keys 700), not by bytes.
+        r = kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", keys_only=True), timeout=20)
+        assert r.more and len(r.kvs) == 700 and r.count == 3000
+        # A client limit under the server's still means what it says.
+        r = kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", limit=10), timeout=20)
+        assert r.more and [x.key for x in r.kvs] == keys[:10] and r.next_key == keys[9] + b"\0"
+        r = kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0", count_only=True), timeout=20)
+        assert r.count == 3000 and not r.kvs and not r.more
+        # The same through a follower (serializable: its own scan) and in a batch.
+        follower = next(i for i in c.ports if i != leader)
+        fch, fkv = stub(c, follower)
+        with fch:
+            seen, _ = page_through(fkv, b"r/", b"r0", pb.ReadOptions(consistency=pb.SERIALIZABLE))
+            assert seen == keys
+            seen, _ = page_through(fkv, b"r/", b"r0", pb.ReadOptions())
+            assert seen == keys
+        b = kv.Batch(pb.BatchRequest(ops=[pb.BatchOp(range=pb.RangeRequest(key=b"r/", range_end=b"r0"))]),
+                     timeout=20).results[0].range
+        assert b.more and b.count == 3000 and b.next_key == b.kvs[-1].key + b"\0" and len(b.kvs) == len(first.kvs)
+        # One key bigger than the byte limit is still returned (alone), so paging always progresses.
+        kv.Put(pb.PutRequest(key=b"r/000000", value=b"B" * 100_000), timeout=20)
+        r = kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0"), timeout=20)
+        assert [x.key for x in r.kvs] == [b"r/000000"] and r.more
