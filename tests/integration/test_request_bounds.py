@@ -13,6 +13,7 @@ import pytest
 from raftkv.client import RequestTooLargeError
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.proto.stubs import kv_pb2_grpc
+from raftkv.status import error_info
 
 from .local_cluster import LocalCluster
 
@@ -167,3 +168,58 @@ def test_range_answers_are_bounded_and_page_through_every_key_once(small_range_c
         kv.Put(pb.PutRequest(key=b"r/000000", value=b"B" * 100_000), timeout=20)
         r = kv.Range(pb.RangeRequest(key=b"r/", range_end=b"r0"), timeout=20)
         assert [x.key for x in r.kvs] == [b"r/000000"] and r.more
+
+
+# ---------------------------------------------------------------------------------------------- ack levels
+def semi(n: int, timeout_ms: int = 2000) -> pb.WriteOptions:
+    return pb.WriteOptions(ack=pb.ACK_SEMI_SYNC, min_replicas=n, timeout_ms=timeout_ms)
+
+
+def test_ack_replies_never_claim_a_level_they_did_not_get(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    followers = sorted(i for i in cluster.ports if i != leader)
+    ch, kv = stub(cluster, leader)
+    fch, fkv = stub(cluster, followers[0])
+    with ch, fch:
+        # The semi-sync set is the two other voters: three can never confirm. Refused before proposing,
+        # on every write path and through a follower too.
+        index_before = cluster.status(leader).last_index
+        for call in (lambda: kv.Put(pb.PutRequest(key=b"s", value=b"1", write=semi(3)), timeout=10),
+                     lambda: fkv.Put(pb.PutRequest(key=b"s", value=b"1", write=semi(3)), timeout=10),
+                     lambda: kv.Txn(pb.TxnRequest(success=[pb.RequestOp(put=pb.PutRequest(key=b"s", value=b"1"))],
+                                                  write=semi(5)), timeout=10),
+                     lambda: kv.Delete(pb.DeleteRequest(key=b"s", write=semi(3)), timeout=10)):
+            msg = expect_status(call, grpc.StatusCode.INVALID_ARGUMENT)
+            assert "min_replicas" in msg and "semi-sync set" in msg, msg
+        r = kv.Batch(pb.BatchRequest(ops=[pb.BatchOp(put=pb.PutRequest(key=b"s", value=b"1", write=semi(3))),
+                                          pb.BatchOp(put=pb.PutRequest(key=b"s2", value=b"1"))]), timeout=10)
+        assert r.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        assert r.results[1].put.meta.ack_achieved == pb.ACK_MAJORITY
+        assert not kv.Get(pb.GetRequest(key=b"s"), timeout=10).found
+        assert cluster.status(leader).last_index == index_before + 1  # only the batch's good write
+        # Both other voters: met, and confirmed_by says who.
+        m = kv.Put(pb.PutRequest(key=b"s", value=b"2", write=semi(2)), timeout=10).meta
+        assert m.ack_achieved == pb.ACK_SEMI_SYNC and not m.degraded
+        assert set(followers) <= set(m.confirmed_by) <= set(cluster.ports)
+        # Mark one member semi-sync: now the set is that member alone.
+        admin = kv_pb2_grpc.AdminStub(ch)
+        admin.MemberUpdate(pb.MemberUpdateRequest(id=followers[1], semi_sync=True), timeout=10)
+        msg = expect_status(lambda: kv.Put(pb.PutRequest(key=b"s", value=b"3", write=semi(2)), timeout=10),
+                            grpc.StatusCode.INVALID_ARGUMENT)
+        assert str(followers[1]) in msg, msg
+        m = kv.Put(pb.PutRequest(key=b"s", value=b"3", write=semi(1)), timeout=10).meta
+        assert m.ack_achieved == pb.ACK_SEMI_SYNC and followers[1] in m.confirmed_by
+        # The marked member down: degraded to majority, and confirmed_by leaves it out.
+        cluster.stop(followers[1])
+        m = kv.Put(pb.PutRequest(key=b"s", value=b"4", write=semi(1, 300)), timeout=10).meta
+        assert m.ack_achieved == pb.ACK_MAJORITY and m.degraded
+        assert followers[1] not in m.confirmed_by and len(m.confirmed_by) >= 2
+        # sync: DEADLINE_EXCEEDED naming who confirmed, never the stopped member.
+        with pytest.raises(grpc.RpcError) as ei:
+            kv.Put(pb.PutRequest(key=b"s", value=b"5", write=pb.WriteOptions(ack=pb.ACK_SYNC, timeout_ms=300)),
+                   timeout=10)
+        assert ei.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        reason, meta = error_info(ei.value)
+        assert reason == "SYNC_TIMEOUT"
+        confirmed = {int(x) for x in meta["confirmed_by"].split(",")}
+        assert followers[1] not in confirmed and leader in confirmed
