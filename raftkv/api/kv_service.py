@@ -42,6 +42,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.fwd = forwarder
         self.v = Validator(host.cfg)
         self.batch = BatchExecutor(self)
+        self._term_at = (-1, 0)
         self._scans = ThreadPoolExecutor(max_workers=RANGE_THREADS, thread_name_prefix=f"raftkv-range-{host.cfg.id}")
 
     def close(self) -> None:
@@ -57,8 +58,14 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     # -- helpers -----------------------------------------------------------------------------
     def _token(self, index: int, term: int | None = None) -> bytes:
-        return SessionToken(index=index, term=self.host.node.term if term is None else term).encode(
-            self.store.cluster_id)
+        """A session token names an entry: its index and the term of the entry there (checked by the node
+        that serves the token, see `check_token_term`)."""
+        if term is None:
+            cached_index, term = self._term_at
+            if cached_index != index:  # reads between writes share one applied index: one log lookup
+                term = self.host.node.raft_log.term_or_zero(index)
+                self._term_at = (index, term)
+        return SessionToken(index=index, term=term).encode(self.store.cluster_id)
 
     def _write_meta(self, out: WriteOutcome) -> pb.WriteMeta:
         return pb.WriteMeta(index=out.index, term=out.term, ack_achieved=ACK_TO_PB[out.ack.level],

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from raftkv.client import RequestTooLargeError
+from raftkv.layers.session import SessionToken
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.proto.stubs import kv_pb2_grpc
 from raftkv.status import error_info
@@ -223,3 +224,41 @@ def test_ack_replies_never_claim_a_level_they_did_not_get(cluster: LocalCluster)
         assert reason == "SYNC_TIMEOUT"
         confirmed = {int(x) for x in meta["confirmed_by"].split(",")}
         assert followers[1] not in confirmed and leader in confirmed
+
+
+# ---------------------------------------------------------------------------------------------- session tokens
+def session_get(kv: kv_pb2_grpc.KVStub, token: bytes, timeout: float = 15) -> pb.GetResponse:
+    return kv.Get(pb.GetRequest(key=b"sess", read=pb.ReadOptions(consistency=pb.SESSION, session_token=token)),
+                  timeout=timeout)
+
+
+def test_session_tokens_are_checked_against_the_log(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    follower = next(i for i in cluster.ports if i != leader)
+    ch, kv = stub(cluster, leader)
+    fch, fkv = stub(cluster, follower)
+    with ch, fch:
+        w = kv.Put(pb.PutRequest(key=b"sess", value=b"1"), timeout=10).meta
+        st = cluster.status(leader)
+        cid = st.cluster_id
+        # Real tokens (from a write, and from a follower's read) are served everywhere.
+        assert session_get(fkv, w.session_token).kv.value == b"1"
+        read_token = fkv.Get(pb.GetRequest(key=b"sess", read=pb.ReadOptions(consistency=pb.SERIALIZABLE)),
+                             timeout=10).meta.session_token
+        for k in (kv, fkv):
+            assert session_get(k, read_token).found and session_get(k, w.session_token).found
+        # A token far beyond the log: refused at once (within a deadline longer than any wait), on the
+        # leader and through a follower, instead of waiting out the deadline.
+        ahead = SessionToken(index=st.last_index + 1_000_000, term=w.term).encode(cid)
+        for k in (kv, fkv):
+            msg = expect_status(lambda k=k: session_get(k, ahead, timeout=30), grpc.StatusCode.OUT_OF_RANGE)
+            assert "beyond" in msg and str(st.last_index + 1_000_000) in msg, msg
+        # A token whose term is not the log's at its index: the write it names was lost.
+        lost = SessionToken(index=w.index, term=w.term + 7).encode(cid)
+        for k in (kv, fkv):
+            msg = expect_status(lambda k=k: session_get(k, lost), grpc.StatusCode.FAILED_PRECONDITION)
+            assert "lost" in msg and f"term {w.term}" in msg, msg
+        # The same checks in a batch, per operation.
+        r = kv.Batch(pb.BatchRequest(ops=[pb.BatchOp(get=pb.GetRequest(
+            key=b"sess", read=pb.ReadOptions(consistency=pb.SESSION, session_token=ahead)))]), timeout=30)
+        assert r.results[0].error.code == grpc.StatusCode.OUT_OF_RANGE.value[0]
