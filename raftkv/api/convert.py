@@ -81,9 +81,31 @@ class Validator:
             result = RESULTS.get(c.result)
             if target is None or result is None:
                 raise invalid("unknown compare target or result")
-            operand: object = c.value if target == "value" else (bool(c.number) if target == "exists" else c.number)
+            operand = self._operand(c, target, result)
             compares.append(Compare(self.key(c.key, "compare key"), target, result, operand))
         return Txn(tuple(compares), tuple(self._op(o) for o in r.success), tuple(self._op(o) for o in r.failure))
+
+    @staticmethod
+    def _operand(c: pb.Compare, target: str, result: str) -> object:
+        """The operand the target takes, refusing one that does not fit (it would be silently ignored):
+        VALUE compares `value` (bytes); VERSION, CREATE and MOD compare a `number` >= 0; EXISTS takes
+        `number` 1 (exists) or 0 (absent) with = or != only."""
+        key = c.key.decode("utf-8", "backslashreplace")
+        if target == "value":
+            if c.number:
+                raise invalid(f"compare of value({key}) takes `value` (bytes), not `number` {c.number}")
+            return c.value
+        if c.value:
+            raise invalid(f"compare of {target}({key}) takes `number`, not `value` {c.value[:32]!r}")
+        if target == "exists":
+            if c.number not in (0, 1):
+                raise invalid(f"compare of exists({key}) takes number 1 (exists) or 0 (absent), not {c.number}")
+            if result not in ("=", "!="):
+                raise invalid(f"compare of exists({key}) takes = or !=, not {result}")
+            return bool(c.number)
+        if c.number < 0:
+            raise invalid(f"compare of {target}({key}) takes a number >= 0, not {c.number}")
+        return c.number
 
     def _op(self, o: pb.RequestOp) -> Put | Delete | Range:
         kind = o.WhichOneof("request")

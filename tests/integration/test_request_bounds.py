@@ -262,3 +262,35 @@ def test_session_tokens_are_checked_against_the_log(cluster: LocalCluster) -> No
         r = kv.Batch(pb.BatchRequest(ops=[pb.BatchOp(get=pb.GetRequest(
             key=b"sess", read=pb.ReadOptions(consistency=pb.SESSION, session_token=ahead)))]), timeout=30)
         assert r.results[0].error.code == grpc.StatusCode.OUT_OF_RANGE.value[0]
+
+
+# ---------------------------------------------------------------------------------------------- Txn compares
+BAD_COMPARES = {
+    "value given a number": pb.Compare(key=b"c", target=pb.Compare.VALUE, number=5),
+    "version given bytes": pb.Compare(key=b"c", target=pb.Compare.VERSION, value=b"1"),
+    "mod given bytes": pb.Compare(key=b"c", target=pb.Compare.MOD, result=pb.Compare.GREATER, value=b"\x01"),
+    "negative create": pb.Compare(key=b"c", target=pb.Compare.CREATE, number=-1),
+    "exists 2": pb.Compare(key=b"c", target=pb.Compare.EXISTS, number=2),
+    "exists greater": pb.Compare(key=b"c", target=pb.Compare.EXISTS, result=pb.Compare.GREATER, number=1),
+    "exists given bytes": pb.Compare(key=b"c", target=pb.Compare.EXISTS, value=b"yes"),
+}
+
+
+def test_txn_compare_with_an_operand_that_does_not_fit_is_refused(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    ch, kv = stub(cluster, leader)
+    with ch:
+        kv.Put(pb.PutRequest(key=b"c", value=b"1"), timeout=10)
+        for name, cmp in BAD_COMPARES.items():
+            txn = pb.TxnRequest(compare=[cmp], success=[pb.RequestOp(put=pb.PutRequest(key=b"then", value=b"x"))],
+                                failure=[pb.RequestOp(put=pb.PutRequest(key=b"else", value=b"x"))])
+            with pytest.raises(grpc.RpcError) as ei:
+                kv.Txn(txn, timeout=10)
+            assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+            assert "compare" in (ei.value.details() or ""), name
+        assert not kv.Get(pb.GetRequest(key=b"then"), timeout=10).found
+        assert not kv.Get(pb.GetRequest(key=b"else"), timeout=10).found
+        ok = pb.Compare(key=b"c", target=pb.Compare.VERSION, number=1)
+        assert kv.Txn(pb.TxnRequest(compare=[ok]), timeout=10).succeeded
+        ok = pb.Compare(key=b"c", target=pb.Compare.EXISTS, result=pb.Compare.NOT_EQUAL, number=0)
+        assert kv.Txn(pb.TxnRequest(compare=[ok]), timeout=10).succeeded
