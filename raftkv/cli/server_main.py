@@ -8,9 +8,13 @@ import socket
 import sys
 from dataclasses import fields
 
-import click
+from ..server.logging_setup import quiet_grpc_core_for_serve
 
-from ..server.config import ConfigError, ServerConfig, parse_peers
+quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core reads GRPC_VERBOSITY at import
+
+import click  # noqa: E402
+
+from ..server.config import ConfigError, ServerConfig, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:

@@ -39,7 +39,17 @@ def server_options(receive_limit: int) -> list[tuple[str, int]]:
     """The gRPC server's options: CHANNEL_OPTIONS, but reading at most `receive_limit` bytes per message.
     gRPC applies the limit per server, to clients and peers alike, so a client's oversized request is
     refused before it is buffered whole; peers keep their batches under it (`max_batch_bytes`)."""
-    return [(k, receive_limit if k == "grpc.max_receive_message_length" else v) for k, v in CHANNEL_OPTIONS]
+    return [(k, receive_limit if k == "grpc.max_receive_message_length" else v) for k, v in CHANNEL_OPTIONS
+            ] + SERVER_PING_OPTIONS
+
+
+SERVER_PING_OPTIONS = [
+    # Peers' channels ping every keepalive_time_ms (10 s), with or without calls. A server that allows
+    # less (gRPC's default: one ping per 5 minutes without data, two strikes) answers with a
+    # too_many_pings GOAWAY, which breaks the peer stream.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 MAX_BATCH = 512
 SNAPSHOT_CHUNK = 4 << 20
 """Snapshot data larger than this travels as chunks, one per batch."""

@@ -4,19 +4,28 @@ stays JSON."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
-from raftkv.client import RequestTooLargeError
+from benchmarks.ports import free_port
+from raftkv.client import Client, RequestTooLargeError
 from raftkv.layers.session import SessionToken
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.proto.stubs import kv_pb2_grpc
 from raftkv.status import error_info
 
-from .local_cluster import LocalCluster
+from .local_cluster import FAST, LocalCluster
 
 MIB = 1 << 20
 
@@ -294,3 +303,74 @@ def test_txn_compare_with_an_operand_that_does_not_fit_is_refused(cluster: Local
         assert kv.Txn(pb.TxnRequest(compare=[ok]), timeout=10).succeeded
         ok = pb.Compare(key=b"c", target=pb.Compare.EXISTS, result=pb.Compare.NOT_EQUAL, number=0)
         assert kv.Txn(pb.TxnRequest(compare=[ok]), timeout=10).succeeded
+
+
+# ---------------------------------------------------------------------------------------------- JSON stderr
+def drop_mid_request(port: int) -> None:
+    """Send a whole request and reset the connection at once (SO_LINGER 0): the server's read or write
+    fails on a connection that is gone, as with a scraper that timed out."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def test_every_stderr_line_of_a_json_node_is_json(tmp_path: Path) -> None:
+    port, mport = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    env["GRPC_TRACE"] = "api"  # makes gRPC core write lines of its own to stderr, many of them
+    err = tmp_path / "stderr"
+    with open(err, "wb") as f:
+        p = subprocess.Popen([sys.executable, "-m", "raftkv.cli.server_main", "serve", "--id", "1", "--data-dir",
+                              str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}", "--metrics-listen",
+                              f"127.0.0.1:{mport}", "--log-format", "json", "--log-level", "debug", *FAST],
+                             stdout=subprocess.DEVNULL, stderr=f, env=env)
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=20) as c:
+            c.put("k", "v")
+            for _ in range(30):
+                drop_mid_request(mport)
+            assert c.get("k").kv.value == b"v"
+            with urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10) as r:
+                assert b"raftkv_" in r.read()  # still serving
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0
+    lines = err.read_text().splitlines()
+    assert lines
+    bad = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            bad.append(line)
+    assert not bad, f"{len(bad)} of {len(lines)} stderr lines are not JSON, e.g. {bad[:3]}"
+    events = [json.loads(line) for line in lines]
+    assert any(e.get("event") == "metrics connection dropped" for e in events)  # the drops did hit the server
+
+
+PING_PROBE = """
+import asyncio, grpc
+from raftkv.transport.transport import CHANNEL_OPTIONS, server_options
+async def main():
+    server = grpc.aio.server(options=server_options(1 << 22))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    # A peer's channel, with its keepalive at 500 ms instead of 10 s, so that ~4 s are many pings.
+    opts = [(k, 500 if k == "grpc.keepalive_time_ms" else v) for k, v in CHANNEL_OPTIONS]
+    ch = grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=opts)
+    await ch.channel_ready()
+    await asyncio.sleep(4)
+    await ch.close()
+    await server.stop(0)
+asyncio.run(main())
+"""
+
+
+def test_peer_keepalive_pings_are_accepted_without_too_many_pings() -> None:
+    """Peers ping every keepalive_time even without calls; the server must allow it, or it answers with a
+    too_many_pings GOAWAY, which breaks the peer stream and logs a non-JSON line."""
+    env = {**os.environ, "GRPC_VERBOSITY": "error"}
+    p = subprocess.run([sys.executable, "-c", PING_PROBE], capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert "too_many_pings" not in p.stderr, p.stderr
