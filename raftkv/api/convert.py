@@ -40,6 +40,19 @@ class Validator:
                                f"{what} is too large: {size} bytes; the limit is {limit} bytes (--max-request-bytes)",
                                "REQUEST_TOO_LARGE", {"size": str(size), "limit": str(limit)})
 
+    def batch_write_size(self, r: Message, what: str, before: int) -> int:
+        """One write of a Batch: refused alone if it is over the limit, or if the batch's writes up to
+        and including it are. Returns the new total."""
+        self.request_size(r, what)
+        total = before + r.ByteSize()
+        limit = self.cfg.max_request_bytes
+        if total > limit:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"batch's writes are too large: {total} bytes up to this one; the limit is {limit} "
+                               "bytes (--max-request-bytes): send the rest in another batch",
+                               "REQUEST_TOO_LARGE", {"size": str(total), "limit": str(limit)})
+        return total
+
     def key(self, key: bytes, what: str = "key") -> bytes:
         if not key:
             raise invalid(f"{what} must not be empty")
