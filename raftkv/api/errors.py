@@ -15,7 +15,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..core import ConfChangeRejected
-from ..layers.session import InvalidToken
+from ..layers.acks import UnmeetableAck
+from ..layers.session import InvalidToken, TokenAhead, TokenLost
 from ..server.errors import HostError, NotLeader, SyncTimeout
 
 log = structlog.get_logger("raftkv.api")
@@ -59,6 +60,12 @@ def classify(e: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.UNAVAILABLE, str(e), type(e).__name__.upper())
     if isinstance(e, ConfChangeRejected):
         return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "MEMBERSHIP_CHANGE_REJECTED")
+    if isinstance(e, UnmeetableAck):
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "ACK_UNMEETABLE")
+    if isinstance(e, TokenAhead):
+        return RequestError(grpc.StatusCode.OUT_OF_RANGE, str(e), "SESSION_TOKEN_AHEAD")
+    if isinstance(e, TokenLost):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "SESSION_WRITE_LOST")
     if isinstance(e, InvalidToken):
         return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "INVALID_SESSION_TOKEN")
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)):

@@ -8,9 +8,13 @@ import socket
 import sys
 from dataclasses import fields
 
-import click
+from ..server.logging_setup import quiet_grpc_core_for_serve
 
-from ..server.config import ConfigError, ServerConfig, parse_peers
+quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core reads GRPC_VERBOSITY at import
+
+import click  # noqa: E402
+
+from ..server.config import ConfigError, ServerConfig, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
@@ -47,6 +51,11 @@ def main() -> None:
               help="How long a follower waits to catch up for a bounded-staleness or session read (default 200).")
 @click.option("--max-key-bytes", type=int, help="Largest key accepted (default 4096).")
 @click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
+@click.option("--max-request-bytes", type=int,
+              help="Largest write request (Put, Delete, Txn, Batch), encoded (default 1.5 MiB, as etcd).")
+@click.option("--max-range-bytes", type=int,
+              help="A Range answer stops with `more` before this many bytes (default 2 MiB).")
+@click.option("--max-range-keys", type=int, help="A Range answer holds at most this many keys (default 10000).")
 @click.option("--snapshot-entries", type=int, help="Snapshot and compact after this many applied entries.")
 @click.option("--snapshot-keep-entries", type=int, help="Log entries kept after compaction (default 1000).")
 @click.option("--snapshot-log-bytes", type=int, help="Also snapshot once the log holds this many bytes (default 256 MiB).")

@@ -8,6 +8,7 @@ from .errors import (
     NotFoundError,
     NotLeaderError,
     RaftKVError,
+    RequestTooLargeError,
     SyncTimeoutError,
     UnavailableError,
 )
@@ -15,5 +16,5 @@ from .requests import compare, op_delete, op_get, op_put
 from .sync_client import Client
 
 __all__ = ["AsyncClient", "Client", "DeadlineError", "FailedPreconditionError", "InvalidArgumentError",
-           "NotFoundError", "NotLeaderError", "RaftKVError", "SyncTimeoutError", "UnavailableError", "compare",
+           "NotFoundError", "NotLeaderError", "RaftKVError", "RequestTooLargeError", "SyncTimeoutError", "UnavailableError", "compare",
            "op_delete", "op_get", "op_put"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from ..status import error_info
@@ -57,6 +59,25 @@ class NotFoundError(RaftKVError):
     pass
 
 
+class RequestTooLargeError(InvalidArgumentError):
+    """The request is over the server's size limit (--max-request-bytes); it was not applied."""
+
+
+_GRPC_TOO_LARGE = re.compile(r"[Rr]eceived message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _too_large(msg: str) -> RaftKVError | None:
+    """gRPC's own refusal of a message over the server's receive limit, said in raftkv's terms."""
+    m = _GRPC_TOO_LARGE.search(msg)
+    if m is None:
+        return None
+    size, limit = m.groups()
+    return RequestTooLargeError(f"request is too large: {size} bytes; the server reads at most {limit} bytes "
+                                "per request (its --max-request-bytes plus framing); it was not applied",
+                                grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
+                                {"size": size, "limit": limit})
+
+
 def from_rpc_error(e: grpc.RpcError) -> RaftKVError:
     code = e.code() if hasattr(e, "code") else None
     details = e.details() if hasattr(e, "details") else str(e)
@@ -70,6 +91,10 @@ def error_from_status(code: grpc.StatusCode | None, msg: str, reason: str, meta:
         return NotLeaderError(msg, code, reason, meta)
     if reason == "SYNC_TIMEOUT":
         return SyncTimeoutError(msg, code, reason, meta)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not reason and (too_large := _too_large(msg)):
+        return too_large
+    if reason == "REQUEST_TOO_LARGE":
+        return RequestTooLargeError(msg, code, reason, meta)
     cls = {grpc.StatusCode.UNAVAILABLE: UnavailableError, grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
            grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
            grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,

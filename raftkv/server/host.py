@@ -43,6 +43,7 @@ from ..layers.acks import (
     AckRequest,
     DurabilityWaiters,
     SemiSyncStatus,
+    check_meetable,
     confirmed_members,
 )
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
@@ -249,6 +250,8 @@ class NodeHost:
         """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout."""
         if not self.is_leader:
             raise self.not_leader()
+        if ack.level == AckLevel.SEMI_SYNC:
+            check_meetable(ack, self.members.semi_sync_set(self.node.conf, self.cfg.id))
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[tuple[int, int]] = loop.create_future()
@@ -337,9 +340,11 @@ class NodeHost:
             deadline = now + ack.timeout_ms / 1000
         else:
             members = self.members.semi_sync_set(self.node.conf, self.cfg.id)
-            need = min(ack.min_replicas, len(members))
-            # Degraded: answer as soon as committed (confirmed already, or not), do not wait out the timeout.
-            deadline = now if self.semi_sync.degraded else now + ack.timeout_ms / 1000
+            need = ack.min_replicas
+            # Degraded, or the set shrank below `need` since the write was checked: answer as soon as
+            # committed (confirmed already, or not, and then said degraded), do not wait out the timeout.
+            hopeless = self.semi_sync.degraded or need > len(members)
+            deadline = now if hopeless else now + ack.timeout_ms / 1000
         fut = self.durability.add(index, ack.level, members, need, deadline, self.match_indexes(), now)
         self._wake.set()
         return fut

@@ -18,7 +18,7 @@ from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
 from ..storage import LmdbNodeStore, StorageError, cluster_id_for
 from ..tls import TlsError
 from ..transport import Transport
-from ..transport.transport import CHANNEL_OPTIONS
+from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
@@ -56,13 +56,15 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     host_box: list[NodeHost] = []
     transport = Transport(cfg.id, cfg.address, lambda: store.cluster_id, on_message=lambda m: host_box[0].deliver(m),
                           on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
-                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls)
+                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls,
+                          snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes)
     host = NodeHost(cfg, store, transport, metrics)
     host_box.append(host)
     forwarder = Forwarder(host)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=server_options(cfg.grpc_receive_limit))
     transport.register(server)
-    kv_pb2_grpc.add_KVServicer_to_server(KVService(host, store, forwarder), server)
+    kv_service = KVService(host, store, forwarder)
+    kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -110,6 +112,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     log.info("shutting down")
     readiness.cancel()
     await server.stop(grace=1.0)
+    kv_service.close()
     await host.stop()
     await transport.stop()
     await forwarder.close()

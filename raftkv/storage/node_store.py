@@ -549,9 +549,10 @@ class LmdbNodeStore:
         with self.env.begin() as txn:
             return state_machine.get(state_machine.TxnView(txn, self.kv_db), key)
 
-    def range(self, op: Range) -> RangeResult:
+    def range(self, op: Range, limit_bytes: int = 0) -> RangeResult:
+        """Safe on any thread (each LMDB read transaction is its own snapshot); see `range_read`."""
         with self.env.begin() as txn:
-            return state_machine.range_read(state_machine.TxnView(txn, self.kv_db), op)
+            return state_machine.range_read(state_machine.TxnView(txn, self.kv_db), op, limit_bytes)
 
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""

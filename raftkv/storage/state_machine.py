@@ -99,7 +99,13 @@ def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
     return start <= key < end
 
 
-def range_read(view: KVView, op: Range) -> RangeResult:
+KV_OVERHEAD = 32
+"""What one key-value adds to an answer besides its key and value (revisions, version, framing)."""
+
+
+def range_read(view: KVView, op: Range, limit_bytes: int = 0) -> RangeResult:
+    """The keys of `op`, at most `op.limit` of them and, with `limit_bytes`, no more key and value bytes
+    than that (but always at least one key); `more` when others match. `count` counts every match."""
     if not op.range_end:
         kv = get(view, op.key)
         kvs = [kv] if kv is not None else []
@@ -107,15 +113,21 @@ def range_read(view: KVView, op: Range) -> RangeResult:
     kvs: list[KV] = []
     count = 0
     more = False
+    size = 0
     for k, raw in view.scan(op.key):
         if not _in_range(k, op.key, op.range_end):
             break
         count += 1
-        if op.count_only:
+        if op.count_only or more:
             continue
         if op.limit and len(kvs) >= op.limit:
             more = True
             continue
+        if limit_bytes:
+            size += len(k) + KV_OVERHEAD + (0 if op.keys_only else len(raw))
+            if size > limit_bytes and kvs:
+                more = True
+                continue
         kv = _decode_kv(k, raw)
         if op.keys_only:
             kv.value = b""
