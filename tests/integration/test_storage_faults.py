@@ -198,11 +198,17 @@ def fill(path: Path) -> None:
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+        except (ConnectionError, urllib.error.URLError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2)
+    raise AssertionError("unreachable")
 
 
 def readiness(address: str) -> int:
@@ -278,3 +284,73 @@ def test_a_full_disk_raises_nospace_and_the_node_recovers_when_space_returns(tmp
     finally:
         c.stop_all()
         shutil.rmtree(small_disk / "node1", ignore_errors=True)
+
+
+def wait_for(check, what: str, timeout: float = 30.0):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_one_full_disk_in_three_the_cluster_commits_on_and_the_full_node_never_acks(tmp_path: Path,
+                                                                                   small_disk: Path) -> None:
+    (small_disk / "node3").mkdir()
+    (tmp_path / "node3").symlink_to(small_disk / "node3")
+    c = LocalCluster(tmp_path, n=3).start_all()
+    acked: dict[bytes, bytes] = {}
+    try:
+        leader = c.wait_leader()
+        if leader == 3:
+            with c.client() as cl:
+                cl.transfer_leader(1)
+            leader = wait_for(lambda: c.wait_leader() if c.wait_leader() != 3 else 0, "a leader other than 3")
+        other = ({1, 2} - {leader}).pop()
+        healthy = Client([c.address(1), c.address(2)], timeout=10)
+        first = healthy.put(b"before", b"durable on node 3").meta.index
+        c.wait_applied(3, first)
+        fill(small_disk / "filler")
+        # The cluster commits through the two healthy nodes while node 3 cannot persist.
+        for i in range(300):
+            k, v = b"k%04d" % i, os.urandom(50_000)
+            healthy.put(k, v)
+            acked[k] = v
+            if i >= 20 and 'raftkv_alarm{type="nospace"} 1.0' in http_get(c.metrics_ports[3], "/metrics")[1]:
+                break
+        assert 'raftkv_alarm{type="nospace"} 1.0' in http_get(c.metrics_ports[3], "/metrics")[1]
+        assert http_get(c.metrics_ports[3], "/readyz")[0] == 503 and c.procs[3].poll() is None
+        with Client(c.address(3), timeout=3) as cl:
+            assert cl.get(b"before", consistency="serializable").kv.value == b"durable on node 3"
+        # With the other healthy node down, a write needs node 3's acknowledgement: it must not come.
+        assert c.stop(other) == 0
+        with Client(c.address(leader), timeout=3) as cl:
+            with pytest.raises(RaftKVError):
+                cl.put(b"needs-node-3", b"x")
+        (small_disk / "filler").unlink()
+        # Space returns: node 3 persists what it holds, and with it the cluster commits again.
+        with Client([c.address(leader), c.address(3)], timeout=5) as cl:
+            wait_for(lambda: _put_ok(cl, b"after", b"recovered"), "a write committed with node 3", 60)
+        c.start(other)
+        c.wait_leader()
+        last = healthy.put(b"last", b"x").meta.index
+        healthy.close()
+        for i in (1, 2, 3):
+            c.wait_applied(i, last)
+            with Client(c.address(i), timeout=10) as cl:
+                for k, v in acked.items():  # no acknowledged write lost, and every member agrees
+                    assert cl.get(k, consistency="serializable").kv.value == v, (i, k)
+        assert 'raftkv_alarm{type="nospace"} 0.0' in http_get(c.metrics_ports[3], "/metrics")[1]
+    finally:
+        c.stop_all()
+        shutil.rmtree(small_disk / "node3", ignore_errors=True)
+
+
+def _put_ok(cl: Client, k: bytes, v: bytes) -> bool:
+    try:
+        cl.put(k, v)
+        return True
+    except RaftKVError:
+        return False
