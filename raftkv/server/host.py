@@ -523,12 +523,25 @@ class NodeHost:
                 await asyncio.sleep(NOSPACE_RETRY_SECONDS)
                 if self._stopping:
                     raise _Stopping() from None
+                self._shed_while_stuck()
                 continue
             if self.nospace:
                 log.info("NOSPACE alarm cleared: the node persists again and takes writes", id=self.cfg.id)
                 self.nospace = ""
                 self.metrics.alarm.labels("nospace").set(0)
             return result
+
+    def _shed_while_stuck(self) -> None:
+        """While a Ready waits for space, nothing is stepped: drop what peers sent meanwhile (Raft takes
+        lost messages in its stride: the leader sends again) rather than queue it without bound, and
+        send linearizable reads elsewhere, since no read round can run here."""
+        self._inbox.clear()
+        reads, self._reads = self._reads, []
+        err = LeadershipLost(f"node {self.cfg.id} cannot confirm a read point while its NOSPACE alarm holds; "
+                             "retry on another node")
+        for f in reads:
+            if not f.done():
+                f.set_exception(err)
 
     def _raise_nospace(self, err: BaseException) -> None:
         if self.nospace:

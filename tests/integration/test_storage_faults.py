@@ -255,7 +255,7 @@ def test_a_full_disk_raises_nospace_and_the_node_recovers_when_space_returns(tmp
             assert 'raftkv_alarm{type="nospace"} 1.0' in metrics
             code, body = http_get(c.metrics_ports[1], "/readyz")
             assert code == 503 and "NOSPACE" in body
-            assert readiness(c.address(1)) == health_pb2.HealthCheckResponse.NOT_SERVING
+            wait_for(lambda: readiness(c.address(1)) == health_pb2.HealthCheckResponse.NOT_SERVING, "not ready", 10)
             assert http_get(c.metrics_ports[1], "/livez")[0] == 200 and c.procs[1].poll() is None
             assert "NOSPACE alarm" in c.log_text(1)
 
@@ -271,7 +271,7 @@ def test_a_full_disk_raises_nospace_and_the_node_recovers_when_space_returns(tmp
             _, metrics = http_get(c.metrics_ports[1], "/metrics")
             assert 'raftkv_alarm{type="nospace"} 0.0' in metrics
             assert http_get(c.metrics_ports[1], "/readyz")[0] == 200
-            assert readiness(c.address(1)) == health_pb2.HealthCheckResponse.SERVING
+            wait_for(lambda: readiness(c.address(1)) == health_pb2.HealthCheckResponse.SERVING, "readiness", 10)
             for k, v in acked.items():  # no acknowledged write lost
                 assert cl.get(k).kv.value == v, k
         # ... and none after a restart either.
@@ -354,3 +354,10 @@ def _put_ok(cl: Client, k: bytes, v: bytes) -> bool:
         return True
     except RaftKVError:
         return False
+
+
+def test_map_size_is_validated(tmp_path: Path) -> None:
+    cmd = LocalCluster(tmp_path, n=1).command(1) + ["--map-size", "4096"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and r.stderr.strip() == (
+        "Error: --map-size must be between 1048576 (1 MiB) and 1099511627776 (1 TiB) bytes")
