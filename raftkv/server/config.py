@@ -39,6 +39,10 @@ def parse_peers(spec: str) -> dict[int, str]:
     return peers
 
 
+MIN_MAP_SIZE = 1 << 20
+MAX_MAP_SIZE = 1 << 40
+
+
 @dataclass(slots=True)
 class ServerConfig:
     id: int = 0
@@ -78,6 +82,7 @@ class ServerConfig:
     read_wait_ms: int = 200
     """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     map_size: int = 4 << 30
+    """LMDB's map size: the most this node's data.mdb may grow to (writes then get NOSPACE)."""
     cert_file: str = ""
     """PEM certificate: with `key_file`, the gRPC port (clients and peers) speaks TLS only."""
     key_file: str = ""
@@ -147,6 +152,8 @@ class ServerConfig:
             raise ConfigError("semi-sync replicas and write timeouts must be >= 1")
         if self.lag_critical_entries < 1 or self.lag_critical_seconds <= 0:
             raise ConfigError("--lag-critical-entries must be >= 1 and --lag-critical-seconds > 0")
+        if not MIN_MAP_SIZE <= self.map_size <= MAX_MAP_SIZE:
+            raise ConfigError(f"--map-size must be between {MIN_MAP_SIZE} (1 MiB) and {MAX_MAP_SIZE} (1 TiB) bytes")
         if self.read_wait_ms < 0:
             raise ConfigError("--read-wait-ms must be >= 0")
         self._validate_bounds()

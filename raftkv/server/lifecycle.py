@@ -11,11 +11,12 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .. import exit_codes
 from ..api.admin_service import AdminService
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
-from ..storage import LmdbNodeStore, StorageError, cluster_id_for
+from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
 from ..tls import TlsError
 from ..transport import Transport
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
@@ -41,14 +42,22 @@ def run_node(cfg: ServerConfig) -> int:
         bootstrap_store(store, cfg)
     except StorageError as e:
         print(f"Error: refusing to start: {e}", file=sys.stderr)
-        return 2
+        return exit_code_for(e)
     try:
         return asyncio.run(_serve(cfg, store))
     except StorageError as e:
         print(f"Error: stopped: {e}", file=sys.stderr)
-        return 2
+        return exit_code_for(e)
     finally:
         store.close()
+
+
+def exit_code_for(err: BaseException) -> int:
+    """Damaged or foreign data needs an operator; anything else that stops a node (a failing disk, a
+    data directory in use, a host loop that crashed) may go away when it is restarted."""
+    if isinstance(err, (CorruptionError, ForeignDataError)):
+        return exit_codes.NEEDS_OPERATOR
+    return exit_codes.RETRY
 
 
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
@@ -108,7 +117,9 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     readiness = asyncio.create_task(_readiness(host, health_servicer, stop))
+    failed = asyncio.create_task(_stop_when_failed(host, stop))
     await stop.wait()
+    failed.cancel()
     log.info("shutting down")
     readiness.cancel()
     await server.stop(grace=1.0)
@@ -119,19 +130,33 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     if http is not None:
         http.stop()
     log.info("stopped")
+    if host.fatal is not None:
+        e = host.fatal
+        reason = str(e) if isinstance(e, StorageError) else f"the host loop cannot go on: {type(e).__name__}: {e}"
+        print(f"Error: stopped: {reason}".replace("\n", " "), file=sys.stderr)
+        return exit_code_for(e)
     return 0
 
 
+async def _stop_when_failed(host: NodeHost, stop: asyncio.Event) -> None:
+    """A host loop that cannot go on stops the node: the server stops serving and the process exits."""
+    await host.failed.wait()
+    stop.set()
+
+
 def _health(host: NodeHost) -> dict[str, object]:
-    return {"id": host.cfg.id, "has_leader": bool(host.leader_id), "leader": host.leader_id,
-            "applied": host.applied, "term": host.node.term}
+    ready, why = host.readiness()
+    return {"id": host.cfg.id, "ready": ready, "not_ready_because": why, "has_leader": bool(host.leader_id),
+            "leader": host.leader_id, "applied": host.applied, "term": host.node.term,
+            "alarms": ["nospace"] if host.nospace else []}
 
 
 async def _readiness(host: NodeHost, servicer: health.aio.HealthServicer, stop: asyncio.Event) -> None:
-    """`readiness` is SERVING while this node knows a leader (it can then serve or forward requests)."""
+    """`readiness` is SERVING while this node can serve: its loop runs, it knows a leader (it can then
+    serve or forward requests), it is not stopping and no alarm (NOSPACE) holds."""
     last = None
     while not stop.is_set():
-        status = (health_pb2.HealthCheckResponse.SERVING if host.leader_id
+        status = (health_pb2.HealthCheckResponse.SERVING if host.readiness()[0]
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         if status != last:
             await servicer.set("readiness", status)
