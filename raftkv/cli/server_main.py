@@ -10,12 +10,14 @@ from dataclasses import fields
 
 import click
 
+from .. import exit_codes
 from ..server.config import ConfigError, ServerConfig, parse_peers
 
 
 def _fail(msg: str) -> None:
+    """A setting that makes no sense: the operator must change the command line or the config file."""
     click.echo(f"Error: {msg}", err=True)
-    sys.exit(1)
+    sys.exit(exit_codes.USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
