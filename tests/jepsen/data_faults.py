@@ -136,6 +136,6 @@ def copy_dir(data_dir: Path, to: Path) -> None:
 
 
 def put_back(copy: Path, data_dir: Path) -> None:
-    """Replace a stopped node's data directory by an old copy of it."""
+    """Replace a stopped node's data directory by an old copy of it (the copy moves there)."""
     shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.copytree(copy, data_dir)
+    shutil.move(copy, data_dir)
