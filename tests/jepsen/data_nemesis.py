@@ -48,9 +48,9 @@ class DataNemesis:
 
     def _victim(self) -> int:
         """A node the data faults may act on: a member now, running."""
-        f = self.f
-        slots = [s for s in f.slots if self.f.cluster.nodes[s] not in f.removed and self.f.cluster.nodes[s].alive()]
-        return self.rng.choice(slots or f.slots)
+        nodes = self.f.cluster.nodes
+        slots = [s for s in self.f.slots if nodes[s] not in self.f.removed and nodes[s].alive()]
+        return self.rng.choice(slots or self.f.slots)
 
     def inject(self, kind: str) -> Injected:
         f = self.f
@@ -76,7 +76,7 @@ class DataNemesis:
 
     def _corrupt(self, slot: int) -> Injected:
         f = self.f
-        node = self.f.cluster.nodes[slot]
+        node = f.cluster.nodes[slot]
         node.stop()
         try:
             c = data_faults.corrupt_value(node.data_dir, self.rng)
