@@ -46,15 +46,17 @@ class Corruption:
 
 
 def _user_value(raw: bytes) -> tuple[bytes, int | None] | None:
-    """The user value in a stored kv record, and its mod revision when the record says so."""
-    try:
-        rec = msgpack.unpackb(raw, raw=True, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
-        return None
-    if not isinstance(rec, (list, tuple)) or not rec or not isinstance(rec[0], bytes):
-        return None
-    mod = rec[2] if len(rec) > 2 and isinstance(rec[2], int) else None
-    return rec[0], mod
+    """The user value in a stored kv record, and its mod revision. The record's body is msgpack
+    [value, create, mod, version], after a short header if the format has one (e.g. a 4-byte checksum)."""
+    for skip in range(0, 9):
+        try:
+            rec = msgpack.unpackb(raw[skip:], raw=True, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            continue
+        if isinstance(rec, (list, tuple)) and len(rec) == 4 and isinstance(rec[0], bytes) \
+                and all(isinstance(x, int) for x in rec[1:]):
+            return rec[0], rec[2]
+    return None
 
 
 def _records(data_dir: Path) -> list[tuple[bytes, bytes]]:
