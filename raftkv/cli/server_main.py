@@ -14,12 +14,14 @@ quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core re
 
 import click  # noqa: E402
 
+from .. import exit_codes  # noqa: E402
 from ..server.config import ConfigError, ServerConfig, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
+    """A setting that makes no sense: the operator must change the command line or the config file."""
     click.echo(f"Error: {msg}", err=True)
-    sys.exit(1)
+    sys.exit(exit_codes.USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})

@@ -35,7 +35,7 @@ def run_node(cfg: ServerConfig) -> int:
         configure_logging(cfg.log_format, cfg.log_level, cfg.id)
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     cluster_id = None if cfg.join else cluster_id_for(cfg.peers)
     try:
         store = LmdbNodeStore(cfg.data_dir, cfg.id, cluster_id, cfg.map_size)
@@ -88,13 +88,13 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
             port = server.add_insecure_port(cfg.listen)
     except TlsError as e:
         print(f"Error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     except RuntimeError as e:
         print(f"Error: cannot listen on {cfg.listen}: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.RETRY
     if port == 0:
         print(f"Error: cannot listen on {cfg.listen}", file=sys.stderr)
-        return 2
+        return exit_codes.RETRY
     await server.start()
     await host.start()
     http = None
@@ -105,7 +105,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
             print(f"Error: cannot serve metrics on {cfg.metrics_listen}: {e}", file=sys.stderr)
             await server.stop(0)
             await host.stop()
-            return 2
+            return exit_codes.RETRY
         http.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", "liveness"):
