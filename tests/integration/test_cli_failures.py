@@ -4,6 +4,7 @@ outcome, a hung first endpoint, TLS set up wrong in each of the usual ways, an u
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from raftkv.client import Client, DeadlineError, OutcomeUnknownError, TlsHandshakeError
+from raftkv.client import AsyncClient, Client, DeadlineError, OutcomeUnknownError, TlsHandshakeError
 from raftkv.tls import TlsFiles
 
 from .local_cluster import LocalCluster
@@ -133,6 +134,12 @@ def test_a_hung_first_endpoint_does_not_fail_writes(cluster: LocalCluster, hang:
         assert r.returncode == 0 and len(r.stdout.splitlines()) == 3, r.stderr
         with Client(eps, timeout=8, connect_timeout=1) as c:
             assert c.put("h", "3").meta.index > 0
+
+        async def async_put(batching: bool) -> int:
+            async with AsyncClient(eps, timeout=8, connect_timeout=1, batching=batching) as ac:
+                return (await ac.put("h", "5")).meta.index
+
+        assert asyncio.run(async_put(False)) > 0 and asyncio.run(async_put(True)) > 0
         # Only the hung node in the list: the message names it and says the write was not sent.
         r = kv(cluster.address(hung), "put", "h", "4", "--dial-timeout", "0.5", timeout=1.5)
         err = one_error(r)
