@@ -23,7 +23,7 @@ def lag_to_pb(lg: FollowerLag) -> pb.FollowerLag:
                           learner=lg.is_learner, lag_entries=lg.lag_entries, lag_bytes=lg.lag_bytes,
                           flush_lag_seconds=lg.flush_lag_seconds, replay_lag_seconds=lg.replay_lag_seconds,
                           last_contact_seconds=-1.0 if lg.last_contact_seconds is None else lg.last_contact_seconds,
-                          critical=lg.critical)
+                          critical=lg.critical, unreachable=lg.unreachable)
 
 
 class AdminService(kv_pb2_grpc.AdminServicer):

@@ -25,7 +25,7 @@ from ..layers.acks import AckLevel, AckRequest
 from ..proto.stubs import kv_pb2 as pb
 from ..status import error_info
 from ..storage import commands
-from .convert import delete_to_pb, kv_to_pb, put_to_pb, range_to_pb
+from .convert import delete_to_pb, kv_to_pb, put_to_pb
 from .errors import RequestError, classify, invalid
 from .reads import ForwardToLeader, prepare_read
 
@@ -61,16 +61,22 @@ class BatchExecutor:
         if len(ops) > MAX_BATCH_OPS:
             raise invalid(f"batch has {len(ops)} operations; the limit is {MAX_BATCH_OPS}")
         results: list[pb.BatchResult | None] = [None] * len(ops)
+        # The batch's writes go into the log together: their total is bounded like one request's. Each
+        # write over the limit, or past it counting those before it, fails alone (the rest is served).
+        # The request as a whole is bounded by the gRPC port's receive limit.
+        write_bytes = 0
         writes: list[tuple[int, str, bytes, AckRequest, bool]] = []
         reads: dict[bytes, tuple[pb.ReadOptions, list[tuple[int, str, Any]]]] = {}
         for i, op in enumerate(ops):
             kind = op.WhichOneof("op")
             try:
                 if kind == "put":
+                    write_bytes = self.v.batch_write_size(op.put, "put request", write_bytes)
                     cmd: commands.Command = self.v.put(op.put)
                     ack = self.v.ack(op.put.write)
                     writes.append((i, kind, commands.encode(cmd), ack, op.put.prev_kv or ack.level != AckLevel.LEADER))
                 elif kind == "delete":
+                    write_bytes = self.v.batch_write_size(op.delete, "delete request", write_bytes)
                     cmd = self.v.delete(op.delete)
                     writes.append((i, kind, commands.encode(cmd), self.v.ack(op.delete.write), True))
                 elif kind == "get":
@@ -148,7 +154,7 @@ class BatchExecutor:
                         reply.kv.CopyFrom(kv_to_pb(kv))
                     results[i] = pb.BatchResult(get=reply)
                 else:
-                    reply = range_to_pb(store.range(arg))
+                    reply = await self.kv.range_reply(arg)
                     reply.meta.CopyFrom(meta)
                     results[i] = pb.BatchResult(range=reply)
             except Exception as e:  # noqa: BLE001

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import grpc
+from google.protobuf.message import Message
+
 from ..layers.acks import AckLevel, AckRequest
 from ..layers.reads import ReadLevel, StalenessBound
 from ..proto.stubs import kv_pb2 as pb
 from ..server.config import ServerConfig
 from ..storage.commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn
-from .errors import invalid
+from .errors import RequestError, invalid
 
 ACK_FROM_PB = {pb.ACK_DEFAULT: AckLevel.MAJORITY, pb.ACK_LEADER: AckLevel.LEADER, pb.ACK_MAJORITY: AckLevel.MAJORITY,
                pb.ACK_SEMI_SYNC: AckLevel.SEMI_SYNC, pb.ACK_SYNC: AckLevel.SYNC}
@@ -25,6 +28,30 @@ RESULTS = {pb.Compare.EQUAL: "=", pb.Compare.NOT_EQUAL: "!=", pb.Compare.LESS: "
 class Validator:
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
+
+    def request_size(self, r: Message, what: str = "request") -> None:
+        """Refuse a write request over --max-request-bytes before it is proposed: one big entry makes every
+        follower receive, fsync and apply it, and a leader that stalls on it loses its lease (etcd's
+        "request is too large")."""
+        size = r.ByteSize()
+        limit = self.cfg.max_request_bytes
+        if size > limit:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"{what} is too large: {size} bytes; the limit is {limit} bytes (--max-request-bytes)",
+                               "REQUEST_TOO_LARGE", {"size": str(size), "limit": str(limit)})
+
+    def batch_write_size(self, r: Message, what: str, before: int) -> int:
+        """One write of a Batch: refused alone if it is over the limit, or if the batch's writes up to
+        and including it are. Returns the new total."""
+        self.request_size(r, what)
+        total = before + r.ByteSize()
+        limit = self.cfg.max_request_bytes
+        if total > limit:
+            raise RequestError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"batch's writes are too large: {total} bytes up to this one; the limit is {limit} "
+                               "bytes (--max-request-bytes): send the rest in another batch",
+                               "REQUEST_TOO_LARGE", {"size": str(total), "limit": str(limit)})
+        return total
 
     def key(self, key: bytes, what: str = "key") -> bytes:
         if not key:
@@ -52,7 +79,10 @@ class Validator:
     def range(self, r: pb.RangeRequest) -> Range:
         if not r.key and r.range_end != b"\0":
             raise invalid("key must not be empty (use range_end \\0 with an empty key to read everything)")
-        return Range(r.key, self.range_end(r.range_end), r.limit, r.keys_only, r.count_only)
+        # The server's key-count bound is the limit whenever the client asks for more (or for no limit);
+        # the byte bound is applied by the scan (`range_read`), which always returns at least one key.
+        limit = min(r.limit, self.cfg.max_range_keys) if r.limit else self.cfg.max_range_keys
+        return Range(r.key, self.range_end(r.range_end), limit, r.keys_only, r.count_only)
 
     def txn(self, r: pb.TxnRequest) -> Txn:
         ops = len(r.success) + len(r.failure) + len(r.compare)
@@ -64,9 +94,31 @@ class Validator:
             result = RESULTS.get(c.result)
             if target is None or result is None:
                 raise invalid("unknown compare target or result")
-            operand: object = c.value if target == "value" else (bool(c.number) if target == "exists" else c.number)
+            operand = self._operand(c, target, result)
             compares.append(Compare(self.key(c.key, "compare key"), target, result, operand))
         return Txn(tuple(compares), tuple(self._op(o) for o in r.success), tuple(self._op(o) for o in r.failure))
+
+    @staticmethod
+    def _operand(c: pb.Compare, target: str, result: str) -> object:
+        """The operand the target takes, refusing one that does not fit (it would be silently ignored):
+        VALUE compares `value` (bytes); VERSION, CREATE and MOD compare a `number` >= 0; EXISTS takes
+        `number` 1 (exists) or 0 (absent) with = or != only."""
+        key = c.key.decode("utf-8", "backslashreplace")
+        if target == "value":
+            if c.number:
+                raise invalid(f"compare of value({key}) takes `value` (bytes), not `number` {c.number}")
+            return c.value
+        if c.value:
+            raise invalid(f"compare of {target}({key}) takes `number`, not `value` {c.value[:32]!r}")
+        if target == "exists":
+            if c.number not in (0, 1):
+                raise invalid(f"compare of exists({key}) takes number 1 (exists) or 0 (absent), not {c.number}")
+            if result not in ("=", "!="):
+                raise invalid(f"compare of exists({key}) takes = or !=, not {result}")
+            return bool(c.number)
+        if c.number < 0:
+            raise invalid(f"compare of {target}({key}) takes a number >= 0, not {c.number}")
+        return c.number
 
     def _op(self, o: pb.RequestOp) -> Put | Delete | Range:
         kind = o.WhichOneof("request")
@@ -111,7 +163,9 @@ def kv_to_pb(kv: KV) -> pb.KeyValue:
 
 
 def range_to_pb(r: RangeResult) -> pb.RangeResponse:
-    return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in r.kvs], count=r.count, more=r.more)
+    """With `more`, `next_key` is where the next page starts: the last key returned + "\\0" (etcd's way)."""
+    next_key = r.kvs[-1].key + b"\0" if r.more and r.kvs else b""
+    return pb.RangeResponse(kvs=[kv_to_pb(kv) for kv in r.kvs], count=r.count, more=r.more, next_key=next_key)
 
 
 def put_to_pb(r: PutResult | None) -> pb.PutResponse:

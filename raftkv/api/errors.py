@@ -1,6 +1,8 @@
 """One place that turns what went wrong into a gRPC status a client can act on:
 UNAVAILABLE means "retry (perhaps elsewhere)", FAILED_PRECONDITION "do not retry as is",
-INVALID_ARGUMENT "the request itself is wrong", DEADLINE_EXCEEDED "the outcome may be unknown"."""
+INVALID_ARGUMENT "the request itself is wrong", DEADLINE_EXCEEDED "the outcome may be unknown",
+RESOURCE_EXHAUSTED NOSPACE "this node cannot persist, write elsewhere or later", DATA_LOSS "this node's
+stored copy failed its checksum"."""
 
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..core import ConfChangeRejected
-from ..layers.session import InvalidToken
-from ..server.errors import HostError, NotLeader, SyncTimeout
+from ..layers.acks import UnmeetableAck
+from ..layers.session import InvalidToken, TokenAhead, TokenLost
+from ..server.errors import HostError, NoSpace, NotLeader, SyncTimeout
+from ..storage import CorruptionError
 
 log = structlog.get_logger("raftkv.api")
 DOMAIN = "raftkv.io"
@@ -55,10 +59,23 @@ def classify(e: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "SYNC_TIMEOUT",
                             {"index": str(e.index), "term": str(e.term),
                              "confirmed_by": ",".join(map(str, e.confirmed_by)), "committed": "true"})
+    if isinstance(e, NoSpace):
+        return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "NOSPACE")
     if isinstance(e, HostError):
         return RequestError(grpc.StatusCode.UNAVAILABLE, str(e), type(e).__name__.upper())
+    if isinstance(e, CorruptionError):
+        # Never served, never repaired: the client learns that this node's copy is damaged (another
+        # node may serve the read), the operator finds the key and file in the log.
+        log.error("refused to serve corrupted data", error=str(e))
+        return RequestError(grpc.StatusCode.DATA_LOSS, str(e), "DATA_CORRUPTED")
     if isinstance(e, ConfChangeRejected):
         return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "MEMBERSHIP_CHANGE_REJECTED")
+    if isinstance(e, UnmeetableAck):
+        return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "ACK_UNMEETABLE")
+    if isinstance(e, TokenAhead):
+        return RequestError(grpc.StatusCode.OUT_OF_RANGE, str(e), "SESSION_TOKEN_AHEAD")
+    if isinstance(e, TokenLost):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "SESSION_WRITE_LOST")
     if isinstance(e, InvalidToken):
         return RequestError(grpc.StatusCode.INVALID_ARGUMENT, str(e), "INVALID_SESSION_TOKEN")
     if isinstance(e, (TimeoutError, asyncio.TimeoutError)):

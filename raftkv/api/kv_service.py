@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 
 from ..layers.acks import AckLevel
@@ -27,6 +30,10 @@ from .errors import rpc
 from .forward import Forwarder
 from .reads import ForwardToLeader, ReadPoint, prepare_read
 
+RANGE_THREADS = 2
+"""Range scans run on this many threads, never on the event loop: a scan of many keys (counting every
+match, as etcd does) would stall the host loop and its heartbeats. More ranges at once wait their turn."""
+
 
 class KVService(kv_pb2_grpc.KVServicer):
     def __init__(self, host: NodeHost, store: LmdbNodeStore, forwarder: Forwarder) -> None:
@@ -35,11 +42,30 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.fwd = forwarder
         self.v = Validator(host.cfg)
         self.batch = BatchExecutor(self)
+        self._term_at = (-1, 0)
+        self._scans = ThreadPoolExecutor(max_workers=RANGE_THREADS, thread_name_prefix=f"raftkv-range-{host.cfg.id}")
+
+    def close(self) -> None:
+        """Wait for running scans before the store closes under them."""
+        self._scans.shutdown(wait=True, cancel_futures=True)
+
+    async def range_reply(self, op: Range) -> pb.RangeResponse:
+        """Scan and build the reply on a scan thread, bounded by --max-range-keys (in `op.limit`) and
+        --max-range-bytes."""
+        limit_bytes = self.host.cfg.max_range_bytes
+        return await asyncio.get_running_loop().run_in_executor(
+            self._scans, lambda: range_to_pb(self.store.range(op, limit_bytes)))
 
     # -- helpers -----------------------------------------------------------------------------
     def _token(self, index: int, term: int | None = None) -> bytes:
-        return SessionToken(index=index, term=self.host.node.term if term is None else term).encode(
-            self.store.cluster_id)
+        """A session token names an entry: its index and the term of the entry there (checked by the node
+        that serves the token, see `check_token_term`)."""
+        if term is None:
+            cached_index, term = self._term_at
+            if cached_index != index:  # reads between writes share one applied index: one log lookup
+                term = self.host.node.raft_log.term_or_zero(index)
+                self._term_at = (index, term)
+        return SessionToken(index=index, term=term).encode(self.store.cluster_id)
 
     def _write_meta(self, out: WriteOutcome) -> pb.WriteMeta:
         return pb.WriteMeta(index=out.index, term=out.term, ack_achieved=ACK_TO_PB[out.ack.level],
@@ -70,6 +96,7 @@ class KVService(kv_pb2_grpc.KVServicer):
     # -- RPCs ----------------------------------------------------------------------------------
     @rpc
     async def Put(self, request: pb.PutRequest, context: grpc.aio.ServicerContext) -> pb.PutResponse:
+        self.v.request_size(request)
         cmd = self.v.put(request)
         out = await self._write("Put", request, context, cmd, request.write, request.prev_kv)
         if not isinstance(out, WriteOutcome):
@@ -80,6 +107,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @rpc
     async def Delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.DeleteResponse:
+        self.v.request_size(request)
         cmd = self.v.delete(request)
         out = await self._write("Delete", request, context, cmd, request.write, True)
         if not isinstance(out, WriteOutcome):
@@ -90,6 +118,7 @@ class KVService(kv_pb2_grpc.KVServicer):
 
     @rpc
     async def Txn(self, request: pb.TxnRequest, context: grpc.aio.ServicerContext) -> pb.TxnResponse:
+        self.v.request_size(request)
         cmd = self.v.txn(request)
         out = await self._write("Txn", request, context, cmd, request.write, True)
         if not isinstance(out, WriteOutcome):
@@ -120,7 +149,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         if not isinstance(point, ReadPoint):
             return point
         applied = self.host.applied
-        reply = range_to_pb(self.store.range(op))
+        reply = await self.range_reply(op)
         reply.meta.CopyFrom(self._read_meta(point, applied))
         return reply
 

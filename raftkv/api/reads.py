@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from ..core import CompactedError
 from ..layers.reads import ReadLevel, StalenessBound, satisfies
 from ..layers.session import SessionToken
 from ..server.host import NodeHost
@@ -22,6 +23,16 @@ class ForwardToLeader(Exception):
 class ReadPoint:
     level: ReadLevel
     staleness_bound_ms: float = 0.0
+
+
+def check_token_term(host: NodeHost, tok: SessionToken) -> None:
+    """The token's index is applied here, so committed: the log's term there is final."""
+    log = host.node.raft_log
+    try:
+        log_term: int | None = log.term(tok.index)
+    except CompactedError:
+        log_term = None
+    tok.check_term(log_term, log.term_or_zero(log.first_index() - 1))
 
 
 async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound | None, token: bytes,
@@ -48,13 +59,17 @@ async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound |
         return ReadPoint(level)
     if level == ReadLevel.SESSION:
         tok = SessionToken.decode(token, cluster_id)
+        if host.is_leader:
+            tok.check_ahead(host.node.raft_log.last_index())
         try:
             await asyncio.wait_for(host.wait_applied(tok.index), cfg.read_wait_ms / 1000)
         except TimeoutError:
             if host.is_leader:
+                tok.check_ahead(host.node.raft_log.last_index())
                 await host.wait_applied(tok.index)
             else:
                 raise ForwardToLeader() from None
+        check_token_term(host, tok)
         return ReadPoint(level)
     assert bound is not None
     election_ms = cfg.election_ticks * cfg.tick_ms

@@ -1,13 +1,16 @@
 """`kv`: the raftkv command-line client, in the manner of etcdctl.
 
 Global flags: --endpoints (env KV_ENDPOINTS; the flag wins), --dial-timeout, --command-timeout,
---cacert/--cert/--key (TLS), -w/--write-out simple|json|table; they may stand before or after the
-command. Errors print one line `Error: ...` on stderr and exit non-zero."""
+--cacert/--cert/--key (TLS), -w/--write-out simple|json|table, --hex; they may stand before or after
+the command. Errors print one line `Error: ...` on stderr and exit non-zero (kv_args: 1 error, 2 usage,
+3 outcome unknown)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -15,19 +18,41 @@ from typing import Any
 
 import click
 
-EXIT_ERROR = 1
-EXIT_BAD_USAGE = 2
+from .kv_args import (
+    EXIT_BAD_USAGE,
+    EXIT_ERROR,
+    EXIT_OUTCOME_UNKNOWN,
+    NODE_ID,
+    SECONDS,
+    UINT32,
+    UINT64,
+    KvGroup,
+    fail,
+    hoist_global_flags,
+    show,
+    to_bytes,
+)
+
+__all__ = ["EXIT_BAD_USAGE", "EXIT_ERROR", "EXIT_OUTCOME_UNKNOWN", "hoist_global_flags", "main"]
 
 
 class Ctx:
     def __init__(self, endpoints: str, dial_timeout: float, command_timeout: float, out: str,
-                 tls: tuple[str, str, str] = ("", "", "")) -> None:
+                 tls: tuple[str, str, str] = ("", "", ""), hex_mode: bool = False) -> None:
         self.endpoints = endpoints
         self.tls = tls
         self.dial_timeout = dial_timeout
         self.command_timeout = command_timeout
         self.out = out
+        self.hex = hex_mode
         self._client: Any = None
+
+    def b(self, arg: str, what: str = "KEY") -> bytes:
+        """A key, value or range end as given on the command line (hex with --hex)."""
+        return to_bytes(arg, self.hex, what)
+
+    def show(self, data: bytes) -> str:
+        return show(data, self.hex)
 
     @property
     def client(self) -> Any:
@@ -37,7 +62,8 @@ class Ctx:
 
             try:
                 tls = TlsFiles(*self.tls) if any(self.tls) else None
-                self._client = Client(self.endpoints, timeout=self.command_timeout, tls=tls)
+                self._client = Client(self.endpoints, timeout=self.command_timeout, tls=tls,
+                                      connect_timeout=min(self.dial_timeout, self.command_timeout))
                 if tls is not None:
                     tls.channel_credentials()  # unreadable files fail here, in one line
             except TlsError as e:
@@ -45,25 +71,19 @@ class Ctx:
         return self._client
 
 
-def fail(msg: str, code: int = EXIT_ERROR) -> None:
-    click.echo(f"Error: {msg}", err=True)
-    sys.exit(code)
-
-
 def run(fn: Callable[[], Any]) -> Any:
-    """Call the client; any error becomes one line on stderr and a non-zero exit."""
-    from ..client import RaftKVError
+    """Call the client; any error becomes one line on stderr and a non-zero exit (3: a write whose
+    outcome is unknown)."""
+    from ..client import OutcomeUnknownError, RaftKVError
 
     try:
         return fn()
+    except OutcomeUnknownError as e:
+        fail(str(e).splitlines()[0], EXIT_OUTCOME_UNKNOWN)
     except RaftKVError as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except ValueError as e:
         fail(str(e), EXIT_BAD_USAGE)
-
-
-def text(b: bytes) -> str:
-    return b.decode("utf-8", errors="backslashreplace")
 
 
 def token_text(tok: bytes) -> str:
@@ -71,11 +91,15 @@ def token_text(tok: bytes) -> str:
 
 
 def token_bytes(s: str) -> bytes:
+    import binascii
+
     try:
-        return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-    except (ValueError, TypeError):
+        tok = base64.b64decode(s + "=" * (-len(s) % 4), altchars=b"-_", validate=True)
+    except (ValueError, TypeError, binascii.Error):
+        tok = b""
+    if not tok:
         fail("--session-token is not a token printed by kv", EXIT_BAD_USAGE)
-        raise
+    return tok
 
 
 def to_json(msg: Any) -> dict[str, Any]:
@@ -97,62 +121,40 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
 
 pass_ctx = click.make_pass_decorator(Ctx)
 
-GLOBAL_FLAGS_WITH_VALUE = frozenset({"--endpoints", "--dial-timeout", "--command-timeout", "-w", "-o", "--write-out",
-                                     "--cacert", "--cert", "--key"})
-
-
-def hoist_global_flags(args: list[str]) -> list[str]:
-    """Move global flags given after the command to the front, as etcdctl accepts them anywhere
-    (`kv status -w table`). Nothing after `--` is touched."""
-    front: list[str] = []
-    rest: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            rest.extend(args[i:])
-            break
-        if arg.split("=", 1)[0] in GLOBAL_FLAGS_WITH_VALUE:
-            if "=" in arg or i + 1 == len(args):
-                front.append(arg)
-            else:
-                front += [arg, args[i + 1]]
-                i += 1
-        else:
-            rest.append(arg)
-        i += 1
-    return front + rest
-
-
-class KvGroup(click.Group):
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        return super().parse_args(ctx, hoist_global_flags(args))
-
 
 @click.group(cls=KvGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--endpoints", envvar="KV_ENDPOINTS", default="127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003",
               show_default=True, help="Comma-separated node addresses (env KV_ENDPOINTS).")
-@click.option("--dial-timeout", type=float, default=2.0, show_default=True, help="Seconds to connect.")
-@click.option("--command-timeout", type=float, default=5.0, show_default=True, help="Seconds per command.")
+@click.option("--dial-timeout", type=SECONDS, default=2.0, show_default=True,
+              help="Seconds to wait for one node's connection before trying the next.")
+@click.option("--command-timeout", type=SECONDS, default=5.0, show_default=True, help="Seconds per command.")
 @click.option("-w", "--write-out", "-o", "out", type=click.Choice(["simple", "json", "table"]), default="simple",
               show_default=True, help="Output format.")
 @click.option("--cacert", envvar="KV_CACERT", default="", help="Verify TLS nodes with this PEM CA (env KV_CACERT).")
 @click.option("--cert", envvar="KV_CERT", default="", help="Client certificate, PEM (env KV_CERT).")
 @click.option("--key", envvar="KV_KEY", default="", help="Key of --cert, PEM (env KV_KEY).")
+@click.option("--hex", "hex_mode", is_flag=True,
+              help="Keys, values and range ends are given and printed as hex (for binary data).")
 @click.pass_context
 def main(ctx: click.Context, endpoints: str, dial_timeout: float, command_timeout: float, out: str, cacert: str,
-         cert: str, key: str) -> None:
-    """kv: talk to a raftkv cluster."""
+         cert: str, key: str, hex_mode: bool) -> None:
+    """kv: talk to a raftkv cluster.
+
+    Exit codes: 0 done, 1 failed, 2 bad usage, 3 outcome unknown (a write was sent but its answer was
+    lost: it may or may not have been applied; read the key back before writing again)."""
     if not endpoints.strip():
         fail("--endpoints is empty", EXIT_BAD_USAGE)
-    ctx.obj = Ctx(endpoints, dial_timeout, command_timeout, out, (cacert, cert, key))
+    # gRPC's C core logs each failed TLS handshake on stderr at INFO; kv says it once, in its own words.
+    # Read when gRPC is first imported, which is below (lazily); GRPC_VERBOSITY set by the user wins.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    ctx.obj = Ctx(endpoints, dial_timeout, command_timeout, out, (cacert, cert, key), hex_mode)
 
 
 def write_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--ack", type=click.Choice(["default", "leader", "majority", "semi_sync", "sync"]),
                      default="default", help="How durable before the reply (leader = async: can be lost).")(f)
-    f = click.option("--min-replicas", type=int, default=0, help="semi_sync: replicas to wait for.")(f)
-    f = click.option("--timeout-ms", type=int, default=0, help="semi_sync wait / sync deadline (ms).")(f)
+    f = click.option("--min-replicas", type=UINT32, default=0, help="semi_sync: replicas to wait for.")(f)
+    f = click.option("--timeout-ms", type=UINT32, default=0, help="semi_sync wait / sync deadline (ms).")(f)
     return f
 
 
@@ -160,8 +162,8 @@ def read_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--consistency", type=click.Choice(["linearizable", "lease", "serializable", "eventual",
                                                          "bounded_staleness", "session"]),
                      default="linearizable", show_default=True)(f)
-    f = click.option("--max-staleness-ms", type=int, help="bounded_staleness: how old the data may be.")(f)
-    f = click.option("--max-lag-entries", type=int, help="bounded_staleness: how many entries behind.")(f)
+    f = click.option("--max-staleness-ms", type=UINT32, help="bounded_staleness: how old the data may be.")(f)
+    f = click.option("--max-lag-entries", type=UINT64, help="bounded_staleness: how many entries behind.")(f)
     f = click.option("--strict", is_flag=True, help="bounded_staleness: fail instead of forwarding.")(f)
     f = click.option("--session-token", help="session: a token printed by an earlier command (--print-token).")(f)
     f = click.option("--print-token", is_flag=True, help="Also print the reply's session token.")(f)
@@ -191,16 +193,16 @@ def _write_meta_lines(meta: Any) -> list[str]:
 def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
         timeout_ms: int) -> None:
     """Put KEY VALUE."""
-    r = run(lambda: c.client.put(key, value, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms,
-                                 prev_kv=prev_kv))
+    k, v = c.b(key), c.b(value, "VALUE")
+    r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
         return
     for line in _write_meta_lines(r.meta):
         click.echo(line, err=line.startswith("warning"))
     if prev_kv and r.has_prev_kv:
-        click.echo(text(r.prev_kv.key))
-        click.echo(text(r.prev_kv.value))
+        click.echo(c.show(r.prev_kv.key))
+        click.echo(c.show(r.prev_kv.value))
     if print_token:
         _print_token(c, r.meta.session_token)
 
@@ -230,13 +232,13 @@ def _print_kvs(c: Ctx, kvs: list[Any], reply: Any, keys_only: bool = False) -> N
         click.echo(json.dumps(to_json(reply)))
     elif c.out == "table":
         click.echo(table(["key", "value", "create", "mod", "version"],
-                         [[text(kv.key), text(kv.value), kv.create_revision, kv.mod_revision, kv.version]
+                         [[c.show(kv.key), c.show(kv.value), kv.create_revision, kv.mod_revision, kv.version]
                           for kv in kvs]))
     else:
         for kv in kvs:
-            click.echo(text(kv.key))
+            click.echo(c.show(kv.key))
             if not keys_only:
-                click.echo(text(kv.value))
+                click.echo(c.show(kv.value))
 
 
 @main.command()
@@ -247,7 +249,8 @@ def get(c: Ctx, key: str, consistency: str, max_staleness_ms: int | None, max_la
         strict: bool, session_token: str | None, print_token: bool) -> None:
     """Get KEY (prints KEY and VALUE; nothing if absent)."""
     kw = _read_kwargs(consistency, max_staleness_ms, max_lag_entries, strict, session_token)
-    r = run(lambda: c.client.get(key, **kw))
+    k = c.b(key)
+    r = run(lambda: c.client.get(k, **kw))
     _print_kvs(c, [r.kv] if r.found else [], r)
     if print_token:
         _print_token(c, r.meta.session_token)
@@ -258,29 +261,59 @@ def get(c: Ctx, key: str, consistency: str, max_staleness_ms: int | None, max_la
 @click.argument("range_end", required=False, default="")
 @click.option("--prefix", is_flag=True, help="Every key starting with KEY.")
 @click.option("--from-key", is_flag=True, help="Every key >= KEY.")
-@click.option("--limit", type=int, default=0)
+@click.option("--limit", type=UINT64, default=0, help="At most this many keys (0 = no limit).")
+@click.option("--after", "after", default=None, metavar="KEY",
+              help="Start just after this key (the next page: the note of a range that has more).")
 @click.option("--keys-only", is_flag=True)
 @click.option("--count-only", is_flag=True)
 @read_options
 @pass_ctx
-def range_cmd(c: Ctx, key: str, range_end: str, prefix: bool, from_key: bool, limit: int, keys_only: bool,
-              count_only: bool, consistency: str, max_staleness_ms: int | None, max_lag_entries: int | None,
-              strict: bool, session_token: str | None, print_token: bool) -> None:
-    """Range over keys: KEY [RANGE_END), --prefix, or --from-key."""
+def range_cmd(c: Ctx, key: str, range_end: str, prefix: bool, from_key: bool, limit: int, after: str | None,
+              keys_only: bool, count_only: bool, consistency: str, max_staleness_ms: int | None,
+              max_lag_entries: int | None, strict: bool, session_token: str | None, print_token: bool) -> None:
+    """Range over keys: KEY [RANGE_END), --prefix, or --from-key.
+
+    When the answer stops short of the range (--limit, or the server's own bound), a note on stderr says
+    how to go on: `--after LAST_KEY`, with the same range and flags."""
     if not key and not from_key and not prefix:
         fail("give a KEY, or --prefix / --from-key", EXIT_BAD_USAGE)
-    end = "\0" if from_key else range_end
-    if prefix and not key:  # an empty prefix selects every key
-        end, prefix = "\0", False
+    start = c.b(key)
+    end = b"\0" if from_key else c.b(range_end, "RANGE_END")
+    if prefix:
+        from ..client.requests import prefix_end
+
+        end, prefix = (prefix_end(start) if start else b"\0"), False  # an empty prefix selects every key
+    if after is not None:
+        start = c.b(after, "--after") + b"\0"  # the smallest key after it
+        if not end:  # a single KEY has nothing after it
+            fail("--after goes with a range (RANGE_END, --prefix or --from-key)", EXIT_BAD_USAGE)
     kw = _read_kwargs(consistency, max_staleness_ms, max_lag_entries, strict, session_token)
-    r = run(lambda: c.client.range(key, end, prefix=prefix, limit=limit, keys_only=keys_only,
-                                   count_only=count_only, **kw))
+    r = run(lambda: c.client.range(start, end, limit=limit, keys_only=keys_only, count_only=count_only, **kw))
     if count_only:
         click.echo(json.dumps(to_json(r)) if c.out == "json" else str(r.count))
     else:
         _print_kvs(c, list(r.kvs), r, keys_only)
+        if r.more and c.out != "json":  # -w json carries `more` itself
+            click.echo(_more_note(c, list(r.kvs), r.count), err=True)
     if print_token:
         _print_token(c, r.meta.session_token)
+
+
+def _more_note(c: Ctx, kvs: list[Any], count: int) -> str:
+    """Never a silently short answer: how many were shown, and how to ask for the rest."""
+    shown = f"{len(kvs)} of {count} shown" if count > len(kvs) else f"{len(kvs)} shown"
+    if not kvs:
+        return f"(more keys: {shown})"
+    last = kvs[-1].key
+    if c.hex:
+        return f"(more keys: {shown}; continue with --after {last.hex()})"
+    try:
+        printable = last.decode("utf-8").isprintable()
+    except UnicodeDecodeError:
+        printable = False
+    if not printable:
+        return f"(more keys: {shown}; the last key is binary: continue with --hex --after {last.hex()})"
+    return f"(more keys: {shown}; continue with --after {shlex.quote(last.decode())})"
 
 
 @main.command(name="del")
@@ -294,21 +327,23 @@ def range_cmd(c: Ctx, key: str, range_end: str, prefix: bool, from_key: bool, li
 def delete(c: Ctx, key: str, range_end: str, prefix: bool, prev_kv: bool, print_token: bool, ack: str,
            min_replicas: int, timeout_ms: int) -> None:
     """Delete KEY (or [KEY, RANGE_END), or --prefix); prints how many were deleted."""
-    r = run(lambda: c.client.delete(key, range_end, prefix=prefix, prev_kv=prev_kv, ack=ack,
-                                    min_replicas=min_replicas, timeout_ms=timeout_ms))
+    k, end = c.b(key), c.b(range_end, "RANGE_END")
+    r = run(lambda: c.client.delete(k, end, prefix=prefix, prev_kv=prev_kv, ack=ack, min_replicas=min_replicas,
+                                    timeout_ms=timeout_ms))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
     else:
         click.echo(str(r.deleted))
         for kv in r.prev_kvs:
-            click.echo(text(kv.key))
-            click.echo(text(kv.value))
+            click.echo(c.show(kv.key))
+            click.echo(c.show(kv.value))
     if print_token:
         _print_token(c, r.meta.session_token)
 
 
-def _parse_compare(s: str) -> Any:
-    """`value(k) = v`, `version(k) > 3`, `create(k) = 0`, `mod(k) < 9`, `exists(k) = 1`."""
+def _parse_compare(c: Ctx, s: str) -> Any:
+    """`value(k) = v`, `version(k) > 3`, `create(k) = 0`, `mod(k) < 9`, `exists(k) = 1` (with --hex, k and v
+    in hex)."""
     import re
 
     from ..client import compare
@@ -319,22 +354,24 @@ def _parse_compare(s: str) -> Any:
         raise SystemExit
     target, key, op, operand = m.groups()
     operand = operand.strip().strip('"')
-    if target != "value" and not operand.lstrip("-").isdigit():
-        fail(f"{target} compares take a number, not {operand!r}", EXIT_BAD_USAGE)
-    return compare(key, target, op, operand)
+    if target != "value":
+        if not operand.lstrip("-").isdigit() or not -2 ** 63 <= int(operand) < 2 ** 63:
+            fail(f"{target} compares take a number, not {operand!r}", EXIT_BAD_USAGE)
+        return compare(c.b(key), target, op, operand)
+    return compare(c.b(key), target, op, c.b(operand, "compare value"))
 
 
-def _parse_op(s: str) -> Any:
-    """`put k v`, `del k`, `get k`."""
+def _parse_op(c: Ctx, s: str) -> Any:
+    """`put k v`, `del k`, `get k` (with --hex, k and v in hex)."""
     from ..client import op_delete, op_get, op_put
 
     parts = s.split(None, 2)
     if len(parts) == 3 and parts[0] == "put":
-        return op_put(parts[1], parts[2])
+        return op_put(c.b(parts[1]), c.b(parts[2], "VALUE"))
     if len(parts) == 2 and parts[0] in ("del", "delete"):
-        return op_delete(parts[1])
+        return op_delete(c.b(parts[1]))
     if len(parts) == 2 and parts[0] == "get":
-        return op_get(parts[1])
+        return op_get(c.b(parts[1]))
     fail(f"cannot parse operation {s!r}; use 'put KEY VALUE', 'del KEY' or 'get KEY'", EXIT_BAD_USAGE)
     raise SystemExit
 
@@ -349,9 +386,9 @@ def _parse_op(s: str) -> Any:
 def txn(c: Ctx, compares: tuple[str, ...], then_ops: tuple[str, ...], else_ops: tuple[str, ...], print_token: bool,
         ack: str, min_replicas: int, timeout_ms: int) -> None:
     """An atomic compare-and-swap transaction (prints SUCCESS or FAILURE, then the results)."""
-    cmp = [_parse_compare(s) for s in compares]
-    ok_ops = [_parse_op(s) for s in then_ops]
-    bad_ops = [_parse_op(s) for s in else_ops]
+    cmp = [_parse_compare(c, s) for s in compares]
+    ok_ops = [_parse_op(c, s) for s in then_ops]
+    bad_ops = [_parse_op(c, s) for s in else_ops]
     r = run(lambda: c.client.txn(cmp, ok_ops, bad_ops, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
@@ -361,8 +398,8 @@ def txn(c: Ctx, compares: tuple[str, ...], then_ops: tuple[str, ...], else_ops: 
             kind = resp.WhichOneof("response")
             if kind == "range":
                 for kv in resp.range.kvs:
-                    click.echo(text(kv.key))
-                    click.echo(text(kv.value))
+                    click.echo(c.show(kv.key))
+                    click.echo(c.show(kv.value))
             elif kind == "put":
                 click.echo("OK")
             else:
@@ -379,7 +416,7 @@ def _status_rows(statuses: list[tuple[str, Any]]) -> list[list[Any]]:
             continue
         leader_lag = {f.id: f for f in s.followers}
         lag = ",".join(f"{f.id}:{f.lag_entries}e/{f.flush_lag_seconds:.2f}s{'!' if f.critical else ''}"
-                       for f in leader_lag.values()) or "-"
+                       f"{'unreachable' if f.unreachable else ''}" for f in leader_lag.values()) or "-"
         rows.append([ep, s.id, s.role, s.term, s.leader_id, s.commit, s.applied, f"{s.db_size_bytes / 1e6:.1f} MB",
                      lag])
     return rows
@@ -392,18 +429,20 @@ def status(c: Ctx) -> None:
     from ..client import RaftKVError
 
     out = []
+    last: RaftKVError | None = None
     for ep in c.endpoints.split(","):
         ep = ep.strip()
         try:
-            out.append((ep, c.client.status(endpoint=ep, timeout=c.dial_timeout)))
-        except RaftKVError:
+            out.append((ep, c.client.status(endpoint=ep, timeout=min(c.dial_timeout, c.command_timeout))))
+        except RaftKVError as e:
             out.append((ep, None))
+            last = e
     if all(s is None for _, s in out):
-        fail(f"no endpoint answered ({c.endpoints})")
+        fail(f"no endpoint answered ({c.endpoints}); last: {str(last).splitlines()[0] if last else '-'}")
     if c.out == "json":
         click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else {"error": "unreachable"})} for ep, s in out]))
         return
-    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size", "lag (follower:entries/secs)"]
+    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size", "lag (follower:entries/secs, ! critical)"]
     rows = _status_rows(out)
     if c.out == "table":
         click.echo(table(headers, rows))
@@ -415,8 +454,13 @@ def status(c: Ctx) -> None:
 def _lag_rows(r: Any) -> list[list[Any]]:
     return [[f.id, "learner" if f.learner else "voter", f.state, f.match, f.lag_entries, f.lag_bytes,
              f"{f.flush_lag_seconds:.3f}", f"{f.replay_lag_seconds:.3f}",
-             "-" if f.last_contact_seconds < 0 else f"{f.last_contact_seconds:.2f}", "CRITICAL" if f.critical else "ok"]
+             "-" if f.last_contact_seconds < 0 else f"{f.last_contact_seconds:.2f}", _lag_status(f)]
             for f in r.followers]
+
+
+def _lag_status(f: Any) -> str:
+    """UNREACHABLE: the leader has not heard from it for a critical period (or ever); CRITICAL: behind."""
+    return "UNREACHABLE" if f.unreachable else "CRITICAL" if f.critical else "ok"
 
 
 LAG_HEADERS = ["follower", "role", "state", "match", "lag entries", "lag bytes", "flush lag s", "replay lag s",
@@ -435,12 +479,12 @@ def _lag_frame(r: Any, watch: bool) -> str:
 @main.command()
 @click.option("--watch", is_flag=True, help="A live table, refreshed every --interval seconds until Ctrl-C.")
 @click.option("--interval", type=float, default=1.0, show_default=True)
-@click.option("--count", type=int, default=0, help="With --watch: stop after this many refreshes (0 = forever).")
+@click.option("--count", type=UINT64, default=0, help="With --watch: stop after this many refreshes (0 = forever).")
 @pass_ctx
 def lag(c: Ctx, watch: bool, interval: float, count: int) -> None:
     """Replication lag of every follower, as the leader sees it."""
-    if interval <= 0:
-        fail("--interval must be > 0", EXIT_BAD_USAGE)
+    if not (0 < interval < float("inf")):  # also refuses nan
+        fail("--interval must be a positive number of seconds", EXIT_BAD_USAGE)
     if not watch:
         r = run(lambda: c.client.lag())
         click.echo(json.dumps(to_json(r)) if c.out == "json" else _lag_frame(r, False))
@@ -491,7 +535,7 @@ def members_list(c: Ctx) -> None:
 
 
 @members.command(name="add")
-@click.argument("node_id", type=int)
+@click.argument("node_id", type=NODE_ID)
 @click.argument("address")
 @click.option("--learner", is_flag=True, help="Add as a learner (replicates, never votes or counts).")
 @click.option("--sync", "sync_mark", is_flag=True, help="Count it in the sync set.")
@@ -503,14 +547,14 @@ def members_add(c: Ctx, node_id: int, address: str, learner: bool, sync_mark: bo
 
 
 @members.command(name="remove")
-@click.argument("node_id", type=int)
+@click.argument("node_id", type=NODE_ID)
 @pass_ctx
 def members_remove(c: Ctx, node_id: int) -> None:
     _print_members(c, run(lambda: c.client.member_remove(node_id)))
 
 
 @members.command(name="promote")
-@click.argument("node_id", type=int)
+@click.argument("node_id", type=NODE_ID)
 @pass_ctx
 def members_promote(c: Ctx, node_id: int) -> None:
     """Make learner NODE_ID a voter."""
@@ -518,7 +562,7 @@ def members_promote(c: Ctx, node_id: int) -> None:
 
 
 @members.command(name="update")
-@click.argument("node_id", type=int)
+@click.argument("node_id", type=NODE_ID)
 @click.option("--address", default="")
 @click.option("--sync/--no-sync", "sync_mark", default=None, help="Mark (or unmark) it for the sync set.")
 @click.option("--semi-sync/--no-semi-sync", default=None, help="Mark (or unmark) it for the semi-sync set.")
@@ -534,7 +578,7 @@ def leader() -> None:
 
 
 @leader.command(name="transfer")
-@click.argument("node_id", type=int)
+@click.argument("node_id", type=NODE_ID)
 @pass_ctx
 def leader_transfer(c: Ctx, node_id: int) -> None:
     """Hand leadership to NODE_ID."""
@@ -552,4 +596,4 @@ def snapshot(c: Ctx) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(prog_name="kv")

@@ -8,14 +8,20 @@ import socket
 import sys
 from dataclasses import fields
 
-import click
+from ..server.logging_setup import quiet_grpc_core_for_serve
 
-from ..server.config import ConfigError, ServerConfig, parse_peers
+quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core reads GRPC_VERBOSITY at import
+
+import click  # noqa: E402
+
+from .. import exit_codes  # noqa: E402
+from ..server.config import ConfigError, ServerConfig, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
+    """A setting that makes no sense: the operator must change the command line or the config file."""
     click.echo(f"Error: {msg}", err=True)
-    sys.exit(1)
+    sys.exit(exit_codes.USAGE)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
@@ -47,9 +53,16 @@ def main() -> None:
               help="How long a follower waits to catch up for a bounded-staleness or session read (default 200).")
 @click.option("--max-key-bytes", type=int, help="Largest key accepted (default 4096).")
 @click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
+@click.option("--max-request-bytes", type=int,
+              help="Largest write request (Put, Delete, Txn, Batch), encoded (default 1.5 MiB, as etcd).")
+@click.option("--max-range-bytes", type=int,
+              help="A Range answer stops with `more` before this many bytes (default 2 MiB).")
+@click.option("--max-range-keys", type=int, help="A Range answer holds at most this many keys (default 10000).")
 @click.option("--snapshot-entries", type=int, help="Snapshot and compact after this many applied entries.")
 @click.option("--snapshot-keep-entries", type=int, help="Log entries kept after compaction (default 1000).")
 @click.option("--snapshot-log-bytes", type=int, help="Also snapshot once the log holds this many bytes (default 256 MiB).")
+@click.option("--map-size", type=int,
+              help="Most bytes this node's data.mdb may grow to (default 4 GiB); past it writes get NOSPACE.")
 @click.option("--lag-critical-entries", type=int, help="A follower this many entries behind is critical.")
 @click.option("--lag-critical-seconds", type=float, help="A follower this many seconds behind is critical.")
 @click.option("--default-ack", type=click.Choice(["leader", "majority", "semi_sync", "sync"]),

@@ -7,13 +7,20 @@ from .errors import (
     InvalidArgumentError,
     NotFoundError,
     NotLeaderError,
+    OutcomeUnknownDeadlineError,
+    OutcomeUnknownError,
+    OutcomeUnknownUnavailableError,
     RaftKVError,
+    RequestTooLargeError,
     SyncTimeoutError,
+    TlsHandshakeError,
     UnavailableError,
 )
 from .requests import compare, op_delete, op_get, op_put
 from .sync_client import Client
 
 __all__ = ["AsyncClient", "Client", "DeadlineError", "FailedPreconditionError", "InvalidArgumentError",
-           "NotFoundError", "NotLeaderError", "RaftKVError", "SyncTimeoutError", "UnavailableError", "compare",
-           "op_delete", "op_get", "op_put"]
+           "NotFoundError", "NotLeaderError", "OutcomeUnknownDeadlineError", "OutcomeUnknownError",
+           "OutcomeUnknownUnavailableError", "RaftKVError", "RequestTooLargeError", "SyncTimeoutError",
+           "TlsHandshakeError",
+           "UnavailableError", "compare", "op_delete", "op_get", "op_put"]

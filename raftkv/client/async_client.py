@@ -11,10 +11,12 @@ from ..proto.stubs import kv_pb2 as pb
 from ..proto.stubs import kv_pb2_grpc
 from ..tls import TlsFiles, aio_channel
 from .batching import Batcher
+from .connect import wait_settled
 from .errors import RaftKVError
-from .policy import Attempts, Endpoints
+from .policy import Attempts, Endpoints, as_error, never_sent
 from .requests import _b, prefix_end, read_options, write_options
 from .sync_client import Client
+from .tls_diagnosis import diagnose, may_be_tls
 
 # Unary methods whose operations may travel in a KV.Batch instead, and their field in BatchOp.
 BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
@@ -22,7 +24,7 @@ BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
 
 class AsyncClient:
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 batching: bool = False) -> None:
+                 batching: bool = False, connect_timeout: float | None = None) -> None:
         """`batching=True`: put, get, range and delete issued concurrently from this client share KV.Batch
         RPCs (see `batching.Batcher`); each still gets its own reply or error, with the same leader
         discovery and retry rules as a unary call. Worth it under concurrency: the server's cost per RPC
@@ -31,6 +33,7 @@ class AsyncClient:
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.batching = batching
         self.session_token = b""
         self.tls = tls
@@ -49,11 +52,15 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
             ch = aio_channel(address, self.tls)
             self._channels[address] = ch
+        return ch
+
+    def _stub(self, address: str, admin: bool) -> Any:
+        ch = self._channel(address)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     _keep_token = Client._keep_token
@@ -69,9 +76,13 @@ class AsyncClient:
 
     async def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
                    timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint)
+        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
         while True:
-            address, budget = attempts.next()
+            address, connect_budget = attempts.next()
+            if not await wait_settled(self._channel(address), connect_budget):
+                await asyncio.sleep(attempts.not_connected(address, connect_budget))
+                continue
+            budget = attempts.send()
             try:
                 if self.batching and not admin and method in BATCHABLE:
                     reply = await asyncio.wait_for(self._batcher(address, kind).submit(
@@ -79,7 +90,11 @@ class AsyncClient:
                 else:
                     reply = await getattr(self._stub(address, admin), method)(request, timeout=budget)
             except (grpc.RpcError, RaftKVError, TimeoutError) as e:
-                await asyncio.sleep(attempts.failed(address, e))
+                err = as_error(e)
+                cause = None
+                if never_sent(err) and may_be_tls(str(err)):
+                    cause = await asyncio.to_thread(diagnose, address, self.tls, str(err), connect_budget)
+                await asyncio.sleep(attempts.failed(address, err, cause))
                 continue
             meta = getattr(reply, "meta", None)
             if meta is not None:

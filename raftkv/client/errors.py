@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from ..status import error_info
@@ -45,6 +47,38 @@ class SyncTimeoutError(DeadlineError):
         return [int(x) for x in raw.split(",") if x]
 
 
+class OutcomeUnknownError(RaftKVError):
+    """A write (put, delete, txn, membership change) was sent, and then its answer was lost: the deadline
+    passed or the connection broke before the reply came. It may or may not have been applied, and it
+    may still be applied later (a leader that holds it can commit it). The client does not retry it:
+    without exactly-once sequence numbers a second copy could be applied after another client's write
+    and undo it. What to do: read the key back (linearizably) to learn what happened, and write again only
+    if applying it twice is harmless for your data.
+
+    Raised as `OutcomeUnknownDeadlineError` (also a `DeadlineError`) or `OutcomeUnknownUnavailableError`
+    (also an `UnavailableError`), so code written against those classes keeps catching it."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, reason: str = "",
+                 metadata: dict[str, str] | None = None, address: str = "") -> None:
+        super().__init__(message, code, reason, metadata)
+        self.address = address
+        """The node the write was sent to."""
+
+
+class OutcomeUnknownDeadlineError(OutcomeUnknownError, DeadlineError):
+    """The deadline passed after the write was sent."""
+
+
+class OutcomeUnknownUnavailableError(OutcomeUnknownError, UnavailableError):
+    """The connection broke after the write was sent, or the node said it stopped with the write in its log."""
+
+
+class TlsHandshakeError(UnavailableError):
+    """A node could not be reached because TLS is set up wrong on one side: no client certificate where one
+    is required, a certificate that is not trusted or has expired, or TLS on one side only. Retrying cannot
+    fix it, so the client does not wait out its deadline; the message names the cause. `reason` is "TLS"."""
+
+
 class InvalidArgumentError(RaftKVError):
     pass
 
@@ -55,6 +89,25 @@ class FailedPreconditionError(RaftKVError):
 
 class NotFoundError(RaftKVError):
     pass
+
+
+class RequestTooLargeError(InvalidArgumentError):
+    """The request is over the server's size limit (--max-request-bytes); it was not applied."""
+
+
+_GRPC_TOO_LARGE = re.compile(r"[Rr]eceived message larger than max \((\d+) vs\. (\d+)\)")
+
+
+def _too_large(msg: str) -> RaftKVError | None:
+    """gRPC's own refusal of a message over the server's receive limit, said in raftkv's terms."""
+    m = _GRPC_TOO_LARGE.search(msg)
+    if m is None:
+        return None
+    size, limit = m.groups()
+    return RequestTooLargeError(f"request is too large: {size} bytes; the server reads at most {limit} bytes "
+                                "per request (its --max-request-bytes plus framing); it was not applied",
+                                grpc.StatusCode.RESOURCE_EXHAUSTED, "REQUEST_TOO_LARGE",
+                                {"size": size, "limit": limit})
 
 
 def from_rpc_error(e: grpc.RpcError) -> RaftKVError:
@@ -70,6 +123,10 @@ def error_from_status(code: grpc.StatusCode | None, msg: str, reason: str, meta:
         return NotLeaderError(msg, code, reason, meta)
     if reason == "SYNC_TIMEOUT":
         return SyncTimeoutError(msg, code, reason, meta)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not reason and (too_large := _too_large(msg)):
+        return too_large
+    if reason == "REQUEST_TOO_LARGE":
+        return RequestTooLargeError(msg, code, reason, meta)
     cls = {grpc.StatusCode.UNAVAILABLE: UnavailableError, grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
            grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
            grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,

@@ -6,8 +6,13 @@ A failed connection is retried for reads. A put or delete is retried only when t
 made, so the request never left this process: a connection that broke after the request was sent (the
 node died or was cut off mid-call) may have delivered it, and a put applied once by a new leader and
 again by the retry, after another client's write, would undo that write: a linearizability violation
-the partition suite caught. Such an error reaches the caller, whose write's outcome is unknown. A
-transaction is never retried after a connection failure."""
+the partition suite caught. Such an error reaches the caller as `OutcomeUnknownError`. A transaction is
+never retried after a connection failure.
+
+Each try first waits, at most `connect_timeout`, for its channel to be READY (gRPC declares a channel
+ready only once the server has answered the HTTP/2 handshake). A channel that is not ready carried
+nothing, so a write may move on to the next endpoint: this is how a paused node (its port still accepts
+TCP connections) is passed over instead of swallowing every write's whole deadline."""
 
 from __future__ import annotations
 
@@ -17,9 +22,20 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from .errors import DeadlineError, NotLeaderError, RaftKVError, UnavailableError, from_rpc_error
+from .errors import (
+    DeadlineError,
+    NotLeaderError,
+    OutcomeUnknownDeadlineError,
+    OutcomeUnknownError,
+    OutcomeUnknownUnavailableError,
+    RaftKVError,
+    TlsHandshakeError,
+    UnavailableError,
+    from_rpc_error,
+)
 
 SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN"}
+WRITES = frozenset({"write", "txn"})
 # How gRPC words a call that failed before any connection carried it (no server can have seen it).
 NEVER_SENT = ("failed to connect to all addresses", "no address", "dns resolution failed")
 
@@ -30,6 +46,8 @@ class Endpoints:
     current: int = 0
     leader: str | None = None
     known: set[str] = field(default_factory=set)
+    ids: dict[str, int] = field(default_factory=dict)
+    """Node ids learned from NOT_LEADER answers, to name nodes in messages."""
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -40,6 +58,11 @@ class Endpoints:
         if prefer_leader and self.leader:
             return self.leader
         return self.addresses[self.current % len(self.addresses)]
+
+    def name(self, address: str) -> str:
+        """How messages name a node: `node 2 10.0.0.2:7001`, or `node 10.0.0.2:7001` if its id is unknown."""
+        nid = self.ids.get(address)
+        return f"node {nid} {address}" if nid else f"node {address}"
 
     def failed(self, address: str) -> None:
         if self.leader == address:
@@ -55,6 +78,9 @@ class Endpoints:
         wait: move on to the next endpoint, so the client finds whichever node does know."""
         if not isinstance(err, NotLeaderError):
             return
+        leader_id = err.metadata.get("leader_id", "")
+        if err.leader_address and leader_id.isdigit() and int(leader_id):
+            self.ids[err.leader_address] = int(leader_id)
         if err.leader_address and err.leader_address != address:
             self.leader = err.leader_address
             if err.leader_address not in self.known:
@@ -76,6 +102,13 @@ def retryable(err: RaftKVError, kind: str) -> bool:
 
 
 READ_ATTEMPT_MIN_S = 1.0
+CONNECT_TIMEOUT_MAX_S = 2.0
+
+
+def default_connect_timeout(timeout: float) -> float:
+    """How long one try waits for a connection unless told: a share of the deadline, so two hung nodes
+    still leave time for a third."""
+    return min(CONNECT_TIMEOUT_MAX_S, timeout / 3)
 
 
 def attempt_timeout(kind: str, remaining: float, total: float, endpoints: int, pinned: bool) -> float:
@@ -93,61 +126,148 @@ def never_sent(err: RaftKVError) -> bool:
     return any(marker in text for marker in NEVER_SENT)
 
 
+def outcome_unknown(err: RaftKVError, kind: str) -> bool:
+    """Was this write sent, and then its answer lost? A deadline that passed after sending, a connection
+    that broke after sending, or a node that says it stopped with the write in its log."""
+    if kind not in WRITES:
+        return False
+    if err.reason == "OUTCOMEUNKNOWN":
+        return True
+    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return err.reason in ("", "DEADLINE")
+    return err.code == grpc.StatusCode.UNAVAILABLE and not err.reason and not never_sent(err)
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def backoff(attempt: int) -> float:
     return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())
 
 
 class Attempts:
-    """One call's tries: where to send the next one, how long it may take, and, after a failure, whether
-    to try again (and after what pause) or to give up with the typed error. Shared by the sync and the
-    asyncio client, which differ only in how they wait."""
+    """One call's tries: where to send the next one, how long to wait for its connection and for its
+    answer, and, after a failure, whether to try again (and after what pause) or to give up with the
+    typed error. Shared by the sync and the asyncio client, which differ only in how they wait.
 
-    def __init__(self, endpoints: Endpoints, kind: str, admin: bool, timeout: float, endpoint: str | None) -> None:
+    A call goes: `next()` (address, connect budget) -> wait for the channel -> `not_connected()` if it
+    did not get ready, else `send()` (the call's own timeout) -> the RPC -> `failed()` on an error."""
+
+    def __init__(self, endpoints: Endpoints, kind: str, admin: bool, timeout: float, endpoint: str | None,
+                 connect_timeout: float | None = None) -> None:
         self.endpoints = endpoints
         self.kind = kind
         self.prefer_leader = kind != "read" or admin
         self.timeout = timeout
+        self.connect_timeout = default_connect_timeout(timeout) if connect_timeout is None else connect_timeout
         self.endpoint = endpoint
         self.deadline = time.monotonic() + timeout
         self.count = 0
         self.last: RaftKVError | None = None
         self.budget = timeout
         self.cut_short = False
+        self.sent_any = False
+        self.tls_failed: dict[str, TlsHandshakeError] = {}
 
     def next(self) -> tuple[str, float]:
-        """(address, seconds this try may take) for the next try; DeadlineError once the time is up."""
+        """(address, seconds to wait for its connection) for the next try; DeadlineError once the time is up."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            if isinstance(self.last, DeadlineError):
-                raise self.last
-            raise DeadlineError(f"no answer within {self.timeout:.1f}s" + (f" (last error: {self.last})"
-                                                                           if self.last else ""),
-                                grpc.StatusCode.DEADLINE_EXCEEDED)
+            raise self.timed_out()
+        address = self.endpoint or self.endpoints.pick(self.prefer_leader)
+        return address, min(self.connect_timeout, remaining)
+
+    def not_connected(self, address: str, waited: float) -> float:
+        """The channel was not ready in time, so nothing was sent: any request may try elsewhere."""
+        self.endpoints.failed(address)
+        self.last = UnavailableError(f"{self.endpoints.name(address)} did not connect within {duration(waited)}",
+                                     grpc.StatusCode.UNAVAILABLE)
+        return 0.0
+
+    def send(self) -> float:
+        """Seconds the call may take, now that its channel is ready; DeadlineError if no time is left (then
+        it is not sent)."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise self.timed_out()
         self.budget = attempt_timeout(self.kind, remaining, self.timeout, len(self.endpoints.addresses),
                                       self.endpoint is not None)
         self.cut_short = self.budget < remaining
-        return self.endpoint or self.endpoints.pick(self.prefer_leader), self.budget
+        return self.budget
 
-    def failed(self, address: str, e: grpc.RpcError | RaftKVError | TimeoutError) -> float:
+    def timed_out(self) -> DeadlineError:
+        """The error for a call whose time ran out between tries (so nothing is in doubt)."""
+        if self.tls_failed and isinstance(self.last, TlsHandshakeError):
+            return self.last
+        if isinstance(self.last, DeadlineError):
+            return self.last
+        last = f" (last: {self.last})" if self.last else ""
+        if self.kind in WRITES:
+            fate = ("the write was not applied: every node that received it refused it before proposing"
+                    if self.sent_any else "the write was not sent, so it was not applied")
+            return DeadlineError(f"deadline exceeded after {duration(self.timeout)}: {fate}{last}",
+                                 grpc.StatusCode.DEADLINE_EXCEEDED)
+        return DeadlineError(f"deadline exceeded after {duration(self.timeout)}{last}",
+                             grpc.StatusCode.DEADLINE_EXCEEDED)
+
+    def failed(self, address: str, e: grpc.RpcError | RaftKVError | TimeoutError, tls_cause: str | None = None
+               ) -> float:
         """Learn from a failed try (a failed call, an operation's own error from a batch, or our own
-        timeout); returns the pause before the next one, or raises the error to give up."""
-        if isinstance(e, grpc.RpcError):
-            err = from_rpc_error(e)
-        elif isinstance(e, RaftKVError):
-            err = e
-        else:
-            err = DeadlineError(str(e) or "deadline exceeded", grpc.StatusCode.DEADLINE_EXCEEDED)
+        timeout); returns the pause before the next one, or raises the error to give up. `tls_cause`:
+        what the caller's TLS diagnosis found wrong with this connection, if anything."""
+        err = as_error(e)
         self.endpoints.note_leader(address, err)
+        where = self.endpoints.name(address)
+        if tls_cause:
+            # Retrying cannot fix TLS set up wrong: try each other endpoint once, then give up.
+            tls_err = TlsHandshakeError(tls_cause, grpc.StatusCode.UNAVAILABLE, "TLS")
+            self.tls_failed[address] = tls_err
+            self.endpoints.failed(address)
+            self.last = tls_err
+            if self.endpoint is not None or set(self.endpoints.addresses) <= set(self.tls_failed):
+                raise tls_err from None
+            return 0.0
+        if not (err.code == grpc.StatusCode.UNAVAILABLE and never_sent(err)):
+            self.sent_any = True
+        if outcome_unknown(err, self.kind):
+            raise self._unknown(address, where, err) from None
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)
-            err = UnavailableError(f"{address}: {err}", err.code)
-        elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.reason and self.cut_short:
-            self.endpoints.failed(address)  # our share ran out there: try the next endpoint at once
-            self.last = UnavailableError(f"{address}: no answer within {self.budget:.1f}s", err.code)
-            return 0.0
+            err = UnavailableError(f"{where}: {err}", err.code)
+        elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.reason:
+            if self.cut_short:
+                self.endpoints.failed(address)  # our share ran out there: try the next endpoint at once
+                self.last = UnavailableError(f"{where}: no answer within {duration(self.budget)}", err.code)
+                return 0.0
+            err = DeadlineError(f"deadline exceeded after {duration(self.timeout)} at {where}", err.code)
         if self.endpoint is not None or not retryable(err, self.kind):
             raise err from None
         self.last = err
         pause = min(backoff(self.count), max(0.0, self.deadline - time.monotonic()))
         self.count += 1
         return pause
+
+    def _unknown(self, address: str, where: str, err: RaftKVError) -> OutcomeUnknownError:
+        if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            cause = f"deadline exceeded after {duration(self.timeout)} at {where}"
+            cls: type[OutcomeUnknownError] = OutcomeUnknownDeadlineError
+        elif err.reason:
+            cause, cls = f"{where}: {err}", OutcomeUnknownUnavailableError
+        else:
+            cause = f"connection to {where} lost after the write was sent: {first_line(str(err))}"
+            cls = OutcomeUnknownUnavailableError
+        return cls(f"outcome unknown: the write may or may not have been applied ({cause})", err.code,
+                   err.reason, err.metadata, address=address)
+
+
+def as_error(e: grpc.RpcError | RaftKVError | TimeoutError) -> RaftKVError:
+    if isinstance(e, grpc.RpcError):
+        return from_rpc_error(e)
+    if isinstance(e, RaftKVError):
+        return e
+    return DeadlineError(str(e) or "deadline exceeded", grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""

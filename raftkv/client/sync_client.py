@@ -11,25 +11,38 @@ from ..layers.session import SessionToken
 from ..proto.stubs import kv_pb2 as pb
 from ..proto.stubs import kv_pb2_grpc
 from ..tls import TlsFiles, sync_channel
-from .policy import Attempts, Endpoints
+from .connect import ChannelWatch
+from .errors import from_rpc_error
+from .policy import Attempts, Endpoints, never_sent
 from .requests import _b, prefix_end, read_options, write_options
+from .tls_diagnosis import diagnose, may_be_tls
 
 
 class Client:
     """A raftkv client over any number of endpoints. It finds the leader, retries what is safe to retry
     within `timeout` seconds, and keeps the newest session token it has seen, so `consistency="session"`
-    reads see this client's own writes on any node."""
+    reads see this client's own writes on any node.
 
-    def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None) -> None:
+    `connect_timeout`: how long one try waits for a node's connection before moving on to the next node
+    (default: a third of `timeout`, at most 2 s). A write that was sent and then lost its answer is not
+    retried: it raises `OutcomeUnknownError`."""
+
+    def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
+                 connect_timeout: float | None = None) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
         self.session_token = b""
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
+        self._watches: dict[str, ChannelWatch] = {}
 
     def close(self) -> None:
+        for w in self._watches.values():
+            w.close()
+        self._watches.clear()
         for ch in self._channels.values():
             ch.close()
         self._channels.clear()
@@ -40,11 +53,16 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _channel(self, address: str) -> grpc.Channel:
         ch = self._channels.get(address)
         if ch is None:
             ch = sync_channel(address, self.tls)
             self._channels[address] = ch
+            self._watches[address] = ChannelWatch(ch)
+        return ch
+
+    def _stub(self, address: str, admin: bool) -> Any:
+        ch = self._channel(address)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     def _keep_token(self, token: bytes) -> None:
@@ -59,18 +77,29 @@ class Client:
 
     def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint)
+        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
         while True:
-            address, budget = attempts.next()
+            address, connect_budget = attempts.next()
+            stub = self._stub(address, admin)
+            if not self._watches[address].wait(connect_budget):
+                time.sleep(attempts.not_connected(address, connect_budget))
+                continue
             try:
-                reply = getattr(self._stub(address, admin), method)(request, timeout=budget)
+                reply = getattr(stub, method)(request, timeout=attempts.send())
             except grpc.RpcError as e:
-                time.sleep(attempts.failed(address, e))
+                err = from_rpc_error(e)
+                time.sleep(attempts.failed(address, err, self._tls_cause(address, err, connect_budget)))
                 continue
             meta = getattr(reply, "meta", None)
             if meta is not None:
                 self._keep_token(meta.session_token)
             return reply
+
+    def _tls_cause(self, address: str, err: Any, timeout: float) -> str | None:
+        """What TLS set up wrong explains this failure to connect, if anything (see tls_diagnosis)."""
+        if not (never_sent(err) and may_be_tls(str(err))):
+            return None
+        return diagnose(address, self.tls, str(err), timeout)
 
     # -- KV ------------------------------------------------------------------------------------
     def put(self, key: bytes | str, value: bytes | str, ack: str = "default", min_replicas: int = 0,

@@ -45,6 +45,21 @@ class AckOutcome:
     timed_out: bool = False
 
 
+class UnmeetableAck(ValueError):
+    """An ack level this cluster can never give as asked (INVALID_ARGUMENT): answering it anyway would
+    claim a level the write did not get."""
+
+
+def check_meetable(ack: AckRequest, semi_sync_members: frozenset[int]) -> None:
+    """Refuse, before proposing, a semi-sync write that asks for more confirmations than the semi-sync set
+    has members. (A `sync` write's set always holds the leader, so it is never empty.)"""
+    if ack.level == AckLevel.SEMI_SYNC and ack.min_replicas > len(semi_sync_members):
+        ids = ",".join(map(str, sorted(semi_sync_members))) or "none"
+        raise UnmeetableAck(f"semi_sync min_replicas={ack.min_replicas} can never be met: the semi-sync set has "
+                            f"{len(semi_sync_members)} member(s) ({ids}); ask for fewer, or mark more members "
+                            "with `kv members update ID --semi-sync`")
+
+
 def confirmed_members(index: int, match: Mapping[int, int]) -> list[int]:
     return sorted(nid for nid, m in match.items() if m >= index)
 

@@ -33,6 +33,9 @@ class FollowerLag:
     replay_lag_seconds: float
     last_contact_seconds: float | None
     critical: bool
+    unreachable: bool = False
+    """Not heard from for `critical_seconds` (or ever, in that long of this leadership): shown as
+    unreachable, and critical, even when no write has left it behind."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -129,6 +132,12 @@ class LagMonitor:
         self._term_started = now
         self._heard_this_term.clear()
 
+    def _unreachable(self, contact: float | None, now: float) -> bool:
+        """Silent for a critical period: measured from its last answer, but never from before this
+        leadership began (a new leader has had no chance to hear from anyone yet)."""
+        since = max(contact if contact is not None else float("-inf"), self._term_started)
+        return now - since > self.thresholds.critical_seconds
+
     def heard_from(self, node_id: int, applied: int, now: float) -> None:
         self.last_contact[node_id] = now
         self._heard_this_term.add(node_id)
@@ -142,6 +151,8 @@ class LagMonitor:
         out: list[FollowerLag] = []
         transitions: list[LagTransition] = []
         th = self.thresholds
+        if self._term_started == float("-inf"):
+            self._term_started = now  # never told of a term: silence is counted from the first look
         for nid, (match, nxt, state, is_learner) in sorted(progress.items()):
             applied = min(self.applied.get(nid, 0), match)
             flush_t = self.clock.time_of(match + 1) if match < last_index else None
@@ -149,14 +160,17 @@ class LagMonitor:
             contact = self.last_contact.get(nid)
             lag_entries = max(0, last_index - match)
             flush = max(0.0, now - flush_t) if flush_t is not None else 0.0
+            unreachable = self._unreachable(contact, now)
             lag = FollowerLag(
                 id=nid, match=match, next=nxt, applied=applied, state=state, is_learner=is_learner,
                 lag_entries=lag_entries, lag_bytes=self.clock.bytes_after(match),
                 flush_lag_seconds=flush,
                 replay_lag_seconds=max(0.0, now - replay_t) if replay_t is not None else 0.0,
                 last_contact_seconds=(now - contact) if contact is not None else None,
-                critical=(lag_entries > th.critical_entries or flush > th.critical_seconds)
-                and (nid in self._heard_this_term or now - self._term_started > th.critical_seconds),
+                critical=unreachable or ((lag_entries > th.critical_entries or flush > th.critical_seconds)
+                                         and (nid in self._heard_this_term
+                                              or now - self._term_started > th.critical_seconds)),
+                unreachable=unreachable,
             )
             out.append(lag)
             if lag.critical and nid not in self._critical:

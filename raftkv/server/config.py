@@ -8,6 +8,11 @@ from pathlib import Path
 
 from ..tls import TlsError, TlsFiles
 
+RECEIVE_HEADROOM = 1 << 20
+"""What the gRPC port reads beyond the larger of `max_request_bytes` and a Raft append's 1 MiB of entries:
+protobuf framing of a request and of a peer batch's messages."""
+MAX_REQUEST_BYTES = 1 << 30
+
 
 class ConfigError(ValueError):
     """A setting that makes no sense; the message is one line meant for the operator."""
@@ -32,6 +37,10 @@ def parse_peers(spec: str) -> dict[int, str]:
             raise ConfigError(f"peer id {node_id} appears twice")
         peers[node_id] = addr
     return peers
+
+
+MIN_MAP_SIZE = 1 << 20
+MAX_MAP_SIZE = 1 << 40
 
 
 @dataclass(slots=True)
@@ -73,6 +82,7 @@ class ServerConfig:
     read_wait_ms: int = 200
     """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     map_size: int = 4 << 30
+    """LMDB's map size: the most this node's data.mdb may grow to (writes then get NOSPACE)."""
     cert_file: str = ""
     """PEM certificate: with `key_file`, the gRPC port (clients and peers) speaks TLS only."""
     key_file: str = ""
@@ -83,6 +93,14 @@ class ServerConfig:
     log_format: str = "auto"
     """auto (readable on a terminal, JSON otherwise), json or console."""
     log_level: str = "info"
+    max_request_bytes: int = 3 << 19
+    """Largest write request (Put, Delete, Txn, a Batch and each of its writes), as its encoded size; etcd's
+    --max-request-bytes (1.5 MiB). The gRPC port reads at most this plus `RECEIVE_HEADROOM` per message."""
+    max_range_bytes: int = 2 << 20
+    """A Range answer stops (with `more`) before it holds this many bytes of keys and values (at least
+    one key is always returned); well under a client's default 4 MiB receive limit."""
+    max_range_keys: int = 10_000
+    """A Range answer holds at most this many keys (with `more` when there are others)."""
 
     @property
     def address(self) -> str:
@@ -94,6 +112,19 @@ class ServerConfig:
         if not (self.cert_file or self.key_file or self.trusted_ca_file):
             return None
         return TlsFiles(self.trusted_ca_file, self.cert_file, self.key_file)
+
+    @property
+    def grpc_receive_limit(self) -> int:
+        """The gRPC port's max_receive_message_length, shared by clients and peers (gRPC applies it per
+        server): client requests are refused by gRPC before they are read whole, and peer batches and
+        snapshot chunks are sized to stay under it (see `peer_batch_bytes`)."""
+        return max(self.max_request_bytes, 1 << 20) + RECEIVE_HEADROOM
+
+    @property
+    def peer_batch_bytes(self) -> int:
+        """Budget of one peer batch (and of one snapshot chunk): under `grpc_receive_limit` with room for
+        framing. A single message over it (one entry of a maximal request) still goes alone."""
+        return self.grpc_receive_limit - RECEIVE_HEADROOM // 2
 
     def validate(self) -> None:
         if self.id <= 0:
@@ -121,8 +152,11 @@ class ServerConfig:
             raise ConfigError("semi-sync replicas and write timeouts must be >= 1")
         if self.lag_critical_entries < 1 or self.lag_critical_seconds <= 0:
             raise ConfigError("--lag-critical-entries must be >= 1 and --lag-critical-seconds > 0")
+        if not MIN_MAP_SIZE <= self.map_size <= MAX_MAP_SIZE:
+            raise ConfigError(f"--map-size must be between {MIN_MAP_SIZE} (1 MiB) and {MAX_MAP_SIZE} (1 TiB) bytes")
         if self.read_wait_ms < 0:
             raise ConfigError("--read-wait-ms must be >= 0")
+        self._validate_bounds()
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("--log-format must be auto, json or console")
         try:
@@ -133,6 +167,23 @@ class ServerConfig:
             raise ConfigError("--trusted-ca-file needs --cert-file and --key-file: peers verify this node too")
         if self.client_cert_auth and not self.trusted_ca_file:
             raise ConfigError("--client-cert-auth needs --trusted-ca-file")
+
+    def _validate_bounds(self) -> None:
+        """Numeric settings that are zero or negative where that makes no sense, and request limits that
+        would refuse what the key and value limits allow."""
+        at_least = (("--heartbeat-ticks", self.heartbeat_ticks, 1), ("--max-txn-ops", self.max_txn_ops, 1),
+                    ("--snapshot-entries", self.snapshot_entries, 1),
+                    ("--snapshot-keep-entries", self.snapshot_keep_entries, 0),
+                    ("--snapshot-log-bytes", self.snapshot_log_bytes, 1), ("map_size", self.map_size, 1 << 20),
+                    ("--max-range-bytes", self.max_range_bytes, 1), ("--max-range-keys", self.max_range_keys, 1))
+        for flag, value, low in at_least:
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(f"{flag} must be an integer >= {low}, not {value!r}")
+        need = self.max_key_bytes + self.max_value_bytes + 1024
+        if not need <= self.max_request_bytes <= MAX_REQUEST_BYTES:
+            raise ConfigError(f"--max-request-bytes must be in [{need}, {MAX_REQUEST_BYTES}] (at least "
+                              f"--max-key-bytes + --max-value-bytes + 1024, so the largest key and value fit in "
+                              f"one request), not {self.max_request_bytes}")
 
     @staticmethod
     def from_file(path: str | Path) -> dict[str, object]:

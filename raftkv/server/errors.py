@@ -59,3 +59,10 @@ class SyncTimeout(HostError):
         self.index = index
         self.term = term
         self.confirmed_by = confirmed_by
+
+
+class NoSpace(HostError):
+    """The NOSPACE alarm: this node cannot persist (its disk or LMDB map is full), so it takes no write
+    until a retried persist succeeds. Nothing of the refused write reached the log: safe to retry."""
+
+    retryable = True

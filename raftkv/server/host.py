@@ -43,12 +43,22 @@ from ..layers.acks import (
     AckRequest,
     DurabilityWaiters,
     SemiSyncStatus,
+    check_meetable,
     confirmed_members,
 )
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
 from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
+from ..storage.errors import is_nospace, is_storage_fault
 from .config import ServerConfig
-from .errors import LeadershipLost, NotLeader, OutcomeUnknown, ProposalLost, ShuttingDown, SyncTimeout
+from .errors import (
+    LeadershipLost,
+    NoSpace,
+    NotLeader,
+    OutcomeUnknown,
+    ProposalLost,
+    ShuttingDown,
+    SyncTimeout,
+)
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .store import NodeStore
@@ -61,6 +71,11 @@ LOG_SIZE_CHECK_EVERY = 64
 # A Ready larger than this is written whole on the I/O thread (see `_write_ready`).
 PREPARE_MAX_ENTRIES = 4096
 PREPARE_MAX_BYTES = 1 << 20
+NOSPACE_RETRY_SECONDS = 1.0
+"""How often a Ready whose persist failed for lack of space is tried again."""
+
+class _Stopping(Exception):
+    """The node is stopping while a Ready waits for space: the loop ends without persisting it."""
 
 
 @dataclass(slots=True)
@@ -156,6 +171,12 @@ class NodeHost:
         # will settle it, and reads that came later should not stall behind it.
         self._round_patience = cfg.election_ticks * cfg.tick_ms / 1000
         self.reads_served = 0
+        self.nospace = ""
+        """The persist error that raised the NOSPACE alarm; "" while there is none."""
+        self.fatal: BaseException | None = None
+        """Why the host loop stopped, if it did; `failed` is set then and the process must stop."""
+        self.failed = asyncio.Event()
+        metrics.alarm.labels("nospace").set(0)
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -281,9 +302,12 @@ class NodeHost:
     # Writes
     # ------------------------------------------------------------------------------------------
     async def write(self, data: bytes, ack: AckRequest, needs_result: bool = True) -> WriteOutcome:
-        """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout."""
+        """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout, NoSpace."""
+        self._refuse_writes_without_space()
         if not self.is_leader:
             raise self.not_leader()
+        if ack.level == AckLevel.SEMI_SYNC:
+            check_meetable(ack, self.members.semi_sync_set(self.node.conf, self.cfg.id))
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[tuple[int, int]] = loop.create_future()
@@ -320,6 +344,7 @@ class NodeHost:
         The same as `write(data, AckRequest(MAJORITY))` for each, without a task and a placement future per
         write: the KV.Batch path sends hundreds of writes per call, and per-write asyncio objects were a
         visible share of the leader's CPU. Raises NotLeader (for all of them) when not the leader."""
+        self._refuse_writes_without_space()
         if not self.is_leader:
             raise self.not_leader()
         started = time.monotonic()
@@ -372,9 +397,11 @@ class NodeHost:
             deadline = now + ack.timeout_ms / 1000
         else:
             members = self.members.semi_sync_set(self.node.conf, self.cfg.id)
-            need = min(ack.min_replicas, len(members))
-            # Degraded: answer as soon as committed (confirmed already, or not), do not wait out the timeout.
-            deadline = now if self.semi_sync.degraded else now + ack.timeout_ms / 1000
+            need = ack.min_replicas
+            # Degraded, or the set shrank below `need` since the write was checked: answer as soon as
+            # committed (confirmed already, or not, and then said degraded), do not wait out the timeout.
+            hopeless = self.semi_sync.degraded or need > len(members)
+            deadline = now if hopeless else now + ack.timeout_ms / 1000
         fut = self.durability.add(index, ack.level, members, need, deadline, self.match_indexes(), now)
         self._wake.set()
         return fut
@@ -398,7 +425,11 @@ class NodeHost:
 
     async def wait_answered(self) -> None:
         """Wait until every write this node has answered is visible to its readers: a write's reply can
-        leave during the fsync that makes its apply visible (`_write_ready`)."""
+        leave during the fsync that makes its apply visible (`_write_ready`). Not while the NOSPACE
+        alarm holds: that fsync is what failed, and reads then see what this node has made durable (the
+        writes answered are committed on a majority, and visible here once the retry succeeds)."""
+        if self.nospace:
+            return
         await self.wait_applied(self._answered)
 
     async def linearizable_barrier(self) -> int:
@@ -414,6 +445,7 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     async def change_member(self, change: ConfChange) -> tuple[int, int]:
         """Propose a membership change and wait until it is applied here."""
+        self._refuse_writes_without_space()
         if not self.is_leader:
             raise self.not_leader()
         loop = asyncio.get_running_loop()
@@ -462,6 +494,9 @@ class NodeHost:
     # The loop
     # ------------------------------------------------------------------------------------------
     async def _run(self) -> None:
+        """The loop. If it cannot go on (corrupted data, a failing disk, a bug), it records why in
+        `fatal` and sets `failed`: the process then stops, rather than keep answering probes and
+        reporting a role it no longer plays."""
         try:
             while not self._stopping:
                 await self._wake.wait()
@@ -473,10 +508,96 @@ class NodeHost:
                     await self._handle_ready(self.node.ready())
                     self._take_inputs()
                 self._after_round()
-        except Exception:
-            log.exception("host loop crashed; stopping the node")
+        except _Stopping:
+            pass
+        except Exception as e:  # noqa: BLE001 - whatever stopped the loop stops the node
+            self.fatal = e
+            if is_storage_fault(e):
+                log.error("host loop stopped; stopping the node", error=str(e), kind=type(e).__name__)
+            else:
+                log.exception("host loop crashed; stopping the node")
             self._fail_everything(ShuttingDown("node stopped after an internal error"))
-            raise
+            self.failed.set()
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether this node can serve now, and if not why: its loop runs, it knows a leader, it is not
+        stopping, and no alarm stops it serving. (Read from the metrics thread too: attributes only.)"""
+        task = self._loop_task
+        if self._stopping:
+            return False, "stopping"
+        if self.fatal is not None or task is None or task.done():
+            return False, "host loop stopped"
+        if self.nospace:
+            return False, f"NOSPACE alarm: {self.nospace}"
+        if not self.leader_id:
+            return False, "no leader known"
+        return True, ""
+
+    # ------------------------------------------------------------------------------------------
+    # The NOSPACE alarm
+    # ------------------------------------------------------------------------------------------
+    def _refuse_writes_without_space(self) -> None:
+        if self.nospace:
+            raise self._nospace_error()
+
+    def _nospace_error(self) -> NoSpace:
+        return NoSpace(f"NOSPACE: node {self.cfg.id} cannot persist to its data directory ({self.nospace}); "
+                       "it takes no writes until space is freed")
+
+    async def _persist(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one persist step (a whole Ready's transaction) on the I/O thread. Without space, the same
+        step is retried every NOSPACE_RETRY_SECONDS under the NOSPACE alarm until it succeeds: its
+        transaction was aborted whole, and nothing that depends on it (messages sent after persisting,
+        such as a follower's acknowledgement of an append, or `advance`) happens before it succeeds,
+        while the loop takes no new proposal. Any other failure is raised: the loop cannot go on."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                result = await loop.run_in_executor(self._io, fn, *args)
+            except Exception as e:
+                if not is_nospace(e):
+                    raise
+                self._raise_nospace(e)
+                await asyncio.sleep(NOSPACE_RETRY_SECONDS)
+                if self._stopping:
+                    raise _Stopping() from None
+                self._shed_while_stuck()
+                continue
+            if self.nospace:
+                log.info("NOSPACE alarm cleared: the node persists again and takes writes", id=self.cfg.id)
+                self.nospace = ""
+                self.metrics.alarm.labels("nospace").set(0)
+            return result
+
+    def _shed_while_stuck(self) -> None:
+        """While a Ready waits for space, nothing is stepped: drop what peers sent meanwhile (Raft takes
+        lost messages in its stride: the leader sends again) rather than queue it without bound, and
+        send linearizable reads elsewhere, since no read round can run here."""
+        self._inbox.clear()
+        reads, self._reads = self._reads, []
+        err = LeadershipLost(f"node {self.cfg.id} cannot confirm a read point while its NOSPACE alarm holds; "
+                             "retry on another node")
+        for f in reads:
+            if not f.done():
+                f.set_exception(err)
+
+    def _raise_nospace(self, err: BaseException) -> None:
+        if self.nospace:
+            return
+        self.nospace = str(err) or type(err).__name__
+        self.metrics.alarm.labels("nospace").set(1)
+        log.error("NOSPACE alarm: cannot persist, writes are refused until space is freed", id=self.cfg.id,
+                  error=self.nospace, retry_every_seconds=NOSPACE_RETRY_SECONDS)
+        # Writes still queued have not reached the log: refuse them now, retryable, as new ones are.
+        refused = self._nospace_error()
+        for p in self._proposals:
+            if not p.placed.done():
+                p.placed.set_exception(refused)
+        self._proposals.clear()
+        for r in self._conf_requests:
+            if not r.placed.done():
+                r.placed.set_exception(refused)
+        self._conf_requests.clear()
 
     def _take_inputs(self) -> None:
         node = self.node
@@ -626,13 +747,12 @@ class NodeHost:
         A Ready the plan does not cover (a snapshot, a log truncation, a command reading a key range) or
         one carrying thousands of entries or megabytes is done whole on the I/O thread, the loop free."""
         args = (rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries, rd.conf_state, members)
-        loop = asyncio.get_running_loop()
         prepared = self.store.prepare_ready(*args) if self._preparable(rd) else None
         if prepared is None:
-            return await loop.run_in_executor(self._io, self._save_and_apply_timed, args)
+            return await self._persist(self._save_and_apply_timed, args)
         if early and rd.committed_entries:
             self._answer(rd.committed_entries, prepared.results)
-        await loop.run_in_executor(self._io, prepared.commit)
+        await self._persist(prepared.commit)
         self.metrics.fsync_seconds.observe(prepared.seconds)
         return prepared.results
 

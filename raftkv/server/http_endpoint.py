@@ -6,11 +6,29 @@ snapshot the host loop refreshes, never by calling into the loop."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
+import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = structlog.get_logger("raftkv.http")
+
+IDLE_TIMEOUT_S = 10.0
+"""A connection that sends nothing for this long is closed (its thread would otherwise wait forever)."""
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A scraper or probe that hangs up mid-request is routine: one debug line, not socketserver's
+        multi-line traceback on stderr."""
+        e = sys.exc_info()[1]
+        log.debug("metrics connection dropped", client=f"{client_address[0]}:{client_address[1]}", error=repr(e))
 
 
 class HttpEndpoint:
@@ -21,6 +39,8 @@ class HttpEndpoint:
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = IDLE_TIMEOUT_S
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -28,7 +48,7 @@ class HttpEndpoint:
                     self._reply(200, body, CONTENT_TYPE_LATEST)
                 elif path in ("/health", "/readyz"):
                     h = endpoint._health()
-                    ok = bool(h.get("has_leader"))
+                    ok = bool(h.get("ready", h.get("has_leader")))
                     self._reply(200 if ok else 503, json.dumps(h).encode(), "application/json")
                 elif path == "/livez":
                     self._reply(200, b'{"live": true}', "application/json")
@@ -45,8 +65,7 @@ class HttpEndpoint:
             def log_message(self, format: str, *args: object) -> None:  # noqa: A002
                 return  # scrapes are not worth a log line each
 
-        self._server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
-        self._server.daemon_threads = True
+        self._server = _Server((host or "127.0.0.1", int(port)), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name="raftkv-http", daemon=True)
 
     @property

@@ -11,14 +11,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .. import exit_codes
 from ..api.admin_service import AdminService
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
-from ..storage import LmdbNodeStore, StorageError, cluster_id_for
+from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
 from ..tls import TlsError
 from ..transport import Transport
-from ..transport.transport import CHANNEL_OPTIONS
+from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
+from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
@@ -34,21 +36,29 @@ def run_node(cfg: ServerConfig) -> int:
         configure_logging(cfg.log_format, cfg.log_level, cfg.id)
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     cluster_id = None if cfg.join else cluster_id_for(cfg.peers)
     try:
         store = LmdbNodeStore(cfg.data_dir, cfg.id, cluster_id, cfg.map_size)
         bootstrap_store(store, cfg)
     except StorageError as e:
         print(f"Error: refusing to start: {e}", file=sys.stderr)
-        return 2
+        return exit_code_for(e)
     try:
         return asyncio.run(_serve(cfg, store))
     except StorageError as e:
         print(f"Error: stopped: {e}", file=sys.stderr)
-        return 2
+        return exit_code_for(e)
     finally:
         store.close()
+
+
+def exit_code_for(err: BaseException) -> int:
+    """Damaged or foreign data needs an operator; anything else that stops a node (a failing disk, a
+    data directory in use, a host loop that crashed) may go away when it is restarted."""
+    if isinstance(err, (CorruptionError, ForeignDataError)):
+        return exit_codes.NEEDS_OPERATOR
+    return exit_codes.RETRY
 
 
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
@@ -56,15 +66,18 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     host_box: list[NodeHost] = []
     transport = Transport(cfg.id, cfg.address, lambda: store.cluster_id, on_message=lambda m: host_box[0].deliver(m),
                           on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
-                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls, snapshot_store=store,
+                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls,
+                          snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
+                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
                           on_snapshot=lambda m: host_box[0].deliver_snapshot(m),
                           on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok))
     host = NodeHost(cfg, store, transport, metrics)
     host_box.append(host)
     forwarder = Forwarder(host)
-    server = grpc.aio.server(options=CHANNEL_OPTIONS)
+    server = grpc.aio.server(options=server_options(cfg.grpc_receive_limit))
     transport.register(server)
-    kv_pb2_grpc.add_KVServicer_to_server(KVService(host, store, forwarder), server)
+    kv_service = KVService(host, store, forwarder)
+    kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -79,13 +92,13 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
             port = server.add_insecure_port(cfg.listen)
     except TlsError as e:
         print(f"Error: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     except RuntimeError as e:
         print(f"Error: cannot listen on {cfg.listen}: {e}", file=sys.stderr)
-        return 2
+        return exit_codes.RETRY
     if port == 0:
         print(f"Error: cannot listen on {cfg.listen}", file=sys.stderr)
-        return 2
+        return exit_codes.RETRY
     await server.start()
     await host.start()
     http = None
@@ -96,7 +109,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
             print(f"Error: cannot serve metrics on {cfg.metrics_listen}: {e}", file=sys.stderr)
             await server.stop(0)
             await host.stop()
-            return 2
+            return exit_codes.RETRY
         http.start()
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", "liveness"):
@@ -108,29 +121,46 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     readiness = asyncio.create_task(_readiness(host, health_servicer, stop))
+    failed = asyncio.create_task(_stop_when_failed(host, stop))
     await stop.wait()
+    failed.cancel()
     log.info("shutting down")
     readiness.cancel()
     await server.stop(grace=1.0)
+    kv_service.close()
     await host.stop()
     await transport.stop()
     await forwarder.close()
     if http is not None:
         http.stop()
     log.info("stopped")
+    if host.fatal is not None:
+        e = host.fatal
+        reason = str(e) if isinstance(e, StorageError) else f"the host loop cannot go on: {type(e).__name__}: {e}"
+        print(f"Error: stopped: {reason}".replace("\n", " "), file=sys.stderr)
+        return exit_code_for(e)
     return 0
 
 
+async def _stop_when_failed(host: NodeHost, stop: asyncio.Event) -> None:
+    """A host loop that cannot go on stops the node: the server stops serving and the process exits."""
+    await host.failed.wait()
+    stop.set()
+
+
 def _health(host: NodeHost) -> dict[str, object]:
-    return {"id": host.cfg.id, "has_leader": bool(host.leader_id), "leader": host.leader_id,
-            "applied": host.applied, "term": host.node.term}
+    ready, why = host.readiness()
+    return {"id": host.cfg.id, "ready": ready, "not_ready_because": why, "has_leader": bool(host.leader_id),
+            "leader": host.leader_id, "applied": host.applied, "term": host.node.term,
+            "alarms": ["nospace"] if host.nospace else []}
 
 
 async def _readiness(host: NodeHost, servicer: health.aio.HealthServicer, stop: asyncio.Event) -> None:
-    """`readiness` is SERVING while this node knows a leader (it can then serve or forward requests)."""
+    """`readiness` is SERVING while this node can serve: its loop runs, it knows a leader (it can then
+    serve or forward requests), it is not stopping and no alarm (NOSPACE) holds."""
     last = None
     while not stop.is_set():
-        status = (health_pb2.HealthCheckResponse.SERVING if host.leader_id
+        status = (health_pb2.HealthCheckResponse.SERVING if host.readiness()[0]
                   else health_pb2.HealthCheckResponse.NOT_SERVING)
         if status != last:
             await servicer.set("readiness", status)

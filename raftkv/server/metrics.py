@@ -38,6 +38,8 @@ class Metrics:
                                          "ReadIndex rounds started here; concurrent reads share one", registry=r)
         self.linearizable_reads = Counter("raftkv_linearizable_reads",
                                           "Linearizable reads served here after a ReadIndex round", registry=r)
+        self.alarm = Gauge("raftkv_alarm", "1 while an alarm of this type holds on this node (nospace: it cannot "
+                           "persist, and refuses writes)", ["type"], registry=r)
         labels = ["peer"]
         self.lag_entries = Gauge("raftkv_replication_lag_entries", "Entries a follower lacks", labels, registry=r)
         self.lag_bytes = Gauge("raftkv_replication_lag_bytes", "Bytes of entries a follower lacks", labels,

@@ -1,6 +1,15 @@
 """Storage errors. Each message is one line naming the file and what is wrong: the server prints it and
 refuses to start rather than repairing anything silently."""
 
+from __future__ import annotations
+
+import errno
+import os
+
+import lmdb
+
+_NOSPACE_TEXTS = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT))
+
 
 class StorageError(Exception):
     pass
@@ -12,3 +21,32 @@ class CorruptionError(StorageError):
 
 class ForeignDataError(StorageError):
     """The data directory belongs to another node or cluster, or to an unknown format version."""
+
+
+class TruncatedError(CorruptionError):
+    """data.mdb is shorter than its own meta page says, or empty where data was kept."""
+
+
+class DataDirInUse(StorageError):
+    """Another process holds this data directory."""
+
+
+class CommandFailed(ValueError):
+    """A committed command that cannot be applied (the same on every node): it fails alone, with this as
+    its result, and its entry still counts as applied."""
+
+
+def is_nospace(err: BaseException) -> bool:
+    """A full disk or a full LMDB map (--map-size): what the NOSPACE alarm waits out, as opposed to a
+    failing disk."""
+    if isinstance(err, lmdb.MapFullError):
+        return True
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    # py-lmdb reports a failed write as lmdb.DiskError / lmdb.Error carrying only strerror's text.
+    return isinstance(err, lmdb.Error) and any(t in str(err) for t in _NOSPACE_TEXTS)
+
+
+def is_storage_fault(err: BaseException) -> bool:
+    """Data or disk trouble (as opposed to a bug): reported in one line, without a traceback."""
+    return isinstance(err, (StorageError, lmdb.Error, OSError))

@@ -46,11 +46,14 @@ from ..core import (
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, snapshots, state_machine
+from . import commands, kv_records, snapshots, state_machine
 from .commands import KV, Range, RangeResult
-from .errors import CorruptionError, ForeignDataError, StorageError
+from .data_dir import DataDirLock, check_data_file
+from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
+from .kv_records import BUCKET_THRESHOLD
 
-FORMAT = b"raftkv-1"
+FORMAT = b"raftkv-2"
+"""raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py)."""
 VERIFY_TAIL = 1000
 _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
@@ -66,6 +69,14 @@ def cluster_id_for(peers: dict[int, str], token: str = "") -> bytes:
     an optional token to tell apart clusters founded with the same addresses)."""
     spec = ",".join(f"{nid}={addr}" for nid, addr in sorted(peers.items())) + "|" + token
     return hashlib.sha256(spec.encode()).digest()[:16]
+
+
+def _local_fault(err: BaseException) -> bool:
+    """A failure of this node rather than of the command being applied: corrupted data, a full or
+    failing disk, LMDB's own errors (except its refusal of a key or value size, which every node makes)."""
+    if isinstance(err, (StorageError, OSError, MemoryError)):
+        return True
+    return isinstance(err, lmdb.Error) and not isinstance(err, lmdb.BadValsizeError)
 
 
 def _key(index: int) -> bytes:
@@ -90,11 +101,21 @@ class LmdbNodeStore:
         self.path = Path(data_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self.file = str(self.path / "data.mdb")
+        self.node_id = node_id
+        self.where = f"node {node_id}: {self.file}"
+        """Names this node and its file in a corruption report."""
+        # Before LMDB touches anything: one process per directory, and no truncated file mapped (SIGBUS).
+        self._dir_lock = DataDirLock(self.path)
         try:
+            check_data_file(self.path, self._dir_lock.existed)
             self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, subdir=True, sync=True,
                                  metasync=True, lock=True, max_readers=256, readahead=False)
         except lmdb.Error as e:
+            self._dir_lock.release()
             raise StorageError(f"{self.path}: cannot open the LMDB environment: {e}") from None
+        except BaseException:
+            self._dir_lock.release()
+            raise
         self.log_db = self.env.open_db(b"log")
         self.meta_db = self.env.open_db(b"meta")
         self.kv_db = self.env.open_db(b"kv")
@@ -103,10 +124,14 @@ class LmdbNodeStore:
         self._lock = threading.Lock()
         self.last_apply_seconds = 0.0
         """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
-        self._init_meta(node_id, cluster_id)
-        self._open_generations()
-        self._load_cache()
-        self._verify_tail()
+        try:
+            self._init_meta(node_id, cluster_id)
+            self._open_generations()
+            self._load_cache()
+            self._verify_tail()
+        except BaseException:  # refused: let the directory go, so that it may be opened again
+            self.close()
+            raise
 
     # ------------------------------------------------------------------------------------------
     # Opening
@@ -272,7 +297,8 @@ class LmdbNodeStore:
 
     def open_snapshot_reader(self, chunk_bytes: int) -> snapshots.SnapshotReader:
         """The state machine as of now, in pieces, from one read transaction; use it on one thread."""
-        return snapshots.SnapshotReader(self.env, self._snapshot_dbs(), self._snapshot_meta_in, chunk_bytes)
+        return snapshots.SnapshotReader(self.env, self._snapshot_dbs(), self._snapshot_meta_in, chunk_bytes,
+                                        self.where)
 
     def _snapshot_meta_in(self, txn: lmdb.Transaction) -> SnapshotMeta:
         raw = txn.get(b"applied", db=self.meta_db)
@@ -293,22 +319,17 @@ class LmdbNodeStore:
                 if self._stage_owner is owner:
                     self._stage_owner = None
 
+        def complete(token: bytes) -> None:
+            with self._stage_lock:
+                if self._stage_owner is owner:
+                    self._stage_owner = token  # held for the install until it happens or is dropped
+
         try:
-            stage = snapshots.SnapshotStage(self.env, self._staging_dbs, meta, release)
+            return snapshots.SnapshotStage(self.env, self._staging_dbs, meta, f"node {self.node_id}", release,
+                                           complete)
         except BaseException:
             release()
             raise
-        original_finish = stage.finish
-
-        def finish(records: int, sha256: bytes) -> bytes:
-            token = original_finish(records, sha256)
-            with self._stage_lock:
-                if self._stage_owner is owner:
-                    self._stage_owner = token  # complete: held for the install until it happens or is dropped
-            return token
-
-        stage.finish = finish  # type: ignore[method-assign]
-        return stage
 
     def discard_staged(self, token: bytes) -> None:
         """A staged snapshot the core did not take (it held everything already): the next stage may begin.
@@ -361,14 +382,14 @@ class LmdbNodeStore:
         if committed:
             t0 = time.perf_counter()
             with self.env.begin(db=self.kv_db) as txn:
-                planned = state_machine.PlannedChanges(state_machine.TxnView(txn, self.kv_db))
+                planned = state_machine.PlannedChanges(self._view(txn))
                 for e in committed:
                     if e.index <= applied:
                         results.append(None)
                         continue
                     applied = e.index
                     try:
-                        results.append(self._apply_one(planned, e))
+                        results.append(self._apply_planned(planned, e))
                     except state_machine.NeedsTransaction:
                         return None
             self.last_apply_seconds = time.perf_counter() - t0
@@ -387,13 +408,15 @@ class LmdbNodeStore:
             with self.env.begin(write=True) as txn:
                 if w.log:
                     txn.cursor(db=self.log_db).putmulti(w.log)
-                puts = [(k, v) for k, v in w.kv.items() if v is not None]
+                t = BUCKET_THRESHOLD
+                puts = [(k, v) for k, v in w.kv.items() if v is not None and len(k) < t]
                 if puts:
                     txn.cursor(db=self.kv_db).putmulti(puts)
                 if len(puts) < len(w.kv):
+                    view = self._view(txn)
                     for k, v in w.kv.items():
-                        if v is None:
-                            txn.delete(k, db=self.kv_db)
+                        if v is None or len(k) >= t:
+                            view.put_record(k, v)
                 for k, v in w.meta:
                     txn.put(k, v, db=self.meta_db)
                 if w.members is not None:
@@ -433,12 +456,11 @@ class LmdbNodeStore:
         applied = self._applied
         if committed:
             t0 = time.perf_counter()
-            view = state_machine.TxnView(txn, self.kv_db)
             for e in committed:
                 if e.index <= applied:
                     results.append(None)
                     continue
-                results.append(self._apply_one(view, e))
+                results.append(self._apply_in(txn, e))
                 applied = e.index
             self.last_apply_seconds = time.perf_counter() - t0
             txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
@@ -466,15 +488,53 @@ class LmdbNodeStore:
             if conf is not None:
                 self._applied_conf = conf
 
+    def _view(self, txn: lmdb.Transaction) -> state_machine.TxnView:
+        return state_machine.TxnView(txn, self.kv_db, self.where)
+
     @staticmethod
-    def _apply_one(view: state_machine.KVView, e: Entry) -> Any:
+    def _command(e: Entry) -> commands.Command | ValueError | None:
         if e.type != EntryType.NORMAL or not e.data:
             return None
         try:
-            cmd = commands.decode(e.data)
+            return commands.decode(e.data)
         except ValueError as err:
             return err  # a bad command fails alone; the entry still counts as applied
-        return state_machine.apply_command(view, cmd, e.index)
+
+    def _apply_in(self, txn: lmdb.Transaction, e: Entry) -> Any:
+        """Apply one entry inside a nested transaction of `txn`: a command that fails is undone whole and
+        fails alone (see `_failed`), and the entry still counts as applied."""
+        cmd = self._command(e)
+        if cmd is None or isinstance(cmd, ValueError):
+            return cmd
+        try:
+            with self.env.begin(write=True, parent=txn) as child:
+                return state_machine.apply_command(self._view(child), cmd, e.index)
+        except Exception as err:  # noqa: BLE001 - classified by _failed
+            return self._failed(e, err)
+
+    def _apply_planned(self, planned: state_machine.PlannedChanges, e: Entry) -> Any:
+        """As `_apply_in`, into a plan: the command's changes are kept only if it applied whole."""
+        cmd = self._command(e)
+        if cmd is None or isinstance(cmd, ValueError):
+            return cmd
+        child = planned.child()
+        try:
+            result = state_machine.apply_command(child, cmd, e.index)
+        except state_machine.NeedsTransaction:
+            raise
+        except Exception as err:  # noqa: BLE001 - classified by _failed
+            return self._failed(e, err)
+        planned.merge(child)
+        return result
+
+    def _failed(self, e: Entry, err: Exception) -> CommandFailed:
+        """A command that raised: if every node would fail it the same way (it is the command's fault,
+        such as a key LMDB cannot hold), it fails alone and its error is its result, so that one bad entry
+        never wedges the cluster. A fault of this node (corrupted data, a full or failing disk) is raised:
+        applying past it would make this node's state differ from its peers'."""
+        if _local_fault(err):
+            raise err
+        return CommandFailed(f"the command at index {e.index} cannot be applied: {type(err).__name__}: {err}")
 
     def _write_members(self, txn: lmdb.Transaction, members: dict[int, bytes]) -> None:
         txn.drop(self.members_db, delete=False)
@@ -514,14 +574,17 @@ class LmdbNodeStore:
                 txn.drop(db, delete=False)
 
     def _install_whole(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
+        where = f"node {self.node_id}: snapshot at index {snap.meta.index}"
         try:
             body = msgpack.unpackb(snap.data, strict_map_key=False)
             kvs, members = body["kv"], body["members"]
+            records = [(bytes(k), bytes(r)) for k, r in kvs]
         except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
-            raise CorruptionError(f"snapshot at index {snap.meta.index} cannot be decoded: {e}") from None
+            raise CorruptionError(f"{where} cannot be decoded: {e}") from None
+        for k, r in records:  # every record as it arrives
+            kv_records.check(k, r, where)
         txn.drop(self.kv_db, delete=False)
-        for k, raw in kvs:
-            txn.put(k, raw, db=self.kv_db)
+        self._view(txn).load_sorted(records)
         self._write_members(txn, {int(k): v for k, v in members.items()})
 
     def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
@@ -601,11 +664,12 @@ class LmdbNodeStore:
 
     def get(self, key: bytes) -> KV | None:
         with self.env.begin() as txn:
-            return state_machine.get(state_machine.TxnView(txn, self.kv_db), key)
+            return state_machine.get(self._view(txn), key)
 
-    def range(self, op: Range) -> RangeResult:
+    def range(self, op: Range, limit_bytes: int = 0) -> RangeResult:
+        """Safe on any thread (each LMDB read transaction is its own snapshot); see `range_read`."""
         with self.env.begin() as txn:
-            return state_machine.range_read(state_machine.TxnView(txn, self.kv_db), op)
+            return state_machine.range_read(self._view(txn), op, limit_bytes)
 
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""
@@ -621,6 +685,7 @@ class LmdbNodeStore:
 
     def close(self) -> None:
         self.env.close()
+        self._dir_lock.release()
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ of the state machine, only which sub-databases make it up (`SNAPSHOT_DBS`)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -30,10 +31,30 @@ import lmdb
 import msgpack
 
 from ..core import SnapshotMeta
+from . import kv_records
+from .errors import CorruptionError
 
 SNAPSHOT_DBS = (b"members", b"kv")
 """The sub-databases a snapshot carries, in stream order. Each record travels as [db index, key, value]."""
 TOKEN_PREFIX = b"raftkv-staged-snapshot:"
+
+
+def check_kv_pair(key: bytes, value: bytes, where: str) -> None:
+    """One LMDB pair of `kv` checked against its seals (a plain record, or a bucket and each record in it):
+    a corrupted record is never sent, nor installed (kv_records.py)."""
+    if len(key) < kv_records.BUCKET_THRESHOLD:
+        kv_records.check(key, value, where)
+        return
+    for full_key, record in kv_records.open_bucket(key, value, where):
+        kv_records.check(full_key, record, where)
+
+
+def _no_check(key: bytes, value: bytes, where: str) -> None:
+    return None
+
+
+CHECKS = {b"kv": check_kv_pair}
+"""How the pairs of each sub-database are verified, when its records carry checksums."""
 
 
 class SnapshotStreamError(ValueError):
@@ -54,9 +75,11 @@ class SnapshotReader:
     """The state machine of one read transaction, as pieces. Every method must run on one thread (the
     transaction's); `close` ends the transaction."""
 
-    def __init__(self, env: lmdb.Environment, dbs: Sequence[Any], meta_of: Any, chunk_bytes: int) -> None:
-        """`meta_of(txn)`: the snapshot's metadata (applied index, its term and membership) as `txn` sees
-        them, so metadata and records come from the same point of the log."""
+    def __init__(self, env: lmdb.Environment, dbs: Sequence[Any], meta_of: Any, chunk_bytes: int,
+                 where: str) -> None:
+        """`dbs`: the live sub-databases, as SNAPSHOT_DBS; `meta_of(txn)`: the snapshot's metadata (applied
+        index, its term and membership) as `txn` sees them, so metadata and records come from the same
+        point of the log; `where` names the node and file in a corruption report."""
         self._txn = env.begin(buffers=False)
         try:
             self.meta: SnapshotMeta = meta_of(self._txn)
@@ -64,26 +87,34 @@ class SnapshotReader:
             self._txn.abort()
             raise
         self._dbs = dbs
+        self._where = where
         self._chunk = max(1, chunk_bytes)
         self._records = self._walk()
+        self._held: tuple[tuple[int, bytes, bytes], ...] = ()
         self._sha = hashlib.sha256()
         self.count = 0
         """Records handed out so far (all of them, once `next_piece` has returned None)."""
 
     def _walk(self) -> Iterator[tuple[int, bytes, bytes]]:
         for i, db in enumerate(self._dbs):
+            check = CHECKS.get(SNAPSHOT_DBS[i], _no_check)
             for k, v in self._txn.cursor(db=db):
+                check(k, v, self._where)
                 yield i, k, v
 
     def next_piece(self) -> SnapshotPiece | None:
-        """The next piece of about `chunk_bytes` (a single larger record goes alone), or None at the end."""
+        """The next piece, at most `chunk_bytes` of records (a single larger record goes alone), or None at
+        the end. CorruptionError if a record fails its checksum."""
         flat: list[Any] = []
         size = 0
-        for db, k, v in self._records:
-            flat += (db, k, v)
-            size += len(k) + len(v) + 8
-            if size >= self._chunk:
+        held, self._held = self._held, ()
+        for db, k, v in itertools.chain(held, self._records):
+            n = len(k) + len(v) + 8
+            if flat and size + n > self._chunk:
+                self._held = ((db, k, v),)  # the first record of the next piece
                 break
+            flat += (db, k, v)
+            size += n
         if not flat:
             return None
         self.count += len(flat) // 3
@@ -104,14 +135,17 @@ class SnapshotStage:
     (`generation_names`), each piece verified and then written in a transaction of its own, so memory
     holds one piece. Until `finish` has checked the whole, the live state machine knows nothing of it."""
 
-    def __init__(self, env: lmdb.Environment, dbs: Sequence[Any], meta: SnapshotMeta,
-                 release: Callable[[], None]) -> None:
-        """`dbs`: the staging sub-databases, emptied now (of an earlier stage, or of the generation the
-        last install left); `release`: called once the stage is given up."""
+    def __init__(self, env: lmdb.Environment, dbs: Sequence[Any], meta: SnapshotMeta, where: str,
+                 release: Callable[[], None], complete: Callable[[bytes], None]) -> None:
+        """`dbs`: the staging sub-databases, as SNAPSHOT_DBS, emptied now (of an earlier stage, or of the
+        generation the last install left); `release`: called if the stage is given up; `complete(token)`
+        once it checked out whole."""
         self.env = env
         self.dbs = dbs
         self.meta = meta
+        self._where = f"{where}: snapshot at index {meta.index}"
         self._release = release
+        self._complete = complete
         self._sha = hashlib.sha256()
         self.count = 0
         self.pieces = 0
@@ -128,8 +162,14 @@ class SnapshotStage:
         except (ValueError, msgpack.UnpackException) as e:
             raise SnapshotStreamError(f"{where} cannot be decoded: {e}") from None
         if not isinstance(flat, list) or len(flat) % 3 or any(
-                not isinstance(db, int) or not 0 <= db < len(self.dbs) for db in flat[::3]):
+                not isinstance(db, int) or not 0 <= db < len(self.dbs) for db in flat[::3]) or any(
+                not isinstance(x, bytes) for i, x in enumerate(flat) if i % 3):
             raise SnapshotStreamError(f"{where} is not a list of records")
+        try:
+            for i in range(0, len(flat), 3):
+                CHECKS.get(SNAPSHOT_DBS[flat[i]], _no_check)(flat[i + 1], flat[i + 2], self._where)
+        except CorruptionError as e:
+            raise SnapshotStreamError(f"{where}: {e}") from None
         with self.env.begin(write=True) as txn:
             i = 0
             while i < len(flat):
@@ -153,7 +193,9 @@ class SnapshotStage:
             raise SnapshotStreamError(
                 f"the snapshot at index {self.meta.index} does not check out: {self.count} records received, "
                 f"{records} sent; SHA-256 {'matches' if sha256 == self._sha.digest() else 'differs'}")
-        return TOKEN_PREFIX + b"%d:%d:%s" % (self.meta.index, self.meta.term, os.urandom(8).hex().encode())
+        token = TOKEN_PREFIX + b"%d:%d:%s" % (self.meta.index, self.meta.term, os.urandom(8).hex().encode())
+        self._complete(token)
+        return token
 
     def abort(self) -> None:
         """Give the stage up; what it wrote is emptied by the next stage (or on the next start)."""

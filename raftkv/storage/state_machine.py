@@ -11,15 +11,18 @@ from typing import Any, Protocol
 import lmdb
 import msgpack
 
+from . import kv_records
 from .commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn, TxnResult
+from .kv_records import BUCKET_THRESHOLD
 
 
 class KVView(Protocol):
-    """Raw records (msgpack [value, create_revision, mod_revision, version]) by key."""
+    """Record bodies (msgpack [value, create_revision, mod_revision, version]) by full key. A view seals
+    what it stores and verifies what it reads (see kv_records.py)."""
 
     def get(self, key: bytes) -> bytes | None: ...
 
-    def put(self, key: bytes, raw: bytes) -> None: ...
+    def put(self, key: bytes, body: bytes) -> None: ...
 
     def delete(self, key: bytes) -> None: ...
 
@@ -28,28 +31,101 @@ class KVView(Protocol):
         ...
 
 
+def _storable(key: bytes) -> None:
+    # Checked before anything is written, so that a command storing it fails alone (LMDB refuses empty keys).
+    if not key:
+        raise ValueError("an empty key cannot be stored")
+
+
 class TxnView:
-    """The `kv` sub-database as an LMDB transaction sees it (read-only or write)."""
+    """The `kv` sub-database as an LMDB transaction sees it (read-only or write), in the layout of
+    kv_records.py: keys shorter than `threshold` as themselves, longer ones in buckets. `where` names
+    the node and file in a corruption report."""
 
-    __slots__ = ("txn", "db")
+    __slots__ = ("txn", "db", "where", "threshold")
 
-    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
+    def __init__(self, txn: lmdb.Transaction, db: Any, where: str = "", threshold: int = BUCKET_THRESHOLD) -> None:
         self.txn = txn
         self.db = db
+        self.where = where or "kv"
+        self.threshold = threshold
+
+    def _bucket(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        raw = self.txn.get(prefix, db=self.db)
+        return [] if raw is None else kv_records.open_bucket(prefix, raw, self.where)
 
     def get(self, key: bytes) -> bytes | None:
-        return self.txn.get(key, db=self.db)
+        rec = self.get_record(key)
+        return None if rec is None else kv_records.unseal(key, rec, self.where)
 
-    def put(self, key: bytes, raw: bytes) -> None:
-        self.txn.put(key, raw, db=self.db)
+    def get_record(self, key: bytes) -> bytes | None:
+        """The sealed record of `key` (its bucket checked, the record itself not yet)."""
+        if len(key) < self.threshold:
+            return self.txn.get(key, db=self.db) if key else None  # LMDB holds no empty key
+        for k, rec in self._bucket(key[: self.threshold]):
+            if k == key:
+                return rec
+        return None
+
+    def put(self, key: bytes, body: bytes) -> None:
+        self.put_record(key, kv_records.seal(key, body))
+
+    def put_record(self, key: bytes, record: bytes | None) -> None:
+        """Store a sealed record under `key` (None: delete it)."""
+        if len(key) < self.threshold:
+            if record is None:
+                self.txn.delete(key, db=self.db)
+            else:
+                _storable(key)
+                self.txn.put(key, record, db=self.db)
+            return
+        prefix = key[: self.threshold]
+        pairs = kv_records.bucket_set(self._bucket(prefix), key, record)
+        if pairs:
+            self.txn.put(prefix, kv_records.close_bucket(prefix, pairs), db=self.db)
+        else:
+            self.txn.delete(prefix, db=self.db)
 
     def delete(self, key: bytes) -> None:
-        self.txn.delete(key, db=self.db)
+        self.put_record(key, None)
+
+    def load_sorted(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Store (key, sealed record) pairs sorted by key into an empty sub-database (a snapshot being
+        installed): each bucket written once."""
+        t = self.threshold
+        i = 0
+        while i < len(records):
+            k, rec = records[i]
+            if len(k) < t:
+                _storable(k)
+                self.txn.put(k, rec, db=self.db)
+                i += 1
+                continue
+            prefix = k[:t]
+            j = i
+            while j < len(records) and len(records[j][0]) >= t and records[j][0][:t] == prefix:
+                j += 1
+            self.txn.put(prefix, kv_records.close_bucket(prefix, sorted(records[i:j])), db=self.db)
+            i = j
+
+    def records(self, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """(full key, sealed record) for keys >= start, in order; buckets checked, records not yet."""
+        t = self.threshold
+        cur = self.txn.cursor(db=self.db)
+        if not cur.set_range(start[:t]):
+            return
+        for k, v in cur:
+            if len(k) < t:
+                if k >= start:
+                    yield k, v
+                continue
+            for fk, rec in kv_records.open_bucket(k, v, self.where):
+                if fk >= start:
+                    yield fk, rec
 
     def scan(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
-        cur = self.txn.cursor(db=self.db)
-        if cur.set_range(start):
-            yield from cur
+        for k, rec in self.records(start):
+            yield k, kv_records.unseal(k, rec, self.where)
 
 
 class NeedsTransaction(Exception):
@@ -57,22 +133,33 @@ class NeedsTransaction(Exception):
 
 
 class PlannedChanges:
-    """Pending changes over a read transaction: reads see the changes made so far, writes are kept, in
-    `changes`, as each key's final record (None: deleted). Range scans are not offered."""
+    """Pending changes over a read view: reads see the changes made so far, writes are kept, in
+    `changes`, as each key's final sealed record (None: deleted). Range scans are not offered.
+
+    `child()` plans one command on top of this plan; `merge` keeps it once it applied whole, so a command
+    that fails halfway leaves nothing behind (as a nested LMDB transaction does on the other path)."""
 
     __slots__ = ("base", "changes")
 
-    def __init__(self, base: TxnView) -> None:
+    def __init__(self, base: TxnView | PlannedChanges) -> None:
         self.base = base
         self.changes: dict[bytes, bytes | None] = {}
 
+    def child(self) -> PlannedChanges:
+        return PlannedChanges(self)
+
+    def merge(self, child: PlannedChanges) -> None:
+        self.changes.update(child.changes)
+
     def get(self, key: bytes) -> bytes | None:
         if key in self.changes:
-            return self.changes[key]
+            rec = self.changes[key]
+            return None if rec is None else rec[kv_records.SEAL_BYTES:]
         return self.base.get(key)
 
-    def put(self, key: bytes, raw: bytes) -> None:
-        self.changes[key] = raw
+    def put(self, key: bytes, body: bytes) -> None:
+        _storable(key)
+        self.changes[key] = kv_records.seal(key, body)
 
     def delete(self, key: bytes) -> None:
         self.changes[key] = None
@@ -99,7 +186,13 @@ def _in_range(key: bytes, start: bytes, end: bytes) -> bool:
     return start <= key < end
 
 
-def range_read(view: KVView, op: Range) -> RangeResult:
+KV_OVERHEAD = 32
+"""What one key-value adds to an answer besides its key and value (revisions, version, framing)."""
+
+
+def range_read(view: KVView, op: Range, limit_bytes: int = 0) -> RangeResult:
+    """The keys of `op`, at most `op.limit` of them and, with `limit_bytes`, no more key and value bytes
+    than that (but always at least one key); `more` when others match. `count` counts every match."""
     if not op.range_end:
         kv = get(view, op.key)
         kvs = [kv] if kv is not None else []
@@ -107,15 +200,21 @@ def range_read(view: KVView, op: Range) -> RangeResult:
     kvs: list[KV] = []
     count = 0
     more = False
+    size = 0
     for k, raw in view.scan(op.key):
         if not _in_range(k, op.key, op.range_end):
             break
         count += 1
-        if op.count_only:
+        if op.count_only or more:
             continue
         if op.limit and len(kvs) >= op.limit:
             more = True
             continue
+        if limit_bytes:
+            size += len(k) + KV_OVERHEAD + (0 if op.keys_only else len(raw))
+            if size > limit_bytes and kvs:
+                more = True
+                continue
         kv = _decode_kv(k, raw)
         if op.keys_only:
             kv.value = b""

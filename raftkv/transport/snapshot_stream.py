@@ -134,10 +134,13 @@ class SnapshotSender:
         except Exception as e:  # noqa: BLE001 - any failure is reported to the core, which retries
             failures = self._failures[m.to] = self._failures.get(m.to, 0) + 1
             delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (failures - 1))
-            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            code = e.code().name if isinstance(e, grpc.aio.AioRpcError) else type(e).__name__
-            log.warning("snapshot send failed; retrying", peer=m.to, code=code, error=detail,
-                        retry_in_seconds=delay)
+            remote = isinstance(e, grpc.aio.AioRpcError)
+            detail = e.details() if remote else str(e)
+            code = e.code().name if remote else type(e).__name__
+            # A refusal or a broken link is the follower's or the network's; anything else (a record that
+            # fails its checksum here) is this node's, and an operator's business.
+            (log.warning if remote else log.error)("snapshot send failed; retrying", peer=m.to, code=code,
+                                                   error=detail, retry_in_seconds=delay)
             self._indexes.pop(m.to, None)
             await asyncio.sleep(delay)
             self._report(m.to, False)

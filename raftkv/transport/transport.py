@@ -34,6 +34,23 @@ CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def server_options(receive_limit: int) -> list[tuple[str, int]]:
+    """The gRPC server's options: CHANNEL_OPTIONS, but reading at most `receive_limit` bytes per message.
+    gRPC applies the limit per server, to clients and peers alike, so a client's oversized request is
+    refused before it is buffered whole; peers keep their batches under it (`max_batch_bytes`)."""
+    return [(k, receive_limit if k == "grpc.max_receive_message_length" else v) for k, v in CHANNEL_OPTIONS
+            ] + SERVER_PING_OPTIONS
+
+
+SERVER_PING_OPTIONS = [
+    # Peers' channels ping every keepalive_time_ms (10 s), with or without calls. A server that allows
+    # less (gRPC's default: one ping per 5 minutes without data, two strikes) answers with a
+    # too_many_pings GOAWAY, which breaks the peer stream.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 MAX_BATCH = 512
 SNAPSHOT_CHUNK = 4 << 20
 """Snapshot data larger than this travels as chunks, one per batch."""
@@ -67,17 +84,26 @@ class _Peer:
                 self.ready.clear()
                 await self.ready.wait()
             msgs: list[pb.RaftMessage] = []
+            batch_bytes = 0
             while self.queue and len(msgs) < MAX_BATCH:
                 m = self.queue.popleft()
                 size = len(m.snapshot.data) if m.snapshot is not None else 0
                 if size <= chunk_size:
-                    msgs.append(to_proto(m))
+                    p = to_proto(m)
+                    # Bounded in bytes too: the receiver's gRPC port reads at most its receive limit per
+                    # batch (shared with clients). A message alone over the budget still goes, alone.
+                    nbytes = p.ByteSize()
+                    if msgs and batch_bytes + nbytes > self.owner.max_batch_bytes:
+                        yield self._batch(msgs)
+                        msgs, batch_bytes = [], 0
+                    msgs.append(p)
+                    batch_bytes += nbytes
                     continue
                 # A big snapshot: what came before it goes first, then its data a chunk per batch, then
                 # the message itself with the last chunk. The stream keeps them in order.
                 if msgs:
                     yield self._batch(msgs)
-                    msgs = []
+                    msgs, batch_bytes = [], 0
                 data = memoryview(m.snapshot.data)
                 tail = size - (size - 1) // chunk_size * chunk_size
                 for off in range(0, size - tail, chunk_size):
@@ -150,14 +176,18 @@ class Transport:
     def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
                  on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
                  queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK,
-                 snapshot_store: SnapshotStore | None = None, on_snapshot: InstallHook | None = None,
-                 on_snapshot_status: Callable[[int, bool], None] | None = None,
+                 max_batch_bytes: int = PEER_MAX_MESSAGE // 2, snapshot_store: SnapshotStore | None = None,
+                 on_snapshot: InstallHook | None = None, on_snapshot_status: Callable[[int, bool], None] | None = None,
                  snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK) -> None:
         """With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
-        (snapshot_stream.py), received ones are staged in it and handed over with `on_snapshot`; without,
-        a snapshot's data travels inline on the message stream. `on_snapshot_status(peer, ok)` reports
-        each snapshot message's fate, for the core's `report_snapshot`."""
+        (snapshot_stream.py) in pieces of about `snapshot_stream_chunk` bytes (keep it under the peers'
+        receive limit, as `max_batch_bytes`), received ones are staged in it and handed over with
+        `on_snapshot`; without, a snapshot's data travels inline on the message stream.
+        `on_snapshot_status(peer, ok)` reports each snapshot message's fate, for the core's
+        `report_snapshot`."""
         self.node_id = node_id
+        self.max_batch_bytes = max_batch_bytes
+        """Bytes of messages per batch (at least one message per batch), under the peers' receive limit."""
         self.tls = tls
         self.snapshot_chunk = snapshot_chunk
         self.address = address

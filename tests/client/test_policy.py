@@ -64,3 +64,55 @@ def test_a_write_cut_off_after_it_was_proposed_is_not_retried() -> None:
         err = RaftKVError(str(status), status.code, status.reason)
         assert status.code == grpc.StatusCode.UNAVAILABLE
         assert retryable(err, "write") is safe and retryable(err, "txn") is safe
+
+
+def test_a_write_whose_answer_was_lost_after_sending_is_outcome_unknown() -> None:
+    from raftkv.client.errors import (
+        DeadlineError,
+        OutcomeUnknownError,
+        RaftKVError,
+        UnavailableError,
+    )
+    from raftkv.client.policy import Attempts
+
+    lost = {
+        "deadline": RaftKVError("Deadline Exceeded", grpc.StatusCode.DEADLINE_EXCEEDED),
+        "server deadline": RaftKVError("deadline exceeded", grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE"),
+        "socket": RaftKVError("Socket closed", grpc.StatusCode.UNAVAILABLE),
+        "stopped with it in the log": RaftKVError("node stopped", grpc.StatusCode.UNAVAILABLE, "OUTCOMEUNKNOWN"),
+    }
+    for name, err in lost.items():
+        for kind in ("write", "txn"):
+            attempts = Attempts(Endpoints(["a:1", "b:1"]), kind, False, 5.0, None)
+            try:
+                attempts.failed("a:1", err)
+            except OutcomeUnknownError as e:
+                assert e.address == "a:1" and "may or may not have been applied" in str(e), name
+                assert isinstance(e, DeadlineError if err.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                                  else UnavailableError), name
+            else:
+                raise AssertionError(f"{name}: {kind} was retried")
+    # A read has no outcome to be unsure of, and a write refused before proposing is simply retried.
+    assert Attempts(Endpoints(["a:1", "b:1"]), "read", False, 5.0, None).failed("a:1", lost["socket"]) >= 0
+    assert Attempts(Endpoints(["a:1", "b:1"]), "write", False, 5.0, None).failed("a:1", not_leader("b:1")) >= 0
+
+
+def test_a_connection_that_never_got_ready_moves_on_and_says_nothing_was_sent() -> None:
+    from raftkv.client.errors import DeadlineError
+    from raftkv.client.policy import Attempts
+
+    eps = Endpoints(["hung:1", "b:1"])
+    attempts = Attempts(eps, "write", False, 0.05, None, connect_timeout=0.01)
+    address, budget = attempts.next()
+    assert (address, budget) == ("hung:1", 0.01)
+    assert attempts.not_connected(address, budget) == 0.0
+    assert attempts.next()[0] == "b:1"  # the next try goes elsewhere at once
+    import time
+
+    time.sleep(0.06)
+    try:
+        attempts.next()
+    except DeadlineError as e:
+        assert "the write was not sent, so it was not applied" in str(e) and "hung:1" in str(e)
+    else:
+        raise AssertionError("no deadline")

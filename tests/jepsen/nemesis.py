@@ -4,6 +4,14 @@ A fault is injected, held for a while, then healed; each one is recorded in the 
 (`nemesis` start/end events) so checkers and plots can relate anomalies and latency to it. `heal_all`
 restores everything (network, paused and dead processes, removed members) before the final read phase.
 
+Data faults (data_faults.py) act on a stopped node's files: its directory wiped, an old copy of it put
+back, a stored value's bytes flipped, or its own small filesystem (disks.py) filled. A node whose data
+was wiped or replaced is healed the way an operator must do it: removed from the cluster and added back
+as a new, empty learner that is promoted once it has caught up. A corrupted value is put back as it was.
+
+Every window records whether its fault was really injected (`ok`) and healed (`healed`), so a run whose
+faults all failed to happen cannot pass for a run that survived them.
+
 Network faults are iptables DROP rules in the receiving node's own namespace (INPUT, by source address),
 so a partition cuts established connections too; the clients (on the bridge address) can always reach
 every node, as in Jepsen: the interesting question is what an isolated node answers.
@@ -20,6 +28,8 @@ from typing import Any
 
 from raftkv.client import Client, RaftKVError
 
+from .data_nemesis import DATA, DataNemesis
+from .disks import Disks
 from .history import History
 from .nodes import Cluster, Node
 
@@ -27,7 +37,9 @@ NETWORK = ["partition-halves", "partition-leader-minority", "isolate-leader", "b
 PROCESS = ["kill", "kill-leader", "pause", "pause-leader"]
 OTHER = ["membership", "transfer"]
 KINDS = NETWORK + PROCESS + OTHER
-NEMESES = ["none", *KINDS, "mixed"]
+NEMESES = ["none", *KINDS, "mixed", *DATA, "mixed-data"]
+NEEDS_DISKS = {"disk-full", "mixed-data"}
+"""Nemeses that need every node's data on a small filesystem of its own."""
 
 
 @dataclass
@@ -35,6 +47,8 @@ class Fault:
     kind: str
     detail: dict[str, Any]
     heal: Callable[[], None]
+    ok: bool = True
+    """False when the fault could not be injected (it raised, or found nothing to act on)."""
     start: float = 0.0
     end: float | None = None
 
@@ -45,16 +59,22 @@ class Window:
     start: float
     end: float
     detail: dict[str, Any] = field(default_factory=dict)
+    ok: bool = True
+    healed: bool = True
 
 
 class Faults:
     """The primitive faults on one cluster, and what undoes each."""
 
-    def __init__(self, cluster: Cluster, rng: random.Random) -> None:
+    def __init__(self, cluster: Cluster, rng: random.Random, disks: Disks | None = None) -> None:
         self.cluster = cluster
         self.topo = cluster.topo
         self.rng = rng
+        self.disks = disks
         self.removed: list[Node] = []
+        self.unpromoted: list[int] = []
+        self.tainted: set[int] = set()
+        """Slots whose node lost or replaced its data and still has to be removed and added back."""
         self._admin: Client | None = None
 
     # -- helpers -------------------------------------------------------------------------------
@@ -141,7 +161,7 @@ class Faults:
             return
         node.resume()
         if not node.alive():
-            node.start(None if node.id > self.topo.n else self.cluster.founding_peers_original)
+            self.restart_same(node)
 
     def kill(self, slot: int) -> Callable[[], None]:
         node = self.cluster.nodes[slot]
@@ -152,6 +172,10 @@ class Faults:
         node = self.cluster.nodes[slot]
         node.pause()
         return node.resume
+
+    def restart_same(self, node: Node) -> None:
+        """Start a stopped node again on its data directory, with the flags it was first started with."""
+        node.start(None if node.id > self.topo.n else self.cluster.founding_peers_original)
 
     # -- membership and leadership -------------------------------------------------------------
     def remove_member(self, slot: int) -> bool:
@@ -171,22 +195,55 @@ class Faults:
         return True
 
     def add_back(self, node: Node) -> bool:
-        """A removed node returns empty, under a new id, and catches up from the leader."""
+        """A removed node returns empty, under a new id: added as a learner, started with --join, and
+        promoted once it has caught up (a voter that cannot vote yet only weakens the quorum)."""
         new_id = self.cluster.next_id
-        try:
-            self.admin().member_add(new_id, node.address)
-        except RaftKVError:
-            try:
-                members = {m.id: m.address for m in self.admin().members().members}
-            except RaftKVError:
-                return False
-            if members.get(new_id) != node.address:
-                return False
+        if not self._add_learner(new_id, node.address):
+            return False
         self.cluster.next_id += 1
         node.wipe(new_id)
         node.start(None)
         self.removed.remove(node)
+        if not self.promote(node):
+            self.unpromoted.append(node.id)
         return True
+
+    def _add_learner(self, new_id: int, address: str, timeout: float = 10.0) -> bool:
+        """Add a learner, retrying a little while the previous membership change is still settling."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.admin().member_add(new_id, address, learner=True)
+                return True
+            except RaftKVError:
+                try:
+                    if {m.id: m.address for m in self.admin().members().members}.get(new_id) == address:
+                        return True  # it was added, the answer was lost
+                except RaftKVError:
+                    pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.3)
+
+    def promote(self, node: Node, timeout: float = 30.0) -> bool:
+        """Promote a learner once it has applied what the leader had committed when it was added."""
+        deadline = time.monotonic() + timeout
+        target = None
+        while time.monotonic() < deadline:
+            try:
+                if target is None:
+                    target = self.admin().status().commit
+                if self.cluster.status(node, 1.0).applied >= target:
+                    self.admin().member_promote(node.id)
+                    return True
+            except RaftKVError:
+                try:
+                    if any(m.id == node.id and not m.learner for m in self.admin().members().members):
+                        return True
+                except RaftKVError:
+                    pass
+            time.sleep(0.3)
+        return False
 
     def transfer(self) -> dict[str, Any]:
         lead = self.cluster.leader()
@@ -206,20 +263,25 @@ class Nemesis:
     while, healed; repeat until stopped."""
 
     def __init__(self, cluster: Cluster, history: History, kind: str, seed: int, quiet: tuple[float, float] = (1.0, 2.0),
-                 hold: tuple[float, float] = (2.0, 4.0)) -> None:
+                 hold: tuple[float, float] = (2.0, 4.0), disks: Disks | None = None) -> None:
         if kind not in NEMESES:
             raise ValueError(f"unknown nemesis {kind!r}; choose from {', '.join(NEMESES)}")
         self.cluster, self.history, self.kind = cluster, history, kind
         self.rng = random.Random(seed)
-        self.faults = Faults(cluster, self.rng)
+        self.faults = Faults(cluster, self.rng, disks)
         self.quiet, self.hold = quiet, hold
         self.windows: list[Window] = []
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.errors: list[str] = []
+        self.data = DataNemesis(self.faults, history, self.rng, hold, self.stop_event)
 
     def pick(self) -> str:
-        return self.rng.choice(KINDS) if self.kind == "mixed" else self.kind
+        if self.kind == "mixed":
+            return self.rng.choice(KINDS)
+        if self.kind == "mixed-data":
+            return self.rng.choice(KINDS + DATA)
+        return self.kind
 
     def inject(self, kind: str) -> Fault:
         f = self.faults
@@ -233,6 +295,9 @@ class Nemesis:
             return Fault(kind, f.bridge(), f.heal_network)
         if kind == "one-way":
             return Fault(kind, f.one_way(), f.heal_network)
+        if kind in DATA:
+            d = self.data.inject(kind)
+            return Fault(kind, d.detail, d.heal, ok=d.ok)
         if kind in ("kill", "pause"):
             slot = self.rng.choice(f.slots)
         elif kind in ("kill-leader", "pause-leader"):
@@ -255,9 +320,10 @@ class Nemesis:
                 for node in list(f.removed):
                     f.add_back(node)
 
-            return Fault(kind, detail, heal)
+            return Fault(kind, detail, heal, ok=removed)
         if kind == "transfer":
-            return Fault(kind, f.transfer(), lambda: None)
+            detail = f.transfer()
+            return Fault(kind, detail, lambda: None, ok="error" not in detail and "skipped" not in detail)
         raise ValueError(kind)
 
     def _run(self) -> None:
@@ -267,17 +333,19 @@ class Nemesis:
             try:
                 fault = self.inject(kind)
             except Exception as e:  # noqa: BLE001 - a fault that could not be injected is reported, not fatal
-                self.errors.append(f"{kind}: {e}")
-                fault = Fault(kind, {"error": str(e)[:200]}, self.faults.heal_network)
-            self.history.note("nemesis", "start", {"fault": kind, **fault.detail})
+                self.errors.append(f"{kind}: {type(e).__name__}: {e}")
+                fault = Fault(kind, {"error": str(e)[:200]}, self.faults.heal_network, ok=False)
+            self.history.note("nemesis", "start", {"fault": kind, "ok": fault.ok, **fault.detail})
             self.stop_event.wait(self.rng.uniform(*self.hold))
+            healed = True
             try:
                 fault.heal()
             except Exception as e:  # noqa: BLE001
-                self.errors.append(f"heal {kind}: {e}")
+                healed = False
+                self.errors.append(f"heal {kind}: {type(e).__name__}: {e}")
             end = self.history.now()
-            self.history.note("nemesis", "end", {"fault": kind})
-            self.windows.append(Window(kind, start, end, fault.detail))
+            self.history.note("nemesis", "end", {"fault": kind, "healed": healed})
+            self.windows.append(Window(kind, start, end, fault.detail, ok=fault.ok, healed=healed))
 
     def start(self) -> None:
         if self.kind == "none":
@@ -288,28 +356,46 @@ class Nemesis:
     def stop(self) -> None:
         self.stop_event.set()
         if self.thread is not None:
-            self.thread.join(60)
+            self.thread.join(120)
 
     def heal_all(self, timeout: float = 60.0) -> None:
-        """Undo everything: network, pauses, dead processes, removed members (retrying re-adds until a
-        leader accepts them)."""
+        """Undo everything: network, pauses, full disks, dead processes, removed members (retrying re-adds
+        until a leader accepts them)."""
         f = self.faults
         f.heal_network()
+        if f.disks is not None:
+            for slot in f.slots:
+                f.disks.free(slot)
         for node in self.cluster.nodes.values():
             f.restart(node)
         deadline = time.monotonic() + timeout
-        while f.removed and time.monotonic() < deadline:
+        while (f.removed or f.tainted) and time.monotonic() < deadline:
+            for slot in sorted(f.tainted):
+                try:
+                    self.data.replace_member(slot)
+                except RuntimeError:
+                    pass
             for node in list(f.removed):
                 f.add_back(node)
-            if f.removed:
+            if f.removed or f.tainted:
                 time.sleep(0.5)
-        if f.removed:
-            raise AssertionError(f"could not add back removed nodes {[n.slot for n in f.removed]}")
-        self.history.note("nemesis", "healed", None)
+        if f.removed or f.tainted:
+            raise AssertionError(f"could not add back removed nodes {[n.slot for n in f.removed]} "
+                                 f"or replace nodes with lost data {sorted(f.tainted)}")
+        self.history.note("nemesis", "healed", {"unpromoted": f.unpromoted})
 
     @property
     def fault_count(self) -> int:
         return len(self.windows)
+
+    @property
+    def probes(self) -> list[dict[str, Any]]:
+        return self.data.probes
+
+    @property
+    def injected(self) -> int:
+        """Windows whose fault really happened and was undone."""
+        return sum(1 for w in self.windows if w.ok and w.healed)
 
     def close(self) -> None:
         self.faults.close()

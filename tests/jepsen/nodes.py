@@ -29,6 +29,8 @@ class Node:
         self.id = slot
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self.disk: Path | None = None
+        """With the disk nemesis: this node's own small filesystem, which holds its data directories."""
 
     @property
     def address(self) -> str:
@@ -36,7 +38,7 @@ class Node:
 
     @property
     def data_dir(self) -> Path:
-        return self.root / f"node{self.slot}-id{self.id}"
+        return (self.disk or self.root) / f"node{self.slot}-id{self.id}"
 
     @property
     def log_path(self) -> Path:
@@ -44,6 +46,10 @@ class Node:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        """How the last process of this node ended (None: never started, or still running)."""
+        return None if self.proc is None else self.proc.poll()
 
     def start(self, peers: str | None) -> None:
         cmd = [*self.topo.exec_prefix(self.slot), sys.executable, "-m", "raftkv.cli.server_main", "serve",

@@ -14,8 +14,10 @@ from typing import Any
 from raftkv.client import Client, RaftKVError
 
 from .checkers import Verdict
-from .history import History
-from .nemesis import Nemesis
+from .checkers.members import check_corruption_probes, check_members_agree
+from .disks import Disks
+from .history import History, Op
+from .nemesis import NEEDS_DISKS, Nemesis
 from .nodes import Cluster
 from .report import write_report
 from .topology import Topology
@@ -46,7 +48,13 @@ class RunResult:
     out: Path
     verdicts: list[Verdict] = field(default_factory=list)
     operations: int = 0
+    reads_ok: int = 0
+    read_nodes: list[int] = field(default_factory=list)
+    """Members that served at least one successful read."""
     faults: int = 0
+    faults_injected: int = 0
+    """Fault windows whose fault really happened and was healed (not those whose injection raised)."""
+    injection_errors: int = 0
     fault_kinds: dict[str, int] = field(default_factory=dict)
     error: str = ""
     seconds: float = 0.0
@@ -63,7 +71,9 @@ class RunResult:
     def summary(self) -> dict[str, Any]:
         return {"run": self.config.name, "workload": self.config.workload, "nemesis": self.config.nemesis,
                 "seed": self.config.seed, "time_limit_s": self.config.time_limit, "nodes": self.config.nodes,
-                "operations": self.operations, "faults": self.faults, "fault_kinds": self.fault_kinds,
+                "operations": self.operations, "reads_ok": self.reads_ok, "read_nodes": self.read_nodes,
+                "faults": self.faults, "faults_injected": self.faults_injected,
+                "injection_errors": self.injection_errors, "fault_kinds": self.fault_kinds,
                 "valid": self.valid, "error": self.error, "seconds": round(self.seconds, 1),
                 "checkers": [v.to_json() for v in self.verdicts]}
 
@@ -78,23 +88,34 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
     workload = WORKLOADS[cfg.workload](cfg.seed)
     cluster: Cluster | None = None
     nemesis: Nemesis | None = None
+    disks: Disks | None = None
     try:
         topo.setup()
         cluster = Cluster(topo, out / "nodes")
+        if cfg.nemesis in NEEDS_DISKS:
+            disks = Disks(out / "disks", sorted(cluster.nodes)).setup()
+            for slot, node in cluster.nodes.items():
+                node.disk = disks.mounts[slot]
         cluster.start_all()
         cluster.wait_leader(60)
         _setup(workload, cluster)
         history = History()
-        nemesis = Nemesis(cluster, history, cfg.nemesis, cfg.seed, cfg.quiet, cfg.hold)
+        workload.started(history)
+        nemesis = Nemesis(cluster, history, cfg.nemesis, cfg.seed, cfg.quiet, cfg.hold, disks)
         _drive(cfg, cluster, workload, nemesis, history)
         history.note("harness", "final-phase", None)
-        cluster.wait_leader(60)
+        leader = cluster.wait_leader(60)
         with Client(cluster.endpoints, timeout=3) as c:
             workload.final(c, history)
+            members = {m.id: m.address for m in c.members().members}
         history.close_open()
         ops = history.ops()
         res.operations = sum(1 for o in ops if o.process != "final")
+        res.reads_ok, res.read_nodes = _reads(ops)
         res.verdicts = workload.check(ops)
+        res.verdicts.append(check_members_agree(members, leader.id))
+        if nemesis.probes:
+            res.verdicts.append(check_corruption_probes(nemesis.probes))
     except Exception as e:  # noqa: BLE001 - the run's failure is its verdict, reported with the rest
         res.error = f"{type(e).__name__}: {e}"
     finally:
@@ -102,12 +123,16 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
             nemesis.stop()
             nemesis.close()
             res.faults = nemesis.fault_count
+            res.faults_injected = nemesis.injected
+            res.injection_errors = len(nemesis.errors)
             for w in nemesis.windows:
                 res.fault_kinds[w.kind] = res.fault_kinds.get(w.kind, 0) + 1
             if nemesis.errors:
                 res.fault_kinds["injection_errors"] = len(nemesis.errors)
         if cluster is not None:
             cluster.stop_all()
+        if disks is not None:
+            disks.teardown()
         topo.teardown()
         history.close_open()
         res.seconds = time.monotonic() - started
@@ -116,6 +141,12 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
         if nemesis is not None and nemesis.errors:
             (out / "nemesis-errors.txt").write_text("\n".join(nemesis.errors) + "\n")
     return res
+
+
+def _reads(ops: list[Op]) -> tuple[int, list[int]]:
+    """Successful reads by the clients during the run, and the members that served them."""
+    reads = [o for o in ops if o.f == "read" and o.ok and o.process not in ("final", "setup")]
+    return len(reads), sorted({o.node for o in reads if o.node is not None})
 
 
 def _setup(workload: Any, cluster: Cluster, timeout: float = 30.0) -> None:

@@ -207,15 +207,40 @@ def test_missing_final_read_is_flagged() -> None:
 ACCOUNTS = ["a", "b", "c"]
 
 
-def bank_read(bal: dict[str, int], t: float, f: str = "read", consistency: str = "linearizable") -> Op:
-    return op(f, None, {"consistency": consistency}, bal, t, t + 0.1)
+CREATED = 7  # the log index of the transaction that created the accounts
+
+
+def bank_read(bal: dict[str, int], t: float, f: str = "read", consistency: str = "linearizable",
+              applied: int | None = 20) -> Op:
+    o = op(f, None, {"consistency": consistency}, bal, t, t + 0.1)
+    if applied is not None:
+        o.extra["applied"] = applied
+    return o
+
+
+def bank_setup() -> Op:
+    return op("setup", None, None, {"index": CREATED}, -1, -0.9, process="setup")
 
 
 def test_bank_good_history_passes() -> None:
-    ops = [bank_read({"a": 10, "b": 10, "c": 10}, 0), bank_read({"a": 5, "b": 15, "c": 10}, 1),
-           bank_read({}, 1.5, consistency="serializable"), bank_read({"a": 0, "b": 20, "c": 10}, 2, "final-read")]
+    ops = [bank_setup(), bank_read({"a": 10, "b": 10, "c": 10}, 0), bank_read({"a": 5, "b": 15, "c": 10}, 1),
+           bank_read({}, 1.5, consistency="serializable", applied=CREATED - 1),
+           bank_read({"a": 0, "b": 20, "c": 10}, 2, "final-read")]
     v = check_bank(ops, ACCOUNTS, 30)
     assert v.valid is True and v.stats["empty_serializable_reads"] == 1
+
+
+def test_bank_empty_read_from_a_node_that_applied_the_accounts_is_flagged() -> None:
+    fin = bank_read({"a": 10, "b": 10, "c": 10}, 9, "final-read")
+    for applied in (CREATED, CREATED + 30):
+        v = check_bank([bank_setup(), bank_read({}, 1, consistency="serializable", applied=applied), fin],
+                       ACCOUNTS, 30)
+        assert v.valid is False and "empty serializable read" in v.anomalies[0]["problems"][0]
+    # Without the applied index (or the creation index) nothing shows the node was behind: not excused.
+    v = check_bank([bank_setup(), bank_read({}, 1, consistency="serializable", applied=None), fin], ACCOUNTS, 30)
+    assert v.valid is False
+    v = check_bank([bank_read({}, 1, consistency="serializable", applied=0), fin], ACCOUNTS, 30)
+    assert v.valid is False
 
 
 def test_broken_bank_total_is_flagged() -> None:

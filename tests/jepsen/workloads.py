@@ -54,6 +54,10 @@ class Workload:
     def setup(self, client: Client) -> None:
         """Initial state, written before the nemesis starts."""
 
+    def started(self, h: History) -> None:
+        """Record in the run's history what `setup` did, for the checkers (the setup itself ran before
+        the history began)."""
+
     def step(self, p: int, client: Client, h: History, rng: random.Random, endpoints: list[str]) -> None:
         raise NotImplementedError
 
@@ -107,6 +111,11 @@ def _short(e: Exception) -> str:
 
 def _int(raw: bytes) -> int:
     return int(raw.decode())
+
+
+def _applied(rep: Any) -> int:
+    """The serving node's applied index when it read: what its answer reflects."""
+    return rep.meta.applied_index
 
 
 # -------------------------------------------------------------------------------------------------
@@ -236,9 +245,17 @@ class Bank(Workload):
     accounts = [f"bank/a{i}" for i in range(5)]
     total = 100
 
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self.created_index = 0
+
     def setup(self, client: Client) -> None:
         each = self.total // len(self.accounts)
-        client.txn([], [op_put(a, str(each)) for a in self.accounts])
+        self.created_index = client.txn([], [op_put(a, str(each)) for a in self.accounts]).meta.index
+
+    def started(self, h: History) -> None:
+        op = h.invoke("setup", "setup")
+        h.complete(op, "ok", {"index": self.created_index})
 
     def _balances(self, rep: Any) -> dict[str, int]:
         return {kv.key.decode(): _int(kv.value) for kv in rep.kvs}
@@ -249,10 +266,10 @@ class Bank(Workload):
             ep = rng.choice(endpoints)
             self.read(h, p, "read", None, {"consistency": "serializable", "node": ep},
                       lambda: client.range("bank/", prefix=True, consistency="serializable", endpoint=ep),
-                      self._balances)
+                      self._balances, applied=_applied)
             return
         status, bal = self.read(h, p, "read", None, {"consistency": "linearizable"},
-                                lambda: client.range("bank/", prefix=True), self._balances)
+                                lambda: client.range("bank/", prefix=True), self._balances, applied=_applied)
         if status != "ok" or r < 0.4:
             return
         src, dst = rng.sample([a for a in self.accounts if a in bal], 2)
@@ -267,7 +284,8 @@ class Bank(Workload):
 
     def final(self, client: Client, h: History) -> None:
         self.final_retry(lambda: self.read(h, "final", "final-read", None, None,
-                                           lambda: client.range("bank/", prefix=True), self._balances))
+                                           lambda: client.range("bank/", prefix=True), self._balances,
+                                           applied=_applied))
 
     def check(self, ops: list[Op]) -> list[Verdict]:
         return [check_bank(ops, self.accounts, self.total)]
