@@ -710,7 +710,8 @@ class NodeHost:
                 self._sync_transport_peers()
                 log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
                 self._settle_snapshots(rd.snapshot.data)
-                # Installing takes seconds for a big state machine. The ticks that fired meanwhile would be
+                # The round that installs a snapshot may take a while (one that came whole inside its
+                # message is copied; a full disk is waited out). The ticks that fired meanwhile would be
                 # stepped before the leader's heartbeats waiting in the inbox, and this follower would start
                 # a needless election; the snapshot came from that leader, so its timer starts afresh.
                 self._ticks_due = 0

@@ -6,12 +6,14 @@ a restart is refused and leaves the follower's state as it was."""
 from __future__ import annotations
 
 import errno
+import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from raftkv.core import CompactedError, ConfState, Entry, HardState, Snapshot
-from raftkv.storage import LmdbNodeStore, StorageError, cluster_id_for
+from raftkv.storage import CorruptionError, LmdbNodeStore, StorageError, cluster_id_for
 from raftkv.storage.commands import Put, Range, encode
 from raftkv.storage.snapshots import SnapshotStreamError
 
@@ -172,3 +174,44 @@ def test_a_stage_cut_off_by_a_restart_leaves_the_state_and_is_emptied(tmp_path: 
     snap, _ = stream(src, reopened)  # and the retried stream installs
     reopened.save_and_apply(HardState(2, 0, 33), [], snap, [], None, None)
     assert reopened.range(EVERYTHING).kvs == src.range(EVERYTHING).kvs
+
+
+def _flip_kv_record(store: LmdbNodeStore, key: bytes) -> None:
+    """One byte of a stored kv record flipped, through LMDB, as a failing disk would leave it."""
+    with store.env.begin(write=True) as txn:
+        raw = bytearray(txn.get(key, db=store.kv_db))
+        raw[-1] ^= 0x01
+        txn.put(key, bytes(raw), db=store.kv_db)
+
+
+def test_a_corrupted_record_is_neither_sent_nor_installed(tmp_path: Path) -> None:
+    src = leader_with(tmp_path / "a", 30)
+    dst = leader_with(tmp_path / "b", 3, term=1)
+    before = dst.range(EVERYTHING).kvs
+    good, _ = stream(src, dst)  # pieces cut before the damage, to replay after it
+    dst.discard_staged(good.data)
+    reader = src.open_snapshot_reader(200)
+    pieces = []
+    while (p := reader.next_piece()) is not None:
+        pieces.append((p.data, p.crc))
+    reader.close()
+    _flip_kv_record(src, b"k0012")
+    # The leader refuses to send it, naming the node, the file and the key.
+    reader = src.open_snapshot_reader(200)
+    with pytest.raises(CorruptionError, match=r"node 1: .*data.mdb.*k0012.*checksum"):
+        while reader.next_piece() is not None:
+            pass
+    reader.close()
+    # A piece whose CRC matches but that carries a record failing its own seal is refused by the follower.
+    flat = [msgpack.unpackb(d) for d, _ in pieces]
+    victim = next(i for i, f in enumerate(flat) if b"k0012" in f[1::3])
+    j = flat[victim].index(b"k0012")
+    flat[victim][j + 1] = flat[victim][j + 1][:-1] + bytes([flat[victim][j + 1][-1] ^ 0x01])
+    data = msgpack.packb(flat[victim], use_bin_type=True)
+    stage = dst.stage_snapshot(good.meta)
+    for d, c in pieces[:victim]:
+        stage.add(d, c)
+    with pytest.raises(SnapshotStreamError, match=r"piece \d+ .*k0012.*checksum"):
+        stage.add(data, zlib.crc32(data))
+    stage.abort()
+    assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6
