@@ -215,3 +215,26 @@ def test_a_corrupted_record_is_neither_sent_nor_installed(tmp_path: Path) -> Non
         stage.add(data, zlib.crc32(data))
     stage.abort()
     assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 6
+
+
+def test_the_corrupt_value_nemesis_finds_the_live_generation(tmp_path: Path) -> None:
+    """After a streamed install the live `kv` is the other generation: the partition suite's corrupt-value
+    fault must still hit a record the node serves."""
+    import random
+
+    from tests.jepsen.data_faults import corrupt_value, restore_value
+
+    src = leader_with(tmp_path / "a", 20)
+    dst = open_store(tmp_path / "b", node_id=2)
+    snap, _ = stream(src, dst)
+    dst.save_and_apply(HardState(2, 0, snap.meta.index), [], snap, [], None, None)
+    assert dst._generation == 1
+    dst.close()
+    c = corrupt_value(tmp_path / "b", random.Random(3))
+    dst = open_store(tmp_path / "b", node_id=2)
+    with pytest.raises(CorruptionError, match="checksum"):
+        dst.get(c.key)
+    dst.close()
+    assert restore_value(c) == "restored"
+    dst = open_store(tmp_path / "b", node_id=2)
+    assert dst.get(c.key) is not None
