@@ -201,6 +201,14 @@ class RaftNode:
     def lease_valid(self) -> bool:
         return self.raft.lease_valid()
 
+    def removed_at(self) -> int:
+        """Non-zero once a leader told this node it is not in the committed configuration at that index."""
+        return self.raft.removed_at
+
+    def departing(self) -> frozenset[int]:
+        """On a leader, removed members it is still telling so (the host keeps their connections meanwhile)."""
+        return frozenset(self.raft.departing)
+
     def freshness(self) -> tuple[int, int] | None:
         return self.raft.freshness
 
