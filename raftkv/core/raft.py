@@ -148,6 +148,8 @@ class Raft:
         for nid in list(self.departing):
             if nid in members:
                 del self.departing[nid]
+        if self.removed_at and self.id in members and self.confs.current_index > self.removed_at:
+            self.removed_at = 0  # added back by a later configuration
         for nid in members:
             pr = self.prs.get(nid)
             if pr is None:
