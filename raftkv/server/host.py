@@ -61,7 +61,7 @@ from .errors import (
 )
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
-from .reconfig_check import ClusterView, MemberHealth, check_change
+from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
 from .removal import Removal
 from .store import NodeStore
 
@@ -447,6 +447,8 @@ class NodeHost:
     async def transfer_leader(self, target: int) -> None:
         if target not in self.node.conf.voters:
             raise ConfChangeRejected(f"node {target} is not a voter")
+        if self.is_leader:
+            check_transfer(target, self.reconfig_view())
         self._local_ops.append(lambda: self.node.transfer_leader(target))
         self._wake.set()
 

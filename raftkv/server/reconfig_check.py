@@ -125,14 +125,25 @@ def check_change(cc: ConfChange, view: ClusterView, address: str = "") -> None:
         raise ConfChangeRejected(f"adding voter {n}: the cluster {survive}; {hint}")
 
 
-def _not_caught_up(n: int, view: ClusterView) -> str:
+def check_transfer(target: int, view: ClusterView) -> None:
+    """Leadership moves only to a healthy voter: one that is down or far behind could not take over
+    within the election timeout, and the transfer would only hold up writes meanwhile."""
+    if target != view.leader and target in view.conf.voters and not view.healthy(target):
+        raise ConfChangeRejected(f"node {target} cannot take over leadership: it is {_state(target, view)}; "
+                                 f"leadership moves only to a voter that is running and caught up")
+
+
+def _state(n: int, view: ClusterView) -> str:
     h = view.members.get(n)
-    behind = view.behind(n)
     contact = ("never heard from" if h is None or h.last_contact_s is None
                else f"last heard from {h.last_contact_s:.1f}s ago")
-    return (f"node {n} has not caught up: it is {behind} entries behind the leader (at most {CAUGHT_UP_ENTRIES} "
-            f"allowed) and was {contact} (it must be within {view.election_timeout_s:.1f}s); start it (raftkv serve "
-            f"--join) if it is not running, and promote it once `kv lag` shows it replicating with no lag")
+    return (f"{view.behind(n)} entries behind the leader (at most {CAUGHT_UP_ENTRIES} allowed) and was {contact} "
+            f"(it must be within {view.election_timeout_s:.1f}s)")
+
+
+def _not_caught_up(n: int, view: ClusterView) -> str:
+    return (f"node {n} has not caught up: it is {_state(n, view)}; start it (raftkv serve --join) if it is not "
+            f"running, and promote it once `kv lag` shows it replicating with no lag")
 
 
 def _check_address(nid: int, address: str, view: ClusterView) -> None:

@@ -225,3 +225,21 @@ def test_a_leader_that_removes_itself_hands_over_and_exits(cluster: LocalCluster
     assert new_leader in rest
     with Client(",".join(cluster.address(i) for i in rest), timeout=10) as c:
         assert c.put("k", "after").meta.index > 0
+
+
+# -- leadership ---------------------------------------------------------------------------------------
+
+def test_leadership_moves_only_to_a_healthy_voter(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    down, up = [i for i in (1, 2, 3) if i != leader]
+    with cluster.client() as c:
+        _wait_caught_up(c, down, up)
+    cluster.kill(down)
+    time.sleep(1.0)  # more than an election timeout
+    r = kv(cluster, "leader", "transfer", str(down), endpoints=cluster.address(leader))
+    assert r.returncode != 0 and r.stderr.startswith("Error: ") and "Traceback" not in r.stderr
+    assert f"node {down} cannot take over leadership" in r.stderr and "running and caught up" in r.stderr
+    assert cluster.wait_leader([leader, up]) == leader
+    r = kv(cluster, "leader", "transfer", str(up), endpoints=f"{cluster.address(leader)},{cluster.address(up)}")
+    assert r.returncode == 0, r.stderr
+    assert cluster.wait_leader([leader, up]) == up
