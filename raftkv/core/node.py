@@ -103,9 +103,11 @@ class RaftNode:
 
     def step(self, msg: Message) -> None:
         """A message from a peer. Local-only message types from the network are ignored, as are
-        responses from nodes that are not members."""
+        messages addressed to another node and responses from nodes that are not members."""
         if msg.type in (MessageType.HUP, MessageType.BEAT):
             return
+        if msg.to not in (NONE, self.raft.id):
+            return  # meant for another node (e.g. a removed member whose address a new one now uses)
         if msg.type in (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP) and msg.frm not in self.raft.prs:
             return
         self.raft.step(msg)
