@@ -106,6 +106,9 @@ def test_member_address_is_validated_and_must_be_unique(cluster: LocalCluster) -
 # -- adding and promoting -----------------------------------------------------------------------------
 
 def test_adding_a_voter_where_nothing_runs_is_refused(cluster: LocalCluster) -> None:
+    leader = cluster.wait_leader()
+    with cluster.client() as c:
+        _wait_caught_up(c, *[i for i in (1, 2, 3) if i != leader])  # all three healthy: tolerates 1 failure
     cluster.add_node(4)  # a free port: nothing runs there
     r = kv(cluster, "members", "add", "4", cluster.address(4))
     assert r.returncode != 0 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
