@@ -147,7 +147,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
 
 
 async def _leave_when_removed(host: NodeHost, stop: asyncio.Event) -> None:
-    """A removed member answers (refusing) for a short grace, then the process exits exit_codes.NEEDS_OPERATOR."""
+    """A removed member answers (refusing) for a short grace, then the process exits NEEDS_OPERATOR."""
     await host.removal.event.wait()
     await asyncio.sleep(GRACE_SECONDS)
     stop.set()
