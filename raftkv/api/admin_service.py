@@ -11,6 +11,7 @@ from ..core import ConfChange, ConfChangeType, StateRole
 from ..layers.lag import FollowerLag
 from ..proto.stubs import kv_pb2 as pb
 from ..proto.stubs import kv_pb2_grpc
+from ..server.config import address_problem
 from ..server.host import NodeHost
 from ..server.members import MemberInfo
 from ..storage import LmdbNodeStore
@@ -72,8 +73,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     async def MemberAdd(self, request: pb.MemberAddRequest, context: grpc.aio.ServicerContext) -> pb.MemberResponse:
         if request.id <= 0:
             raise invalid("member id must be >= 1")
-        if ":" not in request.address:
-            raise invalid("member address must be HOST:PORT")
+        problem = address_problem(request.address)
+        if problem is not None:
+            raise invalid(f"member address {problem}")
         kind = ConfChangeType.ADD_LEARNER if request.learner else ConfChangeType.ADD_VOTER
         ctx = MemberInfo(request.address, request.sync, request.semi_sync).encode()
         return await self._change("MemberAdd", request, context, ConfChange(kind, request.id, ctx))
@@ -96,6 +98,8 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         old = self.host.member_info().get(request.id)
         if old is None:
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"node {request.id} is not a member", "NOT_A_MEMBER")
+        if request.address and (problem := address_problem(request.address)) is not None:
+            raise invalid(f"member address {problem}")
         ctx = MemberInfo(request.address or old.address, request.sync, request.semi_sync, old.name).encode()
         return await self._change("MemberUpdate", request, context,
                                   ConfChange(ConfChangeType.UPDATE_NODE, request.id, ctx))

@@ -20,6 +20,7 @@ from ..core import ConfChangeRejected
 from ..layers.acks import UnmeetableAck
 from ..layers.session import InvalidToken, TokenAhead, TokenLost
 from ..server.errors import HostError, NoSpace, NotLeader, SyncTimeout
+from ..server.removal import MemberRemoved
 from ..storage import CorruptionError
 
 log = structlog.get_logger("raftkv.api")
@@ -59,6 +60,8 @@ def classify(e: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.DEADLINE_EXCEEDED, str(e), "SYNC_TIMEOUT",
                             {"index": str(e.index), "term": str(e.term),
                              "confirmed_by": ",".join(map(str, e.confirmed_by)), "committed": "true"})
+    if isinstance(e, MemberRemoved):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "MEMBER_REMOVED")
     if isinstance(e, NoSpace):
         return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "NOSPACE")
     if isinstance(e, HostError):
@@ -94,6 +97,9 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
+            removal = getattr(getattr(self, "host", None), "removal", None)
+            if removal is not None and removal.removed:
+                raise removal.error()  # a removed member serves nothing, not even stale reads
             return await fn(self, request, context)
         except asyncio.CancelledError:
             raise

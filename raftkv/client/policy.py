@@ -34,7 +34,7 @@ from .errors import (
     from_rpc_error,
 )
 
-SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN"}
+SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN", "MEMBER_REMOVED"}
 WRITES = frozenset({"write", "txn"})
 # How gRPC words a call that failed before any connection carried it (no server can have seen it).
 NEVER_SENT = ("failed to connect to all addresses", "no address", "dns resolution failed")
@@ -232,6 +232,8 @@ class Attempts:
             self.sent_any = True
         if outcome_unknown(err, self.kind):
             raise self._unknown(address, where, err) from None
+        if err.reason == "MEMBER_REMOVED":
+            self.endpoints.failed(address)  # refused before doing anything: another member may serve it
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)
             err = UnavailableError(f"{where}: {err}", err.code)

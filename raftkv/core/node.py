@@ -103,9 +103,11 @@ class RaftNode:
 
     def step(self, msg: Message) -> None:
         """A message from a peer. Local-only message types from the network are ignored, as are
-        responses from nodes that are not members."""
+        messages addressed to another node and responses from nodes that are not members."""
         if msg.type in (MessageType.HUP, MessageType.BEAT):
             return
+        if msg.to not in (NONE, self.raft.id):
+            return  # meant for another node (e.g. a removed member whose address a new one now uses)
         if msg.type in (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP) and msg.frm not in self.raft.prs:
             return
         self.raft.step(msg)
@@ -200,6 +202,14 @@ class RaftNode:
     # -- inspection ------------------------------------------------------------------------------
     def lease_valid(self) -> bool:
         return self.raft.lease_valid()
+
+    def removed_at(self) -> int:
+        """Non-zero once a leader told this node it is not in the committed configuration at that index."""
+        return self.raft.removed_at
+
+    def departing(self) -> frozenset[int]:
+        """On a leader, removed members it is still telling so (the host keeps their connections meanwhile)."""
+        return frozenset(self.raft.departing)
 
     def freshness(self) -> tuple[int, int] | None:
         return self.raft.freshness

@@ -84,6 +84,8 @@ class Raft:
         self.stamps: dict[int, int] = {}  # leader: newest stamp seen from each follower
         self.fresh_for: dict[int, tuple[int, int]] = {}  # leader: confirmed (stamp, commit) per follower
         self.freshness: tuple[int, int] | None = None  # follower: latest (echo_stamp, echo_commit)
+        self.departing: dict[int, int] = {}  # leader: removed members still to be told, and notices left
+        self.removed_at = 0  # index of the committed configuration a leader said we are not in (0: none)
         self.ticks = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -100,8 +102,8 @@ class Raft:
         return self.confs.current
 
     def promotable(self) -> bool:
-        """Only a voter in our own configuration may campaign."""
-        return self.id in self.conf.voters
+        """Only a voter in our own configuration may campaign, and never one told it was removed."""
+        return self.id in self.conf.voters and not self.removed_at
 
     def hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.log.committed)
@@ -141,6 +143,13 @@ class Raft:
                 del self.prs[nid]
                 self.stamps.pop(nid, None)
                 self.fresh_for.pop(nid, None)
+                if self.role == StateRole.LEADER and nid != self.id:
+                    self.departing[nid] = self._departing_notices()
+        for nid in list(self.departing):
+            if nid in members:
+                del self.departing[nid]
+        if self.removed_at and self.id in members and self.confs.current_index > self.removed_at:
+            self.removed_at = 0  # added back by a later configuration
         for nid in members:
             pr = self.prs.get(nid)
             if pr is None:
@@ -164,6 +173,38 @@ class Raft:
                 if self.maybe_commit():
                     self._after_commit()
 
+    def _departing_notices(self) -> int:
+        """How many heartbeat intervals a leader keeps telling a removed member: two election timeouts."""
+        return max(3, 2 * self.cfg.election_tick // self.cfg.heartbeat_tick)
+
+    def _conf_committed(self) -> bool:
+        return self.confs.current_index <= self.log.committed
+
+    def _notify_departing(self) -> None:
+        """Tell members removed by a committed change that they are out. Nothing else would reach them: the
+        leader stops replicating to a member the moment the change is appended, so a removed follower may
+        never receive the entry that removes it, and would campaign forever (and serve stale reads)."""
+        if not self._conf_committed():
+            return
+        for nid in list(self.departing):
+            self._tell_removed(nid)
+            self.departing[nid] -= 1
+            if self.departing[nid] <= 0:
+                del self.departing[nid]
+
+    def _tell_removed(self, to: int) -> None:
+        self.send(Message(MT.REMOVED, to=to, index=self.confs.current_index))
+
+    def _handle_removed(self, m: Message) -> None:
+        """A leader says we are not in its committed configuration at `m.index`. A fact whatever the terms:
+        it only ends this node's membership, never touches the log. Ignored if our own log already holds a
+        newer configuration that has us (we were added back)."""
+        if self.id in self.conf.members() and self.confs.current_index > m.index:
+            return
+        self.removed_at = max(self.removed_at, m.index)
+        if self.role != StateRole.FOLLOWER:
+            self.become_follower(self.term, NONE)
+
     # ------------------------------------------------------------------------------------------
     # Role changes
     # ------------------------------------------------------------------------------------------
@@ -182,6 +223,7 @@ class Raft:
         self.waiting_reads = []
         self.stamps = {}
         self.fresh_for = {}
+        self.departing = {}
         last = self.log.last_index()
         for nid, pr in self.prs.items():
             fresh = Progress(match=0, next=last + 1, max_inflight=self.cfg.max_inflight_msgs,
@@ -257,6 +299,8 @@ class Raft:
         if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self.step(Message(MT.BEAT, frm=self.id))
+            if self.departing and self.role == StateRole.LEADER:
+                self._notify_departing()
 
     def _quorum_active(self) -> bool:
         """CheckQuorum: did a majority of voters talk to us during the last election timeout?"""
@@ -375,6 +419,15 @@ class Raft:
     # Step: term checks common to all roles, then the role's own handler
     # ------------------------------------------------------------------------------------------
     def step(self, m: Message) -> None:
+        if m.type == MT.REMOVED:
+            self._handle_removed(m)
+            return
+        if (self.role == StateRole.LEADER and m.term != 0 and m.frm not in (NONE, self.id)
+                and m.frm not in self.conf.members() and self._conf_committed()):
+            # A node outside our committed configuration is talking to us (typically a removed member,
+            # back from a partition or a restart, campaigning): tell it. Its message then goes on as
+            # before: a non-member's vote and answers count for nothing.
+            self._tell_removed(m.frm)
         if m.term == 0:
             pass  # local message
         elif m.term > self.term:

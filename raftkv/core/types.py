@@ -158,6 +158,9 @@ class MessageType(IntEnum):
     # Host feedback to the leader
     SNAP_STATUS = 16
     UNREACHABLE = 17
+    # Membership: leader -> a node outside its committed configuration ("you were removed"); `index` is
+    # the index of that configuration. A removed node is told, since nothing else ever reaches it.
+    REMOVED = 18
 
 
 LOCAL_MESSAGES = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.SNAP_STATUS, MessageType.UNREACHABLE})

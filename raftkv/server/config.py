@@ -43,6 +43,29 @@ MIN_MAP_SIZE = 1 << 20
 MAX_MAP_SIZE = 1 << 40
 
 
+def address_problem(address: str) -> str | None:
+    """Why `address` is not a usable HOST:PORT, or None if it is.
+
+    The host must be non-empty (an IPv6 literal goes in brackets: `[::1]:7001`) and the port a number in
+    1..65535: gRPC binds a port it cannot parse to some other port without a word, so a typo such as
+    `127.0.0.1:99999` would leave the node listening where nobody looks."""
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return f"{address!r} must be HOST:PORT"
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            return f"{address!r}: an IPv6 host goes in brackets, as [::1]:7001"
+    elif not host:
+        return f"{address!r} has no host"
+    elif ":" in host or "]" in host:
+        return f"{address!r}: an IPv6 host goes in brackets, as [::1]:7001"
+    if not port.isdigit():
+        return f"{address!r}: port {port!r} is not a number"
+    if not 1 <= int(port) <= 65535:
+        return f"{address!r}: port {int(port)} is out of range (1..65535)"
+    return None
+
+
 @dataclass(slots=True)
 class ServerConfig:
     id: int = 0
@@ -159,6 +182,7 @@ class ServerConfig:
         self._validate_bounds()
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("--log-format must be auto, json or console")
+        self.validate_addresses()
         try:
             tls = self.tls
         except TlsError as e:
@@ -184,6 +208,17 @@ class ServerConfig:
             raise ConfigError(f"--max-request-bytes must be in [{need}, {MAX_REQUEST_BYTES}] (at least "
                               f"--max-key-bytes + --max-value-bytes + 1024, so the largest key and value fit in "
                               f"one request), not {self.max_request_bytes}")
+
+    def validate_addresses(self) -> None:
+        """Every address this node listens on or dials must be HOST:PORT with a port in 1..65535."""
+        named = [("--listen", self.listen), ("--advertise", self.advertise), ("--metrics-listen", self.metrics_listen)]
+        named += [(f"--peers (node {nid})", addr) for nid, addr in sorted(self.peers.items())]
+        for flag, addr in named:
+            if flag in ("--advertise", "--metrics-listen") and not addr:
+                continue  # optional
+            problem = address_problem(addr)
+            if problem is not None:
+                raise ConfigError(f"{flag}: {problem}")
 
     @staticmethod
     def from_file(path: str | Path) -> dict[str, object]:

@@ -61,6 +61,8 @@ from .errors import (
 )
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
+from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
+from .removal import Removal
 from .store import NodeStore
 
 log = structlog.get_logger("raftkv.host")
@@ -177,6 +179,8 @@ class NodeHost:
         """Why the host loop stopped, if it did; `failed` is set then and the process must stop."""
         self.failed = asyncio.Event()
         metrics.alarm.labels("nospace").set(0)
+        self.removal = Removal(cfg.id, cfg.data_dir)
+        self._lingering_peers = False  # transport peers kept for removed members still being told
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -191,6 +195,9 @@ class NodeHost:
         self._loop_task = asyncio.create_task(self._run(), name=f"raftkv-host-{self.cfg.id}")
         log.info("node started", id=self.cfg.id, applied=self.applied, last_index=self.store.log.last_index(),
                  term=self.node.term, members=sorted(self.members.all()))
+        conf = self.node.conf
+        if not self.cfg.join and conf.voters and self.cfg.id not in conf.members():
+            self._on_removed(f"its log ends with a configuration without it: {sorted(conf.members())}")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -444,10 +451,13 @@ class NodeHost:
     # Membership and leadership
     # ------------------------------------------------------------------------------------------
     async def change_member(self, change: ConfChange) -> tuple[int, int]:
-        """Propose a membership change and wait until it is applied here."""
+        """Propose a membership change and wait until it is applied here. Refused (ConfChangeRejected) if
+        it would leave fewer healthy members than the new configuration needs (`reconfig_check`)."""
         self._refuse_writes_without_space()
         if not self.is_leader:
             raise self.not_leader()
+        address = MemberInfo.decode(change.context).address if change.context else ""
+        check_change(change, self.reconfig_view(), address)
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[tuple[int, int]] = loop.create_future()
         applied: asyncio.Future[Any] = loop.create_future()
@@ -457,9 +467,23 @@ class NodeHost:
         await applied
         return index, term
 
+    def reconfig_view(self) -> ClusterView:
+        """What the strict reconfiguration check needs: per member, its match index and when the leader
+        last heard from it (core progress and the lag monitor)."""
+        st = self.node.status()
+        now = time.monotonic()
+        contact = self.lag.last_contact
+        health = {nid: MemberHealth(p.match, (now - contact[nid]) if nid in contact else None, p.recent_active)
+                  for nid, p in st.progress.items() if nid != self.cfg.id}
+        addresses = {nid: info.address for nid, info in self.members.all().items() if info.address}
+        return ClusterView(self.cfg.id, st.conf, st.last_index, self.cfg.election_ticks * self.cfg.tick_ms / 1000,
+                           health, addresses)
+
     async def transfer_leader(self, target: int) -> None:
         if target not in self.node.conf.voters:
             raise ConfChangeRejected(f"node {target} is not a voter")
+        if self.is_leader:
+            check_transfer(target, self.reconfig_view())
         self._local_ops.append(lambda: self.node.transfer_leader(target))
         self._wake.set()
 
@@ -525,6 +549,8 @@ class NodeHost:
         task = self._loop_task
         if self._stopping:
             return False, "stopping"
+        if self.removal.removed:
+            return False, self.removal.message
         if self.fatal is not None or task is None or task.done():
             return False, "host loop stopped"
         if self.nospace:
@@ -802,6 +828,9 @@ class NodeHost:
             self.members.apply(member_changes, self.node.conf)
             self._sync_transport_peers()
         self._answer(entries, results)
+        if any(cc.node_id == self.cfg.id for cc in member_changes) and \
+                self.cfg.id not in self.node.conf_as_of(self.applied).members():
+            self._on_removed(f"applied its own removal at index {self.applied}")
         self.metrics.proposals_committed.inc(len(entries))
         self.metrics.proposals_applied.inc(len(entries))
         heap = self._applied_heap
@@ -860,9 +889,29 @@ class NodeHost:
         for nid, info in members.items():
             if nid != self.cfg.id and info.address:
                 self.transport.add_peer(nid, info.address)
+        departing = self.node.departing()  # still to be told they were removed: keep their connections
+        self._lingering_peers = bool(departing)
         for nid in self.transport.peer_ids():
-            if nid not in members:
+            if nid not in members and nid not in departing:
                 self.transport.remove_peer(nid)
+
+    # ------------------------------------------------------------------------------------------
+    # Removal from the cluster (see removal.py)
+    # ------------------------------------------------------------------------------------------
+    def _on_removed(self, how: str) -> None:
+        if self.removal.note(how):
+            self._fail_everything(self.removal.error())
+
+    def peer_refused(self, peer: int, reason: str) -> None:
+        """The transport's report that `peer` refused our stream because we are not a member."""
+        if not self.removal.removed and self.removal.refused_by(peer, self.node.conf.voters):
+            self._on_removed(f"peers refuse it as a non-member: {reason}")
+
+    def _check_removed(self) -> None:
+        if self._lingering_peers and not self.node.departing():
+            self._sync_transport_peers()
+        if not self.removal.removed and self.node.removed_at():
+            self._on_removed(f"the leader says it is not in the configuration at index {self.node.removed_at()}")
 
     def _on_soft_state(self, rd: Ready) -> None:
         ss = rd.soft_state
@@ -892,6 +941,7 @@ class NodeHost:
         now = time.monotonic()
         if self._snapshots_stepped:
             self._settle_snapshots(None)
+        self._check_removed()
         # Pending: in the leader's log, not yet applied (whatever ack level answered the client already).
         self.metrics.proposals_pending.set(max(0, self.node.raft_log.last_index() - self.applied)
                                            if self.is_leader else 0)

@@ -26,6 +26,7 @@ from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
 from .logging_setup import configure_logging
 from .metrics import Metrics
+from .removal import GRACE_SECONDS, marker_text
 
 log = structlog.get_logger("raftkv.server")
 
@@ -37,6 +38,10 @@ def run_node(cfg: ServerConfig) -> int:
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
         return exit_codes.USAGE
+    removed = marker_text(cfg.data_dir)
+    if removed is not None:
+        print(f"Error: refusing to start: {removed}", file=sys.stderr)
+        return exit_codes.NEEDS_OPERATOR
     cluster_id = None if cfg.join else cluster_id_for(cfg.peers)
     try:
         store = LmdbNodeStore(cfg.data_dir, cfg.id, cluster_id, cfg.map_size)
@@ -70,7 +75,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
                           snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
                           on_snapshot=lambda m: host_box[0].deliver_snapshot(m),
-                          on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok))
+                          on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok),
+                          on_refused=lambda nid, why: host_box[0].peer_refused(nid, why))
     host = NodeHost(cfg, store, transport, metrics)
     host_box.append(host)
     forwarder = Forwarder(host)
@@ -122,8 +128,10 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         loop.add_signal_handler(sig, stop.set)
     readiness = asyncio.create_task(_readiness(host, health_servicer, stop))
     failed = asyncio.create_task(_stop_when_failed(host, stop))
+    leave = asyncio.create_task(_leave_when_removed(host, stop))
     await stop.wait()
     failed.cancel()
+    leave.cancel()
     log.info("shutting down")
     readiness.cancel()
     await server.stop(grace=1.0)
@@ -139,7 +147,14 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         reason = str(e) if isinstance(e, StorageError) else f"the host loop cannot go on: {type(e).__name__}: {e}"
         print(f"Error: stopped: {reason}".replace("\n", " "), file=sys.stderr)
         return exit_code_for(e)
-    return 0
+    return exit_codes.NEEDS_OPERATOR if host.removal.removed else 0
+
+
+async def _leave_when_removed(host: NodeHost, stop: asyncio.Event) -> None:
+    """A removed member answers (refusing) for a short grace, then the process exits NEEDS_OPERATOR."""
+    await host.removal.event.wait()
+    await asyncio.sleep(GRACE_SECONDS)
+    stop.set()
 
 
 async def _stop_when_failed(host: NodeHost, stop: asyncio.Event) -> None:
@@ -152,7 +167,8 @@ def _health(host: NodeHost) -> dict[str, object]:
     ready, why = host.readiness()
     return {"id": host.cfg.id, "ready": ready, "not_ready_because": why, "has_leader": bool(host.leader_id),
             "leader": host.leader_id, "applied": host.applied, "term": host.node.term,
-            "alarms": ["nospace"] if host.nospace else []}
+            "alarms": ["nospace"] if host.nospace else [],
+            "removed": host.removal.removed}
 
 
 async def _readiness(host: NodeHost, servicer: health.aio.HealthServicer, stop: asyncio.Event) -> None:

@@ -125,6 +125,8 @@ class _Peer:
             except grpc.aio.AioRpcError as e:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     log.error("peer refused our stream", peer=self.id, address=self.address, reason=e.details())
+                if "not a member" in (e.details() or "") and self.owner.on_refused is not None:
+                    self.owner.on_refused(self.id, e.details() or "")
             except Exception as e:  # keep the sender alive whatever the channel throws
                 log.debug("peer stream error", peer=self.id, error=repr(e))
             finally:
@@ -176,7 +178,8 @@ class Transport:
     def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
                  on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
                  queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK,
-                 max_batch_bytes: int = PEER_MAX_MESSAGE // 2, snapshot_store: SnapshotStore | None = None,
+                 max_batch_bytes: int = PEER_MAX_MESSAGE // 2,
+                 on_refused: Callable[[int, str], None] | None = None, snapshot_store: SnapshotStore | None = None,
                  on_snapshot: InstallHook | None = None, on_snapshot_status: Callable[[int, bool], None] | None = None,
                  snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK) -> None:
         """With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
@@ -188,6 +191,8 @@ class Transport:
         self.node_id = node_id
         self.max_batch_bytes = max_batch_bytes
         """Bytes of messages per batch (at least one message per batch), under the peers' receive limit."""
+        self.on_refused = on_refused
+        """Told when a peer refuses our stream because this node is not a member (it may have been removed)."""
         self.tls = tls
         self.snapshot_chunk = snapshot_chunk
         self.address = address

@@ -281,6 +281,8 @@ def _expect(net: Net, args: list[str], where: str) -> None:
             exp = [(int(p.split(":")[0]), p.split(":")[1]) for p in want]
         elif what == "lease":
             got, exp = n.lease_valid(), want[0] == "valid"
+        elif what == "removed-at":  # index of the configuration a leader said this node is not in (0: none)
+            got, exp = n.removed_at(), int(want[0])
         else:
             raise AssertionError(f"{where}: unknown expectation {what}")
         assert got == exp, f"{where}: node {nid} {what} is {got}, expected {exp}"

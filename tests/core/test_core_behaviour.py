@@ -367,3 +367,15 @@ def test_readded_node_installs_snapshot_taken_while_it_was_out() -> None:
     assert net.nodes[3].storage.snapshot().meta.index == applied
     assert 3 in net.node(3).conf.learners
     assert net.node(3).raft_log.committed == n1.raft_log.committed
+
+
+def test_removed_notice_for_another_node_is_ignored() -> None:
+    """A new member may take over the address of a removed one; a REMOVED notice still on its way to the
+    old id must not end the new member."""
+    net = Net([1, 2, 3])
+    elect(net, 1)
+    n2 = net.node(2)
+    n2.step(Message(MessageType.REMOVED, frm=1, to=7, term=n2.term, index=99))
+    assert n2.removed_at() == 0
+    n2.step(Message(MessageType.REMOVED, frm=1, to=2, term=n2.term, index=99))
+    assert n2.removed_at() == 99
