@@ -280,13 +280,16 @@ class LmdbNodeStore:
         self._stage_owner: object | None = None  # a stage under way, or the token of a complete one
         with self.env.begin(db=self.meta_db) as txn:
             self._generation = int(txn.get(b"state_gen") or b"0")
-        live = [self.env.open_db(n) for n in snapshots.generation_names(self._generation)]
-        self._staging_dbs = [self.env.open_db(n) for n in snapshots.generation_names(1 - self._generation)]
+        try:
+            live = [self.env.open_db(n) for n in snapshots.generation_names(self._generation)]
+            self._staging_dbs = [self.env.open_db(n) for n in snapshots.generation_names(1 - self._generation)]
+            with self.env.begin(write=True) as txn:
+                for db in self._staging_dbs:
+                    if txn.stat(db)["entries"]:
+                        txn.drop(db, delete=False)
+        except lmdb.Error as e:  # e.g. a full disk: the node may start once it has space again
+            raise StorageError(f"{self.where}: cannot open the state machine's sub-databases: {e}") from None
         self._set_live(live)
-        with self.env.begin(write=True) as txn:
-            for db in self._staging_dbs:
-                if txn.stat(db)["entries"]:
-                    txn.drop(db, delete=False)
 
     def _set_live(self, dbs: list[Any]) -> None:
         for name, db in zip(snapshots.SNAPSHOT_DBS, dbs, strict=True):

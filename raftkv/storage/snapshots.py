@@ -180,7 +180,10 @@ class SnapshotStage:
                     i += 3
                 # Keys come in each sub-database's order, so they append (full pages, no searching); one
                 # that does not is a stream that was not cut from one sorted cursor.
-                _, added = txn.cursor(db=self.dbs[db]).putmulti(pairs, append=True)
+                try:
+                    _, added = txn.cursor(db=self.dbs[db]).putmulti(pairs, append=True)
+                except lmdb.BadValsizeError as e:  # an empty or oversized key: not what a leader sends
+                    raise SnapshotStreamError(f"{where} has a record LMDB cannot hold: {e}") from None
                 if added != len(pairs):
                     raise SnapshotStreamError(f"{where} has records out of order")
         self._sha.update(data)
