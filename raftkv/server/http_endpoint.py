@@ -28,7 +28,7 @@ class HttpEndpoint:
                     self._reply(200, body, CONTENT_TYPE_LATEST)
                 elif path in ("/health", "/readyz"):
                     h = endpoint._health()
-                    ok = bool(h.get("has_leader"))
+                    ok = bool(h.get("ready", h.get("has_leader")))
                     self._reply(200 if ok else 503, json.dumps(h).encode(), "application/json")
                 elif path == "/livez":
                     self._reply(200, b'{"live": true}', "application/json")
