@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("raftkv.identity")
 
 RETRY_SECONDS = 0.2
+REFUSAL_MEMORY_SECONDS = 10.0
+"""A peer's refusal of our stream counts against readiness this long: a refusal that persists is renewed
+by every attempt (a node with something to say retries within a second), one that was resolved fades."""
 """How soon a leader tries again to propose an identity record the core refused for now."""
 ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP, MessageType.VOTE_RESP,
                      MessageType.PRE_VOTE_RESP, MessageType.READ_INDEX_RESP})
@@ -68,7 +71,7 @@ class IdentityGuard:
         """Leader: incarnations heard from members that have none recorded yet."""
         self._replaced_seen: set[tuple[int, bytes]] = set()
         self._own_problem = ""
-        self._refused_by: dict[int, str] = {}
+        self._refused_by: dict[int, tuple[str, float]] = {}
         self._log_cluster_id = b""
         self._chosen_cluster_id = b""
         self._record_index = 0
@@ -83,8 +86,10 @@ class IdentityGuard:
         """Why this node cannot serve as a member ("" = nothing known against it)."""
         if self._own_problem:
             return self._own_problem
-        for peer, reason in sorted(self._refused_by.items()):
-            return f"node {peer} refuses this node: {reason}"
+        now = time.monotonic()
+        for peer, (reason, at) in sorted(self._refused_by.items()):
+            if now - at < REFUSAL_MEMORY_SECONDS:
+                return f"node {peer} refuses this node: {reason}"
         return ""
 
     @property
@@ -118,10 +123,6 @@ class IdentityGuard:
                                f"{', '.join(map(str, sorted(members.all())))})")
         recorded = members.incarnation_of(sender)
         ours = self.cluster_id
-        if ours and not batch.cluster_id and any(m.type not in ANSWERS for m in batch.messages):
-            return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"a batch from node {sender} carries no cluster id; node {me} belongs to cluster "
-                               f"{ours.hex()}")
         if peer is not None:
             info = members.get(sender)
             address = info.address if info is not None and info.address else batch.from_address
@@ -145,12 +146,16 @@ class IdentityGuard:
                                      "then start it on an empty data directory with --join)")
                 log.error("this node's data was replaced: the cluster refuses it", reason=self._own_problem)
             return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION, reason)
+        if ours and not batch.cluster_id and any(m.type not in ANSWERS for m in batch.messages):
+            return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"a batch from node {sender} carries no cluster id; node {me} belongs to cluster "
+                               f"{ours.hex()}")
         if batch.to_incarnation == self.incarnation:
             self._refused_by.pop(sender, None)
         return None
 
     def refused_by(self, peer_id: int, code: grpc.StatusCode, reason: str) -> None:
-        self._refused_by[peer_id] = reason
+        self._refused_by[peer_id] = (reason, time.monotonic())
 
     def _replaced(self, sender: int, incarnation: bytes) -> None:
         key = (sender, incarnation)

@@ -124,6 +124,27 @@ def test_wiped_member_is_refused_and_no_acknowledged_write_is_lost(cluster: Loca
     assert lag[2].match >= commit
 
 
+def test_leader_forgets_the_progress_of_a_wiped_member(cluster: LocalCluster) -> None:
+    _all_recorded(cluster, [1, 2, 3])
+    leader = cluster.wait_leader()
+    wiped = next(i for i in (1, 2, 3) if i != leader)
+    with cluster.client() as c:
+        for i in range(20):
+            c.put(f"p{i}", "x")
+        commit = c.status(endpoint=cluster.address(leader)).commit
+    _wait_for(lambda: {f.id: f.match for f in cluster.status(leader).followers}[wiped] >= commit,
+              "the follower to catch up")
+    assert cluster.stop(wiped) == 0
+    shutil.rmtree(cluster.root / f"node{wiped}")
+    cluster.start(wiped)  # empty, with its old command line
+    # The leader refuses it and no longer counts what its previous self held.
+    _wait_for(lambda: {f.id: f.match for f in cluster.status(leader).followers}[wiped] == 0,
+              "the leader to drop the wiped member's match index")
+    _wait_for(lambda: bool(cluster.status(wiped).identity_problem), "the wiped member to know it is refused")
+    with cluster.client() as c:
+        c.put("still", "writable")  # the two others still make a majority
+
+
 def test_existing_cluster_state_refuses_an_empty_data_dir(tmp_path: Path) -> None:
     data = tmp_path / "node1"
     cmd = [sys.executable, "-m", "raftkv.cli.server_main", "serve", "--id", "1", "--data-dir", str(data),
