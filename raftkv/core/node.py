@@ -138,6 +138,10 @@ class RaftNode:
     def report_snapshot(self, node_id: int, ok: bool) -> None:
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=not ok))
 
+    def forget_progress(self, node_id: int) -> None:
+        """Drop what the leader knew of `node_id`'s log: its data was replaced (see Raft.forget_progress)."""
+        self.raft.forget_progress(node_id)
+
     # -- outputs ---------------------------------------------------------------------------------
     def has_ready(self) -> bool:
         if self._in_flight is not None:

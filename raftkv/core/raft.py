@@ -161,6 +161,19 @@ class Raft:
         if self.lead_transferee != NONE and self.lead_transferee not in conf.voters:
             self.abort_leader_transfer()
 
+    def forget_progress(self, nid: int) -> None:
+        """A member's data was replaced (wiped, or another directory put in its place): what this leader
+        knew of its log is void. It starts over as a new follower would, probing from our last index,
+        and its old match index no longer counts for anything (commit never moves back)."""
+        pr = self.prs.get(nid)
+        if pr is None or nid == self.id:
+            return
+        fresh = Progress(match=0, next=self.log.last_index() + 1, max_inflight=self.cfg.max_inflight_msgs)
+        fresh.is_learner = pr.is_learner
+        self.prs[nid] = fresh
+        self.stamps.pop(nid, None)
+        self.fresh_for.pop(nid, None)
+
     def _append_to_log(self, ents: list[Entry]) -> None:
         """Append and keep the configuration in step with the log (append-time membership)."""
         changed = self.confs.truncate_from(ents[0].index)

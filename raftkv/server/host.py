@@ -59,6 +59,7 @@ from .errors import (
     ShuttingDown,
     SyncTimeout,
 )
+from .identity import IdentityGuard
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
@@ -177,6 +178,8 @@ class NodeHost:
         metrics.alarm.labels("nospace").set(0)
         self.removal = Removal(cfg.id, cfg.data_dir)
         self._lingering_peers = False  # transport peers kept for removed members still being told
+        self.identity: IdentityGuard | None = None
+        """Peer identity and the member identity records (set by the process lifecycle; see identity.py)."""
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -231,6 +234,22 @@ class NodeHost:
     def peer_unreachable(self, node_id: int) -> None:
         self._local_ops.append(lambda: self.node.report_unreachable(node_id))
         self._wake.set()
+
+    def run_in_loop(self, op: Callable[[], None]) -> None:
+        """Run `op` in the loop between Readys, where the core may be called."""
+        self._local_ops.append(op)
+        self._wake.set()
+
+    def forget_member_progress(self, node_id: int) -> None:
+        """A member's data was replaced: drop what this leader knew of its log and of its lag."""
+        self.node.forget_progress(node_id)
+        self.forget_member_lag(node_id)
+
+    def forget_member_lag(self, node_id: int) -> None:
+        """Drop what was heard from a member (applied index, last contact): it was removed, re-added or
+        replaced, and what its previous self said no longer holds."""
+        self.lag.applied.pop(node_id, None)
+        self.lag.last_contact.pop(node_id, None)
 
     # ------------------------------------------------------------------------------------------
     # Views for services
@@ -517,6 +536,8 @@ class NodeHost:
             return False, "host loop stopped"
         if self.nospace:
             return False, f"NOSPACE alarm: {self.nospace}"
+        if self.identity is not None and self.identity.problem:
+            return False, self.identity.problem
         if not self.leader_id:
             return False, "no leader known"
         return True, ""
@@ -640,6 +661,8 @@ class NodeHost:
             first += len(p.datas)
 
     def _place_conf_changes(self) -> None:
+        if self.identity is not None and self.identity.record_in_flight():
+            return  # one membership change at a time: an operator's waits for the identity record
         while self._conf_requests:
             req = self._conf_requests.popleft()
             if req.placed.done():
@@ -694,9 +717,13 @@ class NodeHost:
                 self.applied = rd.snapshot.meta.index
                 self.members.replace_from_snapshot(self.store.snapshot_members())
                 self._sync_transport_peers()
+                if self.identity is not None:
+                    self.identity.members_changed([])
                 log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
             if rd.entries:
                 self._persisted_index = rd.entries[-1].index
+                if self.identity is not None:
+                    self.identity.observe_appended(rd.entries)
                 self._release_persist_waiters(rd)
             if rd.persisted_messages:
                 self._stamp(rd.persisted_messages)
@@ -789,6 +816,8 @@ class NodeHost:
         if member_changes:
             self.members.apply(member_changes, self.node.conf)
             self._sync_transport_peers()
+            if self.identity is not None:
+                self.identity.members_changed(member_changes)
         self._answer(entries, results)
         if any(cc.node_id == self.cfg.id for cc in member_changes) and \
                 self.cfg.id not in self.node.conf_as_of(self.applied).members():
@@ -905,6 +934,8 @@ class NodeHost:
         # Pending: in the leader's log, not yet applied (whatever ack level answered the client already).
         self.metrics.proposals_pending.set(max(0, self.node.raft_log.last_index() - self.applied)
                                            if self.is_leader else 0)
+        if self.identity is not None:
+            self.identity.after_round()
         if self.is_leader:
             if self.durability:
                 self.durability.update(self.match_indexes(), now)
