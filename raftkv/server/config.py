@@ -164,6 +164,8 @@ class ServerConfig:
         """Budget of one peer batch (and of one snapshot chunk): under `grpc_receive_limit` with room for
         framing. A single message over it (one entry of a maximal request) still goes alone."""
         return self.grpc_receive_limit - RECEIVE_HEADROOM // 2
+
+    @property
     def peer_tls_configured(self) -> bool:
         return bool(self.peer_cert_file or self.peer_key_file or self.peer_trusted_ca_file
                     or self.peer_client_cert_auth or self.peer_cert_allowed_cn or self.peer_cert_allowed_hostname)
