@@ -52,10 +52,11 @@ def pki(tmp_path: Path) -> dict[str, str]:
 
 def _forged(cluster_id: bytes, sender: int, to: int, term: int, entries: list[pb.Entry] | None = None,
             mtype: MessageType = MessageType.HEARTBEAT, commit: int = 0, index: int = 0,
-            log_term: int = 0) -> pb.MessageBatch:
+            log_term: int = 0, incarnation: bytes = b"") -> pb.MessageBatch:
     m = pb.RaftMessage(type=int(mtype), to=to, **{"from": sender}, term=term, commit=commit, index=index,
                        log_term=log_term, entries=entries or [])
-    return pb.MessageBatch(cluster_id=cluster_id, **{"from": sender}, messages=[m], from_address="127.0.0.1:1")
+    return pb.MessageBatch(cluster_id=cluster_id, **{"from": sender}, messages=[m], from_address="127.0.0.1:1",
+                           incarnation=incarnation)
 
 
 def _send(address: str, batch: pb.MessageBatch, tls: TlsFiles | None) -> grpc.StatusCode:
@@ -169,9 +170,13 @@ def test_forged_peers_are_refused_on_a_plaintext_cluster(cluster: LocalCluster) 
         assert _send(addr, _forged(cid, 99, i, term + 5), None) == grpc.StatusCode.PERMISSION_DENIED
         assert _send(addr, _forged_append(cid, 99, i, term + 5, st.last_index, st.commit),
                      None) == grpc.StatusCode.PERMISSION_DENIED
-        # A member's id, but no cluster id or another cluster's.
-        assert _send(addr, _forged(b"", claimed, i, term + 5), None) == grpc.StatusCode.FAILED_PRECONDITION
-        assert _send(addr, _forged(b"\x01" * 16, claimed, i, term + 5), None) == grpc.StatusCode.FAILED_PRECONDITION
+        # A member's id (and its incarnation, which a forger on a plaintext network can see), but no
+        # cluster id or another cluster's.
+        inc = cluster.status(claimed).incarnation
+        assert _send(addr, _forged(b"", claimed, i, term + 5, incarnation=inc), None) == \
+            grpc.StatusCode.FAILED_PRECONDITION
+        assert _send(addr, _forged(b"\x01" * 16, claimed, i, term + 5, incarnation=inc), None) == \
+            grpc.StatusCode.FAILED_PRECONDITION
         # Messages inside a batch from another sender than the batch's.
         batch = _forged(cid, claimed, i, term + 5)
         setattr(batch.messages[0], "from", 99)
