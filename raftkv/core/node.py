@@ -14,6 +14,7 @@ from .errors import ProposalDropped
 from .log import RaftLog
 from .progress import ProgressState
 from .raft import AFTER_PERSIST, Raft
+from .rounds import ConfirmedRound
 from .storage import LogStorage
 from .types import (
     NONE,
@@ -53,7 +54,6 @@ class Status:
     conf: ConfState
     progress: dict[int, ProgressStatus]
     transferee: int
-    lease_valid: bool
 
 
 class RaftNode:
@@ -150,6 +150,7 @@ class RaftNode:
             or log.has_next_committed_entries()
             or r.msgs
             or r.read_states
+            or r.rounds.last > r.rounds.sent
         )
 
     def ready(self) -> Ready:
@@ -174,7 +175,9 @@ class RaftNode:
         for m in r.msgs:
             (rd.persisted_messages if m.type in AFTER_PERSIST else rd.messages).append(m)
         r.msgs = []
-        r.rounds.mark_sent()
+        newest_round = r.rounds.mark_sent()
+        if newest_round and r.role == StateRole.LEADER:
+            rd.round_sent = (r.term, newest_round)
         rd.read_states = r.read_states
         r.read_states = []
         self._in_flight = rd
@@ -198,8 +201,13 @@ class RaftNode:
             r.log.applied_to(rd.committed_entries[-1].index)
 
     # -- inspection ------------------------------------------------------------------------------
-    def lease_valid(self) -> bool:
-        return self.raft.lease_valid()
+    def lease_held(self) -> bool:
+        """Leader, committed in its term, no transfer under way: the lease's conditions that need no clock."""
+        return self.raft.lease_held()
+
+    def confirmed_round(self) -> ConfirmedRound | None:
+        """The newest quorum-confirmed round sent with a trustworthy commit index (leader only)."""
+        return self.raft.confirmed_round()
 
     def freshness(self) -> tuple[int, int] | None:
         return self.raft.freshness
@@ -244,5 +252,4 @@ class RaftNode:
             conf=r.conf,
             progress=progress,
             transferee=r.lead_transferee,
-            lease_valid=r.lease_valid(),
         )

@@ -228,7 +228,8 @@ class Ready:
     """One batch of work for the host, in the order it must be done:
 
     1. persist `snapshot` (if any), then `entries`, then `hard_state` (if any) -- durably (fsync);
-    2. send `messages` (safe to send before or after persisting); for each SNAP message, call
+    2. note the monotonic time of `round_sent` (if any), then send `messages` (safe to send before or
+       after persisting); for each SNAP message, call
        `RaftNode.report_snapshot(to, ok)` once the transport has sent it (ok) or given up (not ok),
        or the leader keeps waiting for that follower;
        send `persisted_messages` only after step 1 is durable (votes and append acknowledgements);
@@ -248,6 +249,10 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     conf_state: ConfState | None = None
     """Membership as of the last entry in `committed_entries`, when that batch holds a conf change."""
+    round_sent: tuple[int, int] | None = None
+    """(term, number) of the newest leadership round whose heartbeats are in `messages`. The host notes
+    when it sends them, on its monotonic clock: leases and the leader's staleness proof are timed from
+    the send time of the round `RaftNode.confirmed_round()` names."""
 
     def contains_updates(self) -> bool:
         return bool(
@@ -259,4 +264,5 @@ class Ready:
             or self.messages
             or self.persisted_messages
             or self.read_states
+            or self.round_sent is not None
         )

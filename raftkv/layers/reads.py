@@ -60,9 +60,6 @@ class StalenessProof:
     confirmation_age_ms: float | None
 
 
-LEADER_PROOF = StalenessProof(0.0, 0, 0.0)
-
-
 def prove_staleness(freshness: tuple[int, int] | None, applied: int, now_ns: int) -> StalenessProof:
     """The bound this node can prove from (stamp_ns, commit): a follower's echoed stamp and commit index,
     or a leader's send time and commit index of its newest confirmed round, with `now_ns` on the same
