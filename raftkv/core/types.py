@@ -174,6 +174,8 @@ class Message:
     leader has confirmed a round sent after receiving that stamp, it echoes it back (`echo_stamp`) with its
     commit index as of that round (`echo_commit`). Every write acknowledged before the follower's local time
     `echo_stamp` then has an index <= `echo_commit`.
+    On HEARTBEAT, APP and TIMEOUT_NOW the leader's host puts its own send time in `stamp`, so the target of
+    a transfer can tell a TimeoutNow that sat in a buffer for longer than the leader waited for it.
 
     `applied` is the sender's applied index, filled in by its host on responses; the leader's host reads it
     for replication-lag monitoring (replay lag). The core neither sets nor reads it.

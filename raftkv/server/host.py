@@ -63,6 +63,7 @@ from .lease_clock import LeaseClock, lease_seconds
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .store import NodeStore
+from .transfer_guard import DATED, TransferGuard
 
 log = structlog.get_logger("raftkv.host")
 
@@ -132,6 +133,8 @@ class NodeHost:
         self.node = RaftNode(core_cfg, store.log)
         # When each round of heartbeats left, on our monotonic clock: leases and our own staleness proof.
         self.lease_clock = LeaseClock(lease_seconds(cfg.tick_ms, cfg.election_ticks, cfg.lease_drift_ticks))
+        # A leader-transfer request that reaches us later than the leader waits for it is dropped.
+        self.transfer_guard = TransferGuard(cfg.election_ticks * cfg.tick_ms / 1000)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
         self.semi_sync = SemiSyncStatus()
@@ -220,6 +223,12 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     def deliver(self, msg: Message) -> None:
         """Called by the transport for every message from a peer (on the loop's thread)."""
+        late = self.transfer_guard.check(msg, time.monotonic_ns())
+        if late is not None:
+            log.warning("ignored a stale leader-transfer request", leader=msg.frm, term=msg.term,
+                        late_ms=round(late * 1000),
+                        detail="it arrived after the leader had given up the transfer; no election is started")
+            return
         self._inbox.append(msg)
         self._wake.set()
 
@@ -744,6 +753,8 @@ class NodeHost:
             if m.type in RESPONSES:
                 m.stamp = stamp
                 m.applied = applied
+            elif m.type in DATED:  # a leader's send time: lets the target date a TimeoutNow
+                m.stamp = stamp
 
     def _report_snapshots(self, msgs: list[Message]) -> None:
         # The transport has accepted the snapshot; the follower's answer (or its absence, noticed by the
