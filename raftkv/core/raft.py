@@ -18,7 +18,7 @@ from .log import RaftLog
 from .membership import ConfLog
 from .progress import Progress, ProgressState
 from .quorum import VoteResult, quorum_index, vote_result
-from .rounds import PendingRead, Round, Rounds
+from .rounds import ConfirmedRound, PendingRead, Round, Rounds
 from .storage import CompactedError, LogStorage, SnapshotTemporarilyUnavailable, UnavailableError
 from .types import (
     NONE,
@@ -116,12 +116,20 @@ class Raft:
         behind writes acknowledged by earlier leaders (thesis §6.4)."""
         return self.log.term_or_zero(self.log.committed) == self.term
 
-    def lease_valid(self) -> bool:
-        if self.role != StateRole.LEADER or self.lease_revoked or not self.committed_in_term():
-            return False
-        if self.rounds.confirmed_tick < 0:
-            return False
-        return self.ticks < self.rounds.confirmed_tick + self.cfg.election_tick - self.cfg.lease_drift_ticks
+    def lease_held(self) -> bool:
+        """The conditions of a lease that need no clock: we lead, have committed an entry of our term, and
+        have not started handing leadership over (a transfer target may be elected despite our lease).
+        How long the lease lasts is the host's to measure, from the send time of `confirmed_round()`."""
+        return self.role == StateRole.LEADER and not self.lease_revoked and self.committed_in_term()
+
+    def confirmed_round(self) -> ConfirmedRound | None:
+        """The newest leadership round of ours that a quorum confirmed and that was sent once our commit
+        index was trustworthy; None unless we lead and have one. The host knows when it sent that round,
+        and proves from there both the lease and the leader's own staleness bound."""
+        if self.role != StateRole.LEADER or self.rounds.proof is None:
+            return None
+        number, commit = self.rounds.proof
+        return ConfirmedRound(self.term, number, commit)
 
     def send(self, m: Message) -> None:
         if m.frm == NONE:
@@ -772,7 +780,7 @@ class Raft:
 
     def bcast_heartbeat(self) -> Round:
         """Open a new leadership round and send it to every member."""
-        rnd = self.rounds.open(self.ticks, self.log.committed, self.committed_in_term(), self.stamps)
+        rnd = self.rounds.open(self.log.committed, self.committed_in_term(), self.stamps)
         ctx = _round_bytes(rnd.number)
         for nid, pr in self.prs.items():
             if nid == self.id:

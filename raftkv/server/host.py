@@ -47,7 +47,7 @@ from ..layers.acks import (
     confirmed_members,
 )
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
-from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
+from ..layers.reads import StalenessProof, prove_staleness
 from ..storage.errors import is_nospace, is_storage_fault
 from .config import ServerConfig
 from .errors import (
@@ -60,11 +60,13 @@ from .errors import (
     SyncTimeout,
 )
 from .identity import IdentityGuard
+from .lease_clock import LeaseClock, lease_seconds
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
 from .removal import Removal
 from .store import NodeStore
+from .transfer_guard import DATED, TransferGuard
 
 log = structlog.get_logger("raftkv.host")
 
@@ -128,11 +130,14 @@ class NodeHost:
             id=cfg.id,
             election_tick=cfg.election_ticks,
             heartbeat_tick=cfg.heartbeat_ticks,
-            lease_drift_ticks=cfg.lease_drift_ticks,
             applied=store.applied_index(),
             rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
         )
         self.node = RaftNode(core_cfg, store.log)
+        # When each round of heartbeats left, on our monotonic clock: leases and our own staleness proof.
+        self.lease_clock = LeaseClock(lease_seconds(cfg.tick_ms, cfg.election_ticks, cfg.lease_drift_ticks))
+        # A leader-transfer request that reaches us later than the leader waits for it is dropped.
+        self.transfer_guard = TransferGuard(cfg.election_ticks * cfg.tick_ms / 1000)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
         self.semi_sync = SemiSyncStatus()
@@ -228,6 +233,12 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     def deliver(self, msg: Message) -> None:
         """Called by the transport for every message from a peer (on the loop's thread)."""
+        late = self.transfer_guard.check(msg, time.monotonic_ns())
+        if late is not None:
+            log.warning("ignored a stale leader-transfer request", leader=msg.frm, term=msg.term,
+                        late_ms=round(late * 1000),
+                        detail="it arrived after the leader had given up the transfer; no election is started")
+            return
         self._inbox.append(msg)
         self._wake.set()
 
@@ -270,12 +281,19 @@ class NodeHost:
         return NotLeader(self.node.leader_id, self.leader_address())
 
     def staleness_proof(self) -> StalenessProof:
-        if self.is_leader and self.node.lease_valid():
-            return LEADER_PROOF
-        return prove_staleness(self.node.freshness(), self.applied, time.monotonic_ns())
+        """The bound on the age of this node's state that it can prove now, on its own clock. A leader
+        measures from the send time of its newest quorum-confirmed round (with or without --lease-reads),
+        a follower from the stamp its leader last echoed."""
+        now = time.monotonic_ns()
+        if self.is_leader:
+            return self.lease_clock.proof(self.node.confirmed_round(), self.applied, now)
+        return prove_staleness(self.node.freshness(), self.applied, now)
 
     def lease_valid(self) -> bool:
-        return self.cfg.lease_reads and self.is_leader and self.node.lease_valid()
+        """May a `lease` read be answered from this node's state now (see lease_clock.py)?"""
+        if not (self.cfg.lease_reads and self.node.lease_held()):
+            return False
+        return self.lease_clock.lease_valid(self.node.confirmed_round(), self.applied, time.monotonic_ns())
 
     def follower_lags(self) -> list[FollowerLag]:
         if not self.is_leader:
@@ -698,6 +716,7 @@ class NodeHost:
         now = time.monotonic()
         if rd.soft_state is not None:
             self._on_soft_state(rd)
+        self.lease_clock.note_sent(rd.round_sent, time.monotonic_ns())
         if rd.messages:
             self._stamp(rd.messages)
             self.transport.send(rd.messages)
@@ -787,6 +806,8 @@ class NodeHost:
             if m.type in RESPONSES:
                 m.stamp = stamp
                 m.applied = applied
+            elif m.type in DATED:  # a leader's send time: lets the target date a TimeoutNow
+                m.stamp = stamp
 
     def _report_snapshots(self, msgs: list[Message]) -> None:
         # The transport has accepted the snapshot; the follower's answer (or its absence, noticed by the
