@@ -40,7 +40,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         for nid in sorted(conf.members()):
             m = info.get(nid, MemberInfo())
             out.append(pb.Member(id=nid, address=m.address, learner=nid in conf.learners, sync=m.sync,
-                                 semi_sync=m.semi_sync))
+                                 semi_sync=m.semi_sync, incarnation=m.incarnation))
         return out
 
     @rpc
@@ -52,7 +52,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             leader_id=st.leader, leader_address=h.leader_address(), commit=st.commit, applied=h.applied,
             last_index=st.last_index, members=self._members(), db_size_bytes=self.store.db_size(),
             followers=[lag_to_pb(lg) for lg in h.follower_lags()], cluster_id=self.store.cluster_id,
-            snapshot_index=self.store.snapshot_index(), leader_changes=h.leader_changes)
+            snapshot_index=self.store.snapshot_index(), leader_changes=h.leader_changes,
+            identity_problem=h.identity.problem if h.identity is not None else "",
+            incarnation=self.store.incarnation)
 
     @rpc
     async def MemberList(self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext

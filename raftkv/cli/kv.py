@@ -449,6 +449,9 @@ def status(c: Ctx) -> None:
     else:
         for r in rows:
             click.echo(", ".join(str(v) for v in r))
+    for ep, s in out:
+        if s is not None and s.identity_problem:
+            click.echo(f"{ep}: NOT READY: {s.identity_problem}")
 
 
 def _lag_rows(r: Any) -> list[list[Any]]:

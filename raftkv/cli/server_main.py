@@ -75,6 +75,20 @@ def main() -> None:
 @click.option("--trusted-ca-file", help="PEM CA for verifying peers (and clients, with --client-cert-auth).")
 @click.option("--client-cert-auth", is_flag=True, default=None,
               help="Accept only connections with a certificate signed by --trusted-ca-file.")
+@click.option("--peer-cert-file", help="PEM certificate presented to peers on Raft streams (default: --cert-file).")
+@click.option("--peer-key-file", help="PEM private key of --peer-cert-file.")
+@click.option("--peer-trusted-ca-file", help="PEM CA that must issue peers' certificates for them to speak Raft.")
+@click.option("--peer-client-cert-auth", is_flag=True, default=None,
+              help="Raft only from connections with a certificate issued by --peer-trusted-ca-file "
+                   "(the shared port then asks every connection for a certificate).")
+@click.option("--peer-cert-allowed-cn", help="Raft only from certificates with this Common Name.")
+@click.option("--peer-cert-allowed-hostname", help="Raft only from certificates whose SANs name this host.")
+@click.option("--initial-cluster-state", type=click.Choice(["new", "existing"]),
+              help="new (default): found the cluster from --peers if the data directory is empty; "
+                   "existing: refuse to start on an empty data directory.")
+@click.option("--initial-cluster-token",
+              help="Founders derive the cluster id from --peers and this token (default: a random id "
+                   "chosen by the first leader).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:

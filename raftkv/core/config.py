@@ -22,8 +22,6 @@ class Config:
     """How many APP messages may be unacknowledged per follower while replicating (the pipeline window)."""
     max_committed_size_per_ready: int = 4 << 20
     """Upper bound on the bytes of committed entries handed out in one Ready."""
-    lease_drift_ticks: int = 2
-    """Lease reads stop this many ticks before the lease could end, to absorb clock drift between nodes."""
     applied: int = 0
     """The state machine's applied index on restart; committed entries after it are handed out again."""
     rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -38,5 +36,3 @@ class Config:
             raise ValueError("election_tick must be greater than heartbeat_tick")
         if self.max_inflight_msgs <= 0:
             raise ValueError("max_inflight_msgs must be > 0")
-        if not 0 <= self.lease_drift_ticks < self.election_tick:
-            raise ValueError("lease_drift_ticks must be in [0, election_tick)")

@@ -14,6 +14,7 @@ from .errors import ProposalDropped
 from .log import RaftLog
 from .progress import ProgressState
 from .raft import AFTER_PERSIST, Raft
+from .rounds import ConfirmedRound
 from .storage import LogStorage
 from .types import (
     NONE,
@@ -53,7 +54,6 @@ class Status:
     conf: ConfState
     progress: dict[int, ProgressStatus]
     transferee: int
-    lease_valid: bool
 
 
 class RaftNode:
@@ -138,6 +138,10 @@ class RaftNode:
     def report_snapshot(self, node_id: int, ok: bool) -> None:
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=not ok))
 
+    def forget_progress(self, node_id: int) -> None:
+        """Drop what the leader knew of `node_id`'s log: its data was replaced (see Raft.forget_progress)."""
+        self.raft.forget_progress(node_id)
+
     # -- outputs ---------------------------------------------------------------------------------
     def has_ready(self) -> bool:
         if self._in_flight is not None:
@@ -152,6 +156,7 @@ class RaftNode:
             or log.has_next_committed_entries()
             or r.msgs
             or r.read_states
+            or r.rounds.last > r.rounds.sent
         )
 
     def ready(self) -> Ready:
@@ -176,7 +181,9 @@ class RaftNode:
         for m in r.msgs:
             (rd.persisted_messages if m.type in AFTER_PERSIST else rd.messages).append(m)
         r.msgs = []
-        r.rounds.mark_sent()
+        newest_round = r.rounds.mark_sent()
+        if newest_round and r.role == StateRole.LEADER:
+            rd.round_sent = (r.term, newest_round)
         rd.read_states = r.read_states
         r.read_states = []
         self._in_flight = rd
@@ -200,8 +207,13 @@ class RaftNode:
             r.log.applied_to(rd.committed_entries[-1].index)
 
     # -- inspection ------------------------------------------------------------------------------
-    def lease_valid(self) -> bool:
-        return self.raft.lease_valid()
+    def lease_held(self) -> bool:
+        """Leader, committed in its term, no transfer under way: the lease's conditions that need no clock."""
+        return self.raft.lease_held()
+
+    def confirmed_round(self) -> ConfirmedRound | None:
+        """The newest quorum-confirmed round sent with a trustworthy commit index (leader only)."""
+        return self.raft.confirmed_round()
 
     def removed_at(self) -> int:
         """Non-zero once a leader told this node it is not in the committed configuration at that index."""
@@ -254,5 +266,4 @@ class RaftNode:
             conf=r.conf,
             progress=progress,
             transferee=r.lead_transferee,
-            lease_valid=r.lease_valid(),
         )

@@ -18,7 +18,7 @@ from .log import RaftLog
 from .membership import ConfLog
 from .progress import Progress, ProgressState
 from .quorum import VoteResult, quorum_index, vote_result
-from .rounds import PendingRead, Round, Rounds
+from .rounds import ConfirmedRound, PendingRead, Round, Rounds
 from .storage import CompactedError, LogStorage, SnapshotTemporarilyUnavailable, UnavailableError
 from .types import (
     NONE,
@@ -116,12 +116,20 @@ class Raft:
         behind writes acknowledged by earlier leaders (thesis §6.4)."""
         return self.log.term_or_zero(self.log.committed) == self.term
 
-    def lease_valid(self) -> bool:
-        if self.role != StateRole.LEADER or self.lease_revoked or not self.committed_in_term():
-            return False
-        if self.rounds.confirmed_tick < 0:
-            return False
-        return self.ticks < self.rounds.confirmed_tick + self.cfg.election_tick - self.cfg.lease_drift_ticks
+    def lease_held(self) -> bool:
+        """The conditions of a lease that need no clock: we lead, have committed an entry of our term, and
+        have not started handing leadership over (a transfer target may be elected despite our lease).
+        How long the lease lasts is the host's to measure, from the send time of `confirmed_round()`."""
+        return self.role == StateRole.LEADER and not self.lease_revoked and self.committed_in_term()
+
+    def confirmed_round(self) -> ConfirmedRound | None:
+        """The newest leadership round of ours that a quorum confirmed and that was sent once our commit
+        index was trustworthy; None unless we lead and have one. The host knows when it sent that round,
+        and proves from there both the lease and the leader's own staleness bound."""
+        if self.role != StateRole.LEADER or self.rounds.proof is None:
+            return None
+        number, commit = self.rounds.proof
+        return ConfirmedRound(self.term, number, commit)
 
     def send(self, m: Message) -> None:
         if m.frm == NONE:
@@ -160,6 +168,19 @@ class Raft:
             pr.is_learner = nid in conf.learners
         if self.lead_transferee != NONE and self.lead_transferee not in conf.voters:
             self.abort_leader_transfer()
+
+    def forget_progress(self, nid: int) -> None:
+        """A member's data was replaced (wiped, or another directory put in its place): what this leader
+        knew of its log is void. It starts over as a new follower would, probing from our last index,
+        and its old match index no longer counts for anything (commit never moves back)."""
+        pr = self.prs.get(nid)
+        if pr is None or nid == self.id:
+            return
+        fresh = Progress(match=0, next=self.log.last_index() + 1, max_inflight=self.cfg.max_inflight_msgs)
+        fresh.is_learner = pr.is_learner
+        self.prs[nid] = fresh
+        self.stamps.pop(nid, None)
+        self.fresh_for.pop(nid, None)
 
     def _append_to_log(self, ents: list[Entry]) -> None:
         """Append and keep the configuration in step with the log (append-time membership)."""
@@ -759,7 +780,7 @@ class Raft:
 
     def bcast_heartbeat(self) -> Round:
         """Open a new leadership round and send it to every member."""
-        rnd = self.rounds.open(self.ticks, self.log.committed, self.committed_in_term(), self.stamps)
+        rnd = self.rounds.open(self.log.committed, self.committed_in_term(), self.stamps)
         ctx = _round_bytes(rnd.number)
         for nid, pr in self.prs.items():
             if nid == self.id:

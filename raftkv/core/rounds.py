@@ -7,7 +7,10 @@ quorum of voters has acknowledged round r (or a later one), we know that when ro
   acknowledged write: reads waiting on round r may be served at the commit index recorded for them
   (ReadIndex, Raft thesis §6.4);
 - followers that answered will not vote for anyone else until an election timeout after they received it,
-  so leadership is safe until (tick the round was sent) + election timeout, minus a drift margin (lease);
+  so leadership is safe until (time the round was sent) + election timeout, minus a drift margin (lease).
+  The core counts no time: it reports which round a quorum confirmed (`Rounds.proof`) and, in each Ready,
+  the newest round whose heartbeats leave with it; the host notes when it sends them on its monotonic
+  clock and times the lease from there. Ticks are no clock for this: they stop while a process is paused;
 - a follower stamp received before the round was sent is covered by that round's commit index: echoing
   (stamp, commit) lets the follower bound its own staleness with only its own clock.
 Many concurrent reads join the round whose heartbeat has not yet left, so they share one quorum round.
@@ -28,10 +31,19 @@ class PendingRead:
     requester: int  # node id that asked (the leader itself, or a follower that forwarded the read)
 
 
+@dataclass(slots=True, frozen=True)
+class ConfirmedRound:
+    """A round of leader `term` that a quorum confirmed, sent when the leader's commit index was `commit`
+    and trustworthy. Every write acknowledged before the round was sent has an index <= `commit`."""
+
+    term: int
+    number: int
+    commit: int
+
+
 @dataclass(slots=True)
 class Round:
     number: int
-    sent_tick: int
     commit: int
     commit_valid: bool  # our commit index is trustworthy (an entry of our term is committed)
     stamps: dict[int, int]
@@ -43,13 +55,14 @@ class Rounds:
         self.last = 0  # number of the newest round opened
         self.sent = 0  # newest round whose heartbeats have been handed to the host
         self.confirmed = 0  # newest round acknowledged by a quorum
-        self.confirmed_tick = -1  # tick at which the newest confirmed round was sent
+        # (number, commit) of the newest confirmed round whose commit index was trustworthy when sent
+        self.proof: tuple[int, int] | None = None
         self._open: deque[Round] = deque()
         self._acked: dict[int, int] = {}
 
-    def open(self, tick: int, commit: int, commit_valid: bool, stamps: dict[int, int]) -> Round:
+    def open(self, commit: int, commit_valid: bool, stamps: dict[int, int]) -> Round:
         self.last += 1
-        r = Round(self.last, tick, commit, commit_valid, dict(stamps))
+        r = Round(self.last, commit, commit_valid, dict(stamps))
         self._open.append(r)
         return r
 
@@ -59,8 +72,12 @@ class Rounds:
             return self._open[-1]
         return None
 
-    def mark_sent(self) -> None:
+    def mark_sent(self) -> int:
+        """The heartbeats of every round opened so far are being handed to the host: returns the newest
+        such round's number if it was not reported before (0 otherwise)."""
+        newest = self.last if self.last > self.sent else 0
         self.sent = self.last
+        return newest
 
     def ack(self, node: int, number: int, self_id: int, voters: frozenset[int]) -> list[Round]:
         """Record that `node` acknowledged round `number`; return the rounds this confirms, oldest first."""
@@ -80,5 +97,7 @@ class Rounds:
             done.append(self._open.popleft())
         if done:
             self.confirmed = done[-1].number
-            self.confirmed_tick = done[-1].sent_tick
+            valid = [r for r in done if r.commit_valid]
+            if valid:
+                self.proof = (valid[-1].number, valid[-1].commit)
         return done

@@ -179,6 +179,8 @@ class Message:
     leader has confirmed a round sent after receiving that stamp, it echoes it back (`echo_stamp`) with its
     commit index as of that round (`echo_commit`). Every write acknowledged before the follower's local time
     `echo_stamp` then has an index <= `echo_commit`.
+    On HEARTBEAT, APP and TIMEOUT_NOW the leader's host puts its own send time in `stamp`, so the target of
+    a transfer can tell a TimeoutNow that sat in a buffer for longer than the leader waited for it.
 
     `applied` is the sender's applied index, filled in by its host on responses; the leader's host reads it
     for replication-lag monitoring (replay lag). The core neither sets nor reads it.
@@ -233,9 +235,10 @@ class Ready:
     """One batch of work for the host, in the order it must be done:
 
     1. persist `snapshot` (if any), then `entries`, then `hard_state` (if any) -- durably (fsync);
-    2. send `messages` (safe to send before or after persisting); for each SNAP message, call
-       `RaftNode.report_snapshot(to, ok)` once the follower has taken it (ok) or the transport gave up
-       (not ok), or the leader keeps waiting for that follower;
+    2. note the monotonic time of `round_sent` (if any), then send `messages` (safe to send before or
+       after persisting); for each SNAP message, call `RaftNode.report_snapshot(to, ok)` once the
+       follower has taken it (ok) or the transport gave up (not ok), or the leader keeps waiting for
+       that follower;
        send `persisted_messages` only after step 1 is durable (votes and append acknowledgements);
     3. apply `committed_entries` to the state machine (conf changes were already taken into account
        by the core; the host records the resulting `conf_state` alongside the applied index);
@@ -253,6 +256,10 @@ class Ready:
     read_states: list[ReadState] = field(default_factory=list)
     conf_state: ConfState | None = None
     """Membership as of the last entry in `committed_entries`, when that batch holds a conf change."""
+    round_sent: tuple[int, int] | None = None
+    """(term, number) of the newest leadership round whose heartbeats are in `messages`. The host notes
+    when it sends them, on its monotonic clock: leases and the leader's staleness proof are timed from
+    the send time of the round `RaftNode.confirmed_round()` names."""
 
     def contains_updates(self) -> bool:
         return bool(
@@ -264,4 +271,5 @@ class Ready:
             or self.messages
             or self.persisted_messages
             or self.read_states
+            or self.round_sent is not None
         )

@@ -2,8 +2,10 @@
 
 - LINEARIZABLE (default): a ReadIndex round through the leader; the serving node waits until it has
   applied the read index. Sees every write acknowledged before the read began.
-- LEASE: the leader answers locally while its lease holds (an election timeout from its last
-  quorum-confirmed round, minus a clock-drift margin). Linearizable if clocks drift less than the margin.
+- LEASE: the leader answers locally while its lease holds: until an election timeout, minus a drift
+  margin, after the moment (on the leader's own monotonic clock) it sent the newest round of heartbeats
+  that a quorum confirmed. Linearizable if clocks drift less than the margin. Never measured in ticks:
+  ticks stop while a process is paused, a clock does not.
 - SERIALIZABLE (alias EVENTUAL): any node, its applied state as it is. Committed data only, maybe stale.
 - BOUNDED_STALENESS: any node that can prove its state is no older than the bound (below); otherwise it
   waits briefly, forwards to the leader, or with `strict` fails FAILED_PRECONDITION.
@@ -12,7 +14,9 @@
 The staleness proof: the follower's host stamped a response with its own monotonic time `t`; the leader,
 after confirming a leadership round sent later, echoed `t` with its commit index `c` of that round. Every
 write acknowledged before local time `t` has index <= `c`. So once applied >= `c`, the state is at most
-`now - t` old. Flight time only makes `t` earlier, which makes the bound larger, never wrong.
+`now - t` old. Flight time only makes `t` earlier, which makes the bound larger, never wrong. A leader
+proves its own bound the same way, with `t` the time it sent its newest quorum-confirmed round and `c`
+the commit index of that round. A clock that reads earlier than the stamp (it went back) proves nothing.
 """
 
 from __future__ import annotations
@@ -56,16 +60,18 @@ class StalenessProof:
     confirmation_age_ms: float | None
 
 
-LEADER_PROOF = StalenessProof(0.0, 0, 0.0)
-
-
 def prove_staleness(freshness: tuple[int, int] | None, applied: int, now_ns: int) -> StalenessProof:
-    """The bound this node can prove from the core's (echo_stamp_ns, echo_commit)."""
+    """The bound this node can prove from (stamp_ns, commit): a follower's echoed stamp and commit index,
+    or a leader's send time and commit index of its newest confirmed round, with `now_ns` on the same
+    monotonic clock as the stamp. "Now" before the stamp means the clock went back: no age is proven."""
     if freshness is None:
         return StalenessProof(None, None, None)
     stamp_ns, commit = freshness
-    age_ms = max(0.0, (now_ns - stamp_ns) / 1e6)
-    return StalenessProof(age_ms if applied >= commit else None, max(0, commit - applied), age_ms)
+    lag = max(0, commit - applied)
+    if now_ns < stamp_ns:
+        return StalenessProof(None, lag, None)
+    age_ms = (now_ns - stamp_ns) / 1e6
+    return StalenessProof(age_ms if applied >= commit else None, lag, age_ms)
 
 
 def satisfies(proof: StalenessProof, bound: StalenessBound, max_confirmation_age_ms: float) -> bool:

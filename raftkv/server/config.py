@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ..tls import TlsError, TlsFiles
+from ..tls import PeerAuth, TlsError, TlsFiles
 
 RECEIVE_HEADROOM = 1 << 20
 """What the gRPC port reads beyond the larger of `max_request_bytes` and a Raft append's 1 MiB of entries:
@@ -113,6 +113,22 @@ class ServerConfig:
     """PEM CA that peers' (and, with `client_cert_auth`, clients') certificates must chain to."""
     client_cert_auth: bool = False
     """Refuse connections without a certificate signed by `trusted_ca_file` (peers included)."""
+    peer_cert_file: str = ""
+    """PEM certificate this node presents to peers on its Raft streams (default: `cert_file`)."""
+    peer_key_file: str = ""
+    peer_trusted_ca_file: str = ""
+    """PEM CA that issues peer certificates: peers' certificates must be issued by it to speak Raft."""
+    peer_client_cert_auth: bool = False
+    """Raft only from connections with a peer certificate (the port then asks every connection for one)."""
+    peer_cert_allowed_cn: str = ""
+    """Raft only from certificates with this Common Name (etcd's --peer-cert-allowed-cn)."""
+    peer_cert_allowed_hostname: str = ""
+    """Raft only from certificates whose SANs name this host (etcd's --peer-cert-allowed-hostname)."""
+    initial_cluster_state: str = "new"
+    """`new`: found the cluster with `peers` if the data directory is empty; `existing`: refuse to start
+    on an empty data directory (a member that lost its data must be removed and re-added)."""
+    initial_cluster_token: str = ""
+    """Mixed into the founding cluster id, so founders agree on it without talking (etcd's flag)."""
     log_format: str = "auto"
     """auto (readable on a terminal, JSON otherwise), json or console."""
     log_level: str = "info"
@@ -148,6 +164,42 @@ class ServerConfig:
         """Budget of one peer batch (and of one snapshot chunk): under `grpc_receive_limit` with room for
         framing. A single message over it (one entry of a maximal request) still goes alone."""
         return self.grpc_receive_limit - RECEIVE_HEADROOM // 2
+
+    @property
+    def peer_tls_configured(self) -> bool:
+        return bool(self.peer_cert_file or self.peer_key_file or self.peer_trusted_ca_file
+                    or self.peer_client_cert_auth or self.peer_cert_allowed_cn or self.peer_cert_allowed_hostname)
+
+    @property
+    def server_tls(self) -> TlsFiles | None:
+        """What the one gRPC port (clients and peers) serves with: its certificate is `cert_file` (or the
+        peer certificate when only that is given), and it trusts the client and the peer CA."""
+        if self.tls is None and not self.peer_tls_configured:
+            return None
+        return TlsFiles(self.trusted_ca_file, self.cert_file or self.peer_cert_file,
+                        self.key_file if self.cert_file else self.peer_key_file,
+                        (self.peer_trusted_ca_file,) if self.peer_trusted_ca_file else ())
+
+    @property
+    def peer_tls(self) -> TlsFiles | None:
+        """What this node presents and trusts when it dials a peer (or forwards to one)."""
+        if self.tls is None and not self.peer_tls_configured:
+            return None
+        cert, key = (self.peer_cert_file, self.peer_key_file) if self.peer_cert_file else (self.cert_file,
+                                                                                          self.key_file)
+        return TlsFiles(self.peer_trusted_ca_file or self.trusted_ca_file, cert, key,
+                        (self.trusted_ca_file,) if self.trusted_ca_file else ())
+
+    @property
+    def requires_client_certs(self) -> bool:
+        """The port asks every connection for a certificate (gRPC cannot ask peers only)."""
+        return self.client_cert_auth or self.peer_client_cert_auth
+
+    def peer_auth(self) -> PeerAuth:
+        """How the Raft service tells a peer (see tls.PeerAuth)."""
+        return PeerAuth(required=self.requires_client_certs,
+                        ca_files=(self.peer_trusted_ca_file,) if self.peer_trusted_ca_file else (),
+                        allowed_cn=self.peer_cert_allowed_cn, allowed_hostname=self.peer_cert_allowed_hostname)
 
     def validate(self) -> None:
         if self.id <= 0:
@@ -191,6 +243,25 @@ class ServerConfig:
             raise ConfigError("--trusted-ca-file needs --cert-file and --key-file: peers verify this node too")
         if self.client_cert_auth and not self.trusted_ca_file:
             raise ConfigError("--client-cert-auth needs --trusted-ca-file")
+        self._validate_identity()
+
+    def _validate_identity(self) -> None:
+        """The peer TLS and cluster identity settings."""
+        if bool(self.peer_cert_file) != bool(self.peer_key_file):
+            raise ConfigError("--peer-cert-file and --peer-key-file go together: give both or neither")
+        if self.peer_tls_configured and not (self.cert_file or self.peer_cert_file):
+            raise ConfigError("--peer-* settings need a certificate: --peer-cert-file/--peer-key-file "
+                              "(or --cert-file/--key-file)")
+        if self.peer_client_cert_auth and not self.peer_trusted_ca_file:
+            raise ConfigError("--peer-client-cert-auth needs --peer-trusted-ca-file")
+        if (self.peer_cert_allowed_cn or self.peer_cert_allowed_hostname) and not self.requires_client_certs:
+            raise ConfigError("--peer-cert-allowed-cn/--peer-cert-allowed-hostname need --peer-client-cert-auth "
+                              "(or --client-cert-auth): without it peers present no certificate to check")
+        if self.initial_cluster_state not in ("new", "existing"):
+            raise ConfigError("--initial-cluster-state must be new or existing")
+        if self.join and self.initial_cluster_token:
+            raise ConfigError("--initial-cluster-token names a founding cluster: a --join node learns the "
+                              "cluster id from the leader")
 
     def _validate_bounds(self) -> None:
         """Numeric settings that are zero or negative where that makes no sense, and request limits that

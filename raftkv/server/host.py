@@ -47,7 +47,7 @@ from ..layers.acks import (
     confirmed_members,
 )
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
-from ..layers.reads import LEADER_PROOF, StalenessProof, prove_staleness
+from ..layers.reads import StalenessProof, prove_staleness
 from ..storage.errors import is_nospace, is_storage_fault
 from .config import ServerConfig
 from .errors import (
@@ -59,11 +59,14 @@ from .errors import (
     ShuttingDown,
     SyncTimeout,
 )
+from .identity import IdentityGuard
+from .lease_clock import LeaseClock, lease_seconds
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
 from .removal import Removal
 from .store import NodeStore
+from .transfer_guard import DATED, TransferGuard
 
 log = structlog.get_logger("raftkv.host")
 
@@ -127,11 +130,14 @@ class NodeHost:
             id=cfg.id,
             election_tick=cfg.election_ticks,
             heartbeat_tick=cfg.heartbeat_ticks,
-            lease_drift_ticks=cfg.lease_drift_ticks,
             applied=store.applied_index(),
             rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
         )
         self.node = RaftNode(core_cfg, store.log)
+        # When each round of heartbeats left, on our monotonic clock: leases and our own staleness proof.
+        self.lease_clock = LeaseClock(lease_seconds(cfg.tick_ms, cfg.election_ticks, cfg.lease_drift_ticks))
+        # A leader-transfer request that reaches us later than the leader waits for it is dropped.
+        self.transfer_guard = TransferGuard(cfg.election_ticks * cfg.tick_ms / 1000)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
         self.semi_sync = SemiSyncStatus()
@@ -181,6 +187,8 @@ class NodeHost:
         metrics.alarm.labels("nospace").set(0)
         self.removal = Removal(cfg.id, cfg.data_dir)
         self._lingering_peers = False  # transport peers kept for removed members still being told
+        self.identity: IdentityGuard | None = None
+        """Peer identity and the member identity records (set by the process lifecycle; see identity.py)."""
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -232,6 +240,12 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     def deliver(self, msg: Message) -> None:
         """Called by the transport for every message from a peer (on the loop's thread)."""
+        late = self.transfer_guard.check(msg, time.monotonic_ns())
+        if late is not None:
+            log.warning("ignored a stale leader-transfer request", leader=msg.frm, term=msg.term,
+                        late_ms=round(late * 1000),
+                        detail="it arrived after the leader had given up the transfer; no election is started")
+            return
         self._inbox.append(msg)
         self._wake.set()
 
@@ -267,6 +281,22 @@ class NodeHost:
         self._local_ops.append(lambda: self.node.report_unreachable(node_id))
         self._wake.set()
 
+    def run_in_loop(self, op: Callable[[], None]) -> None:
+        """Run `op` in the loop between Readys, where the core may be called."""
+        self._local_ops.append(op)
+        self._wake.set()
+
+    def forget_member_progress(self, node_id: int) -> None:
+        """A member's data was replaced: drop what this leader knew of its log and of its lag."""
+        self.node.forget_progress(node_id)
+        self.forget_member_lag(node_id)
+
+    def forget_member_lag(self, node_id: int) -> None:
+        """Drop what was heard from a member (applied index, last contact): it was removed, re-added or
+        replaced, and what its previous self said no longer holds."""
+        self.lag.applied.pop(node_id, None)
+        self.lag.last_contact.pop(node_id, None)
+
     # ------------------------------------------------------------------------------------------
     # Views for services
     # ------------------------------------------------------------------------------------------
@@ -286,12 +316,19 @@ class NodeHost:
         return NotLeader(self.node.leader_id, self.leader_address())
 
     def staleness_proof(self) -> StalenessProof:
-        if self.is_leader and self.node.lease_valid():
-            return LEADER_PROOF
-        return prove_staleness(self.node.freshness(), self.applied, time.monotonic_ns())
+        """The bound on the age of this node's state that it can prove now, on its own clock. A leader
+        measures from the send time of its newest quorum-confirmed round (with or without --lease-reads),
+        a follower from the stamp its leader last echoed."""
+        now = time.monotonic_ns()
+        if self.is_leader:
+            return self.lease_clock.proof(self.node.confirmed_round(), self.applied, now)
+        return prove_staleness(self.node.freshness(), self.applied, now)
 
     def lease_valid(self) -> bool:
-        return self.cfg.lease_reads and self.is_leader and self.node.lease_valid()
+        """May a `lease` read be answered from this node's state now (see lease_clock.py)?"""
+        if not (self.cfg.lease_reads and self.node.lease_held()):
+            return False
+        return self.lease_clock.lease_valid(self.node.confirmed_round(), self.applied, time.monotonic_ns())
 
     def follower_lags(self) -> list[FollowerLag]:
         if not self.is_leader:
@@ -555,6 +592,8 @@ class NodeHost:
             return False, "host loop stopped"
         if self.nospace:
             return False, f"NOSPACE alarm: {self.nospace}"
+        if self.identity is not None and self.identity.problem:
+            return False, self.identity.problem
         if not self.leader_id:
             return False, "no leader known"
         return True, ""
@@ -681,6 +720,8 @@ class NodeHost:
             first += len(p.datas)
 
     def _place_conf_changes(self) -> None:
+        if self.identity is not None and self.identity.record_in_flight():
+            return  # one membership change at a time: an operator's waits for the identity record
         while self._conf_requests:
             req = self._conf_requests.popleft()
             if req.placed.done():
@@ -716,6 +757,7 @@ class NodeHost:
         now = time.monotonic()
         if rd.soft_state is not None:
             self._on_soft_state(rd)
+        self.lease_clock.note_sent(rd.round_sent, time.monotonic_ns())
         if rd.messages:
             self._stamp(rd.messages)
             self.transport.send(rd.messages)
@@ -734,6 +776,8 @@ class NodeHost:
                 self.applied = rd.snapshot.meta.index
                 self.members.replace_from_snapshot(self.store.snapshot_members())
                 self._sync_transport_peers()
+                if self.identity is not None:
+                    self.identity.members_changed([])
                 log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
                 self._settle_snapshots(rd.snapshot.data)
                 # The round that installs a snapshot may take a while (one that came whole inside its
@@ -743,6 +787,8 @@ class NodeHost:
                 self._ticks_due = 0
             if rd.entries:
                 self._persisted_index = rd.entries[-1].index
+                if self.identity is not None:
+                    self.identity.observe_appended(rd.entries)
                 self._release_persist_waiters(rd)
             if rd.persisted_messages:
                 self._stamp(rd.persisted_messages)
@@ -806,6 +852,8 @@ class NodeHost:
             if m.type in RESPONSES:
                 m.stamp = stamp
                 m.applied = applied
+            elif m.type in DATED:  # a leader's send time: lets the target date a TimeoutNow
+                m.stamp = stamp
 
     def _release_persist_waiters(self, rd: Ready) -> None:
         if not self._persist_waiters:
@@ -827,6 +875,8 @@ class NodeHost:
         if member_changes:
             self.members.apply(member_changes, self.node.conf)
             self._sync_transport_peers()
+            if self.identity is not None:
+                self.identity.members_changed(member_changes)
         self._answer(entries, results)
         if any(cc.node_id == self.cfg.id for cc in member_changes) and \
                 self.cfg.id not in self.node.conf_as_of(self.applied).members():
@@ -945,6 +995,8 @@ class NodeHost:
         # Pending: in the leader's log, not yet applied (whatever ack level answered the client already).
         self.metrics.proposals_pending.set(max(0, self.node.raft_log.last_index() - self.applied)
                                            if self.is_leader else 0)
+        if self.identity is not None:
+            self.identity.after_round()
         if self.is_leader:
             if self.durability:
                 self.durability.update(self.match_indexes(), now)

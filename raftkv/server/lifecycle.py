@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 import sys
 
 import grpc
@@ -17,13 +19,15 @@ from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
 from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
-from ..tls import TlsError
+from ..storage.identity import has_data
+from ..tls import TlsError, check_certificate_dates
 from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
+from .identity import IdentityGuard
 from .logging_setup import configure_logging
 from .metrics import Metrics
 from .removal import GRACE_SECONDS, marker_text
@@ -42,10 +46,21 @@ def run_node(cfg: ServerConfig) -> int:
     if removed is not None:
         print(f"Error: refusing to start: {removed}", file=sys.stderr)
         return exit_codes.NEEDS_OPERATOR
-    cluster_id = None if cfg.join else cluster_id_for(cfg.peers)
+    refusal = _refuse_before_opening(cfg)
+    if refusal is not None:
+        code, msg = refusal
+        print(f"Error: refusing to start: {msg}", file=sys.stderr)
+        return code
+    # With a token, founders derive the cluster id and know it from the start; without one, the first
+    # leader chooses it (server/identity.py). A joining node learns it from the leader.
+    cluster_id = cluster_id_for(cfg.peers, cfg.initial_cluster_token) if cfg.initial_cluster_token else None
     try:
-        store = LmdbNodeStore(cfg.data_dir, cfg.id, cluster_id, cfg.map_size)
+        store = LmdbNodeStore(cfg.data_dir, cfg.id, None if cfg.join else cluster_id, cfg.map_size,
+                              founding=None if cfg.join else cluster_id_for(cfg.peers))
         bootstrap_store(store, cfg)
+    except ForeignDataError as e:
+        print(f"Error: refusing to start: {e}", file=sys.stderr)
+        return exit_codes.NEEDS_OPERATOR
     except StorageError as e:
         print(f"Error: refusing to start: {e}", file=sys.stderr)
         return exit_code_for(e)
@@ -64,23 +79,72 @@ def exit_code_for(err: BaseException) -> int:
     if isinstance(err, (CorruptionError, ForeignDataError)):
         return exit_codes.NEEDS_OPERATOR
     return exit_codes.RETRY
+def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
+    """What stops a node before it touches its data directory: (exit code, one line), or None."""
+    if cfg.initial_cluster_state == "existing" and not cfg.join and not has_data(cfg.data_dir):
+        return (exit_codes.NEEDS_OPERATOR,
+                f"{cfg.data_dir} holds no data and --initial-cluster-state is existing: this member lost its "
+                f"data; remove and re-add it (kv members remove {cfg.id}; kv members add {cfg.id} "
+                f"{cfg.address} --learner), then start it with --join")
+    warnings = []
+    for path in dict.fromkeys(f for f in (cfg.cert_file, cfg.peer_cert_file) if f):
+        try:
+            warning = check_certificate_dates(path)
+        except TlsError as e:
+            return exit_codes.USAGE, str(e)
+        if warning:
+            warnings.append(warning)
+    for w in warnings:
+        log.warning("certificate expires soon", detail=w)
+    return None
+
+
+def _port_in_use(listen: str) -> bool:
+    """Whether another process holds `listen` (checked before gRPC binds, so the refusal is one line)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, ValueError):
+        return False  # gRPC reports an address it cannot use
+    for family, kind, proto, _, addr in infos[:1]:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                return e.errno == errno.EADDRINUSE
+    return False
 
 
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     metrics = Metrics(cfg.id)
     host_box: list[NodeHost] = []
-    transport = Transport(cfg.id, cfg.address, lambda: store.cluster_id, on_message=lambda m: host_box[0].deliver(m),
+    guard = IdentityGuard(cfg.id, store, cfg.join, lambda: host_box[0])
+    try:
+        peer_auth = cfg.peer_auth()
+        peer_tls = cfg.peer_tls
+    except TlsError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return exit_codes.USAGE
+    transport = Transport(cfg.id, cfg.address, guard.header_cluster_id, on_message=lambda m: host_box[0].deliver(m),
                           on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
-                          adopt_cluster_id=store.adopt_cluster_id, tls=cfg.tls,
+                          adopt_cluster_id=guard.adopt_from_leader, tls=peer_tls, gate=guard, peer_auth=peer_auth,
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
                           snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
                           on_snapshot=lambda m: host_box[0].deliver_snapshot(m),
                           on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok),
                           on_refused=lambda nid, why: host_box[0].peer_refused(nid, why))
     host = NodeHost(cfg, store, transport, metrics)
+    host.identity = guard
     host_box.append(host)
     forwarder = Forwarder(host)
-    server = grpc.aio.server(options=server_options(cfg.grpc_receive_limit))
+    if _port_in_use(cfg.listen):
+        print(f"Error: cannot listen on {cfg.listen}: the address is in use (is another raftkv serve running?)",
+              file=sys.stderr)
+        return exit_codes.RETRY
+    # No SO_REUSEPORT: a second process on the same port would otherwise silently share its traffic.
+    server = grpc.aio.server(options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
     transport.register(server)
     kv_service = KVService(host, store, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
@@ -91,9 +155,9 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
              raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     try:
-        tls = cfg.tls
+        tls = cfg.server_tls
         if tls is not None:
-            port = server.add_secure_port(cfg.listen, tls.server_credentials(cfg.client_cert_auth))
+            port = server.add_secure_port(cfg.listen, tls.server_credentials(cfg.requires_client_certs))
         else:
             port = server.add_insecure_port(cfg.listen)
     except TlsError as e:
@@ -107,6 +171,10 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         return exit_codes.RETRY
     await server.start()
     await host.start()
+    guard.members_changed([])  # a cluster id recorded in the registry but not yet in meta (a crash between)
+    if tls is not None and not peer_auth.enabled:
+        log.warning("peers are not authenticated: any client that completes TLS may speak Raft to this node",
+                    detail="add --peer-client-cert-auth (or --client-cert-auth) so peers present certificates")
     http = None
     if cfg.metrics_listen:
         try:
@@ -120,7 +188,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     serving = health_pb2.HealthCheckResponse.SERVING
     for name in ("", "liveness"):
         await health_servicer.set(name, serving)
-    log.info("serving", listen=cfg.listen, metrics=cfg.metrics_listen or None, cluster_id=store.cluster_id.hex())
+    log.info("serving", listen=cfg.listen, metrics=cfg.metrics_listen or None, cluster_id=store.cluster_id.hex(),
+             incarnation=store.incarnation.hex(), peers_authenticated=peer_auth.enabled)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,17 +232,26 @@ async def _stop_when_failed(host: NodeHost, stop: asyncio.Event) -> None:
     stop.set()
 
 
+def _identity_problem(host: NodeHost) -> str:
+    return host.identity.problem if host.identity is not None else ""
+
+
 def _health(host: NodeHost) -> dict[str, object]:
     ready, why = host.readiness()
-    return {"id": host.cfg.id, "ready": ready, "not_ready_because": why, "has_leader": bool(host.leader_id),
-            "leader": host.leader_id, "applied": host.applied, "term": host.node.term,
-            "alarms": ["nospace"] if host.nospace else [],
-            "removed": host.removal.removed}
+    out: dict[str, object] = {"id": host.cfg.id, "ready": ready, "not_ready_because": why,
+                              "has_leader": bool(host.leader_id), "leader": host.leader_id, "applied": host.applied,
+                              "term": host.node.term, "alarms": ["nospace"] if host.nospace else [],
+                              "removed": host.removal.removed}
+    problem = _identity_problem(host)
+    if problem:
+        out["identity_problem"] = problem
+    return out
 
 
 async def _readiness(host: NodeHost, servicer: health.aio.HealthServicer, stop: asyncio.Event) -> None:
-    """`readiness` is SERVING while this node can serve: its loop runs, it knows a leader (it can then
-    serve or forward requests), it is not stopping and no alarm (NOSPACE) holds."""
+    """`readiness` is SERVING while this node can serve (`NodeHost.readiness`): its loop runs, it knows a
+    leader (it can then serve or forward requests), it is not stopping, no alarm (NOSPACE) holds, and the
+    cluster does not refuse it as a member."""
     last = None
     while not stop.is_set():
         status = (health_pb2.HealthCheckResponse.SERVING if host.readiness()[0]

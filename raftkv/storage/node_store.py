@@ -21,7 +21,6 @@ every read transaction a consistent view.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import struct
 import threading
@@ -46,7 +45,7 @@ from ..core import (
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, kv_records, snapshots, state_machine
+from . import commands, identity, kv_records, snapshots, state_machine
 from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
@@ -65,10 +64,9 @@ a sub-database added to the state machine goes in both."""
 
 
 def cluster_id_for(peers: dict[int, str], token: str = "") -> bytes:
-    """A founding cluster's id, the same on every founding node: derived from the founding members (and
-    an optional token to tell apart clusters founded with the same addresses)."""
-    spec = ",".join(f"{nid}={addr}" for nid, addr in sorted(peers.items())) + "|" + token
-    return hashlib.sha256(spec.encode()).digest()[:16]
+    """A founding cluster's id, the same on every founding node: derived from the founding members and
+    an `--initial-cluster-token` (see storage/identity.py for the cluster id chosen without one)."""
+    return identity.token_cluster_id(peers, token)
 
 
 def _local_fault(err: BaseException) -> bool:
@@ -97,7 +95,7 @@ def _conf_from_wire(w: list[list[int]]) -> ConfState:
 
 class LmdbNodeStore:
     def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
-                 map_size: int = 4 << 30) -> None:
+                 map_size: int = 4 << 30, founding: bytes | None = None) -> None:
         self.path = Path(data_dir)
         self.path.mkdir(parents=True, exist_ok=True)
         self.file = str(self.path / "data.mdb")
@@ -125,7 +123,7 @@ class LmdbNodeStore:
         self.last_apply_seconds = 0.0
         """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
         try:
-            self._init_meta(node_id, cluster_id)
+            self._init_meta(node_id, cluster_id, founding)
             self._open_generations()
             self._load_cache()
             self._verify_tail()
@@ -136,15 +134,26 @@ class LmdbNodeStore:
     # ------------------------------------------------------------------------------------------
     # Opening
     # ------------------------------------------------------------------------------------------
-    def _init_meta(self, node_id: int, cluster_id: bytes | None) -> None:
+    def _init_meta(self, node_id: int, cluster_id: bytes | None, founding: bytes | None = None) -> None:
+        """Check (or, for a new directory, write) whose data this is: node, cluster and incarnation.
+
+        `founding` is a digest of the founding member list (`--peers`): a directory founded with another
+        list is refused even before the cluster id is known. `created` tells the caller this directory was
+        empty until now; `incarnation` is its random id (one is added to a directory written before
+        incarnations existed)."""
         with self.env.begin(write=True, db=self.meta_db) as txn:
             fmt = txn.get(b"format")
+            self.created = fmt is None
             if fmt is None:
                 txn.put(b"format", FORMAT)
                 txn.put(b"node_id", _U64.pack(node_id))
                 if cluster_id:
                     txn.put(b"cluster_id", cluster_id)
+                if founding:
+                    txn.put(b"founding", founding)
                 self.cluster_id = cluster_id or b""
+                self.incarnation = identity.new_incarnation()
+                txn.put(b"incarnation", self.incarnation)
                 return
             if bytes(fmt) != FORMAT:
                 raise ForeignDataError(f"{self.file}: unknown data format {bytes(fmt)!r} (expected {FORMAT!r})")
@@ -155,14 +164,26 @@ class LmdbNodeStore:
             if stored_cluster is not None and cluster_id and bytes(stored_cluster) != cluster_id:
                 raise ForeignDataError(
                     f"{self.file}: data belongs to cluster {bytes(stored_cluster).hex()}, not {cluster_id.hex()} "
-                    "(a different --peers list founded it)")
+                    "(another cluster founded it: a different --peers or --initial-cluster-token)")
+            stored_founding = txn.get(b"founding")
+            if stored_founding is not None and founding and bytes(stored_founding) != founding:
+                raise ForeignDataError(
+                    f"{self.file}: data belongs to cluster founded by other members than --peers lists "
+                    "(another cluster's data directory?)")
             self.cluster_id = bytes(stored_cluster) if stored_cluster is not None else (cluster_id or b"")
             if stored_cluster is None and cluster_id:
                 txn.put(b"cluster_id", cluster_id)
+            inc = txn.get(b"incarnation")
+            if inc is None:
+                inc = identity.new_incarnation()
+                txn.put(b"incarnation", inc)
+            self.incarnation = bytes(inc)
 
     def adopt_cluster_id(self, cluster_id: bytes) -> None:
-        """A joining node learns its cluster id from the first leader that talks to it."""
-        if self.cluster_id:
+        """Record the cluster id once it is known: from the first leader that talks to a joining node, or
+        from the founding record the first leader of a cluster without a token committed. Never changes
+        an id already recorded."""
+        if self.cluster_id or not cluster_id:
             return
         with self.env.begin(write=True, db=self.meta_db) as txn:
             txn.put(b"cluster_id", cluster_id)

@@ -28,11 +28,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 import structlog
 
-from ..core import Message, MessageType, Snapshot, SnapshotMeta
+from ..core import Message, Snapshot, SnapshotMeta
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import aio_channel
-from .codec import from_proto, to_proto
+from .codec import to_proto
 
 if TYPE_CHECKING:
     from .transport import Transport
@@ -167,8 +167,7 @@ class SnapshotSender:
 
             async def chunks() -> AsyncIterator[pb.SnapshotChunk]:
                 nonlocal sent
-                yield pb.SnapshotChunk(cluster_id=self.owner.cluster_id(), **{"from": self.owner.node_id},
-                                       from_address=self.owner.address, message=to_proto(head))
+                yield pb.SnapshotChunk(head=self.owner.head_batch(m.to, [to_proto(head)]))
                 ahead = loop.run_in_executor(pool, pieces.next_piece)
                 while (piece := await ahead) is not None:
                     ahead = loop.run_in_executor(pool, pieces.next_piece)  # read the next while this one goes
@@ -188,19 +187,19 @@ class SnapshotSender:
             await channel.close(grace=None)
 
 
-async def receive(owner: Transport, request_iterator: AsyncIterator[pb.SnapshotChunk],
+async def receive(owner: Transport, msg: Message, request_iterator: AsyncIterator[pb.SnapshotChunk],
                   context: grpc.aio.ServicerContext) -> pb.InstallSnapshotResponse:
-    """The follower's side of InstallSnapshot (see the module docstring)."""
+    """The follower's side of InstallSnapshot (see the module docstring), once the transport has admitted
+    the stream's head: `msg`, the snapshot message, from a peer of this cluster."""
     store, install = owner.snapshot_store, owner.on_snapshot
     if store is None or install is None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"node {owner.node_id} takes no snapshot streams")
+    assert store is not None and install is not None and msg.snapshot is not None
     if owner.receiving >= MAX_RECEIVING:
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"node {owner.node_id} is receiving {owner.receiving} snapshots already")
     owner.receiving += 1
     try:
-        msg = await _admit(owner, await anext(aiter(request_iterator), None), context)
-        assert msg.snapshot is not None
         meta = msg.snapshot.meta
         token = await _stage(owner, store, meta, msg.frm, request_iterator, context)
         # Complete: from here on the token, and whoever holds it, own the stage.
@@ -219,23 +218,6 @@ async def receive(owner: Transport, request_iterator: AsyncIterator[pb.SnapshotC
         return pb.InstallSnapshotResponse(installed=installed)
     finally:
         owner.receiving -= 1
-
-
-async def _admit(owner: Transport, first: pb.SnapshotChunk | None, context: grpc.aio.ServicerContext) -> Message:
-    """The stream's first chunk: its snapshot message, from a sender of this cluster (as on `Send`)."""
-    if first is None or first.message.type != MessageType.SNAP or not first.message.HasField("snapshot"):
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a snapshot stream starts with its snapshot message")
-    assert first is not None
-    sender = getattr(first, "from")
-    ours = owner.cluster_id()
-    if first.cluster_id and ours and first.cluster_id != ours:
-        await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"node {owner.node_id} belongs to cluster {ours.hex()}, not {first.cluster_id.hex()}")
-    if not ours and first.cluster_id:
-        owner.adopt_cluster_id(first.cluster_id)
-    if sender not in owner.peers and first.from_address and sender != owner.node_id:
-        owner.add_peer(sender, first.from_address)
-    return from_proto(first.message)
 
 
 async def _stage(owner: Transport, store: SnapshotStore, meta: SnapshotMeta, sender: int,

@@ -4,6 +4,12 @@ Each peer has its own bounded queue and sender task, so a dead or slow peer neve
 other peers: when its queue is full, messages to it are dropped (Raft retransmits what matters) and the
 host is told the peer is unreachable, so the leader stops streaming to it and probes instead. Messages
 queued while a send is in flight go out together as the next batch.
+
+Only members speak Raft. Every stream is checked before a message of it reaches the host: the
+connection's certificate when peers are authenticated (`tls.PeerAuth`), then every batch by the host's
+`PeerGate` (cluster id, membership, the sender's certificate and incarnation), and every message inside a
+batch must come from the batch's sender. A refused stream is failed with the status that says why, logged
+once; the sender logs the refusal once too, and tells its gate (a node refused by its peers is not ready).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import asyncio
 import random
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import grpc
 import structlog
@@ -19,7 +26,7 @@ import structlog
 from ..core import Message, MessageType
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
-from ..tls import TlsFiles, aio_channel
+from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
 from .codec import from_proto, to_proto
 from .snapshot_stream import SNAPSHOT_STREAM_CHUNK, InstallHook, SnapshotSender, SnapshotStore, receive
 
@@ -54,6 +61,58 @@ SERVER_PING_OPTIONS = [
 MAX_BATCH = 512
 SNAPSHOT_CHUNK = 4 << 20
 """Snapshot data larger than this travels as chunks, one per batch."""
+REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
+            grpc.StatusCode.UNAUTHENTICATED)
+"""How a peer refuses a stream (as opposed to being unreachable)."""
+REPEAT_LOG_SECONDS = 60.0
+"""The same refusal is logged again only after this long (senders reconnect every second or so)."""
+
+
+class PeerGate(Protocol):
+    """The host's side of peer identity: what goes in each batch, and whether a batch may come in."""
+
+    def outgoing(self, to: int) -> tuple[bytes, bytes]:
+        """(our incarnation, the incarnation we have on record for `to`)."""
+        ...
+
+    def check(self, batch: pb.MessageBatch, peer: PeerIdentity | None) -> PeerRefusal | None:
+        """None if `batch` may be delivered; `peer` is the connection's certificate when peers are
+        authenticated."""
+        ...
+
+    def refused_by(self, peer_id: int, code: grpc.StatusCode, reason: str) -> None:
+        """A peer refused our stream."""
+        ...
+
+
+class OpenGate:
+    """A gate that checks nothing beyond the cluster id (for tools and tests that need no identity)."""
+
+    def outgoing(self, to: int) -> tuple[bytes, bytes]:
+        return b"", b""
+
+    def check(self, batch: pb.MessageBatch, peer: PeerIdentity | None) -> PeerRefusal | None:
+        return None
+
+    def refused_by(self, peer_id: int, code: grpc.StatusCode, reason: str) -> None:
+        return None
+
+
+class _OnceLog:
+    """Logs a message the first time, and again only after REPEAT_LOG_SECONDS."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        now = asyncio.get_running_loop().time()
+        last = self._last.get(key)
+        if last is not None and now - last < REPEAT_LOG_SECONDS:
+            return False
+        if len(self._last) > 1024:
+            self._last.clear()
+        self._last[key] = now
+        return True
 
 
 class _Peer:
@@ -74,8 +133,10 @@ class _Peer:
         return True
 
     def _batch(self, msgs: list[pb.RaftMessage], chunk: bytes = b"") -> pb.MessageBatch:
+        incarnation, to_incarnation = self.owner.gate.outgoing(self.id)
         return pb.MessageBatch(cluster_id=self.owner.cluster_id(), **{"from": self.owner.node_id}, messages=msgs,
-                               from_address=self.owner.address, snapshot_chunk=chunk)
+                               from_address=self.owner.address, snapshot_chunk=chunk, incarnation=incarnation,
+                               to_incarnation=to_incarnation)
 
     async def _batches(self) -> AsyncIterator[pb.MessageBatch]:
         chunk_size = self.owner.snapshot_chunk
@@ -123,8 +184,12 @@ class _Peer:
                 await channel.close(grace=None)
                 raise
             except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                    log.error("peer refused our stream", peer=self.id, address=self.address, reason=e.details())
+                if e.code() in REFUSALS:
+                    reason = e.details() or e.code().name
+                    if self.owner.refusal_log.due(f"out:{self.id}:{reason}"):
+                        log.error("peer refused our stream", peer=self.id, address=self.address,
+                                  code=e.code().name, reason=reason)
+                    self.owner.gate.refused_by(self.id, e.code(), reason)
                 if "not a member" in (e.details() or "") and self.owner.on_refused is not None:
                     self.owner.on_refused(self.id, e.details() or "")
             except Exception as e:  # keep the sender alive whatever the channel throws
@@ -144,17 +209,30 @@ class _RaftService(pb_grpc.RaftServicer):
     def __init__(self, owner: Transport) -> None:
         self.owner = owner
 
+    async def _refuse(self, context: grpc.aio.ServicerContext, code: grpc.StatusCode, reason: str) -> None:
+        """Fail this stream; logged once per connection (and the same reason at most once a minute)."""
+        if self.owner.refusal_log.due(f"in:{reason}"):
+            log.warning("refused a Raft stream", code=code.name, reason=reason, peer=context.peer())
+        self.owner.refused += 1
+        await context.abort(code, reason)
+
     async def Send(self, request_iterator: AsyncIterator[pb.MessageBatch], context: grpc.aio.ServicerContext
                    ) -> pb.SendAck:
         deliver = self.owner.on_message
+        identity: PeerIdentity | None = None
+        if self.owner.peer_auth.enabled:
+            checked = self.owner.peer_auth.check(context.auth_context())
+            if isinstance(checked, PeerRefusal):
+                await self._refuse(context, checked.code, checked.message)
+                return pb.SendAck()
+            identity = checked
         chunks: list[bytes] = []  # of a snapshot still arriving on this stream
         async for batch in request_iterator:
-            ours = self.owner.cluster_id()
-            if batch.cluster_id and ours and batch.cluster_id != ours:
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"node {self.owner.node_id} belongs to cluster {ours.hex()}, "
-                                    f"not {batch.cluster_id.hex()}")
-            if not ours and batch.cluster_id:
+            refusal = self._check(batch, identity)
+            if refusal is not None:
+                await self._refuse(context, refusal.code, refusal.message)
+                return pb.SendAck()
+            if batch.cluster_id and not self.owner.cluster_id():
                 self.owner.adopt_cluster_id(batch.cluster_id)
             sender = getattr(batch, "from")
             if sender not in self.owner.peers and batch.from_address and sender != self.owner.node_id:
@@ -169,9 +247,54 @@ class _RaftService(pb_grpc.RaftServicer):
                     deliver(from_proto(m))
         return pb.SendAck()
 
+    def _check(self, batch: pb.MessageBatch, identity: PeerIdentity | None) -> PeerRefusal | None:
+        me = self.owner.node_id
+        sender = getattr(batch, "from")
+        if sender == 0 or sender == me:
+            return PeerRefusal(grpc.StatusCode.PERMISSION_DENIED, f"a batch to node {me} claims to come from node "
+                                                                  f"{sender}")
+        for m in batch.messages:
+            frm = getattr(m, "from")
+            if frm != sender:
+                return PeerRefusal(grpc.StatusCode.PERMISSION_DENIED,
+                                   f"a message from node {frm} inside a batch from node {sender}")
+            if m.to != me:
+                return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"a message for node {m.to} reached node {me} (is an address reused?)")
+        ours = self.owner.cluster_id()
+        if batch.cluster_id and ours and batch.cluster_id != ours:
+            return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"node {me} belongs to cluster {ours.hex()}, not {batch.cluster_id.hex()}: "
+                               f"node {sender}'s data comes from another cluster")
+        return self.owner.gate.check(batch, identity)
+
     async def InstallSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk],
                               context: grpc.aio.ServicerContext) -> pb.InstallSnapshotResponse:
-        return await receive(self.owner, request_iterator, context)
+        """A snapshot stream (snapshot_stream.py), admitted as a `Send` stream is: the connection's peer
+        identity, then the head batch (sender, cluster, incarnations, membership) through `_check`."""
+        identity: PeerIdentity | None = None
+        if self.owner.peer_auth.enabled:
+            checked = self.owner.peer_auth.check(context.auth_context())
+            if isinstance(checked, PeerRefusal):
+                await self._refuse(context, checked.code, checked.message)
+                return pb.InstallSnapshotResponse()
+            identity = checked
+        first = await anext(aiter(request_iterator), None)
+        head = first.head if first is not None and first.HasField("head") else None
+        if head is None or len(head.messages) != 1 or head.messages[0].type != MessageType.SNAP \
+                or not head.messages[0].HasField("snapshot"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a snapshot stream starts with its snapshot message")
+            return pb.InstallSnapshotResponse()
+        refusal = self._check(head, identity)
+        if refusal is not None:
+            await self._refuse(context, refusal.code, refusal.message)
+            return pb.InstallSnapshotResponse()
+        if head.cluster_id and not self.owner.cluster_id():
+            self.owner.adopt_cluster_id(head.cluster_id)
+        sender = getattr(head, "from")
+        if sender not in self.owner.peers and head.from_address:
+            self.owner.add_peer(sender, head.from_address)
+        return await receive(self.owner, from_proto(head.messages[0]), request_iterator, context)
 
 
 class Transport:
@@ -179,8 +302,10 @@ class Transport:
                  on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
                  queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK,
                  max_batch_bytes: int = PEER_MAX_MESSAGE // 2,
-                 on_refused: Callable[[int, str], None] | None = None, snapshot_store: SnapshotStore | None = None,
-                 on_snapshot: InstallHook | None = None, on_snapshot_status: Callable[[int, bool], None] | None = None,
+                 on_refused: Callable[[int, str], None] | None = None,
+                 gate: PeerGate | None = None, peer_auth: PeerAuth | None = None,
+                 snapshot_store: SnapshotStore | None = None, on_snapshot: InstallHook | None = None,
+                 on_snapshot_status: Callable[[int, bool], None] | None = None,
                  snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK) -> None:
         """With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
         (snapshot_stream.py) in pieces of about `snapshot_stream_chunk` bytes (keep it under the peers'
@@ -193,6 +318,11 @@ class Transport:
         """Bytes of messages per batch (at least one message per batch), under the peers' receive limit."""
         self.on_refused = on_refused
         """Told when a peer refuses our stream because this node is not a member (it may have been removed)."""
+        self.gate: PeerGate = gate or OpenGate()
+        self.peer_auth = peer_auth or PeerAuth()
+        self.refusal_log = _OnceLog()
+        self.refused = 0
+        """Streams this node has refused (for tests and metrics)."""
         self.tls = tls
         self.snapshot_chunk = snapshot_chunk
         self.address = address
@@ -258,6 +388,13 @@ class Transport:
                 # Inline: handed to the stream; the follower's answer (or the heartbeat that follows)
                 # tells the leader what became of it.
                 self._snapshot_status(m.to, True)
+
+    def head_batch(self, to: int, msgs: list[pb.RaftMessage]) -> pb.MessageBatch:
+        """A batch to `to` carrying `msgs` with this node's identity, as its peer stream sends them (the
+        head of a snapshot stream)."""
+        incarnation, to_incarnation = self.gate.outgoing(to)
+        return pb.MessageBatch(cluster_id=self.cluster_id(), **{"from": self.node_id}, messages=msgs,
+                               from_address=self.address, incarnation=incarnation, to_incarnation=to_incarnation)
 
     def snapshot_floor(self) -> int | None:
         """The lowest index of the snapshots being streamed to peers (None: none), which compaction keeps

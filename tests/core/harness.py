@@ -49,6 +49,7 @@ class SimNode:
     node: RaftNode
     applied: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
+    rounds_sent: list[tuple[int, int]] = field(default_factory=list)  # Ready.round_sent, in order
 
 
 class Net:
@@ -95,6 +96,8 @@ class Net:
             self.sent_log.append(m)
         sn.applied.extend(rd.committed_entries)
         sn.read_states.extend(rd.read_states)
+        if rd.round_sent is not None:
+            sn.rounds_sent.append(rd.round_sent)
         n.advance(rd)
         return True
 
@@ -279,10 +282,18 @@ def _expect(net: Net, args: list[str], where: str) -> None:
         elif what == "read-states":
             got = [(rs.index, rs.context.decode()) for rs in net.nodes[nid].read_states]
             exp = [(int(p.split(":")[0]), p.split(":")[1]) for p in want]
-        elif what == "lease":
-            got, exp = n.lease_valid(), want[0] == "valid"
         elif what == "removed-at":  # index of the configuration a leader said this node is not in (0: none)
             got, exp = n.removed_at(), int(want[0])
+        elif what == "lease-held":  # the lease's conditions that need no clock
+            got, exp = n.lease_held(), want[0] == "yes"
+        elif what == "confirmed-round":  # term:number:commit of the newest confirmed round, or none
+            cr = n.confirmed_round()
+            got = "none" if cr is None else f"{cr.term}:{cr.number}:{cr.commit}"
+            exp = want[0]
+        elif what == "round-sent":  # term:number of the newest round a Ready reported sent, or none
+            sent = net.nodes[nid].rounds_sent
+            got = f"{sent[-1][0]}:{sent[-1][1]}" if sent else "none"
+            exp = want[0]
         else:
             raise AssertionError(f"{where}: unknown expectation {what}")
         assert got == exp, f"{where}: node {nid} {what} is {got}, expected {exp}"

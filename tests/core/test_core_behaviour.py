@@ -379,3 +379,55 @@ def test_removed_notice_for_another_node_is_ignored() -> None:
     assert n2.removed_at() == 0
     n2.step(Message(MessageType.REMOVED, frm=1, to=2, term=n2.term, index=99))
     assert n2.removed_at() == 99
+
+
+def test_rounds_are_reported_sent_once_and_confirmed_in_order() -> None:
+    """The host times leases from the rounds the core reports: each round is reported sent exactly once
+    (in the Ready that carries its heartbeats), and the confirmed round only moves forward."""
+    net = Net([1, 2, 3])
+    elect(net, 1)
+    net.tick_all(3)
+    assert net.nodes[1].rounds_sent == [(2, 1), (2, 2), (2, 3)]
+    assert all(not sn.rounds_sent for nid, sn in net.nodes.items() if nid != 1)
+    n1 = net.node(1)
+    assert n1.confirmed_round() is not None and n1.confirmed_round().number == 3
+    # A late answer to round 1 (a duplicate, or one that sat in a buffer) confirms nothing new.
+    n1.step(Message(MessageType.HEARTBEAT_RESP, frm=2, to=1, term=n1.term, context=(1).to_bytes(8, "big")))
+    n1.step(Message(MessageType.HEARTBEAT_RESP, frm=3, to=1, term=n1.term, context=(1).to_bytes(8, "big")))
+    assert n1.confirmed_round().number == 3
+    # Round 4 answered by one follower only (the other cut off): not confirmed... until a quorum has it.
+    net.cut.add((1, 3))
+    net.tick_all(1)
+    assert n1.confirmed_round().number == 4  # leader + node 2 are a quorum of 3
+    net.cut.add((1, 2))
+    net.tick_all(1)
+    assert net.nodes[1].rounds_sent[-1] == (2, 5) and n1.confirmed_round().number == 4
+
+
+def test_a_round_sent_before_the_first_commit_of_the_term_proves_nothing() -> None:
+    net = Net([1, 2, 3])
+    net.node(1).campaign()
+    for a, b in ((1, 2), (2, 1), (1, 2), (2, 1)):
+        net.deliver(a, b)
+    n1 = net.node(1)
+    assert n1.role == StateRole.LEADER and not n1.lease_held()
+    net.tick(1, 1)  # a round of heartbeats leaves before the no-op of the term is committed
+    net.stabilize()
+    assert n1.raft.rounds.confirmed == 1 and n1.lease_held()
+    assert n1.confirmed_round() is None
+    net.tick_all(1)
+    cr = n1.confirmed_round()
+    assert cr is not None and (cr.number, cr.commit) == (2, n1.raft_log.committed)
+
+
+def test_a_single_voter_reports_its_rounds_although_it_sends_no_heartbeats() -> None:
+    net = Net([1])
+    elect(net, 1)
+    for _ in range(2):
+        net.tick(1, 1)
+        net.process_all()
+    # Two rounds opened before one Ready: only the newest is reported (the older are no later).
+    net.tick(1, 2)
+    net.process_all()
+    assert net.nodes[1].rounds_sent == [(2, 1), (2, 2), (2, 4)]
+    assert net.node(1).confirmed_round().number == 4

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         nemeses = _subset(args.nemeses, NEMESES, "nemesis")
         configs = [RunConfig(w, n, args.seed + i, args.time_limit, args.nodes, prefix=args.prefix,
                              net=args.net)
-                   for i, (n, w) in enumerate((n, w) for n in nemeses for w in workloads)]
+                   for i, (n, w) in enumerate(_matrix_pairs(nemeses, workloads))]
     else:
         configs = [RunConfig(args.workload, args.nemesis, args.seed, args.time_limit, args.nodes, prefix=args.prefix,
                              net=args.net)]
@@ -93,6 +93,15 @@ def recheck(root: Path) -> int:
         bad += not ok
         print(f"{meta['run']:<48} {'PASS' if ok else 'FAIL'}  " + " ".join(f"{v.checker}={v.label}" for v in verdicts))
     return 1 if bad else 0
+
+
+def _matrix_pairs(nemeses: list[str], workloads: list[str]) -> list[tuple[str, str]]:
+    """Every nemesis × every workload; a workload that names its nemeses (`matrix_nemeses`) is paired
+    only with those, after all the others, so adding one leaves the other runs' seeds as they were."""
+    every = [w for w in workloads if WORKLOADS[w].matrix_nemeses is None]
+    chosen = [w for w in workloads if WORKLOADS[w].matrix_nemeses is not None]
+    return ([(n, w) for n in nemeses for w in every]
+            + [(n, w) for w in chosen for n in nemeses if n in (WORKLOADS[w].matrix_nemeses or ())])
 
 
 def _subset(raw: str | None, allowed: list[str], what: str) -> list[str]:

@@ -91,7 +91,7 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
     disks: Disks | None = None
     try:
         topo.setup()
-        cluster = Cluster(topo, out / "nodes")
+        cluster = Cluster(topo, out / "nodes", extra=list(workload.server_flags))
         if cfg.nemesis in NEEDS_DISKS:
             disks = Disks(out / "disks", sorted(cluster.nodes)).setup()
             for slot, node in cluster.nodes.items():

@@ -13,6 +13,8 @@ from .runner import RunConfig, run_one
 
 SMOKE = [("register", "mixed", 11), ("bank", "partition-leader-minority", 12), ("set", "kill-leader", 13),
          ("session", "pause-leader", 14), ("staleness", "isolate-leader", 15)]
+# A paused leader must not answer from a lease or claim a staleness bound it measured in ticks.
+SMOKE += [("staleness", "pause-leader", 16), ("lease-read", "pause-leader", 18)]
 
 
 @pytest.mark.parametrize(("workload", "nemesis", "seed"), SMOKE, ids=[f"{w}-{n}" for w, n, _ in SMOKE])

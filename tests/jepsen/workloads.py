@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from raftkv.client import Client, RaftKVError, compare, op_put
+from raftkv.proto.stubs import kv_pb2 as pb
 
 from .checkers import Verdict
 from .checkers.bank import check_bank
@@ -41,6 +42,10 @@ class Workload:
     name = "base"
     workers = 5
     pause_s = 0.01
+    server_flags: tuple[str, ...] = ()
+    """Extra `raftkv serve` flags the nodes of this workload's runs are started with."""
+    matrix_nemeses: tuple[str, ...] | None = None
+    """The nemeses the matrix pairs this workload with (None: every one)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -124,6 +129,12 @@ class Register(Workload):
 
     name = "register"
     keys = [f"reg/{i}" for i in range(3)]
+    read_consistency = "default"
+    read_extra: dict[str, Callable[[Any], Any]] = {}
+
+    def read_endpoint(self, rng: random.Random, endpoints: list[str]) -> str | None:
+        """Where a read goes (None: wherever the client sends it, the leader it knows)."""
+        return None
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
@@ -134,8 +145,10 @@ class Register(Workload):
         seen = self.last_seen.setdefault(p, {})
         r = rng.random()
         if r < 0.5:
-            _, v = self.read(h, p, "read", key, None, lambda: client.get(key),
-                             lambda rep: _int(rep.kv.value) if rep.found else None)
+            ep = self.read_endpoint(rng, endpoints)
+            _, v = self.read(h, p, "read", key, None,
+                             lambda: client.get(key, consistency=self.read_consistency, endpoint=ep),
+                             lambda rep: _int(rep.kv.value) if rep.found else None, **self.read_extra)
             seen[key] = v
         elif r < 0.8 or seen.get(key) is None:
             v = self.unique()
@@ -160,6 +173,41 @@ class Register(Workload):
                 v.anomalies.append({"type": "no-final-read", "key": key,
                                     "message": "the cluster did not answer a final read after every fault healed"})
         return [v]
+
+
+# -------------------------------------------------------------------------------------------------
+def _level(rep: Any) -> str:
+    return pb.Consistency.Name(rep.meta.consistency_achieved)
+
+
+class LeaseRegister(Register):
+    """The register workload with `lease` reads, on nodes started with --lease-reads, checked for
+    linearizability like any read. A leader answers them from its lease (an election timeout minus the
+    drift margin after it sent a round of heartbeats a quorum confirmed, on its own clock), or after a
+    ReadIndex round once the lease has lapsed; the history records which (`level`). A run in which no read
+    was answered from a lease tested nothing and fails. Reads go to a node picked at random."""
+
+    name = "lease-read"
+    server_flags = ("--lease-reads",)
+    matrix_nemeses = ("pause-leader", "kill-leader", "isolate-leader", "mixed")
+    read_consistency = "lease"
+    read_extra = {"level": _level}
+
+    def read_endpoint(self, rng: random.Random, endpoints: list[str]) -> str | None:
+        # Any node: a follower forwards to the leader, and a paused leader gets reads that wait in its
+        # socket and are answered the moment it resumes -- from its lease, if it wrongly thinks it holds one.
+        return rng.choice(endpoints)
+
+    def check(self, ops: list[Op]) -> list[Verdict]:
+        verdicts = super().check(ops)
+        reads = [o for o in ops if o.f == "read" and o.ok and o.process != "final"]
+        levels: dict[str, int] = {}
+        for o in reads:
+            levels[o.extra.get("level", "?")] = levels.get(o.extra.get("level", "?"), 0) + 1
+        served = Verdict("lease-reads-served", levels.get("LEASE", 0) > 0, len(reads), stats={"levels": levels})
+        if not served.valid:
+            served.anomalies.append({"type": "no-lease-read", "message": "no read was answered from a lease"})
+        return [*verdicts, served]
 
 
 # -------------------------------------------------------------------------------------------------
@@ -349,4 +397,5 @@ class Staleness(Workload):
         return [check_staleness(ops)]
 
 
-WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Register, Append, AckLevels, Bank, Session, Staleness)}
+WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Register, Append, AckLevels, Bank, Session, Staleness,
+                                                             LeaseRegister)}

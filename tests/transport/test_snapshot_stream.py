@@ -140,8 +140,8 @@ async def test_a_failed_stream_is_reported_as_failed(tmp_path: Path) -> None:
 
 def pieces_of(src: LmdbNodeStore) -> tuple[pb.SnapshotChunk, list[pb.SnapshotChunk], pb.SnapshotChunk]:
     reader = src.open_snapshot_reader(2048)
-    head = pb.SnapshotChunk(cluster_id=CID, **{"from": 1}, message=to_proto(
-        Message(MessageType.SNAP, to=2, frm=1, term=3, snapshot=Snapshot(reader.meta))))
+    head = pb.SnapshotChunk(head=pb.MessageBatch(cluster_id=CID, **{"from": 1}, messages=[to_proto(
+        Message(MessageType.SNAP, to=2, frm=1, term=3, snapshot=Snapshot(reader.meta)))]))
     body = []
     while (p := reader.next_piece()) is not None:
         body.append(pb.SnapshotChunk(data=p.data, crc=p.crc))
@@ -201,3 +201,40 @@ async def test_broken_or_corrupt_streams_are_refused_and_change_nothing(tmp_path
         assert any("ended before its last piece" in ev for ev in events), events
     assert arrived == [] and stage_released(dst)
     assert dst.range(EVERYTHING).kvs == before and dst.applied_index() == 0
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("forgery", ["another-cluster", "claims-to-be-the-receiver", "not-a-snapshot"])
+async def test_a_snapshot_stream_is_admitted_as_a_send_stream_is(tmp_path: Path, forgery: str) -> None:
+    src = leader_store(tmp_path / "a", 20)
+    dst = LmdbNodeStore(tmp_path / "b", 2, CID, map_size=64 << 20)
+    arrived: list[Message] = []
+
+    async def install(m: Message) -> bool:
+        arrived.append(m)
+        return True
+
+    head, body, last = pieces_of(src)
+    if forgery == "another-cluster":
+        head.head.cluster_id = b"x" * 16
+    elif forgery == "claims-to-be-the-receiver":
+        setattr(head.head, "from", 2)
+        setattr(head.head.messages[0], "from", 2)
+    else:
+        head.head.messages[0].type = int(MessageType.APP)
+    expected = {"another-cluster": grpc.StatusCode.FAILED_PRECONDITION,
+                "claims-to-be-the-receiver": grpc.StatusCode.PERMISSION_DENIED,
+                "not-a-snapshot": grpc.StatusCode.INVALID_ARGUMENT}[forgery]
+
+    async def chunks() -> AsyncIterator[pb.SnapshotChunk]:
+        yield head
+        for c in body:
+            yield c
+        yield last
+
+    async with Node(2, dst, install) as follower:
+        async with grpc.aio.insecure_channel(follower.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await pb_grpc.RaftStub(ch).InstallSnapshot(chunks(), timeout=20)
+    assert e.value.code() == expected, e.value
+    assert arrived == [] and stage_released(dst) and staged_records(dst) == 0 and dst.applied_index() == 0
