@@ -20,7 +20,7 @@ from pathlib import Path
 import lmdb
 import msgpack
 
-from raftkv.client import AsyncClient, Client
+from raftkv.client import AsyncClient, Client, RaftKVError
 from raftkv.storage import LmdbNodeStore
 
 from .local_cluster import LocalCluster
@@ -69,12 +69,17 @@ class _Writer(threading.Thread):
         self.endpoint = endpoint
         self.limit = limit
         self.acked = 0
+        self.failures: list[str] = []
         self.done = threading.Event()
 
     def run(self) -> None:
         with Client(self.endpoint, timeout=10) as c:
-            while not self.done.is_set() and self.acked < self.limit:
-                c.put(b"load/%06d" % self.acked, b"x" * 100)
+            while not self.done.is_set() and self.acked < self.limit and not self.failures:
+                try:
+                    c.put(b"load/%06d" % self.acked, b"x" * 100)
+                except RaftKVError as e:
+                    self.failures.append(repr(e))
+                    return
                 self.acked += 1
 
 
@@ -156,6 +161,7 @@ def test_follower_catches_up_by_streamed_snapshot_without_stalling_the_leader(tm
         assert "installed snapshot" in c.log_text(lagger)
         # The leader stayed responsive and in charge: every scrape answered, nobody was elected.
         assert scraper.times and not scraper.failures, scraper.failures
+        assert writer.acked > 0 and not writer.failures, writer.failures  # and took writes all along
         for i in (leader, other):
             assert after[i].term == before[i].term, (i, before[i].term, after[i].term)
             assert after[i].leader_changes == before[i].leader_changes, i
