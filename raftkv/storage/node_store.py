@@ -687,13 +687,27 @@ class LmdbNodeStore:
         return self.load_members()
 
     def get(self, key: bytes) -> KV | None:
+        return self.get_at(key)[0]
+
+    def get_at(self, key: bytes) -> tuple[KV | None, int]:
+        """The key's record and the applied index of the state it was read from, out of one read
+        transaction: a reply's applied index (and the session token made from it) is never older than
+        the data it carries, whatever the I/O thread commits meanwhile."""
         with self.env.begin() as txn:
-            return state_machine.get(self._view(txn), key)
+            return state_machine.get(self._view(txn), key), self._applied_in(txn)
 
     def range(self, op: Range, limit_bytes: int = 0) -> RangeResult:
-        """Safe on any thread (each LMDB read transaction is its own snapshot); see `range_read`."""
+        return self.range_at(op, limit_bytes)[0]
+
+    def range_at(self, op: Range, limit_bytes: int = 0) -> tuple[RangeResult, int]:
+        """As `get_at`, for a range. Safe on any thread (each LMDB read transaction is its own snapshot);
+        see `range_read`."""
         with self.env.begin() as txn:
-            return state_machine.range_read(self._view(txn), op, limit_bytes)
+            return state_machine.range_read(self._view(txn), op, limit_bytes), self._applied_in(txn)
+
+    def _applied_in(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"applied", db=self.meta_db)
+        return int(msgpack.unpackb(raw)[0]) if raw is not None else 0
 
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""
