@@ -302,8 +302,9 @@ class LmdbNodeStore:
         with self.env.begin(db=self.meta_db) as txn:
             self._generation = int(txn.get(b"state_gen") or b"0")
         try:
-            live = [self.env.open_db(n) for n in snapshots.generation_names(self._generation)]
-            self._staging_dbs = [self.env.open_db(n) for n in snapshots.generation_names(1 - self._generation)]
+            self._generations = [[self.env.open_db(n) for n in snapshots.generation_names(g)] for g in (0, 1)]
+            live = self._generations[self._generation]
+            self._staging_dbs = self._generations[1 - self._generation]
             with self.env.begin(write=True) as txn:
                 for db in self._staging_dbs:
                     if txn.stat(db)["entries"]:
@@ -311,6 +312,14 @@ class LmdbNodeStore:
         except lmdb.Error as e:  # e.g. a full disk: the node may start once it has space again
             raise StorageError(f"{self.where}: cannot open the state machine's sub-databases: {e}") from None
         self._set_live(live)
+
+    def _live_in(self, txn: lmdb.Transaction) -> dict[bytes, Any]:
+        """The state machine's sub-databases as `txn` sees them: the generation its snapshot of `meta`
+        names. A reader resolves its handles from its own transaction, so it never pairs a generation with
+        a transaction from the other side of an install (nor the applied index of one with the data of
+        the other)."""
+        gen = int(txn.get(b"state_gen", db=self.meta_db) or b"0")
+        return dict(zip(snapshots.SNAPSHOT_DBS, self._generations[gen], strict=True))
 
     def _set_live(self, dbs: list[Any]) -> None:
         for name, db in zip(snapshots.SNAPSHOT_DBS, dbs, strict=True):
@@ -321,8 +330,8 @@ class LmdbNodeStore:
 
     def open_snapshot_reader(self, chunk_bytes: int) -> snapshots.SnapshotReader:
         """The state machine as of now, in pieces, from one read transaction; use it on one thread."""
-        return snapshots.SnapshotReader(self.env, self._snapshot_dbs(), self._snapshot_meta_in, chunk_bytes,
-                                        self.where)
+        return snapshots.SnapshotReader(self.env, lambda txn: list(self._live_in(txn).values()),
+                                        self._snapshot_meta_in, chunk_bytes, self.where)
 
     def _snapshot_meta_in(self, txn: lmdb.Transaction) -> SnapshotMeta:
         raw = txn.get(b"applied", db=self.meta_db)
@@ -513,7 +522,7 @@ class LmdbNodeStore:
                 self._applied_conf = conf
 
     def _view(self, txn: lmdb.Transaction) -> state_machine.TxnView:
-        return state_machine.TxnView(txn, self.kv_db, self.where)
+        return state_machine.TxnView(txn, self._live_in(txn)[b"kv"], self.where)
 
     @staticmethod
     def _command(e: Entry) -> commands.Command | ValueError | None:
@@ -677,7 +686,7 @@ class LmdbNodeStore:
         return self._hard
 
     def _read_members(self, txn: lmdb.Transaction) -> dict[int, bytes]:
-        return {_U64.unpack(k)[0]: bytes(v) for k, v in txn.cursor(db=self.members_db)}
+        return {_U64.unpack(k)[0]: bytes(v) for k, v in txn.cursor(db=self._live_in(txn)[b"members"])}
 
     def load_members(self) -> dict[int, bytes]:
         with self.env.begin() as txn:

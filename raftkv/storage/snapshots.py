@@ -75,18 +75,18 @@ class SnapshotReader:
     """The state machine of one read transaction, as pieces. Every method must run on one thread (the
     transaction's); `close` ends the transaction."""
 
-    def __init__(self, env: lmdb.Environment, dbs: Sequence[Any], meta_of: Any, chunk_bytes: int,
-                 where: str) -> None:
-        """`dbs`: the live sub-databases, as SNAPSHOT_DBS; `meta_of(txn)`: the snapshot's metadata (applied
-        index, its term and membership) as `txn` sees them, so metadata and records come from the same
-        point of the log; `where` names the node and file in a corruption report."""
+    def __init__(self, env: lmdb.Environment, dbs_of: Callable[[lmdb.Transaction], Sequence[Any]],
+                 meta_of: Callable[[lmdb.Transaction], SnapshotMeta], chunk_bytes: int, where: str) -> None:
+        """`dbs_of(txn)`: the live sub-databases as `txn` sees them, as SNAPSHOT_DBS; `meta_of(txn)`: the
+        snapshot's metadata (applied index, its term and membership), so metadata and records come from
+        the same point of the log; `where` names the node and file in a corruption report."""
         self._txn = env.begin(buffers=False)
         try:
             self.meta: SnapshotMeta = meta_of(self._txn)
+            self._dbs = dbs_of(self._txn)
         except BaseException:
             self._txn.abort()
             raise
-        self._dbs = dbs
         self._where = where
         self._chunk = max(1, chunk_bytes)
         self._records = self._walk()

@@ -238,3 +238,24 @@ def test_the_corrupt_value_nemesis_finds_the_live_generation(tmp_path: Path) -> 
     assert restore_value(c) == "restored"
     dst = open_store(tmp_path / "b", node_id=2)
     assert dst.get(c.key) is not None
+
+
+def test_a_read_sees_data_and_applied_index_of_one_side_of_an_install(tmp_path: Path) -> None:
+    """A read transaction begun before an install keeps reading the old state with the old applied index,
+    one begun after it the new state with the new index, whichever handles the store holds meanwhile."""
+    src = leader_with(tmp_path / "a", 20)
+    dst = leader_with(tmp_path / "b", 3, term=1)
+    dst.save_and_apply(None, [Entry(1, 7, data=encode(Put(b"old-only", b"x")))], None,
+                       [Entry(1, 7, data=encode(Put(b"old-only", b"x")))], None, None)
+    snap, _ = stream(src, dst)
+    before = dst.env.begin()
+    dst.save_and_apply(HardState(2, 0, snap.meta.index), [], snap, [], None, None)
+    after = dst.env.begin()
+    try:
+        old_view, new_view = dst._view(before), dst._view(after)
+        assert old_view.get(b"old-only") is not None and dst._applied_in(before) == 7
+        assert new_view.get(b"old-only") is None and new_view.get(b"k0019") is not None
+        assert dst._applied_in(after) == snap.meta.index
+    finally:
+        before.abort()
+        after.abort()
