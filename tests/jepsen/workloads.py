@@ -133,8 +133,10 @@ class Register(Workload):
     read_extra: dict[str, Callable[[Any], Any]] = {}
 
     def read_endpoint(self, rng: random.Random, endpoints: list[str]) -> str | None:
-        """Where a read goes (None: wherever the client sends it, the leader it knows)."""
-        return None
+        """Where a read goes: a third of them to a node chosen at random (a follower serves a linearizable
+        read after a ReadIndex round through the leader, so the checker sees more than the leader's
+        answers), the rest wherever the client sends them (None: the leader it knows)."""
+        return rng.choice(endpoints) if rng.random() < 1 / 3 else None
 
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
