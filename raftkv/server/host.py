@@ -164,6 +164,7 @@ class NodeHost:
         self._persisted_index = store.log.last_index()
         self.applied = store.applied_index()
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_waiters: list[asyncio.Future[None]] = []
         self.leader_changes = 0
         self._last_leader = NONE
         self._last_lag_check = 0.0
@@ -490,7 +491,12 @@ class NodeHost:
 
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
-        A compaction already under way is waited for rather than started twice."""
+        A compaction already under way is waited for rather than started twice. The write-back buffer is
+        flushed first, so that the snapshot point is the applied index of now."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(fut)
+        self._wake.set()
+        await fut
         return await asyncio.shield(self._compaction())
 
     def _compaction(self) -> asyncio.Task[int]:
@@ -531,8 +537,13 @@ class NodeHost:
                 while self.node.has_ready() and not self._stopping:
                     await self._handle_ready(self.node.ready())
                     self._take_inputs()
-                if self.store.flush_due():
+                if self.store.flush_due() or self._flush_waiters:
                     await self._flush()
+                    waiters, self._flush_waiters = self._flush_waiters, []
+                    for f in waiters:
+                        if not f.done():
+                            f.set_result(None)
+                self._arm_flush_timer()
                 self._after_round()
         except _Stopping:
             pass
@@ -903,15 +914,17 @@ class NodeHost:
     def _log_needs_compaction(self) -> bool:
         """By count, or by size -- but never more often than every `snapshot_keep_entries` entries, since
         that many stay in the log after each compaction whatever their size."""
-        since = self.applied - self.store.snapshot_index()
+        # Counted from the applied index LMDB holds, the most a compaction may take (`_take_snapshot`).
+        since = self.store.durable_applied_index() - self.store.snapshot_index()
         if since >= self.cfg.snapshot_entries:
             return True
         # The size is read from LMDB, on the apply path: at most once per LOG_SIZE_CHECK_EVERY entries (or per
         # snapshot_keep_entries, if fewer).
         every = max(1, min(LOG_SIZE_CHECK_EVERY, self.cfg.snapshot_keep_entries))
-        if since < self.cfg.snapshot_keep_entries or self.applied - self._log_size_checked_at < every:
+        durable = self.store.durable_applied_index()
+        if since < self.cfg.snapshot_keep_entries or durable - self._log_size_checked_at < every:
             return False
-        self._log_size_checked_at = self.applied
+        self._log_size_checked_at = durable
         return self.store.log_bytes() >= self.cfg.snapshot_log_bytes
 
     def _sync_transport_peers(self) -> None:
@@ -1032,6 +1045,10 @@ class NodeHost:
             if not w.future.done():
                 w.future.set_exception(err)
         self._applied_heap = []
+        for f in self._flush_waiters:
+            if not f.done():
+                f.set_exception(err)
+        self._flush_waiters = []
         self.durability.fail_all(unknown)
 
     # ------------------------------------------------------------------------------------------
