@@ -165,6 +165,7 @@ class NodeHost:
         self.applied = store.applied_index()
         self._flush_timer: asyncio.TimerHandle | None = None
         self._flush_waiters: list[asyncio.Future[None]] = []
+        self._in_ready = False
         self.leader_changes = 0
         self._last_leader = NONE
         self._last_lag_check = 0.0
@@ -219,8 +220,9 @@ class NodeHost:
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
         if self._flush_timer is not None:
             self._flush_timer.cancel()
-        if self.fatal is None and not self.nospace:
-            # A clean stop leaves nothing to re-apply (a crash would: the log has it all).
+        if self.fatal is None and not self.nospace and not self._in_ready:
+            # A clean stop leaves nothing to re-apply (a crash would: the log has it all). Not if the
+            # loop stopped inside a Ready: its entries may be applied and not appended yet.
             try:
                 await asyncio.get_running_loop().run_in_executor(self._io, self.store.flush)
             except Exception as e:  # noqa: BLE001 - the log still holds every entry; replayed on start
@@ -535,7 +537,9 @@ class NodeHost:
                     break
                 self._take_inputs()
                 while self.node.has_ready() and not self._stopping:
+                    self._in_ready = True
                     await self._handle_ready(self.node.ready())
+                    self._in_ready = False
                     self._take_inputs()
                 if self.store.flush_due() or self._flush_waiters:
                     await self._flush()

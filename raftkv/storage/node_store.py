@@ -129,6 +129,7 @@ class LmdbNodeStore:
         self._dirty_since: float | None = None  # when memory first held what LMDB does not
         self._hard_dirty = False  # `_hard` has a commit index LMDB does not have yet
         self._install_gen = 0  # odd while a snapshot install replaces `kv` and the buffer
+        self._install_lock = threading.Lock()  # held by the install meanwhile
         try:
             self._init_meta(node_id, cluster_id, founding)
             self._load_cache()
@@ -427,6 +428,7 @@ class LmdbNodeStore:
         Called on one thread at a time (the host's I/O thread), while no `apply` runs."""
         with self._lock:  # held until the caches move too: compaction may run on another thread
             if snapshot is not None:
+                self._install_lock.acquire()
                 self._install_gen += 1  # readers wait out the install (see `_read_txn`)
             try:
                 hs = hard_state if hard_state is not None else (self._hard if self._hard_dirty else None)
@@ -446,6 +448,7 @@ class LmdbNodeStore:
             finally:
                 if snapshot is not None:
                     self._install_gen += 1
+                    self._install_lock.release()
 
     def _write_buffer(self, txn: lmdb.Transaction, applied: int, conf: ConfState) -> None:
         buf = self._buf
@@ -670,7 +673,8 @@ class LmdbNodeStore:
     def _read_txn(self) -> tuple[dict[bytes, bytes | None], lmdb.Transaction]:
         """The buffer and a read transaction that agree: the buffer is taken first, so LMDB is as new
         as it or newer only by what the buffer holds itself (a flush empties the buffer after its commit).
-        A snapshot install replaces both at once, so a read that overlaps one waits it out."""
+        A snapshot install replaces both at once, so a read that overlaps one (on a follower far behind,
+        rarely) waits it out."""
         while True:
             gen = self._install_gen
             buf = self._buf
@@ -678,7 +682,8 @@ class LmdbNodeStore:
             if gen % 2 == 0 and gen == self._install_gen:
                 return buf, txn
             txn.abort()
-            time.sleep(0.001)
+            with self._install_lock:
+                pass
 
     def get(self, key: bytes) -> KV | None:
         """Safe on any thread; sees the write-back buffer over LMDB."""

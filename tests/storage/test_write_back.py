@@ -15,6 +15,7 @@ environment is closed there without a flush (what kill -9 leaves) and opened aga
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,4 +177,46 @@ def test_a_crash_at_any_point_of_the_write_back_loses_nothing_and_applies_nothin
     replay(s)
     check_exactly_once(s)
     assert s.applied_index() == entries_of_ready(CYCLES)[-1].index
+    s.close()
+
+
+def test_a_read_during_a_snapshot_install_sees_the_old_state_or_the_new_never_a_mix(tmp_path: Path) -> None:
+    """An install replaces LMDB's `kv` and empties the buffer; a read on another thread that overlaps
+    the moment between (committed, buffer not yet emptied) must not see the old buffer over the new
+    data. The install is held right there."""
+    src = new_store(tmp_path / "src")
+    ents = [Entry(TERM, 4, EntryType.NORMAL, encode(Put(b"b", b"9"))),
+            Entry(TERM, 5, EntryType.NORMAL, encode(Put(b"d", b"9")))]
+    src.save_and_apply(HardState(TERM, 1, 5), ents, None, ents, None, None)
+    snap = src.build_snapshot()
+    src.close()
+    s = new_store(tmp_path / "dst")
+    s.save_and_apply(None, [], None, [Entry(TERM, 4, EntryType.NORMAL, encode(Put(b"a", b"1")))], None, None)
+    s.apply([Entry(TERM, 5, EntryType.NORMAL, encode(Put(b"c", b"2")))], None)  # in the buffer only
+    everything = Range(b"\0", b"\0")
+
+    def state() -> dict[bytes, bytes]:
+        return {kv.key: kv.value for kv in s.range(everything).kvs}
+
+    assert state() == {b"a": b"1", b"c": b"2"}
+    committed, release = threading.Event(), threading.Event()
+    original = s._committed
+
+    def held(*args):  # noqa: ANN002, ANN202
+        committed.set()
+        assert release.wait(10)
+        original(*args)
+
+    s._committed = held  # type: ignore[method-assign]
+    install = threading.Thread(target=s.persist, args=(HardState(TERM, 0, snap.meta.index), [], snap, None))
+    install.start()
+    assert committed.wait(10)
+    seen: list[dict[bytes, bytes]] = []
+    reader = threading.Thread(target=lambda: seen.append(state()))
+    reader.start()
+    reader.join(0.3)
+    release.set()
+    install.join(10)
+    reader.join(10)
+    assert seen == [{b"b": b"9", b"d": b"9"}], f"a read saw {seen}"
     s.close()
