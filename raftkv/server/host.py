@@ -755,7 +755,10 @@ class NodeHost:
                 self._after_apply(rd, results, member_changes)
         if self._must_sync(rd, member_changes):
             members = self.members.encode_after(member_changes) if member_changes else None
-            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members)
+            # The log records are encoded here: a thread running Python waits for the GIL while the loop
+            # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
+            records = self.store.encode_entries(rd.entries) if rd.entries else None
+            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records)
         elif rd.hard_state is not None:
             self.store.note_hard_state(rd.hard_state)
         if rd.snapshot is not None:

@@ -27,8 +27,12 @@ class NodeStore(Protocol):
         entry (an Exception instance for a command that failed alone). Nothing is written yet."""
         ...
 
+    def encode_entries(self, entries: list[Entry]) -> list[tuple[bytes, bytes]]:
+        """The log records of `entries`, made on the calling thread, for `persist`."""
+        ...
+
     def persist(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
-                members: dict[int, bytes] | None) -> None:
+                members: dict[int, bytes] | None, records: list[tuple[bytes, bytes]] | None = None) -> None:
         """One synced transaction: snapshot (installing its state), entries (truncating a conflicting
         suffix), hard state, and the write-back buffer with its applied index (and membership, if
         given)."""

@@ -418,11 +418,17 @@ class LmdbNodeStore:
         if self.dirty() or self._buf:
             self.persist(None, [], None, None)
 
+    def encode_entries(self, entries: list[Entry]) -> list[tuple[bytes, bytes]]:
+        """The log records of `entries`, for `persist`: encoded by the caller (the host's loop), the I/O
+        thread only hands them to LMDB, a few calls under the GIL."""
+        return [(_key(e.index), self._record(e)) for e in entries]
+
     def persist(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
-                members: dict[int, bytes] | None) -> None:
+                members: dict[int, bytes] | None, records: list[tuple[bytes, bytes]] | None = None) -> None:
         """One synced transaction: the snapshot (installed over the buffer), log entries (truncating a
         conflicting suffix), the hard state, and the whole write-back buffer with the applied index it
-        amounts to, beside it (and the member registry, if given). Only once it committed do the caches
+        amounts to, beside it (and the member registry, if given; `records`: the entries already encoded
+        by `encode_entries`). Only once it committed do the caches
         move and the buffer empty: a failed commit (a full disk) leaves both as they were, to try again.
 
         Called on one thread at a time (the host's I/O thread), while no `apply` runs."""
@@ -439,7 +445,7 @@ class LmdbNodeStore:
                     else:
                         self._write_buffer(txn, applied, conf)
                     if entries:
-                        self._append(txn, entries)
+                        self._append(txn, entries, records)
                     if hs is not None:
                         txn.put(b"hardstate", self._hard_state_record(hs), db=self.meta_db)
                     if members is not None:
@@ -465,13 +471,14 @@ class LmdbNodeStore:
         if applied != self._durable_applied or buf:
             txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
 
-    def _append(self, txn: lmdb.Transaction, entries: list[Entry]) -> None:
+    def _append(self, txn: lmdb.Transaction, entries: list[Entry],
+                records: list[tuple[bytes, bytes]] | None) -> None:
         first = entries[0].index
         cur = txn.cursor(db=self.log_db)
         if first <= self._last_index and cur.set_range(_key(first)):
             while cur.delete():  # truncate the conflicting suffix
                 pass
-        cur.putmulti([(_key(e.index), self._record(e)) for e in entries])
+        cur.putmulti(records if records is not None else self.encode_entries(entries))
 
     @staticmethod
     def _record(e: Entry) -> bytes:
