@@ -540,13 +540,9 @@ class NodeHost:
                     self._in_ready = True
                     await self._handle_ready(self.node.ready())
                     self._in_ready = False
+                    await self._flush_if_due()
                     self._take_inputs()
-                if self.store.flush_due() or self._flush_waiters:
-                    await self._flush()
-                    waiters, self._flush_waiters = self._flush_waiters, []
-                    for f in waiters:
-                        if not f.done():
-                            f.set_result(None)
+                await self._flush_if_due()
                 self._arm_flush_timer()
                 self._after_round()
         except _Stopping:
@@ -788,8 +784,8 @@ class NodeHost:
 
     def _must_sync(self, rd: Ready, member_changes: list[ConfChange]) -> bool:
         """Whether this Ready needs its synced transaction now: a commit index alone does not (Raft
-        learns it again from its peers), nor do applied entries (re-applied from the log after a crash)
-        -- unless the write-back buffer is due."""
+        learns it again from its peers), nor do applied entries (re-applied from the log after a crash;
+        the buffer is flushed on its own when due, `_flush_if_due`)."""
         if rd.snapshot is not None or rd.entries or member_changes:
             return True
         hs = rd.hard_state
@@ -797,7 +793,7 @@ class NodeHost:
             old = self.store.hard_state()
             if (hs.term, hs.vote) != (old.term, old.vote):
                 return True
-        return self.store.flush_due()
+        return False
 
     def _apply(self, rd: Ready) -> list[Any]:
         results = self.store.apply(rd.committed_entries, rd.conf_state)
@@ -820,10 +816,16 @@ class NodeHost:
 
         self._flush_timer = loop.call_later(max(0.0, deadline - time.monotonic()) + 0.001, fire)
 
-    async def _flush(self) -> None:
-        """The write-back buffer alone, in one synced transaction: a background commit, counted apart
-        from the Readies' fsyncs."""
+    async def _flush_if_due(self) -> None:
+        """The write-back buffer alone, in one synced transaction, when it is due (no Ready's commit took
+        it in time) or asked for: a background commit, counted apart from the Readies' fsyncs."""
+        if not (self._flush_waiters or self.store.flush_due()):
+            return
         await self._persist(self._flush_timed)
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
 
     def _persist_timed(self, *args: Any) -> None:
         """On the I/O thread; timed there, so the fsync histogram measures the write and not the hand-off."""
