@@ -142,20 +142,18 @@ class BatchExecutor:
             for i, _, _ in items:
                 results[i] = err
             return
-        applied = self.host.applied
-        meta = self.kv._read_meta(point, applied)
         store = self.store
         for i, kind, arg in items:
             try:
                 if kind == "get":
-                    kv = store.get(arg)
-                    reply = pb.GetResponse(found=kv is not None, meta=meta)
+                    kv, applied = store.get_at(arg)
+                    reply = pb.GetResponse(found=kv is not None, meta=self.kv._read_meta(point, applied))
                     if kv is not None:
                         reply.kv.CopyFrom(kv_to_pb(kv))
                     results[i] = pb.BatchResult(get=reply)
                 else:
-                    reply = await self.kv.range_reply(arg)
-                    reply.meta.CopyFrom(meta)
+                    reply, applied = await self.kv.range_reply(arg)
+                    reply.meta.CopyFrom(self.kv._read_meta(point, applied))
                     results[i] = pb.BatchResult(range=reply)
             except Exception as e:  # noqa: BLE001
                 results[i] = op_error(e)

@@ -49,12 +49,16 @@ class KVService(kv_pb2_grpc.KVServicer):
         """Wait for running scans before the store closes under them."""
         self._scans.shutdown(wait=True, cancel_futures=True)
 
-    async def range_reply(self, op: Range) -> pb.RangeResponse:
+    async def range_reply(self, op: Range) -> tuple[pb.RangeResponse, int]:
         """Scan and build the reply on a scan thread, bounded by --max-range-keys (in `op.limit`) and
-        --max-range-bytes."""
+        --max-range-bytes; with the applied index of the state scanned."""
         limit_bytes = self.host.cfg.max_range_bytes
-        return await asyncio.get_running_loop().run_in_executor(
-            self._scans, lambda: range_to_pb(self.store.range(op, limit_bytes)))
+
+        def scan() -> tuple[pb.RangeResponse, int]:
+            result, applied = self.store.range_at(op, limit_bytes)
+            return range_to_pb(result), applied
+
+        return await asyncio.get_running_loop().run_in_executor(self._scans, scan)
 
     # -- helpers -----------------------------------------------------------------------------
     def _token(self, index: int, term: int | None = None) -> bytes:
@@ -134,8 +138,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         point = await self._read("Get", request, context, request.read)
         if not isinstance(point, ReadPoint):
             return point
-        applied = self.host.applied
-        kv = self.store.get(key)
+        kv, applied = self.store.get_at(key)
         reply = pb.GetResponse(found=kv is not None)
         if kv is not None:
             reply.kv.CopyFrom(kv_to_pb(kv))
@@ -148,8 +151,7 @@ class KVService(kv_pb2_grpc.KVServicer):
         point = await self._read("Range", request, context, request.read)
         if not isinstance(point, ReadPoint):
             return point
-        applied = self.host.applied
-        reply = await self.range_reply(op)
+        reply, applied = await self.range_reply(op)
         reply.meta.CopyFrom(self._read_meta(point, applied))
         return reply
 

@@ -126,7 +126,9 @@ class SnapshotMeta:
 
 @dataclass(slots=True)
 class Snapshot:
-    """A snapshot: metadata plus the state machine image (opaque bytes to the core)."""
+    """A snapshot: metadata plus the state machine image (opaque bytes to the core). The server's store
+    leaves `data` empty on the sending side (its transport streams the image apart) and puts a token
+    naming the received, verified copy in it on the receiving side."""
 
     meta: SnapshotMeta
     data: bytes = b""
@@ -234,9 +236,9 @@ class Ready:
 
     1. persist `snapshot` (if any), then `entries`, then `hard_state` (if any) -- durably (fsync);
     2. note the monotonic time of `round_sent` (if any), then send `messages` (safe to send before or
-       after persisting); for each SNAP message, call
-       `RaftNode.report_snapshot(to, ok)` once the transport has sent it (ok) or given up (not ok),
-       or the leader keeps waiting for that follower;
+       after persisting); for each SNAP message, call `RaftNode.report_snapshot(to, ok)` once the
+       follower has taken it (ok) or the transport gave up (not ok), or the leader keeps waiting for
+       that follower;
        send `persisted_messages` only after step 1 is durable (votes and append acknowledgements);
     3. apply `committed_entries` to the state machine (conf changes were already taken into account
        by the core; the host records the resulting `conf_state` alongside the applied index);

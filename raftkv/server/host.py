@@ -157,6 +157,10 @@ class NodeHost:
         self._applied_heap: list[_IndexWaiter] = []
         self._heap_seq = itertools.count()
         self._local_ops: deque[Callable[[], None]] = deque()
+        # Streamed snapshots handed to the core, by their data (a token naming the staged file): arrived,
+        # and stepped (answered once their Ready is written, or when the core did not take them).
+        self._snapshots_arrived: list[tuple[bytes, asyncio.Future[bool]]] = []
+        self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
         self._ticks_due = 0
         self._tick_handle: asyncio.TimerHandle | None = None
         self._loop_task: asyncio.Task[None] | None = None
@@ -215,6 +219,9 @@ class NodeHost:
             except (TimeoutError, asyncio.CancelledError):
                 self._loop_task.cancel()
         self._fail_everything(ShuttingDown("node is shutting down"))
+        self._snapshots_stepped += self._snapshots_arrived
+        self._snapshots_arrived = []
+        self._settle_snapshots(None)
         if self._snapshot_task is not None and not self._snapshot_task.done():
             self._snapshot_task.cancel()
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
@@ -252,6 +259,34 @@ class NodeHost:
             return
         self._inbox.append(msg)
         self._wake.set()
+
+    def deliver_snapshot(self, msg: Message) -> asyncio.Future[bool]:
+        """A snapshot message whose records the transport has received and staged: stepped like any
+        message. The future says when it is installed (True), or that the core did not need it (False: this
+        node held everything it covers already), so the sender learns the truth (see `snapshot_status`)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        assert msg.snapshot is not None
+        self._snapshots_arrived.append((msg.snapshot.data, fut))
+        self.deliver(msg)
+        return fut
+
+    def snapshot_status(self, node_id: int, ok: bool) -> None:
+        """The transport's word on a snapshot sent to `node_id`: True once the follower answered that it
+        installed it (or needed none); False when the stream failed, so the core sends another."""
+        self._local_ops.append(lambda: self.node.report_snapshot(node_id, ok))
+        self._wake.set()
+
+    def _settle_snapshots(self, installed: bytes | None) -> None:
+        """Answer the stepped snapshot messages: the one whose Ready was just written (`installed`), or, at
+        the end of a round, every one left (the core did not take them)."""
+        left = []
+        for data, fut in self._snapshots_stepped:
+            if installed is None or data == installed:
+                if not fut.done():
+                    fut.set_result(installed is not None)
+            else:
+                left.append((data, fut))
+        self._snapshots_stepped = left
 
     def peer_unreachable(self, node_id: int) -> None:
         self._local_ops.append(lambda: self.node.report_unreachable(node_id))
@@ -518,6 +553,9 @@ class NodeHost:
         # From the applied index LMDB holds: entries applied only into the write-back buffer are
         # re-applied from the log after a crash, so they stay (the store enforces it too).
         compact_to = max(0, self.store.durable_applied_index() - self.cfg.snapshot_keep_entries)
+        floor = self.transport.snapshot_floor()
+        if floor is not None:  # a follower installing that snapshot will need the entries after it
+            compact_to = min(compact_to, floor)
         index = await loop.run_in_executor(self._io, self.store.compact, compact_to, self.node.conf_as_of(compact_to))
         log.info("log compacted", snapshot_index=index, compacted_through=compact_to)
         return index
@@ -655,6 +693,9 @@ class NodeHost:
             if m.commit > self._known_commit:
                 self._known_commit = m.commit
             node.step(m)
+        if self._snapshots_arrived:
+            self._snapshots_stepped += self._snapshots_arrived
+            self._snapshots_arrived = []
         while self._local_ops:
             try:
                 self._local_ops.popleft()()
@@ -739,7 +780,6 @@ class NodeHost:
         if rd.messages:
             self._stamp(rd.messages)
             self.transport.send(rd.messages)
-            self._report_snapshots(rd.messages)
         if self.is_leader and rd.entries:
             self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
         member_changes = self.members.changes_in(rd.committed_entries)
@@ -764,6 +804,12 @@ class NodeHost:
             if self.identity is not None:
                 self.identity.members_changed([])
             log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
+            self._settle_snapshots(rd.snapshot.data)
+            # The round that installs a snapshot may take a while (one that came whole inside its
+            # message is copied; a full disk is waited out). The ticks that fired meanwhile would be
+            # stepped before the leader's heartbeats waiting in the inbox, and this follower would start
+            # a needless election; the snapshot came from that leader, so its timer starts afresh.
+            self._ticks_due = 0
         if rd.entries:
             self._persisted_index = rd.entries[-1].index
             if self.identity is not None:
@@ -847,14 +893,6 @@ class NodeHost:
                 m.applied = applied
             elif m.type in DATED:  # a leader's send time: lets the target date a TimeoutNow
                 m.stamp = stamp
-
-    def _report_snapshots(self, msgs: list[Message]) -> None:
-        # The transport has accepted the snapshot; the follower's answer (or its absence, noticed by the
-        # heartbeat that follows) tells the leader what happened next.
-        for m in msgs:
-            if m.type == MessageType.SNAP:
-                self._local_ops.append(lambda to=m.to: self.node.report_snapshot(to, True))
-                self._wake.set()
 
     def _release_persist_waiters(self, rd: Ready) -> None:
         if not self._persist_waiters:
@@ -991,6 +1029,8 @@ class NodeHost:
 
     def _after_round(self) -> None:
         now = time.monotonic()
+        if self._snapshots_stepped:
+            self._settle_snapshots(None)
         self._check_removed()
         # Pending: in the leader's log, not yet applied (whatever ack level answered the client already).
         self.metrics.proposals_pending.set(max(0, self.node.raft_log.last_index() - self.applied)

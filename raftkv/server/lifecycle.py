@@ -22,6 +22,7 @@ from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageE
 from ..storage.identity import has_data
 from ..tls import TlsError, check_certificate_dates
 from ..transport import Transport
+from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
 from .host import NodeHost, bootstrap_store
@@ -130,6 +131,9 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
                           on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
                           adopt_cluster_id=guard.adopt_from_leader, tls=peer_tls, gate=guard, peer_auth=peer_auth,
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
+                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
+                          on_snapshot=lambda m: host_box[0].deliver_snapshot(m),
+                          on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok),
                           on_refused=lambda nid, why: host_box[0].peer_refused(nid, why))
     host = NodeHost(cfg, store, transport, metrics)
     host.identity = guard

@@ -65,8 +65,8 @@ class NodeStore(Protocol):
         ...
 
     def compact(self, compact_to: int, compact_conf: ConfState) -> int:
-        """Record a snapshot point at the applied index and compact the log through `compact_to`; the
-        snapshot image itself is made when a follower needs one (LogStorage.snapshot)."""
+        """Record a snapshot point at the applied index and compact the log through `compact_to`; no image
+        is made: the transport streams the state machine to a follower that needs it."""
         ...
 
     def snapshot_members(self) -> dict[int, bytes]: ...

@@ -3,10 +3,13 @@
 - `log`: u64 big-endian index -> msgpack [term, type, data, crc32]; the crc covers index, term, type and
   data and is verified on every read, so a flipped bit is reported, never replicated or applied;
 - `meta`: format version, node id, cluster id, hard state, applied record (index + membership as of
-  it), compaction point, snapshot metadata;
+  it), compaction point, snapshot metadata, `state_gen` (which generation of the state machine is live);
 - `kv`: the key-value state machine (see state_machine.py);
 - `members`: member id -> address and replication marks;
-- `snap`: the latest snapshot's data.
+- `kv~1`, `members~1`: the other generation of those two: a snapshot from a leader is staged there and
+  installed by switching generations (snapshots.py), so either pair may be the live one: use `kv_db` and
+  `members_db`, never the names;
+- `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py).
 
 A write costs one synced commit, its log append (DESIGN.md §4). The host `apply`s committed entries
 into a write-back buffer over `kv` (write_back.py), which reads see first, and `persist`s each Ready in
@@ -20,6 +23,7 @@ LMDB read transaction.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import threading
@@ -39,12 +43,11 @@ from ..core import (
     HardState,
     Snapshot,
     SnapshotMeta,
-    SnapshotTemporarilyUnavailable,
     UnavailableError,
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, identity, kv_records, state_machine
+from . import commands, identity, kv_records, snapshots, state_machine
 from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
@@ -59,6 +62,11 @@ FLUSH_MAX_SECONDS = 0.1
 """How far the write-back buffer may run ahead of LMDB before it is flushed on its own (DESIGN.md §4)."""
 _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
+
+
+_STATE_HANDLES = {b"kv": "kv_db", b"members": "members_db"}
+"""The attribute holding the live handle of each sub-database of the state machine (snapshots.SNAPSHOT_DBS):
+a sub-database added to the state machine goes in both."""
 
 
 def cluster_id_for(peers: dict[int, str], token: str = "") -> bytes:
@@ -104,7 +112,7 @@ class LmdbNodeStore:
         self._dir_lock = DataDirLock(self.path)
         try:
             check_data_file(self.path, self._dir_lock.existed)
-            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=8, subdir=True, sync=True,
+            self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=16, subdir=True, sync=True,
                                  metasync=True, lock=True, max_readers=256, readahead=False)
         except lmdb.Error as e:
             self._dir_lock.release()
@@ -118,9 +126,6 @@ class LmdbNodeStore:
         self.members_db = self.env.open_db(b"members")
         self.snap_db = self.env.open_db(b"snap")
         self._lock = threading.Lock()
-        self._snapshot_cache: Snapshot | None = None
-        self._builder: threading.Thread | None = None
-        self._build_error: Exception | None = None
         self.last_apply_seconds = 0.0
         """Time the last `apply` took."""
         self._buf: dict[bytes, bytes | None] = {}
@@ -132,6 +137,7 @@ class LmdbNodeStore:
         self._install_lock = threading.Lock()  # held by the install meanwhile
         try:
             self._init_meta(node_id, cluster_id, founding)
+            self._open_generations()
             self._load_cache()
             self._verify_tail()
         except BaseException:  # refused: let the directory go, so that it may be opened again
@@ -289,52 +295,96 @@ class LmdbNodeStore:
         return limit_size(out, max_bytes)
 
     def snapshot(self) -> Snapshot:
-        """A snapshot no older than the compacted log, for a follower that fell behind it.
+        """The snapshot a follower behind the compacted log needs: metadata only (the applied index, its
+        term and membership), from the caches, at once.
 
-        Compaction does not copy the state machine (at a million keys that copy stalled the node for
-        seconds, every `snapshot_entries` writes): the `kv` sub-database at its applied index already is
-        a snapshot. So the image is made only when a follower needs one, on a thread of its own from one
-        read transaction; until it is ready this raises SnapshotTemporarilyUnavailable and the leader asks
-        again later. A snapshot installed from a leader is kept as it came, checked against its CRC."""
-        cache = self._snapshot_cache
-        if cache is not None and cache.meta.index >= self._compacted[0]:
-            return cache
-        if self._build_error is not None:
-            err, self._build_error = self._build_error, None
-            raise err
-        with self.env.begin() as txn:
-            meta = txn.get(b"snapmeta", db=self.meta_db)
-            if meta is None:
-                c_idx, c_term, conf = self._compacted
-                return Snapshot(SnapshotMeta(c_idx, c_term, conf), b"")
-            idx, term, conf, crc = msgpack.unpackb(meta)
-            if crc is not None and idx >= self._compacted[0]:
-                blob = bytes(txn.get(b"data", db=self.snap_db) or b"")
-                if zlib.crc32(blob) != crc:
-                    raise CorruptionError(f"{self.file}: snapshot at index {idx} fails its checksum")
-                self._snapshot_cache = Snapshot(SnapshotMeta(idx, term, _conf_from_wire(conf)), blob)
-                return self._snapshot_cache
-        self._start_build()
-        raise SnapshotTemporarilyUnavailable()
+        No image is built, here or at compaction (at a million keys a copy stalled the node for seconds):
+        the `kv` sub-database at its applied index already is the snapshot. The transport streams it to
+        the follower from a read transaction of its own (`open_snapshot_reader`), whose applied index may
+        be later than this one, and the follower installs what that transaction held."""
+        # LMDB's applied index, not the buffer's: a snapshot is cut only from durable state.
+        applied, conf = self._durable_applied, self._durable_conf
+        return Snapshot(SnapshotMeta(applied, self.term(applied), conf))
 
-    def _start_build(self) -> None:
-        with self._lock:
-            if self._builder is not None and self._builder.is_alive():
-                return
-            self._builder = threading.Thread(target=self._build_into_cache, name="raftkv-snapshot-build",
-                                             daemon=True)
-            self._builder.start()
-
-    def _build_into_cache(self) -> None:
+    # ------------------------------------------------------------------------------------------
+    # Snapshot streams (see snapshots.py)
+    # ------------------------------------------------------------------------------------------
+    def _open_generations(self) -> None:
+        """Point `kv_db` and `members_db` at the live generation of the state machine (see snapshots.py),
+        and empty the other one of what an interrupted stage left there."""
+        self._stage_lock = threading.Lock()
+        self._stage_owner: object | None = None  # a stage under way, or the token of a complete one
+        with self.env.begin(db=self.meta_db) as txn:
+            self._generation = int(txn.get(b"state_gen") or b"0")
         try:
-            snap = self.build_snapshot()
-        except Exception as e:  # handed to the next snapshot() call, on the host's thread
-            self._build_error = e
-            return
-        with self._lock:
-            cache = self._snapshot_cache
-            if cache is None or snap.meta.index > cache.meta.index:
-                self._snapshot_cache = snap
+            self._generations = [[self.env.open_db(n) for n in snapshots.generation_names(g)] for g in (0, 1)]
+            live = self._generations[self._generation]
+            self._staging_dbs = self._generations[1 - self._generation]
+            with self.env.begin(write=True) as txn:
+                for db in self._staging_dbs:
+                    if txn.stat(db)["entries"]:
+                        txn.drop(db, delete=False)
+        except lmdb.Error as e:  # e.g. a full disk: the node may start once it has space again
+            raise StorageError(f"{self.where}: cannot open the state machine's sub-databases: {e}") from None
+        self._set_live(live)
+
+    def _live_in(self, txn: lmdb.Transaction) -> dict[bytes, Any]:
+        """The state machine's sub-databases as `txn` sees them: the generation its snapshot of `meta`
+        names. A reader resolves its handles from its own transaction, so it never pairs a generation with
+        a transaction from the other side of an install (nor the applied index of one with the data of
+        the other)."""
+        gen = int(txn.get(b"state_gen", db=self.meta_db) or b"0")
+        return dict(zip(snapshots.SNAPSHOT_DBS, self._generations[gen], strict=True))
+
+    def _set_live(self, dbs: list[Any]) -> None:
+        for name, db in zip(snapshots.SNAPSHOT_DBS, dbs, strict=True):
+            setattr(self, _STATE_HANDLES[name], db)
+
+    def _snapshot_dbs(self) -> list[Any]:
+        return [getattr(self, _STATE_HANDLES[name]) for name in snapshots.SNAPSHOT_DBS]
+
+    def open_snapshot_reader(self, chunk_bytes: int) -> snapshots.SnapshotReader:
+        """The state machine as of now, in pieces, from one read transaction; use it on one thread."""
+        return snapshots.SnapshotReader(self.env, lambda txn: list(self._live_in(txn).values()),
+                                        self._snapshot_meta_in, chunk_bytes, self.where)
+
+    def _snapshot_meta_in(self, txn: lmdb.Transaction) -> SnapshotMeta:
+        raw = txn.get(b"applied", db=self.meta_db)
+        applied, conf = msgpack.unpackb(raw) if raw is not None else (0, [[], []])
+        return SnapshotMeta(applied, self._term_in(txn, applied), _conf_from_wire(conf))
+
+    def stage_snapshot(self, meta: SnapshotMeta) -> snapshots.SnapshotStage:
+        """Somewhere to put a snapshot as it arrives; `finish()` gives the token for the core's message.
+        One at a time: another stage, or a complete one not yet installed or discarded, makes this raise
+        OSError(EBUSY) (the sender retries later)."""
+        with self._stage_lock:
+            if self._stage_owner is not None:
+                raise OSError(errno.EBUSY, "another snapshot is being received or installed")
+            self._stage_owner = owner = object()
+
+        def release() -> None:
+            with self._stage_lock:
+                if self._stage_owner is owner:
+                    self._stage_owner = None
+
+        def complete(token: bytes) -> None:
+            with self._stage_lock:
+                if self._stage_owner is owner:
+                    self._stage_owner = token  # held for the install until it happens or is dropped
+
+        try:
+            return snapshots.SnapshotStage(self.env, self._staging_dbs, meta, f"node {self.node_id}", release,
+                                           complete)
+        except BaseException:
+            release()
+            raise
+
+    def discard_staged(self, token: bytes) -> None:
+        """A staged snapshot the core did not take (it held everything already): the next stage may begin.
+        Its records stay in the staging generation until that stage empties it."""
+        with self._stage_lock:
+            if self._stage_owner == token:
+                self._stage_owner = None
 
     # ------------------------------------------------------------------------------------------
     # Host writes
@@ -462,7 +512,7 @@ class LmdbNodeStore:
             t = BUCKET_THRESHOLD
             puts = [(k, v) for k, v in buf.items() if v is not None and len(k) < t]
             if puts:
-                txn.cursor(db=self.kv_db).putmulti(puts)
+                txn.cursor(db=self._live_in(txn)[b"kv"]).putmulti(puts)
             if len(puts) < len(buf):
                 view = self._view(txn)
                 for k, v in buf.items():
@@ -502,8 +552,9 @@ class LmdbNodeStore:
             self._last_index, self._last_term = m.index, m.term
             self._applied, self._applied_conf = m.index, m.conf
             self._durable_applied, self._durable_conf = m.index, m.conf
-            self._snapshot_cache = snapshot
             self._snap_point = m.index
+            if snapshots.is_staged(snapshot.data):
+                self._switched_generation()
         else:
             self._durable_applied, self._durable_conf = applied, conf
         self._buf = {}
@@ -516,7 +567,7 @@ class LmdbNodeStore:
         self._hard_dirty = False
 
     def _view(self, txn: lmdb.Transaction) -> state_machine.TxnView:
-        return state_machine.TxnView(txn, self.kv_db, self.where)
+        return state_machine.TxnView(txn, self._live_in(txn)[b"kv"], self.where)
 
     @staticmethod
     def _command(e: Entry) -> commands.Command | ValueError | None:
@@ -556,6 +607,38 @@ class LmdbNodeStore:
             txn.put(_U64.pack(nid), info, db=self.members_db)
 
     def _install(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
+        """Make the snapshot's records the state machine, in the Ready's transaction: a staged stream (the
+        usual case: the staged generation becomes the live one, see `_switched_generation`; the handles
+        move after the commit, so nothing else in this transaction may touch the state machine), or data
+        that came whole inside the message (from a node of an earlier version)."""
+        m = snap.meta
+        if snapshots.is_staged(snap.data):
+            with self._stage_lock:
+                if self._stage_owner != snap.data:
+                    raise StorageError(f"{self.file}: the snapshot at index {m.index} is not the one staged here")
+            txn.put(b"state_gen", b"%d" % (1 - self._generation), db=self.meta_db)
+        else:
+            self._install_whole(txn, snap)
+        txn.drop(self.log_db, delete=False)
+        txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
+        txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
+        txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), None]), db=self.meta_db)
+        txn.delete(b"data", db=self.snap_db)
+
+    def _switched_generation(self) -> None:
+        """After the install's commit: the staged generation is live; the old one is emptied (in a
+        transaction of its own, after readers have moved to the new handles) and becomes the staging one."""
+        old = self._snapshot_dbs()
+        self._set_live(self._staging_dbs)
+        self._staging_dbs = old
+        self._generation = 1 - self._generation
+        with self._stage_lock:
+            self._stage_owner = None
+        with self.env.begin(write=True) as txn:
+            for db in old:
+                txn.drop(db, delete=False)
+
+    def _install_whole(self, txn: lmdb.Transaction, snap: Snapshot) -> None:
         where = f"node {self.node_id}: snapshot at index {snap.meta.index}"
         try:
             body = msgpack.unpackb(snap.data, strict_map_key=False)
@@ -568,32 +651,6 @@ class LmdbNodeStore:
         txn.drop(self.kv_db, delete=False)
         self._view(txn).load_sorted(records)
         self._write_members(txn, {int(k): v for k, v in members.items()})
-        txn.drop(self.log_db, delete=False)
-        m = snap.meta
-        txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
-        txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
-        txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), zlib.crc32(snap.data)]),
-                db=self.meta_db)
-        txn.put(b"data", snap.data, db=self.snap_db)
-
-    def build_snapshot(self) -> Snapshot:
-        """An image of the state machine at its applied index, built in a read transaction of its own.
-
-        The applied index, its membership, the data and the member registry are all read from that one
-        transaction, so they agree with each other whatever the I/O thread writes meanwhile: this may run
-        on any thread while the node goes on appending and applying."""
-        with self.env.begin() as txn:
-            raw = txn.get(b"applied", db=self.meta_db)
-            applied, conf = msgpack.unpackb(raw) if raw is not None else (0, [[], []])
-            view = self._view(txn)
-            kvs = []
-            for k, rec in view.records():
-                kv_records.check(k, rec, self.where)
-                kvs.append([k, rec])
-            members = {nid: bytes(v) for nid, v in self._read_members(txn).items()}
-            term = self._term_in(txn, applied)
-        blob = msgpack.packb({"kv": kvs, "members": members}, use_bin_type=True)
-        return Snapshot(SnapshotMeta(applied, term, _conf_from_wire(conf)), blob)
 
     def _term_in(self, txn: lmdb.Transaction, index: int) -> int:
         """The term of entry `index` as `txn` sees the log (the compaction point included), not as the
@@ -668,7 +725,7 @@ class LmdbNodeStore:
         return self._hard
 
     def _read_members(self, txn: lmdb.Transaction) -> dict[int, bytes]:
-        return {_U64.unpack(k)[0]: bytes(v) for k, v in txn.cursor(db=self.members_db)}
+        return {_U64.unpack(k)[0]: bytes(v) for k, v in txn.cursor(db=self._live_in(txn)[b"members"])}
 
     def load_members(self) -> dict[int, bytes]:
         with self.env.begin() as txn:
@@ -693,17 +750,31 @@ class LmdbNodeStore:
                 pass
 
     def get(self, key: bytes) -> KV | None:
-        """Safe on any thread; sees the write-back buffer over LMDB."""
+        return self.get_at(key)[0]
+
+    def get_at(self, key: bytes) -> tuple[KV | None, int]:
+        """The key's record, seen through the write-back buffer over LMDB, and the applied index of the
+        state it was read from: taken after the data, so a reply's applied index (and the session token
+        made from it) is never older than the data it carries. Safe on any thread."""
         buf, txn = self._read_txn()
         with txn:
-            return state_machine.get(Overlay(self._view(txn), buf), key)
+            kv = state_machine.get(Overlay(self._view(txn), buf), key)
+            return kv, max(self._applied, self._applied_in(txn))
 
     def range(self, op: Range, limit_bytes: int = 0) -> RangeResult:
-        """Safe on any thread; sees the write-back buffer over LMDB, merged in key order (see
-        `range_read`). A range reads a copy of the buffer, taken at once, so it sees whole commands."""
+        return self.range_at(op, limit_bytes)[0]
+
+    def range_at(self, op: Range, limit_bytes: int = 0) -> tuple[RangeResult, int]:
+        """As `get_at`, for a range: the buffer and LMDB merged in key order (see `range_read`), the buffer
+        copied at once, so the range sees whole commands. Safe on any thread."""
         buf, txn = self._read_txn()
         with txn:
-            return state_machine.range_read(Overlay(self._view(txn), buf.copy()), op, limit_bytes)
+            result = state_machine.range_read(Overlay(self._view(txn), buf.copy()), op, limit_bytes)
+            return result, max(self._applied, self._applied_in(txn))
+
+    def _applied_in(self, txn: lmdb.Transaction) -> int:
+        raw = txn.get(b"applied", db=self.meta_db)
+        return int(msgpack.unpackb(raw)[0]) if raw is not None else 0
 
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""

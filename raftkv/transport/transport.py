@@ -23,11 +23,12 @@ from typing import Protocol
 import grpc
 import structlog
 
-from ..core import Message
+from ..core import Message, MessageType
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
 from .codec import from_proto, to_proto
+from .snapshot_stream import SNAPSHOT_STREAM_CHUNK, InstallHook, SnapshotSender, SnapshotStore, receive
 
 log = structlog.get_logger("raftkv.transport")
 
@@ -267,6 +268,34 @@ class _RaftService(pb_grpc.RaftServicer):
                                f"node {sender}'s data comes from another cluster")
         return self.owner.gate.check(batch, identity)
 
+    async def InstallSnapshot(self, request_iterator: AsyncIterator[pb.SnapshotChunk],
+                              context: grpc.aio.ServicerContext) -> pb.InstallSnapshotResponse:
+        """A snapshot stream (snapshot_stream.py), admitted as a `Send` stream is: the connection's peer
+        identity, then the head batch (sender, cluster, incarnations, membership) through `_check`."""
+        identity: PeerIdentity | None = None
+        if self.owner.peer_auth.enabled:
+            checked = self.owner.peer_auth.check(context.auth_context())
+            if isinstance(checked, PeerRefusal):
+                await self._refuse(context, checked.code, checked.message)
+                return pb.InstallSnapshotResponse()
+            identity = checked
+        first = await anext(aiter(request_iterator), None)
+        head = first.head if first is not None and first.HasField("head") else None
+        if head is None or len(head.messages) != 1 or head.messages[0].type != MessageType.SNAP \
+                or not head.messages[0].HasField("snapshot"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a snapshot stream starts with its snapshot message")
+            return pb.InstallSnapshotResponse()
+        refusal = self._check(head, identity)
+        if refusal is not None:
+            await self._refuse(context, refusal.code, refusal.message)
+            return pb.InstallSnapshotResponse()
+        if head.cluster_id and not self.owner.cluster_id():
+            self.owner.adopt_cluster_id(head.cluster_id)
+        sender = getattr(head, "from")
+        if sender not in self.owner.peers and head.from_address:
+            self.owner.add_peer(sender, head.from_address)
+        return await receive(self.owner, from_proto(head.messages[0]), request_iterator, context)
+
 
 class Transport:
     def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
@@ -274,7 +303,16 @@ class Transport:
                  queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK,
                  max_batch_bytes: int = PEER_MAX_MESSAGE // 2,
                  on_refused: Callable[[int, str], None] | None = None,
-                 gate: PeerGate | None = None, peer_auth: PeerAuth | None = None) -> None:
+                 gate: PeerGate | None = None, peer_auth: PeerAuth | None = None,
+                 snapshot_store: SnapshotStore | None = None, on_snapshot: InstallHook | None = None,
+                 on_snapshot_status: Callable[[int, bool], None] | None = None,
+                 snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK) -> None:
+        """With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
+        (snapshot_stream.py) in pieces of about `snapshot_stream_chunk` bytes (keep it under the peers'
+        receive limit, as `max_batch_bytes`), received ones are staged in it and handed over with
+        `on_snapshot`; without, a snapshot's data travels inline on the message stream.
+        `on_snapshot_status(peer, ok)` reports each snapshot message's fate, for the core's
+        `report_snapshot`."""
         self.node_id = node_id
         self.max_batch_bytes = max_batch_bytes
         """Bytes of messages per batch (at least one message per batch), under the peers' receive limit."""
@@ -296,6 +334,14 @@ class Transport:
         self.peers: dict[int, _Peer] = {}
         self.stopping = False
         self.dropped = 0
+        self.snapshot_store = snapshot_store
+        self.on_snapshot = on_snapshot
+        self.on_snapshot_status = on_snapshot_status
+        self.snapshot_stream_chunk = snapshot_stream_chunk
+        self.receiving = 0
+        """InstallSnapshot streams being received now."""
+        self.snapshots: SnapshotSender | None = (
+            SnapshotSender(self, snapshot_store, CHANNEL_OPTIONS) if snapshot_store is not None else None)
 
     def servicer(self) -> pb_grpc.RaftServicer:
         return _RaftService(self)
@@ -317,6 +363,8 @@ class Transport:
         p = self.peers.pop(node_id, None)
         if p is not None and p.task is not None:
             p.task.cancel()
+        if self.snapshots is not None:
+            self.snapshots.cancel(node_id)
 
     def peer_ids(self) -> list[int]:
         return list(self.peers)
@@ -325,13 +373,42 @@ class Transport:
         for m in msgs:
             p = self.peers.get(m.to)
             if p is None:
+                if m.type == MessageType.SNAP:
+                    self._snapshot_status(m.to, False)
+                continue
+            if m.type == MessageType.SNAP and self.snapshots is not None:
+                self.snapshots.send(m, p.address)
                 continue
             if not p.push(m):
                 self.dropped += 1
                 self.on_unreachable(m.to)
+                if m.type == MessageType.SNAP:
+                    self._snapshot_status(m.to, False)
+            elif m.type == MessageType.SNAP:
+                # Inline: handed to the stream; the follower's answer (or the heartbeat that follows)
+                # tells the leader what became of it.
+                self._snapshot_status(m.to, True)
+
+    def head_batch(self, to: int, msgs: list[pb.RaftMessage]) -> pb.MessageBatch:
+        """A batch to `to` carrying `msgs` with this node's identity, as its peer stream sends them (the
+        head of a snapshot stream)."""
+        incarnation, to_incarnation = self.gate.outgoing(to)
+        return pb.MessageBatch(cluster_id=self.cluster_id(), **{"from": self.node_id}, messages=msgs,
+                               from_address=self.address, incarnation=incarnation, to_incarnation=to_incarnation)
+
+    def snapshot_floor(self) -> int | None:
+        """The lowest index of the snapshots being streamed to peers (None: none), which compaction keeps
+        the log after."""
+        return self.snapshots.floor() if self.snapshots is not None else None
+
+    def _snapshot_status(self, to: int, ok: bool) -> None:
+        if self.on_snapshot_status is not None:
+            self.on_snapshot_status(to, ok)
 
     async def stop(self) -> None:
         self.stopping = True
+        if self.snapshots is not None:
+            await self.snapshots.stop()
         tasks = [p.task for p in self.peers.values() if p.task is not None]
         for t in tasks:
             t.cancel()

@@ -22,6 +22,8 @@ from pathlib import Path
 import lmdb
 import msgpack
 
+from raftkv.storage.snapshots import SNAPSHOT_DBS, generation_names
+
 KV_DB = b"kv"
 MAP_SIZE = 4 << 30  # raftkv's default map size: opening with a smaller one would fail on a big file
 
@@ -59,10 +61,18 @@ def _user_value(raw: bytes) -> tuple[bytes, int | None] | None:
     return None
 
 
+def _live_kv(env: lmdb.Environment) -> bytes:
+    """The name of the live generation of `kv`: a node that installed a streamed snapshot serves the other
+    one (raftkv/storage/snapshots.py)."""
+    with env.begin(db=env.open_db(b"meta", create=False)) as txn:
+        gen = int(txn.get(b"state_gen") or b"0")
+    return generation_names(gen)[SNAPSHOT_DBS.index(KV_DB)]
+
+
 def _records(data_dir: Path) -> list[tuple[bytes, bytes]]:
     env = lmdb.open(str(data_dir), map_size=MAP_SIZE, max_dbs=16, readonly=True, lock=False, subdir=True)
     try:
-        db = env.open_db(KV_DB, create=False)
+        db = env.open_db(_live_kv(env), create=False)
         with env.begin(db=db) as txn:
             return [(bytes(k), bytes(v)) for k, v in txn.cursor()]
     finally:
@@ -113,7 +123,7 @@ def restore_value(c: Corruption) -> str:
     """On a stopped node: put the original record back if the corrupted one is still there."""
     env = lmdb.open(str(c.data_dir), map_size=MAP_SIZE, max_dbs=16, subdir=True)
     try:
-        db = env.open_db(KV_DB, create=False)
+        db = env.open_db(_live_kv(env), create=False)
         with env.begin(write=True, db=db) as txn:
             now = txn.get(c.key)
             if now is None:

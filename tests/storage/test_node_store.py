@@ -1,5 +1,5 @@
 """LmdbNodeStore on real LMDB files: the log, checksums, refusal of foreign data, atomic apply across
-kill -9, the state machine's semantics, and snapshots."""
+kill -9 and the state machine's semantics (snapshots: test_snapshots.py)."""
 
 from __future__ import annotations
 
@@ -18,14 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raftkv.core import (
-    CompactedError,
     ConfState,
     Entry,
     EntryType,
     HardState,
     MemoryStorage,
-    Snapshot,
-    SnapshotTemporarilyUnavailable,
     UnavailableError,
 )
 from raftkv.storage import (
@@ -146,40 +143,6 @@ def test_txn_compare_and_swap(tmp_path: Path) -> None:
     bad = [Entry(2, 8, EntryType.NORMAL, b"\xc1garbage")]
     res = s.save_and_apply(None, bad, None, bad, None, None)
     assert isinstance(res[0], ValueError) and s.applied_index() == 8  # a bad command fails alone
-
-
-def wait_for_snapshot(store: LmdbNodeStore) -> Snapshot:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            return store.snapshot()
-        except SnapshotTemporarilyUnavailable:
-            assert time.monotonic() < deadline, "the snapshot was never built"
-            time.sleep(0.01)
-
-
-def test_snapshot_install_reproduces_state(tmp_path: Path) -> None:
-    src = open_store(tmp_path / "a")
-    src.bootstrap(CONF, {1: b"m1"})
-    ents = cmd_entries(4, 2, [Put(b"k%03d" % i, b"v%d" % i) for i in range(50)])
-    src.save_and_apply(HardState(2, 1, 53), ents, None, [Entry(1, i) for i in (1, 2, 3)] + ents, CONF, {1: b"m1"})
-    assert src.compact(40, CONF) == 53 and src.snapshot_index() == 53
-    assert src.first_index() == 41 and src.term(40) == 2
-    with pytest.raises(CompactedError):
-        src.entries(10, 20)
-    # Compaction copied nothing: the image is built in the background the first time one is asked for.
-    with pytest.raises(SnapshotTemporarilyUnavailable):
-        src.snapshot()
-    snap = wait_for_snapshot(src)
-    assert (snap.meta.index, snap.meta.term, snap.meta.conf) == (53, 2, CONF)
-    dst = open_store(tmp_path / "b", node_id=2)
-    dst.save_and_apply(HardState(2, 0, 53), [], snap, [], None, None)
-    assert dst.applied_index() == 53 and dst.first_index() == 54 and dst.last_index() == 53
-    assert dst.range(Range(b"", b"\0")).kvs == src.range(Range(b"", b"\0")).kvs
-    assert dst.load_members() == {1: b"m1"}
-    dst.close()
-    dst = open_store(tmp_path / "b", node_id=2)  # survives a restart
-    assert dst.get(b"k049").value == b"v49" and dst.snapshot().meta.index == 53
 
 
 APPLY_LOOP = textwrap.dedent("""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.core import ConfState, Entry, EntryType, HardState
+from raftkv.core import ConfState, Entry, EntryType, HardState, Snapshot
 from raftkv.storage import LmdbNodeStore, cluster_id_for
 from raftkv.storage.commands import Put, Range, Txn, encode, prefix_end
 
@@ -188,11 +188,19 @@ def test_a_read_during_a_snapshot_install_sees_the_old_state_or_the_new_never_a_
     ents = [Entry(TERM, 4, EntryType.NORMAL, encode(Put(b"b", b"9"))),
             Entry(TERM, 5, EntryType.NORMAL, encode(Put(b"d", b"9")))]
     src.save_and_apply(HardState(TERM, 1, 5), ents, None, ents, None, None)
-    snap = src.build_snapshot()
+    reader = src.open_snapshot_reader(300)  # streamed and staged, as from a leader
+    pieces = []
+    while (piece := reader.next_piece()) is not None:
+        pieces.append((piece.data, piece.crc))
     src.close()
     s = new_store(tmp_path / "dst")
     s.save_and_apply(None, [], None, [Entry(TERM, 4, EntryType.NORMAL, encode(Put(b"a", b"1")))], None, None)
     s.apply([Entry(TERM, 5, EntryType.NORMAL, encode(Put(b"c", b"2")))], None)  # in the buffer only
+    stage = s.stage_snapshot(reader.meta)
+    for data, crc in pieces:
+        stage.add(data, crc)
+    snap = Snapshot(reader.meta, stage.finish(reader.count, reader.digest()))
+    reader.close()
     everything = Range(b"\0", b"\0")
 
     def state() -> dict[bytes, bytes]:
