@@ -501,10 +501,13 @@ class LmdbNodeStore:
                     if members is not None:
                         self._write_members(txn, members)
                 self._committed(hs, entries, snapshot, applied, conf)
+                switch = snapshot is not None and snapshots.is_staged(snapshot.data)
             finally:
                 if snapshot is not None:
                     self._install_gen += 1
                     self._install_lock.release()
+            if switch:  # readers go on meanwhile: each resolves the generation from its own transaction
+                self._switched_generation()
 
     def _write_buffer(self, txn: lmdb.Transaction, applied: int, conf: ConfState) -> None:
         buf = self._buf
@@ -553,8 +556,6 @@ class LmdbNodeStore:
             self._applied, self._applied_conf = m.index, m.conf
             self._durable_applied, self._durable_conf = m.index, m.conf
             self._snap_point = m.index
-            if snapshots.is_staged(snapshot.data):
-                self._switched_generation()
         else:
             self._durable_applied, self._durable_conf = applied, conf
         self._buf = {}
