@@ -547,8 +547,8 @@ class NodeHost:
     async def _take_snapshot(self) -> int:
         """Record a snapshot point and compact the log on the I/O thread, keeping the newest
         `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot.
-        No copy of the state machine is made now: the store builds one, off this loop, when a follower
-        needs it."""
+        No copy of the state machine is made: LMDB's `kv` at its applied index is the snapshot, streamed
+        to a follower that needs one."""
         loop = asyncio.get_running_loop()
         # From the applied index LMDB holds: entries applied only into the write-back buffer are
         # re-applied from the log after a crash, so they stay (the store enforces it too).
