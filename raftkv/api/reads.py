@@ -39,8 +39,8 @@ async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound |
                        cluster_id: bytes) -> ReadPoint:
     """Wait until this node may serve the read; returns the level actually achieved."""
     cfg = host.cfg
-    # Whatever the level, a read on this node sees every write this node has already answered.
-    await host.wait_answered()
+    # Whatever the level, a read on this node sees every write this node has already answered: a writer
+    # is answered once its entry is applied into the store's write-back buffer, which reads see first.
     if level == ReadLevel.SERIALIZABLE:
         return ReadPoint(level)
     if level == ReadLevel.LEASE:

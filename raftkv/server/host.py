@@ -1,10 +1,13 @@
 """NodeHost: the one asyncio loop that drives a node.
 
 The loop waits for something to happen (a peer message, a client request, a tick), steps everything that
-arrived into the core at once, then works through the core's Ready: send what can go now, persist (fsync,
-in a worker thread), send what had to wait for durability, apply committed entries, answer waiting
-requests, advance. Whatever arrives while an fsync is in progress is taken in the next round, so one
-fsync covers many writes (group commit) and one quorum round covers many reads.
+arrived into the core at once, then works through the core's Ready: send what can go now, apply committed
+entries into the store's write-back buffer and answer their writers, persist what must be durable (one
+synced commit, on the I/O thread, which also takes the buffer to LMDB), send what had to wait for
+durability, advance. Whatever arrives while an fsync is in progress is taken in the next round, so one
+fsync covers many writes (group commit) and one quorum round covers many reads. A write costs one fsync,
+its append; the buffer is flushed by the next Ready's commit, or on its own within
+FLUSH_MAX_SECONDS / FLUSH_MAX_ENTRIES (DESIGN.md §4).
 
 Client-facing work never touches the core directly: services call `write`, `read_barrier`, `change_member`
 and friends, which queue the request and wake the loop. The loop is the only code that calls the core.
@@ -73,9 +76,6 @@ log = structlog.get_logger("raftkv.host")
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
 SNAPSHOT_RETRY_SECONDS = 10.0
 LOG_SIZE_CHECK_EVERY = 64
-# A Ready larger than this is written whole on the I/O thread (see `_write_ready`).
-PREPARE_MAX_ENTRIES = 4096
-PREPARE_MAX_BYTES = 1 << 20
 NOSPACE_RETRY_SECONDS = 1.0
 """How often a Ready whose persist failed for lack of space is tried again."""
 
@@ -167,8 +167,9 @@ class NodeHost:
         self._stopping = False
         self._persisted_index = store.log.last_index()
         self.applied = store.applied_index()
-        # The newest entry whose writer has been answered: ahead of `applied` while its fsync runs.
-        self._answered = self.applied
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flush_waiters: list[asyncio.Future[None]] = []
+        self._in_ready = False
         self.leader_changes = 0
         self._last_leader = NONE
         self._last_lag_check = 0.0
@@ -224,6 +225,16 @@ class NodeHost:
         if self._snapshot_task is not None and not self._snapshot_task.done():
             self._snapshot_task.cancel()
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        if self.fatal is None and not self.nospace and not self._in_ready:
+            # A clean stop leaves nothing to re-apply (a crash would: the log has it all). Not if the
+            # loop stopped inside a Ready: its entries may be applied and not appended yet.
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._io, self.store.flush)
+            except Exception as e:  # noqa: BLE001 - the log still holds every entry; replayed on start
+                log.warning("could not flush the write-back buffer on stop; it is re-applied on start",
+                            error=str(e))
         self._io.shutdown(wait=True)
 
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -467,15 +478,6 @@ class NodeHost:
         heapq.heappush(self._applied_heap, _IndexWaiter(index, next(self._heap_seq), fut))
         await fut
 
-    async def wait_answered(self) -> None:
-        """Wait until every write this node has answered is visible to its readers: a write's reply can
-        leave during the fsync that makes its apply visible (`_write_ready`). Not while the NOSPACE
-        alarm holds: that fsync is what failed, and reads then see what this node has made durable (the
-        writes answered are committed on a majority, and visible here once the retry succeeds)."""
-        if self.nospace:
-            return
-        await self.wait_applied(self._answered)
-
     async def linearizable_barrier(self) -> int:
         """Wait until this node may serve a linearizable read; returns the read index."""
         idx = await self.read_index()
@@ -526,7 +528,12 @@ class NodeHost:
 
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
-        A compaction already under way is waited for rather than started twice."""
+        A compaction already under way is waited for rather than started twice. The write-back buffer is
+        flushed first, so that the snapshot point is the applied index of now."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._flush_waiters.append(fut)
+        self._wake.set()
+        await fut
         return await asyncio.shield(self._compaction())
 
     def _compaction(self) -> asyncio.Task[int]:
@@ -540,10 +547,12 @@ class NodeHost:
     async def _take_snapshot(self) -> int:
         """Record a snapshot point and compact the log on the I/O thread, keeping the newest
         `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot.
-        No copy of the state machine is made now: the store builds one, off this loop, when a follower
-        needs it."""
+        No copy of the state machine is made: LMDB's `kv` at its applied index is the snapshot, streamed
+        to a follower that needs one."""
         loop = asyncio.get_running_loop()
-        compact_to = max(0, self.applied - self.cfg.snapshot_keep_entries)
+        # From the applied index LMDB holds: entries applied only into the write-back buffer are
+        # re-applied from the log after a crash, so they stay (the store enforces it too).
+        compact_to = max(0, self.store.durable_applied_index() - self.cfg.snapshot_keep_entries)
         floor = self.transport.snapshot_floor()
         if floor is not None:  # a follower installing that snapshot will need the entries after it
             compact_to = min(compact_to, floor)
@@ -566,8 +575,13 @@ class NodeHost:
                     break
                 self._take_inputs()
                 while self.node.has_ready() and not self._stopping:
+                    self._in_ready = True
                     await self._handle_ready(self.node.ready())
+                    self._in_ready = False
+                    await self._flush_if_due()
                     self._take_inputs()
+                await self._flush_if_due()
+                self._arm_flush_timer()
                 self._after_round()
         except _Stopping:
             pass
@@ -754,6 +768,11 @@ class NodeHost:
         self._read_batches[ctx] = batch
 
     async def _handle_ready(self, rd: Ready) -> None:
+        """One Ready, in the order DESIGN.md §4 asks for: committed entries applied into the store's
+        write-back buffer and their writers answered (they are durable on a majority, and this node's
+        reads see the buffer), then one synced transaction for what must be durable before messages
+        that depend on it leave (entries, snapshot, a new term or vote, a membership change), which
+        carries the buffer to LMDB beside its applied index. A Ready that only commits costs no fsync."""
         now = time.monotonic()
         if rd.soft_state is not None:
             self._on_soft_state(rd)
@@ -763,87 +782,107 @@ class NodeHost:
             self.transport.send(rd.messages)
         if self.is_leader and rd.entries:
             self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None or rd.committed_entries:
-            # One transaction, one fsync: the Ready's snapshot, entries and hard state, and its committed
-            # entries applied together with the applied index (they are committed cluster-wide already).
-            member_changes = self.members.changes_in(rd.committed_entries)
-            # A membership change is answered after its commit, once the registry has it (`_after_apply`).
-            results = await self._write_ready(rd, self.members.encode_after(member_changes),
-                                              early=not member_changes)
-            if rd.committed_entries:
-                self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
-            if rd.snapshot is not None:
-                self.applied = rd.snapshot.meta.index
-                self.members.replace_from_snapshot(self.store.snapshot_members())
-                self._sync_transport_peers()
-                if self.identity is not None:
-                    self.identity.members_changed([])
-                log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
-                self._settle_snapshots(rd.snapshot.data)
-                # The round that installs a snapshot may take a while (one that came whole inside its
-                # message is copied; a full disk is waited out). The ticks that fired meanwhile would be
-                # stepped before the leader's heartbeats waiting in the inbox, and this follower would start
-                # a needless election; the snapshot came from that leader, so its timer starts afresh.
-                self._ticks_due = 0
-            if rd.entries:
-                self._persisted_index = rd.entries[-1].index
-                if self.identity is not None:
-                    self.identity.observe_appended(rd.entries)
-                self._release_persist_waiters(rd)
-            if rd.persisted_messages:
-                self._stamp(rd.persisted_messages)
-                self.transport.send(rd.persisted_messages)
-            if rd.committed_entries:
-                await self._after_apply(rd, results, member_changes)
-        elif rd.persisted_messages:
+        member_changes = self.members.changes_in(rd.committed_entries)
+        committed = rd.committed_entries
+        results: list[Any] = []
+        if committed and rd.snapshot is None:
+            results = self._apply(rd)
+            if not member_changes:
+                self._after_apply(rd, results, member_changes)
+        if self._must_sync(rd, member_changes):
+            members = self.members.encode_after(member_changes) if member_changes else None
+            # The log records are encoded here: a thread running Python waits for the GIL while the loop
+            # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
+            records = self.store.encode_entries(rd.entries) if rd.entries else None
+            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records)
+        elif rd.hard_state is not None:
+            self.store.note_hard_state(rd.hard_state)
+        if rd.snapshot is not None:
+            self.applied = rd.snapshot.meta.index
+            self.members.replace_from_snapshot(self.store.snapshot_members())
+            self._sync_transport_peers()
+            if self.identity is not None:
+                self.identity.members_changed([])
+            log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
+            self._settle_snapshots(rd.snapshot.data)
+            # The round that installs a snapshot may take a while (one that came whole inside its
+            # message is copied; a full disk is waited out). The ticks that fired meanwhile would be
+            # stepped before the leader's heartbeats waiting in the inbox, and this follower would start
+            # a needless election; the snapshot came from that leader, so its timer starts afresh.
+            self._ticks_due = 0
+        if rd.entries:
+            self._persisted_index = rd.entries[-1].index
+            if self.identity is not None:
+                self.identity.observe_appended(rd.entries)
+            self._release_persist_waiters(rd)
+        if rd.persisted_messages:
             self._stamp(rd.persisted_messages)
             self.transport.send(rd.persisted_messages)
+        if committed and (rd.snapshot is not None or member_changes):
+            # After an install (the entries follow the snapshot), or once a membership change is
+            # durable with the registry it makes (answered only then).
+            self._after_apply(rd, self._apply(rd) if rd.snapshot is not None else results, member_changes)
         for rs in rd.read_states:
             for fut in self._read_batches.pop(rs.context, []):
                 if not fut.done():
                     fut.set_result(rs.index)
         self.node.advance(rd)
 
-    async def _write_ready(self, rd: Ready, members: dict[int, bytes] | None, early: bool) -> list[Any]:
-        """Persist a Ready and apply its committed entries: one LMDB transaction and one fsync, on the I/O
-        thread.
+    def _must_sync(self, rd: Ready, member_changes: list[ConfChange]) -> bool:
+        """Whether this Ready needs its synced transaction now: a commit index alone does not (Raft
+        learns it again from its peers), nor do applied entries (re-applied from the log after a crash;
+        the buffer is flushed on its own when due, `_flush_if_due`)."""
+        if rd.snapshot is not None or rd.entries or member_changes:
+            return True
+        hs = rd.hard_state
+        if hs is not None:
+            old = self.store.hard_state()
+            if (hs.term, hs.vote) != (old.term, old.vote):
+                return True
+        return False
 
-        Measured with `python -m benchmarks` (see benchmarks/README.md): a thread that runs Python code
-        waits for the GIL while the loop is busy with gRPC callbacks, and a loop that runs the fsync itself
-        leaves gRPC's calls waiting. So the loop does the Ready's CPU work (`prepare_ready`: records
-        encoded, commands applied to a plan) and the I/O thread only writes the records and fsyncs,
-        holding the GIL for a few calls; meanwhile the loop serves gRPC. The writers of committed entries
-        (`early`) are answered as soon as the results are known, while the fsync runs: their entries are
-        durable on a majority already, and this node's readers wait for the commit (`wait_answered`), so
-        no read here misses a write that was acknowledged.
-
-        A Ready the plan does not cover (a snapshot, a log truncation, a command reading a key range) or
-        one carrying thousands of entries or megabytes is done whole on the I/O thread, the loop free."""
-        args = (rd.hard_state, rd.entries, rd.snapshot, rd.committed_entries, rd.conf_state, members)
-        prepared = self.store.prepare_ready(*args) if self._preparable(rd) else None
-        if prepared is None:
-            return await self._persist(self._save_and_apply_timed, args)
-        if early and rd.committed_entries:
-            self._answer(rd.committed_entries, prepared.results)
-        await self._persist(prepared.commit)
-        self.metrics.fsync_seconds.observe(prepared.seconds)
-        return prepared.results
-
-    def _save_and_apply_timed(self, args: tuple[Any, ...]) -> list[Any]:
-        """On the I/O thread; timed there, as a prepared commit is, so the fsync histogram measures the
-        write and not the hand-off."""
-        t0 = time.perf_counter()
-        results = self.store.save_and_apply(*args)
-        self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+    def _apply(self, rd: Ready) -> list[Any]:
+        results = self.store.apply(rd.committed_entries, rd.conf_state)
+        self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
+        self._arm_flush_timer()
         return results
 
-    @staticmethod
-    def _preparable(rd: Ready) -> bool:
-        """Small enough to prepare on the loop (the store decides whether it can)."""
-        if len(rd.entries) + len(rd.committed_entries) > PREPARE_MAX_ENTRIES:
-            return False
-        size = sum(len(e.data) for e in rd.entries) + sum(len(e.data) for e in rd.committed_entries)
-        return size <= PREPARE_MAX_BYTES
+    def _arm_flush_timer(self) -> None:
+        """Wake the loop when the write-back buffer must reach LMDB, should no Ready take it first."""
+        if self._flush_timer is not None or self._stopping:
+            return
+        deadline = self.store.flush_deadline()
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._flush_timer = None
+            self._wake.set()
+
+        self._flush_timer = loop.call_later(max(0.0, deadline - time.monotonic()) + 0.001, fire)
+
+    async def _flush_if_due(self) -> None:
+        """The write-back buffer alone, in one synced transaction, when it is due (no Ready's commit took
+        it in time) or asked for: a background commit, counted apart from the Readies' fsyncs."""
+        if not (self._flush_waiters or self.store.flush_due()):
+            return
+        await self._persist(self._flush_timed)
+        waiters, self._flush_waiters = self._flush_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
+
+    def _persist_timed(self, *args: Any) -> None:
+        """On the I/O thread; timed there, so the fsync histogram measures the write and not the hand-off."""
+        t0 = time.perf_counter()
+        self.store.persist(*args)
+        self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+
+    def _flush_timed(self) -> None:
+        t0 = time.perf_counter()
+        self.store.flush()
+        self.metrics.backend_commit_seconds.observe(time.perf_counter() - t0)
 
     def _stamp(self, msgs: list[Message]) -> None:
         stamp = time.monotonic_ns()
@@ -869,7 +908,7 @@ class NodeHost:
                 fut.set_exception(ProposalLost(idx))
                 self.metrics.proposals_failed.inc()
 
-    async def _after_apply(self, rd: Ready, results: list[Any], member_changes: list[ConfChange]) -> None:
+    def _after_apply(self, rd: Ready, results: list[Any], member_changes: list[ConfChange]) -> None:
         entries = rd.committed_entries
         self.applied = entries[-1].index
         if member_changes:
@@ -906,7 +945,6 @@ class NodeHost:
                 self.metrics.proposals_failed.inc()
             if fut.done():
                 continue
-            self._answered = max(self._answered, e.index)
             if e.term != term:
                 fut.set_exception(ProposalLost(e.index))
             elif isinstance(res, Exception):
@@ -923,15 +961,17 @@ class NodeHost:
     def _log_needs_compaction(self) -> bool:
         """By count, or by size -- but never more often than every `snapshot_keep_entries` entries, since
         that many stay in the log after each compaction whatever their size."""
-        since = self.applied - self.store.snapshot_index()
+        # Counted from the applied index LMDB holds, the most a compaction may take (`_take_snapshot`).
+        since = self.store.durable_applied_index() - self.store.snapshot_index()
         if since >= self.cfg.snapshot_entries:
             return True
         # The size is read from LMDB, on the apply path: at most once per LOG_SIZE_CHECK_EVERY entries (or per
         # snapshot_keep_entries, if fewer).
         every = max(1, min(LOG_SIZE_CHECK_EVERY, self.cfg.snapshot_keep_entries))
-        if since < self.cfg.snapshot_keep_entries or self.applied - self._log_size_checked_at < every:
+        durable = self.store.durable_applied_index()
+        if since < self.cfg.snapshot_keep_entries or durable - self._log_size_checked_at < every:
             return False
-        self._log_size_checked_at = self.applied
+        self._log_size_checked_at = durable
         return self.store.log_bytes() >= self.cfg.snapshot_log_bytes
 
     def _sync_transport_peers(self) -> None:
@@ -1054,6 +1094,10 @@ class NodeHost:
             if not w.future.done():
                 w.future.set_exception(err)
         self._applied_heap = []
+        for f in self._flush_waiters:
+            if not f.done():
+                f.set_exception(err)
+        self._flush_waiters = []
         self.durability.fail_all(unknown)
 
     # ------------------------------------------------------------------------------------------

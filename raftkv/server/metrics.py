@@ -26,8 +26,13 @@ class Metrics:
                                        "Entries in the leader's log not yet applied on the leader", registry=r)
         self.proposals_failed = Counter("raftkv_proposals_failed",
                                         "Proposals dropped (no leader) or overwritten by a new leader", registry=r)
-        self.fsync_seconds = Histogram("raftkv_fsync_duration_seconds", "Time to persist one Ready (group commit)",
+        self.fsync_seconds = Histogram("raftkv_fsync_duration_seconds",
+                                       "Time to persist one Ready: its one synced commit (group commit)",
                                        buckets=_FAST_BUCKETS, registry=r)
+        self.backend_commit_seconds = Histogram(
+            "raftkv_backend_commit_duration_seconds",
+            "Time to flush the write-back buffer on its own, when no Ready's commit took it in time",
+            buckets=_FAST_BUCKETS, registry=r)
         self.apply_seconds = Histogram("raftkv_apply_duration_seconds", "Time to apply one batch of entries",
                                        buckets=_FAST_BUCKETS, registry=r)
         self.semi_sync_degradations = Counter("raftkv_semi_sync_degradations",

@@ -1,8 +1,8 @@
 """What the host needs from a node's durable store: the Raft log (read by the core through LogStorage,
 written by the host), the applied state machine, snapshots, and the member registry.
 
-The host writes one Ready at a time, on its I/O thread or its event-loop thread; reads may come from the
-event-loop thread concurrently (LMDB gives each reader a consistent snapshot)."""
+The host applies committed entries on its event-loop thread (into a write-back buffer) and persists one
+Ready at a time on its I/O thread, never both at once; reads may come from any thread concurrently."""
 
 from __future__ import annotations
 
@@ -11,21 +11,9 @@ from typing import Any, Protocol
 from ..core import ConfState, Entry, HardState, LogStorage, Snapshot
 
 
-class PreparedWrite(Protocol):
-    results: list[Any]
-    """One result per committed entry, as `save_and_apply` returns them; known before the commit."""
-    seconds: float
-    """How long `commit()` took, once done."""
-
-    def commit(self) -> None:
-        """Write and fsync the prepared records in one transaction (on any one thread)."""
-        ...
-
-
 class NodeStore(Protocol):
     last_apply_seconds: float
-    """Time the last save_and_apply or prepare_ready spent applying its committed entries (for the apply
-    histogram)."""
+    """Time the last `apply` took (for the apply histogram)."""
 
     @property
     def log(self) -> LogStorage: ...
@@ -34,21 +22,38 @@ class NodeStore(Protocol):
         """Write a founding member's first entries (a no-op on a store that has a log)."""
         ...
 
-    def save_and_apply(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
-                       committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
-                       ) -> list[Any]:
-        """Make one Ready durable in one transaction and one fsync: snapshot (installing its state), entries
-        (truncating a conflicting suffix), hard state, and the committed entries applied with the applied
-        index (and membership, if given). Returns one result per committed entry (an Exception instance
-        for a command that failed validation)."""
+    def apply(self, committed: list[Entry], conf: ConfState | None) -> list[Any]:
+        """Apply committed entries into the write-back buffer, which reads see at once; one result per
+        entry (an Exception instance for a command that failed alone). Nothing is written yet."""
         ...
 
-    def prepare_ready(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
-                      committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
-                      ) -> PreparedWrite | None:
-        """`save_and_apply` with its CPU work done now, on the calling thread, and only writing and
-        fsyncing left for `commit()`; None when this Ready needs `save_and_apply` itself. No other write
-        may be in flight meanwhile."""
+    def encode_entries(self, entries: list[Entry]) -> list[tuple[bytes, bytes]]:
+        """The log records of `entries`, made on the calling thread, for `persist`."""
+        ...
+
+    def persist(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
+                members: dict[int, bytes] | None, records: list[tuple[bytes, bytes]] | None = None) -> None:
+        """One synced transaction: snapshot (installing its state), entries (truncating a conflicting
+        suffix), hard state, and the write-back buffer with its applied index (and membership, if
+        given)."""
+        ...
+
+    def note_hard_state(self, hard_state: HardState) -> None:
+        """A hard state whose only change is its commit index: written with the next transaction."""
+        ...
+
+    def hard_state(self) -> HardState: ...
+
+    def flush(self) -> None:
+        """Write the write-back buffer and its applied index alone, in one synced transaction."""
+        ...
+
+    def flush_due(self, now: float | None = None) -> bool: ...
+
+    def flush_deadline(self) -> float | None: ...
+
+    def durable_applied_index(self) -> int:
+        """The applied index LMDB holds (the buffer's lags it): the most that compaction may drop."""
         ...
 
     def applied_index(self) -> int: ...

@@ -11,11 +11,14 @@
   `members_db`, never the names;
 - `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py).
 
-Writes come from the host, one at a time: `save_and_apply` makes one Ready durable -- snapshot, entries,
-hard state, and the committed entries applied with their applied index -- in one transaction and one
-fsync; `prepare_ready` does the same in two steps, so that the fsync can run on another thread. Reads
-(the core's LogStorage calls, client reads) may run concurrently on the event-loop thread: LMDB gives
-every read transaction a consistent view.
+A write costs one synced commit, its log append (DESIGN.md §4). The host `apply`s committed entries
+into a write-back buffer over `kv` (write_back.py), which reads see first, and `persist`s each Ready in
+one synced transaction: snapshot, entries, hard state, and the buffer with the applied index it amounts
+to, side by side. When no Ready comes, `flush` writes the buffer alone (FLUSH_MAX_SECONDS,
+FLUSH_MAX_ENTRIES). So the applied index in LMDB always matches the data beside it; on start the node
+re-applies the log from it; compaction keeps every entry above it; snapshots are built from LMDB alone.
+Reads (the core's LogStorage calls, client reads) may run on any thread: each sees the buffer over one
+LMDB read transaction.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +52,14 @@ from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
 from .kv_records import BUCKET_THRESHOLD
+from .write_back import Overlay
 
 FORMAT = b"raftkv-2"
 """raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py)."""
 VERIFY_TAIL = 1000
+FLUSH_MAX_ENTRIES = 10_000
+FLUSH_MAX_SECONDS = 0.1
+"""How far the write-back buffer may run ahead of LMDB before it is flushed on its own (DESIGN.md §4)."""
 _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
 
@@ -121,7 +127,14 @@ class LmdbNodeStore:
         self.snap_db = self.env.open_db(b"snap")
         self._lock = threading.Lock()
         self.last_apply_seconds = 0.0
-        """Time the last save_and_apply spent applying committed entries (inside its transaction)."""
+        """Time the last `apply` took."""
+        self._buf: dict[bytes, bytes | None] = {}
+        """The write-back buffer (write_back.py): full key -> sealed record, None for a deleted key."""
+        self._buf_entries = 0  # entries applied into the buffer since LMDB last took it
+        self._dirty_since: float | None = None  # when memory first held what LMDB does not
+        self._hard_dirty = False  # `_hard` has a commit index LMDB does not have yet
+        self._install_gen = 0  # odd while a snapshot install replaces `kv` and the buffer
+        self._install_lock = threading.Lock()  # held by the install meanwhile
         try:
             self._init_meta(node_id, cluster_id, founding)
             self._open_generations()
@@ -213,6 +226,7 @@ class LmdbNodeStore:
             else:
                 idx, conf = msgpack.unpackb(ap)
                 self._applied, self._applied_conf = idx, _conf_from_wire(conf)
+            self._durable_applied, self._durable_conf = self._applied, self._applied_conf
 
     def _verify_tail(self) -> None:
         lo = max(self.first_index(), self._last_index - VERIFY_TAIL + 1)
@@ -288,7 +302,8 @@ class LmdbNodeStore:
         the `kv` sub-database at its applied index already is the snapshot. The transport streams it to
         the follower from a read transaction of its own (`open_snapshot_reader`), whose applied index may
         be later than this one, and the follower installs what that transaction held."""
-        applied, conf = self._applied, self._applied_conf
+        # LMDB's applied index, not the buffer's: a snapshot is cut only from durable state.
+        applied, conf = self._durable_applied, self._durable_conf
         return Snapshot(SnapshotMeta(applied, self.term(applied), conf))
 
     # ------------------------------------------------------------------------------------------
@@ -387,74 +402,136 @@ class LmdbNodeStore:
     def save_and_apply(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
                        committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
                        ) -> list[Any]:
-        with self._lock:  # held until the caches move too: compaction may run on another thread
-            with self.env.begin(write=True) as txn:
-                results = self._write_ready(txn, hard_state, entries, snapshot, committed, conf, members)
-            self._committed(hard_state, entries, snapshot, committed, conf)
+        """One Ready made durable whole: its committed entries applied and everything written in one
+        synced transaction (`apply` then `persist`; after it, for a snapshot). For bootstrap and tools;
+        the host applies and persists separately, so that a write costs one synced commit."""
+        results: list[Any] = []
+        if snapshot is None and committed:
+            results = self.apply(committed, conf)
+        self.persist(hard_state, entries, snapshot, members)
+        if snapshot is not None and committed:
+            results = self.apply(committed, conf)
+            self.persist(None, [], None, None)
         return results
 
-    def prepare_ready(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
-                      committed: list[Entry], conf: ConfState | None, members: dict[int, bytes] | None
-                      ) -> PreparedWrite | None:
-        """`save_and_apply` with its Python work done now, on the caller's thread, and nothing written yet.
+    def apply(self, committed: list[Entry], conf: ConfState | None) -> list[Any]:
+        """Apply committed entries into the write-back buffer; one result per entry (None for an entry
+        applied already, an Exception for a command that failed alone). Nothing is written: the buffer and
+        its applied index reach LMDB with the next `persist` or `flush`. Reads see the buffer at once.
 
-        The returned write's `commit()` only hands ready-made records to LMDB and fsyncs, so it runs on the
-        I/O thread without contending for the GIL with the event loop, and the loop stays free meanwhile.
-        The results are known before the commit, so the host can answer writers (whose entries are
-        committed cluster-wide already) while the fsync runs.
-
-        Covers the usual Ready: appends past the end of the log, and committed commands that touch single
-        keys. Returns None for anything else (a snapshot, a truncation of the log, a command that reads or
-        deletes a key range): `save_and_apply` does those. It reads the state machine as the last commit
-        left it, so no other write may be in flight."""
-        if snapshot is not None or (entries and entries[0].index <= self._last_index):
-            return None
+        Called on one thread (the host's loop), never while a `persist` or `flush` runs."""
         applied = self._applied
         results: list[Any] = []
-        planned: state_machine.PlannedChanges | None = None
-        if committed:
-            t0 = time.perf_counter()
-            with self.env.begin(db=self.kv_db) as txn:
-                planned = state_machine.PlannedChanges(self._view(txn))
-                for e in committed:
-                    if e.index <= applied:
-                        results.append(None)
-                        continue
-                    applied = e.index
-                    try:
-                        results.append(self._apply_planned(planned, e))
-                    except state_machine.NeedsTransaction:
-                        return None
-            self.last_apply_seconds = time.perf_counter() - t0
-        log = [(_key(e.index), self._record(e)) for e in entries]
-        meta: list[tuple[bytes, bytes]] = []
-        if hard_state is not None:
-            meta.append((b"hardstate", self._hard_state_record(hard_state)))
-        if committed:
-            meta.append((b"applied", self._applied_record(applied, conf)))
-        changes = planned.changes if planned is not None else {}
-        ready = (hard_state, entries, None, committed, conf)
-        return PreparedWrite(self, log, changes, meta, members, results, ready)
+        t0 = time.perf_counter()
+        with self.env.begin(db=self.kv_db) as txn:
+            base = Overlay(self._view(txn), self._buf)
+            for e in committed:
+                if e.index <= applied:
+                    results.append(None)
+                    continue
+                results.append(self._apply_one(base, e))
+                applied = e.index
+                self._applied = applied
+                self._buf_entries += 1
+        self.last_apply_seconds = time.perf_counter() - t0
+        if conf is not None:
+            self._applied_conf = conf
+        if self._dirty_since is None and self.dirty():
+            self._dirty_since = time.monotonic()
+        return results
 
-    def _write_prepared(self, w: PreparedWrite) -> None:
-        with self._lock:  # as in save_and_apply
-            with self.env.begin(write=True) as txn:
-                if w.log:
-                    txn.cursor(db=self.log_db).putmulti(w.log)
-                t = BUCKET_THRESHOLD
-                puts = [(k, v) for k, v in w.kv.items() if v is not None and len(k) < t]
-                if puts:
-                    txn.cursor(db=self.kv_db).putmulti(puts)
-                if len(puts) < len(w.kv):
-                    view = self._view(txn)
-                    for k, v in w.kv.items():
-                        if v is None or len(k) >= t:
-                            view.put_record(k, v)
-                for k, v in w.meta:
-                    txn.put(k, v, db=self.meta_db)
-                if w.members is not None:
-                    self._write_members(txn, w.members)
-            self._committed(*w.ready)
+    def note_hard_state(self, hard_state: HardState) -> None:
+        """A hard state that changed only its commit index: no fsync is owed for it (Raft recovers the
+        commit index from its peers); it is written with the next synced transaction."""
+        self._hard = hard_state
+        self._hard_dirty = True
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
+
+    def dirty(self) -> bool:
+        """Whether memory holds what LMDB does not: applied entries or a commit index."""
+        return self._applied > self._durable_applied or self._hard_dirty
+
+    def flush_due(self, now: float | None = None) -> bool:
+        """The buffer is FLUSH_MAX_ENTRIES entries or FLUSH_MAX_SECONDS behind LMDB: `flush` it now."""
+        if self._buf_entries >= FLUSH_MAX_ENTRIES:
+            return True
+        since = self._dirty_since
+        return since is not None and (time.monotonic() if now is None else now) - since >= FLUSH_MAX_SECONDS
+
+    def flush_deadline(self) -> float | None:
+        """When (time.monotonic) the buffer must be flushed at the latest, if it holds anything."""
+        return None if self._dirty_since is None else self._dirty_since + FLUSH_MAX_SECONDS
+
+    def flush(self) -> None:
+        """Write the buffer and its applied index (and a pending commit index) in one synced transaction."""
+        if self.dirty() or self._buf:
+            self.persist(None, [], None, None)
+
+    def encode_entries(self, entries: list[Entry]) -> list[tuple[bytes, bytes]]:
+        """The log records of `entries`, for `persist`: encoded by the caller (the host's loop), the I/O
+        thread only hands them to LMDB, a few calls under the GIL."""
+        return [(_key(e.index), self._record(e)) for e in entries]
+
+    def persist(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
+                members: dict[int, bytes] | None, records: list[tuple[bytes, bytes]] | None = None) -> None:
+        """One synced transaction: the snapshot (installed over the buffer), log entries (truncating a
+        conflicting suffix), the hard state, and the whole write-back buffer with the applied index it
+        amounts to, beside it (and the member registry, if given; `records`: the entries already encoded
+        by `encode_entries`). Only once it committed do the caches
+        move and the buffer empty: a failed commit (a full disk) leaves both as they were, to try again.
+
+        Called on one thread at a time (the host's I/O thread), while no `apply` runs."""
+        with self._lock:  # held until the caches move too: compaction may run on another thread
+            if snapshot is not None:
+                self._install_lock.acquire()
+                self._install_gen += 1  # readers wait out the install (see `_read_txn`)
+            try:
+                hs = hard_state if hard_state is not None else (self._hard if self._hard_dirty else None)
+                applied, conf = self._applied, self._applied_conf
+                with self.env.begin(write=True) as txn:
+                    if snapshot is not None:
+                        self._install(txn, snapshot)
+                    else:
+                        self._write_buffer(txn, applied, conf)
+                    if entries:
+                        self._append(txn, entries, records)
+                    if hs is not None:
+                        txn.put(b"hardstate", self._hard_state_record(hs), db=self.meta_db)
+                    if members is not None:
+                        self._write_members(txn, members)
+                self._committed(hs, entries, snapshot, applied, conf)
+                switch = snapshot is not None and snapshots.is_staged(snapshot.data)
+            finally:
+                if snapshot is not None:
+                    self._install_gen += 1
+                    self._install_lock.release()
+            if switch:  # readers go on meanwhile: each resolves the generation from its own transaction
+                self._switched_generation()
+
+    def _write_buffer(self, txn: lmdb.Transaction, applied: int, conf: ConfState) -> None:
+        buf = self._buf
+        if buf:
+            t = BUCKET_THRESHOLD
+            puts = [(k, v) for k, v in buf.items() if v is not None and len(k) < t]
+            if puts:
+                txn.cursor(db=self._live_in(txn)[b"kv"]).putmulti(puts)
+            if len(puts) < len(buf):
+                view = self._view(txn)
+                for k, v in buf.items():
+                    if v is None or len(k) >= t:
+                        view.put_record(k, v)
+        if applied != self._durable_applied or buf:
+            txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
+
+    def _append(self, txn: lmdb.Transaction, entries: list[Entry],
+                records: list[tuple[bytes, bytes]] | None) -> None:
+        first = entries[0].index
+        cur = txn.cursor(db=self.log_db)
+        if first <= self._last_index and cur.set_range(_key(first)):
+            while cur.delete():  # truncate the conflicting suffix
+                pass
+        cur.putmulti(records if records is not None else self.encode_entries(entries))
 
     @staticmethod
     def _record(e: Entry) -> bytes:
@@ -468,58 +545,27 @@ class LmdbNodeStore:
     def _applied_record(self, applied: int, conf: ConfState | None) -> bytes:
         return msgpack.packb([applied, _conf_to_wire(conf if conf is not None else self._applied_conf)])
 
-    def _write_ready(self, txn: lmdb.Transaction, hard_state: HardState | None, entries: list[Entry],
-                     snapshot: Snapshot | None, committed: list[Entry], conf: ConfState | None,
-                     members: dict[int, bytes] | None) -> list[Any]:
-        results: list[Any] = []
-        if snapshot is not None:
-            if committed and snapshots.is_staged(snapshot.data):  # never from the core (see _install)
-                raise StorageError(f"{self.file}: committed entries in the Ready of a staged snapshot")
-            self._install(txn, snapshot)
-        if entries:
-            first = entries[0].index
-            cur = txn.cursor(db=self.log_db)
-            if first <= self._last_index and cur.set_range(_key(first)):
-                while cur.delete():  # truncate the conflicting suffix
-                    pass
-            for e in entries:
-                txn.put(_key(e.index), self._record(e), db=self.log_db)
-        if hard_state is not None:
-            txn.put(b"hardstate", self._hard_state_record(hard_state), db=self.meta_db)
-        applied = self._applied
-        if committed:
-            t0 = time.perf_counter()
-            for e in committed:
-                if e.index <= applied:
-                    results.append(None)
-                    continue
-                results.append(self._apply_in(txn, e))
-                applied = e.index
-            self.last_apply_seconds = time.perf_counter() - t0
-            txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
-        if members is not None:
-            self._write_members(txn, members)
-        return results
-
     def _committed(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
-                   committed: list[Entry], conf: ConfState | None) -> None:
-        """The transaction committed with fsync (sync=True): only now do the caches move."""
+                   applied: int, conf: ConfState) -> None:
+        """The transaction committed with fsync (sync=True): only now do the caches move and the buffer
+        empty (what it held is in LMDB now, beside its applied index)."""
         if snapshot is not None:
             m = snapshot.meta
             self._compacted = (m.index, m.term, m.conf)
             self._last_index, self._last_term = m.index, m.term
             self._applied, self._applied_conf = m.index, m.conf
+            self._durable_applied, self._durable_conf = m.index, m.conf
             self._snap_point = m.index
-            if snapshots.is_staged(snapshot.data):
-                self._switched_generation()
+        else:
+            self._durable_applied, self._durable_conf = applied, conf
+        self._buf = {}
+        self._buf_entries = 0
+        self._dirty_since = None
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
             self._hard = hard_state
-        if committed:
-            self._applied = max(self._applied, committed[-1].index)
-            if conf is not None:
-                self._applied_conf = conf
+        self._hard_dirty = False
 
     def _view(self, txn: lmdb.Transaction) -> state_machine.TxnView:
         return state_machine.TxnView(txn, self._live_in(txn)[b"kv"], self.where)
@@ -533,31 +579,18 @@ class LmdbNodeStore:
         except ValueError as err:
             return err  # a bad command fails alone; the entry still counts as applied
 
-    def _apply_in(self, txn: lmdb.Transaction, e: Entry) -> Any:
-        """Apply one entry inside a nested transaction of `txn`: a command that fails is undone whole and
+    def _apply_one(self, base: Overlay, e: Entry) -> Any:
+        """Apply one entry over `base` (the buffer over LMDB): a command that fails is undone whole and
         fails alone (see `_failed`), and the entry still counts as applied."""
         cmd = self._command(e)
         if cmd is None or isinstance(cmd, ValueError):
             return cmd
-        try:
-            with self.env.begin(write=True, parent=txn) as child:
-                return state_machine.apply_command(self._view(child), cmd, e.index)
-        except Exception as err:  # noqa: BLE001 - classified by _failed
-            return self._failed(e, err)
-
-    def _apply_planned(self, planned: state_machine.PlannedChanges, e: Entry) -> Any:
-        """As `_apply_in`, into a plan: the command's changes are kept only if it applied whole."""
-        cmd = self._command(e)
-        if cmd is None or isinstance(cmd, ValueError):
-            return cmd
-        child = planned.child()
+        child = base.child()
         try:
             result = state_machine.apply_command(child, cmd, e.index)
-        except state_machine.NeedsTransaction:
-            raise
         except Exception as err:  # noqa: BLE001 - classified by _failed
             return self._failed(e, err)
-        planned.merge(child)
+        base.merge(child)
         return result
 
     def _failed(self, e: Entry, err: Exception) -> CommandFailed:
@@ -645,7 +678,9 @@ class LmdbNodeStore:
 
     def _compact_locked(self, compact_to: int, compact_conf: ConfState) -> int:
         with self.env.begin(write=True) as txn:
-            applied, conf = self._applied, self._applied_conf
+            # The applied index LMDB holds, not the buffer's: after a crash the node re-applies the log
+            # from there, so no entry above it may go.
+            applied, conf = self._durable_applied, self._durable_conf
             term = self._term_in(txn, applied)
             txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), None]), db=self.meta_db)
             txn.delete(b"data", db=self.snap_db)
@@ -670,7 +705,12 @@ class LmdbNodeStore:
     # Reads for the host and clients
     # ------------------------------------------------------------------------------------------
     def applied_index(self) -> int:
+        """The newest entry applied (into the write-back buffer, or LMDB): what reads see."""
         return self._applied
+
+    def durable_applied_index(self) -> int:
+        """The applied index LMDB holds beside its data: where a restart re-applies the log from."""
+        return self._durable_applied
 
     def applied_conf(self) -> ConfState:
         return self._applied_conf
@@ -695,24 +735,43 @@ class LmdbNodeStore:
     def snapshot_members(self) -> dict[int, bytes]:
         return self.load_members()
 
+    def _read_txn(self) -> tuple[dict[bytes, bytes | None], lmdb.Transaction]:
+        """The buffer and a read transaction that agree: the buffer is taken first, so LMDB is as new
+        as it or newer only by what the buffer holds itself (a flush empties the buffer after its commit).
+        A snapshot install replaces both at once, so a read that overlaps one (on a follower far behind,
+        rarely) waits it out."""
+        while True:
+            gen = self._install_gen
+            buf = self._buf
+            txn = self.env.begin()
+            if gen % 2 == 0 and gen == self._install_gen:
+                return buf, txn
+            txn.abort()
+            with self._install_lock:
+                pass
+
     def get(self, key: bytes) -> KV | None:
         return self.get_at(key)[0]
 
     def get_at(self, key: bytes) -> tuple[KV | None, int]:
-        """The key's record and the applied index of the state it was read from, out of one read
-        transaction: a reply's applied index (and the session token made from it) is never older than
-        the data it carries, whatever the I/O thread commits meanwhile."""
-        with self.env.begin() as txn:
-            return state_machine.get(self._view(txn), key), self._applied_in(txn)
+        """The key's record, seen through the write-back buffer over LMDB, and the applied index of the
+        state it was read from: taken after the data, so a reply's applied index (and the session token
+        made from it) is never older than the data it carries. Safe on any thread."""
+        buf, txn = self._read_txn()
+        with txn:
+            kv = state_machine.get(Overlay(self._view(txn), buf), key)
+            return kv, max(self._applied, self._applied_in(txn))
 
     def range(self, op: Range, limit_bytes: int = 0) -> RangeResult:
         return self.range_at(op, limit_bytes)[0]
 
     def range_at(self, op: Range, limit_bytes: int = 0) -> tuple[RangeResult, int]:
-        """As `get_at`, for a range. Safe on any thread (each LMDB read transaction is its own snapshot);
-        see `range_read`."""
-        with self.env.begin() as txn:
-            return state_machine.range_read(self._view(txn), op, limit_bytes), self._applied_in(txn)
+        """As `get_at`, for a range: the buffer and LMDB merged in key order (see `range_read`), the buffer
+        copied at once, so the range sees whole commands. Safe on any thread."""
+        buf, txn = self._read_txn()
+        with txn:
+            result = state_machine.range_read(Overlay(self._view(txn), buf.copy()), op, limit_bytes)
+            return result, max(self._applied, self._applied_in(txn))
 
     def _applied_in(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"applied", db=self.meta_db)
@@ -733,25 +792,3 @@ class LmdbNodeStore:
     def close(self) -> None:
         self.env.close()
         self._dir_lock.release()
-
-
-@dataclass(slots=True)
-class PreparedWrite:
-    """A Ready turned into LMDB records (see `LmdbNodeStore.prepare_ready`); `commit()` writes and fsyncs
-    them in one transaction, on any one thread."""
-
-    store: LmdbNodeStore
-    log: list[tuple[bytes, bytes]]
-    kv: dict[bytes, bytes | None]  # key -> its new record, None when deleted
-    meta: list[tuple[bytes, bytes]]
-    members: dict[int, bytes] | None
-    results: list[Any]
-    """One per committed entry, as `save_and_apply` returns them."""
-    ready: tuple[Any, ...]  # what `_committed` moves the caches to
-    seconds: float = 0.0
-    """How long the commit took (transaction and fsync), once done."""
-
-    def commit(self) -> None:
-        t0 = time.perf_counter()
-        self.store._write_prepared(self)
-        self.seconds = time.perf_counter() - t0

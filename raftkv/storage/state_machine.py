@@ -1,7 +1,6 @@
-"""The key-value state machine. Commands are applied to a `KVView`: the LMDB write transaction that also
-records the applied index (so a batch of entries and its index land atomically), or a `PlannedChanges`
-that computes what a batch will write, and its results, before any transaction is open (so the write
-itself can be handed to another thread)."""
+"""The key-value state machine. Commands are applied to a `KVView`: the write-back buffer over the `kv`
+sub-database (write_back.Overlay), which reaches LMDB later beside its applied index; `TxnView` is that
+sub-database as an LMDB transaction sees it."""
 
 from __future__ import annotations
 
@@ -126,46 +125,6 @@ class TxnView:
     def scan(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
         for k, rec in self.records(start):
             yield k, kv_records.unseal(k, rec, self.where)
-
-
-class NeedsTransaction(Exception):
-    """The command reads a key range, which `PlannedChanges` does not merge with its pending changes."""
-
-
-class PlannedChanges:
-    """Pending changes over a read view: reads see the changes made so far, writes are kept, in
-    `changes`, as each key's final sealed record (None: deleted). Range scans are not offered.
-
-    `child()` plans one command on top of this plan; `merge` keeps it once it applied whole, so a command
-    that fails halfway leaves nothing behind (as a nested LMDB transaction does on the other path)."""
-
-    __slots__ = ("base", "changes")
-
-    def __init__(self, base: TxnView | PlannedChanges) -> None:
-        self.base = base
-        self.changes: dict[bytes, bytes | None] = {}
-
-    def child(self) -> PlannedChanges:
-        return PlannedChanges(self)
-
-    def merge(self, child: PlannedChanges) -> None:
-        self.changes.update(child.changes)
-
-    def get(self, key: bytes) -> bytes | None:
-        if key in self.changes:
-            rec = self.changes[key]
-            return None if rec is None else rec[kv_records.SEAL_BYTES:]
-        return self.base.get(key)
-
-    def put(self, key: bytes, body: bytes) -> None:
-        _storable(key)
-        self.changes[key] = kv_records.seal(key, body)
-
-    def delete(self, key: bytes) -> None:
-        self.changes[key] = None
-
-    def scan(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
-        raise NeedsTransaction()
 
 
 def _decode_kv(key: bytes, raw: bytes) -> KV:

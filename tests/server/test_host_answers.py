@@ -1,7 +1,7 @@
-"""The host answers a write as soon as its result is known, while the fsync that makes the apply visible
-is still running (its entry is committed, so durable on a majority, already). These tests hold that fsync
-open -- a real one-node host on a real LMDB store, its commit made to wait -- and check what a client can
-observe meanwhile: the reply, and no read on the node that misses the write."""
+"""A write costs one synced commit, its log append (DESIGN.md §4): its committed entry is applied into the
+store's write-back buffer, answered from there, and readable on the node at once; the buffer reaches LMDB
+later, beside its applied index. These tests run a real one-node host on a real LMDB store and count the
+commits a write costs, with the background flush held open to see what a client observes meanwhile."""
 
 from __future__ import annotations
 
@@ -20,27 +20,26 @@ from raftkv.server.host import NodeHost, bootstrap_store
 from raftkv.server.metrics import Metrics
 from raftkv.storage import LmdbNodeStore, cluster_id_for
 from raftkv.storage.commands import Put, encode
-from raftkv.storage.node_store import PreparedWrite
 from raftkv.transport import Transport
 
 PEERS = {1: "127.0.0.1:1"}  # never dialled: a one-node cluster has no peers to talk to
 
 
-class HeldCommits:
-    """Makes the store's prepared commits that apply key-value changes wait until released."""
+class HeldFlushes:
+    """Makes the store's background flushes wait until released."""
 
     def __init__(self, store: LmdbNodeStore) -> None:
         self.release = threading.Event()
         self.held = threading.Event()
-        original = store._write_prepared
+        original = store.flush
 
-        def write(w: PreparedWrite) -> None:
-            if w.kv and not self.release.is_set():
+        def flush() -> None:
+            if not self.release.is_set():
                 self.held.set()
-                assert self.release.wait(30), "the test never released the commit"
-            original(w)
+                assert self.release.wait(30), "the test never released the flush"
+            original()
 
-        store._write_prepared = write  # type: ignore[method-assign]
+        store.flush = flush  # type: ignore[method-assign]
 
 
 @pytest.fixture
@@ -50,41 +49,53 @@ def store(tmp_path: Path) -> Iterator[LmdbNodeStore]:
     s.close()
 
 
-async def _leader(store: LmdbNodeStore) -> NodeHost:
+async def _leader(store: LmdbNodeStore, metrics: Metrics) -> NodeHost:
     cfg = ServerConfig(id=1, data_dir=str(store.path), peers=PEERS, tick_ms=10)
     bootstrap_store(store, cfg)
     transport = Transport(1, PEERS[1], lambda: store.cluster_id, on_message=lambda m: None,
                           on_unreachable=lambda nid: None, adopt_cluster_id=store.adopt_cluster_id)
-    host = NodeHost(cfg, store, transport, Metrics(1), seed=1)
+    host = NodeHost(cfg, store, transport, metrics, seed=1)
     await host.start()
     for _ in range(500):
-        if host.is_leader:
+        if host.is_leader and host.applied >= store.log.last_index():
+            await asyncio.sleep(0.3)  # the election's own commits and flush are done
             return host
         await asyncio.sleep(0.01)
     raise AssertionError("a one-node cluster did not elect itself")
 
 
+def _count(metrics: Metrics, name: str) -> float:
+    return metrics.registry.get_sample_value(f"{name}_count") or 0.0
+
+
 @pytest.mark.parametrize("level", [ReadLevel.SERIALIZABLE, ReadLevel.LINEARIZABLE])
-def test_a_write_is_answered_during_its_fsync_and_reads_wait_for_it(store: LmdbNodeStore,
-                                                                    level: ReadLevel) -> None:
+def test_a_write_costs_one_fsync_and_is_read_from_the_buffer(store: LmdbNodeStore, level: ReadLevel) -> None:
     async def main() -> None:
-        host = await _leader(store)
-        held = HeldCommits(store)
+        metrics = Metrics(1)
+        host = await _leader(store, metrics)
+        fsyncs = _count(metrics, "raftkv_fsync_duration_seconds")
+        flushes = _count(metrics, "raftkv_backend_commit_duration_seconds")
+        held = HeldFlushes(store)
         try:
-            write = host.write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY))
-            out = await asyncio.wait_for(write, 10)
+            out = await asyncio.wait_for(host.write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY)), 10)
             assert out.result.revision == out.index
-            # The answer may come before the I/O thread reaches the commit; it gets there and is held.
-            assert await asyncio.get_running_loop().run_in_executor(None, held.held.wait, 10)
-            # Answered, and not yet visible: the commit that applies it is still held.
-            assert store.get(b"k") is None and host.applied < out.index
-            read = asyncio.ensure_future(prepare_read(host, level, None, b"", store.cluster_id))
-            await asyncio.sleep(0.2)
-            assert not read.done(), "a read on the node went ahead of a write the node had acknowledged"
-            held.release.set()
-            await asyncio.wait_for(read, 10)
+            # Answered and readable on the node, while LMDB's kv does not have it yet.
+            assert store.durable_applied_index() < out.index
+            point = await asyncio.wait_for(prepare_read(host, level, None, b"", store.cluster_id), 10)
+            assert point.level == level
             kv = store.get(b"k")
             assert kv is not None and kv.value == b"v" and kv.mod_revision == out.index
+            # The write's one synced commit was its append; its apply is the background flush's.
+            assert _count(metrics, "raftkv_fsync_duration_seconds") - fsyncs == 1
+            assert await asyncio.get_running_loop().run_in_executor(None, held.held.wait, 10)
+            held.release.set()
+            for _ in range(500):
+                if store.durable_applied_index() >= out.index:
+                    break
+                await asyncio.sleep(0.01)
+            assert store.durable_applied_index() >= out.index
+            assert _count(metrics, "raftkv_backend_commit_duration_seconds") - flushes == 1
+            assert _count(metrics, "raftkv_fsync_duration_seconds") - fsyncs == 1
         finally:
             held.release.set()
             await host.stop()

@@ -33,15 +33,15 @@ def started(path: Path) -> LmdbNodeStore:
     return s
 
 
-def apply(s: LmdbNodeStore, cmds: list, prepared: bool = False) -> list:
+def apply(s: LmdbNodeStore, cmds: list, buffered: bool = False) -> list:
+    """`cmds` appended and applied: in one Ready made durable whole, or (`buffered`) as the host does it,
+    the append synced and the apply left in the write-back buffer, which reads see over LMDB."""
     first = s.last_index() + 1
     ents = [Entry(1, first + i, EntryType.NORMAL, encode(c) if not isinstance(c, bytes) else c)
             for i, c in enumerate(cmds)]
-    if prepared:
-        w = s.prepare_ready(None, ents, None, ents, None, None)
-        if w is not None:
-            w.commit()
-            return w.results
+    if buffered:
+        s.persist(None, ents, None, None)
+        return s.apply(ents, None)
     return s.save_and_apply(None, ents, None, ents, None, None)
 
 
@@ -125,11 +125,11 @@ LONG = [b"L" * 600, b"L" * 600 + b"a", b"L" * 4096, b"L" * 480, b"L" * 479, b"L"
         b"L" * 470 + b"x" * 200]
 
 
-@pytest.mark.parametrize("prepared", [False, True])
-def test_long_keys_put_get_range_txn_delete_and_reopen(tmp_path: Path, prepared: bool) -> None:
+@pytest.mark.parametrize("buffered", [False, True])
+def test_long_keys_put_get_range_txn_delete_and_reopen(tmp_path: Path, buffered: bool) -> None:
     assert BUCKET_THRESHOLD < 511
     s = started(tmp_path)
-    res = apply(s, [Put(k, b"v%d" % len(k)) for k in LONG] + [Put(b"L", b"short")], prepared)
+    res = apply(s, [Put(k, b"v%d" % len(k)) for k in LONG] + [Put(b"L", b"short")], buffered)
     assert all(r.revision > 0 for r in res)
     for k in LONG:
         assert s.get(k).value == b"v%d" % len(k)
@@ -138,9 +138,10 @@ def test_long_keys_put_get_range_txn_delete_and_reopen(tmp_path: Path, prepared:
     r = s.range(Range(b"L" * 480, b"\0", limit=2))
     assert [kv.key for kv in r.kvs] == sorted(k for k in LONG if k >= b"L" * 480)[:2] and r.more
     t = Txn((), (Put(b"L" * 4096, b"new", prev_kv=True), Delete(b"L" * 600)), ())
-    tr = apply(s, [t], prepared)[0]
+    tr = apply(s, [t], buffered)[0]
     assert tr.succeeded and tr.results[0].prev.value == b"v4096"
     assert s.get(b"L" * 600) is None and s.get(b"L" * 4096).version == 2
+    s.flush()
     s.close()
     s = open_store(tmp_path)
     assert s.get(b"L" * 4096).value == b"new" and s.get(b"L" * 600 + b"a").value == b"v601"
@@ -185,12 +186,12 @@ def test_snapshot_of_long_keys_installs_elsewhere(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 # An entry that cannot be applied fails alone, atomically, and still counts as applied
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("prepared", [False, True])
-def test_an_entry_that_cannot_be_applied_fails_alone(tmp_path: Path, prepared: bool) -> None:
+@pytest.mark.parametrize("buffered", [False, True])
+def test_an_entry_that_cannot_be_applied_fails_alone(tmp_path: Path, buffered: bool) -> None:
     s = started(tmp_path)
     # An empty key cannot be stored in LMDB; the API never proposes one, but a log may carry it.
     bad_txn = Txn((), (Put(b"a", b"partial"), Put(b"", b"x")), ())
-    res = apply(s, [Put(b"a", b"1"), Put(b"", b"x"), bad_txn, Put(b"b", b"2")], prepared)
+    res = apply(s, [Put(b"a", b"1"), Put(b"", b"x"), bad_txn, Put(b"b", b"2")], buffered)
     assert res[0].revision > 0 and res[3].revision > 0
     assert isinstance(res[1], ValueError) and isinstance(res[2], ValueError)
     assert "cannot be applied" in str(res[1])
@@ -229,8 +230,8 @@ def test_a_flipped_value_is_refused_on_every_read(tmp_path: Path, key: bytes) ->
         assert "node 1" in msg and "data.mdb" in msg and shown in msg and "checksum" in msg and "\n" not in msg
     assert s.get(b"other").value == b"x"  # the rest is served
     for cmd in (Put(key, b"v2"), Txn(((sm.Compare(key, "value", "=", b"x")),), (), ())):
-        for prepared in (False, True):
+        for buffered in (False, True):
             with pytest.raises(CorruptionError, match="checksum"):
-                apply(s, [cmd], prepared)
+                apply(s, [cmd], buffered)
     assert s.applied_index() == before  # nothing applied past the corruption
     s.close()

@@ -23,12 +23,18 @@ from raftkv.core import (
     EntryType,
     HardState,
     MemoryStorage,
-    Snapshot,
-    SnapshotMeta,
     UnavailableError,
 )
-from raftkv.storage import CorruptionError, ForeignDataError, LmdbNodeStore, cluster_id_for
+from raftkv.storage import (
+    CorruptionError,
+    ForeignDataError,
+    LmdbNodeStore,
+    cluster_id_for,
+    commands,
+    state_machine,
+)
 from raftkv.storage.commands import Compare, Delete, Put, Range, Txn, encode, prefix_end
+from raftkv.storage.state_machine import TxnView
 
 CID = cluster_id_for({1: "a:1", 2: "b:2", 3: "c:3"})
 CONF = ConfState(frozenset({1, 2, 3}))
@@ -151,15 +157,16 @@ APPLY_LOOP = textwrap.dedent("""
     print("ready", flush=True)
     while True:
         batch = [Entry(1, i + j, EntryType.NORMAL, encode(Put(b"k%08d" % (i + j), b"x" * 100))) for j in range(50)]
-        if sys.argv[2] == "prepared":
-            s.prepare_ready(None, batch, None, batch, None, None).commit()
+        if sys.argv[2] == "buffered":  # as the host: each append's commit takes the previous batch's apply
+            s.persist(None, batch, None, None)
+            s.apply(batch, None)
         else:
             s.save_and_apply(None, batch, None, batch, None, None)
         i += 50
 """)
 
 
-@pytest.mark.parametrize("path", ["save_and_apply", "prepared"])
+@pytest.mark.parametrize("path", ["save_and_apply", "buffered"])
 def test_applied_index_matches_data_after_kill_9(tmp_path: Path, path: str) -> None:
     proc = subprocess.Popen([sys.executable, "-c", APPLY_LOOP, str(tmp_path), path], stdout=subprocess.PIPE)
     try:
@@ -197,7 +204,7 @@ def test_behaves_like_memory_storage(tmp_path_factory: pytest.TempPathFactory, o
             to = max(mem.first_index(), last - a)
             mem.create_snapshot(to, ConfState(), b"")
             mem.compact(to)
-            lm._applied = to  # the state machine is empty here; compaction only needs the log
+            lm._applied = lm._durable_applied = to  # the state machine is empty; compaction needs the log
             lm.compact(to, ConfState())
             continue
         else:
@@ -224,7 +231,7 @@ command = st.one_of(
     single_key_op,
     st.builds(Txn, st.lists(compare, max_size=2).map(tuple), st.lists(single_key_op, max_size=3).map(tuple),
               st.lists(st.one_of(single_key_op, st.builds(Range, st.sampled_from(KEYS))), max_size=2).map(tuple)),
-    # Key ranges: the plan declines these, and save_and_apply must take over.
+    # Key ranges: scans merge the buffer with LMDB.
     st.builds(Delete, st.just(b"a"), st.just(prefix_end(b"a")), st.booleans()),
     st.builds(Txn, st.just(()), st.just((Range(b"", b"\0"),)), st.just(())),
 )
@@ -245,60 +252,91 @@ def _fixed(cmd):  # noqa: ANN001, ANN202
     return cmd
 
 
+class Reference:
+    """The state machine applied the direct way, each command in a nested LMDB write transaction of the
+    `kv` sub-database: what the write-back buffer over LMDB must be indistinguishable from."""
+
+    def __init__(self, path: Path) -> None:
+        self.env = lmdb.open(str(path), max_dbs=2, map_size=64 << 20)
+        self.db = self.env.open_db(b"kv")
+
+    def apply(self, ents: list[Entry]) -> list:
+        out = []
+        with self.env.begin(write=True) as txn:
+            for e in ents:
+                cmd = commands.decode(e.data)
+                try:
+                    with self.env.begin(write=True, parent=txn) as child:
+                        out.append(state_machine.apply_command(TxnView(child, self.db), cmd, e.index))
+                except Exception as err:  # noqa: BLE001 - the store reports these as its results
+                    out.append(err)
+        return out
+
+    def range(self, op: Range):  # noqa: ANN201
+        with self.env.begin() as txn:
+            return state_machine.range_read(TxnView(txn, self.db), op)
+
+
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.lists(command, min_size=1, max_size=6), min_size=1, max_size=8))
-def test_prepared_write_applies_like_save_and_apply(tmp_path_factory: pytest.TempPathFactory,
-                                                    batches: list) -> None:
-    """The same Readys through `prepare_ready` + commit (falling back to save_and_apply where the plan
-    declines) and through save_and_apply alone: the same results, the same state, the same log."""
-    whole, planned = (open_store(tmp_path_factory.mktemp(n)) for n in ("whole", "planned"))
-    for s in (whole, planned):
-        s.bootstrap(CONF, {})
-        s.save_and_apply(None, [], None, [Entry(1, i) for i in (1, 2, 3)], CONF, None)
-    index, declined = 4, 0
-    for batch in batches:
+@given(st.lists(st.tuples(st.lists(command, min_size=1, max_size=6), st.sampled_from(["keep", "persist", "flush"])),
+                min_size=1, max_size=8))
+def test_the_write_back_buffer_applies_like_lmdb(tmp_path_factory: pytest.TempPathFactory, batches: list) -> None:
+    """Commands applied into the write-back buffer (kept there, carried by a log append, or flushed
+    alone) give the same results, and reads over buffer-and-LMDB the same answers, as the same commands
+    applied straight into LMDB; and after the last flush LMDB alone holds exactly that state."""
+    ref = Reference(tmp_path_factory.mktemp("ref"))
+    s = open_store(tmp_path_factory.mktemp("buffered"))
+    s.bootstrap(CONF, {})
+    s.save_and_apply(None, [], None, [Entry(1, i) for i in (1, 2, 3)], CONF, None)
+    index = 4
+    everything = Range(b"", b"\0")
+    for batch, then in batches:
         ents = cmd_entries(index, 2, [_fixed(c) for c in batch])
         index += len(ents)
-        hs = HardState(2, 1, index - 1)
-        expected = whole.save_and_apply(hs, ents, None, ents, None, None)
-        w = planned.prepare_ready(hs, ents, None, ents, None, None)
-        if w is None:
-            declined += 1
-            got = planned.save_and_apply(hs, ents, None, ents, None, None)
-        else:
-            got = w.results
-            w.commit()
-        assert _comparable(got) == _comparable(expected)
-        assert planned.applied_index() == whole.applied_index() == index - 1
-        assert planned.hard_state() == whole.hard_state()
-    everything = Range(b"", b"\0")
-    assert planned.range(everything) == whole.range(everything)
-    log = [(e.index, e.data) for e in whole.entries(1, index)]
-    assert [(e.index, e.data) for e in planned.entries(1, index)] == log
-    planned.close()
-    whole.close()
+        s.persist(HardState(2, 1, index - 1), ents, None, None)
+        got = s.apply(ents, None)
+        assert _comparable(got) == _comparable(ref.apply(ents))
+        assert s.applied_index() == index - 1
+        if then == "persist":
+            s.persist(None, [], None, None)
+        elif then == "flush":
+            s.flush()
+        assert s.range(everything) == ref.range(everything)
+        for k in KEYS:
+            assert s.range(Range(k)) == ref.range(Range(k))
+            assert s.range(Range(k, b"\0", limit=2)) == ref.range(Range(k, b"\0", limit=2))
+    s.flush()
+    assert s.durable_applied_index() == index - 1
+    s.close()
+    s = open_store(s.path)
+    assert s.range(everything) == ref.range(everything)
+    s.close()
+    ref.env.close()
 
 
 def _comparable(results: list) -> list:
-    return [repr(r) if isinstance(r, Exception) else r for r in results]
+    return ["failed" if isinstance(r, Exception) else r for r in results]
 
 
-def test_prepare_declines_what_needs_a_transaction(tmp_path: Path) -> None:
+def test_the_buffer_is_read_at_once_and_reaches_lmdb_with_its_applied_index(tmp_path: Path) -> None:
     s = open_store(tmp_path)
     s.bootstrap(CONF, {})
     s.save_and_apply(HardState(2, 1, 3), [], None, [Entry(1, i) for i in (1, 2, 3)], CONF, None)
-    put = cmd_entries(4, 2, [Put(b"a", b"1")])
-    w = s.prepare_ready(None, put, None, put, None, None)
-    assert w is not None and w.results[0].revision == 4
-    # Nothing is written or visible before the commit.
-    assert s.get(b"a") is None and s.applied_index() == 3 and s.last_index() == 3
-    w.commit()
-    assert s.get(b"a").value == b"1" and s.applied_index() == 4 and s.last_index() == 4 and w.seconds > 0
-    ranged = cmd_entries(5, 2, [Delete(b"a", prefix_end(b"a"))])
-    assert s.prepare_ready(None, ranged, None, ranged, None, None) is None
-    overwrite = [Entry(3, 4, data=b"x")]  # a new leader's entry replacing ours: a truncation
-    assert s.prepare_ready(None, overwrite, None, [], None, None) is None
-    snap = Snapshot(SnapshotMeta(10, 2, CONF), b"")
-    assert s.prepare_ready(None, [], snap, [], None, None) is None
-    # A declined plan left nothing behind: the store still takes the Ready whole.
-    assert s.save_and_apply(None, ranged, None, ranged, None, None)[0].deleted == 1 and s.get(b"a") is None
+    put = cmd_entries(4, 2, [Put(b"a", b"1"), Put(b"b", b"1")])
+    s.persist(HardState(2, 1, 3), put, None, None)
+    assert s.apply(put, None)[0].revision == 4
+    # Visible at once, not yet in LMDB.
+    assert s.get(b"a").value == b"1" and s.applied_index() == 5 and s.durable_applied_index() == 3
+    assert s.dirty() and s.flush_deadline() is not None
+    ranged = cmd_entries(6, 2, [Delete(b"a", prefix_end(b"a"))])
+    s.persist(None, ranged, None, None)  # the append carries the buffer: applied 5 beside its data
+    assert s.durable_applied_index() == 5 and not s.dirty()
+    assert s.apply(ranged, None)[0].deleted == 1 and s.get(b"a") is None
+    s.note_hard_state(HardState(2, 1, 6))
+    s.flush()
+    assert s.durable_applied_index() == 6
+    s.close()
+    s = open_store(tmp_path)
+    assert s.get(b"a") is None and s.get(b"b").value == b"1" and s.applied_index() == 6
+    assert s.hard_state() == HardState(2, 1, 6)
+    s.close()

@@ -1,0 +1,101 @@
+"""The write-back layer over the `kv` sub-database (see DESIGN.md §4, "the one-fsync rule").
+
+Committed entries are applied into memory, not into an LMDB write transaction of their own: a write then
+costs one synced commit, its log append. The buffer maps full keys to their new sealed records (see
+kv_records.py), or to None for a deleted key (a tombstone hiding what LMDB still holds). It reaches LMDB
+whole, with the applied index it amounts to, inside a later synced transaction (the next Ready's log
+append, or a timed flush); its entries are in the log meanwhile, so a crash loses only what the node
+re-applies on start from the applied index LMDB carries.
+
+`Overlay` is a KVView of changes over a base view: the buffer over LMDB for reads and applies, and one
+command's changes over the buffer while it applies (kept only if the command applied whole, as a nested
+LMDB transaction would be). Reads merge the two in key order, so a range scan sees exactly one state.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from typing import Protocol
+
+from . import kv_records
+
+
+class RecordView(Protocol):
+    """What an Overlay needs beneath it: sealed records by full key, and in key order."""
+
+    where: str
+
+    def get_record(self, key: bytes) -> bytes | None: ...
+
+    def records(self, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]: ...
+
+
+_MISSING = object()
+
+
+class Overlay:
+    """`changes` (full key -> sealed record, None: deleted) over `base`. Writes go to `changes` only."""
+
+    __slots__ = ("base", "changes", "where")
+
+    def __init__(self, base: RecordView, changes: dict[bytes, bytes | None] | None = None) -> None:
+        self.base = base
+        self.changes: dict[bytes, bytes | None] = {} if changes is None else changes
+        self.where = base.where
+
+    def child(self) -> Overlay:
+        """A view for one command: merge its changes with `merge` once it applied whole."""
+        return Overlay(self)
+
+    def merge(self, child: Overlay) -> None:
+        self.changes.update(child.changes)  # one C call: a reader on another thread sees all or none
+
+    # -- records ---------------------------------------------------------------------------------
+    def get_record(self, key: bytes) -> bytes | None:
+        rec = self.changes.get(key, _MISSING)
+        if rec is _MISSING:
+            return self.base.get_record(key)
+        return rec  # type: ignore[return-value]
+
+    def records(self, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """The merge of `changes` and the base, in key order; a change wins over the base's record."""
+        mine = sorted_changes(list(self.changes.items()), start)
+        i = 0
+        for k, rec in self.base.records(start):
+            while i < len(mine) and mine[i][0] < k:
+                if mine[i][1] is not None:
+                    yield mine[i]  # type: ignore[misc]
+                i += 1
+            if i < len(mine) and mine[i][0] == k:
+                if mine[i][1] is not None:
+                    yield mine[i]  # type: ignore[misc]
+                i += 1
+                continue
+            yield k, rec
+        for k, r in mine[i:]:
+            if r is not None:
+                yield k, r
+
+    # -- KVView ----------------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        rec = self.get_record(key)
+        return None if rec is None else kv_records.unseal(key, rec, self.where)
+
+    def put(self, key: bytes, body: bytes) -> None:
+        if not key:
+            raise ValueError("an empty key cannot be stored")
+        self.changes[key] = kv_records.seal(key, body)
+
+    def delete(self, key: bytes) -> None:
+        self.changes[key] = None
+
+    def scan(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        for k, rec in self.records(start):
+            yield k, kv_records.unseal(k, rec, self.where)
+
+
+def sorted_changes(items: list[tuple[bytes, bytes | None]], start: bytes) -> list[tuple[bytes, bytes | None]]:
+    """`items` from `start` on, sorted by key."""
+    items.sort(key=lambda kv: kv[0])
+    return items[bisect.bisect_left(items, start, key=lambda kv: kv[0]):]
