@@ -368,6 +368,17 @@ class Nemesis:
                 f.disks.free(slot)
         for node in self.cluster.nodes.values():
             f.restart(node)
+        if f.disks is not None:
+            # A node may still stop a moment after its disk was freed: a full ext4 can fail an fsync that
+            # was already under way with EIO, and the node then exits RETRY. Restart such a node, as a
+            # supervisor would, until every node has stayed up for a while.
+            settle, give_up = time.monotonic() + 3.0, time.monotonic() + timeout
+            while time.monotonic() < min(settle, give_up):
+                for node in self.cluster.nodes.values():
+                    if node not in f.removed and not node.alive():
+                        f.restart(node)
+                        settle = time.monotonic() + 3.0
+                time.sleep(0.2)
         deadline = time.monotonic() + timeout
         while (f.removed or f.tainted) and time.monotonic() < deadline:
             for slot in sorted(f.tainted):
