@@ -5,6 +5,7 @@
     catchup   time for a restarted node to catch up after a large log / snapshot
     failover  kill -9 the leader under writes: election, write outage, catch-up, lost writes
     profile   a run with py-spy attached to the leader, a follower or a client, to see what bounds it
+    hops      where a lone (c=1) write's and read's time goes, hop by hop, from the nodes' own timestamps
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     from .failover import add_parser as add_failover
 
     add_failover(sub, _common)
+    from .hops import add_parser as add_hops
+
+    add_hops(sub, _common)
 
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         from .failover import run_failover
 
         run_failover(doc, out, a)
+    elif a.cmd == "hops":
+        from .hops import run_hops
+
+        run_hops(doc, out, a, _base(a, concurrency=1))
     elif a.cmd == "profile":
         from .profile import run_profile
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from .. import hop_trace
 from ..core import (
     NONE,
     ConfChange,
@@ -571,6 +572,8 @@ class NodeHost:
             while not self._stopping:
                 await self._wake.wait()
                 self._wake.clear()
+                if hop_trace.ON:
+                    hop_trace.mark("loop.wake")
                 if self._stopping:
                     break
                 self._take_inputs()
@@ -773,6 +776,8 @@ class NodeHost:
         reads see the buffer), then one synced transaction for what must be durable before messages
         that depend on it leave (entries, snapshot, a new term or vote, a membership change), which
         carries the buffer to LMDB beside its applied index. A Ready that only commits costs no fsync."""
+        if hop_trace.ON:
+            hop_trace.mark("ready")
         now = time.monotonic()
         if rd.soft_state is not None:
             self._on_soft_state(rd)
@@ -795,6 +800,8 @@ class NodeHost:
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
             await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records)
+            if hop_trace.ON:
+                hop_trace.mark("sync.back")
         elif rd.hard_state is not None:
             self.store.note_hard_state(rd.hard_state)
         if rd.snapshot is not None:
@@ -822,6 +829,8 @@ class NodeHost:
             # After an install (the entries follow the snapshot), or once a membership change is
             # durable with the registry it makes (answered only then).
             self._after_apply(rd, self._apply(rd) if rd.snapshot is not None else results, member_changes)
+        if hop_trace.ON and rd.read_states:
+            hop_trace.mark("read.state")
         for rs in rd.read_states:
             for fut in self._read_batches.pop(rs.context, []):
                 if not fut.done():
@@ -875,9 +884,13 @@ class NodeHost:
 
     def _persist_timed(self, *args: Any) -> None:
         """On the I/O thread; timed there, so the fsync histogram measures the write and not the hand-off."""
+        if hop_trace.ON:
+            hop_trace.mark("sync.start")
         t0 = time.perf_counter()
         self.store.persist(*args)
         self.metrics.fsync_seconds.observe(time.perf_counter() - t0)
+        if hop_trace.ON:
+            hop_trace.mark("sync.end")
 
     def _flush_timed(self) -> None:
         t0 = time.perf_counter()
@@ -917,6 +930,8 @@ class NodeHost:
             if self.identity is not None:
                 self.identity.members_changed(member_changes)
         self._answer(entries, results)
+        if hop_trace.ON:
+            hop_trace.mark("applied")
         if any(cc.node_id == self.cfg.id for cc in member_changes) and \
                 self.cfg.id not in self.node.conf_as_of(self.applied).members():
             self._on_removed(f"applied its own removal at index {self.applied}")
