@@ -79,6 +79,8 @@ SNAPSHOT_RETRY_SECONDS = 10.0
 LOG_SIZE_CHECK_EVERY = 64
 NOSPACE_RETRY_SECONDS = 1.0
 """How often a Ready whose persist failed for lack of space is tried again."""
+INLINE_SYNC_ENTRIES = 4
+"""A follower's append of at most this many entries is synced on the loop's thread (`_sync_inline`)."""
 
 class _Stopping(Exception):
     """The node is stopping while a Ready waits for space: the loop ends without persisting it."""
@@ -626,7 +628,7 @@ class NodeHost:
         return NoSpace(f"NOSPACE: node {self.cfg.id} cannot persist to its data directory ({self.nospace}); "
                        "it takes no writes until space is freed")
 
-    async def _persist(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _persist(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
         """Run one persist step (a whole Ready's transaction) on the I/O thread. Without space, the same
         step is retried every NOSPACE_RETRY_SECONDS under the NOSPACE alarm until it succeeds: its
         transaction was aborted whole, and nothing that depends on it (messages sent after persisting,
@@ -635,7 +637,7 @@ class NodeHost:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                result = await loop.run_in_executor(self._io, fn, *args)
+                result = fn(*args) if inline else await loop.run_in_executor(self._io, fn, *args)
             except Exception as e:
                 if not is_nospace(e):
                     raise
@@ -782,24 +784,26 @@ class NodeHost:
         if rd.soft_state is not None:
             self._on_soft_state(rd)
         self.lease_clock.note_sent(rd.round_sent, time.monotonic_ns())
-        if rd.messages:
+        member_changes = self.members.changes_in(rd.committed_entries)
+        must_sync = self._must_sync(rd, member_changes)
+        if rd.messages and must_sync:  # they leave during this Ready's fsync
             self._stamp(rd.messages)
             self.transport.send(rd.messages)
         if self.is_leader and rd.entries:
             self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
-        member_changes = self.members.changes_in(rd.committed_entries)
         committed = rd.committed_entries
         results: list[Any] = []
         if committed and rd.snapshot is None:
             results = self._apply(rd)
             if not member_changes:
                 self._after_apply(rd, results, member_changes)
-        if self._must_sync(rd, member_changes):
+        if must_sync:
             members = self.members.encode_after(member_changes) if member_changes else None
             # The log records are encoded here: a thread running Python waits for the GIL while the loop
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
-            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records)
+            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records,
+                                inline=self._sync_inline(rd))
             if hop_trace.ON:
                 hop_trace.mark("sync.back")
         elif rd.hard_state is not None:
@@ -822,6 +826,13 @@ class NodeHost:
             if self.identity is not None:
                 self.identity.observe_appended(rd.entries)
             self._release_persist_waiters(rd)
+        if rd.messages and not must_sync:
+            # Nothing waited between the top of this Ready and here: handed over after its writers were
+            # answered, their tasks run before the peer senders (a lone write's answer does not wait
+            # for two peer batches of commit notices to be encoded and written). Order kept: these
+            # still go before the messages that had to wait for durability.
+            self._stamp(rd.messages)
+            self.transport.send(rd.messages)
         if rd.persisted_messages:
             self._stamp(rd.persisted_messages)
             self.transport.send(rd.persisted_messages)
@@ -836,6 +847,18 @@ class NodeHost:
                 if not fut.done():
                     fut.set_result(rs.index)
         self.node.advance(rd)
+
+    def _sync_inline(self, rd: Ready) -> bool:
+        """Whether this Ready's synced commit runs on the loop's own thread rather than the I/O thread:
+        when it is a follower's small append (it sends nothing before the sync, so the loop has nothing
+        to do meanwhile but take the next messages, which wait in the inbox either way) and no other
+        thread may be writing to LMDB (a compaction, a snapshot being staged). Handing a Ready to the
+        I/O thread and back costs two thread hand-offs (~100-300 µs on this 2-core machine, see
+        benchmarks/README.md), on the path of every write. Busy Readys and the leader's (whose
+        appends must leave during its fsync) stay on the I/O thread."""
+        return (not rd.messages and rd.snapshot is None and len(rd.entries) <= INLINE_SYNC_ENTRIES
+                and not self.is_leader and (self._snapshot_task is None or self._snapshot_task.done())
+                and not getattr(self.transport, "receiving", 0))
 
     def _must_sync(self, rd: Ready, member_changes: list[ConfChange]) -> bool:
         """Whether this Ready needs its synced transaction now: a commit index alone does not (Raft
