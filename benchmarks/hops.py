@@ -4,12 +4,13 @@ A raftkv cluster is started with RAFTKV_TRACE_HOPS=1 (raftkv/hop_trace.py): each
 timestamp at each hop (RPC in and out, host loop wake-ups, Readys, log syncs on the I/O thread, peer
 batches written and received, messages handed to the transport, entries applied, read states). This
 process then sends one operation at a time (c=1) and stamps each send and answer on the same clock
-(CLOCK_MONOTONIC is one clock for every process on the machine). Per operation, the events of all nodes
-between its send and its answer form one timeline; nodes are named by their part in it: `L` the leader,
-`S` the node that served a read (if not the leader), `F` the first other follower heard from in the
-timeline (a write needs one follower's answer on 3 nodes; the slower follower's events are off the
-critical path and left out). The most common timeline (its share of the operations is printed) gives the
-table: each hop's median and p90 in µs over the operations that took that timeline.
+(CLOCK_MONOTONIC is one clock for every process on the machine). Per operation, the hops of its
+critical path (`CHAINS`) are found in the merged events, each the first of its kind after the hop
+before it; nodes are named by their part: `L` the leader, `S` the node that served a read, `Q` the
+follower whose answer the leader counted first (on 3 nodes one follower's answer completes the quorum;
+the other's events are off the path). The table gives, per hop, the median and p90 of the time since the
+hop before it, over the operations whose whole path was found (their count is printed), beside the
+end-to-end figures of all operations.
 
 An optional etcd cluster gives the same client's end-to-end figure against etcd, for scale.
 """
@@ -235,27 +236,33 @@ def run_hops(doc: dict[str, Any], out: Path, a: Any, base: RunSpec) -> None:
                 ] = hops_table(b)
     finally:
         os.environ.pop("RAFTKV_TRACE_HOPS", None)
-    if a.etcd:
-        with running_cluster("etcd", out / "data" / "etcd", base.nodes) as cluster:
+    others = (["etcd"] if a.etcd else []) + (["floor"] if a.floor else [])
+    for system in others:
+        with running_cluster(system, out / "data" / system, base.nodes) as cluster:
             leader = cluster.leader_id()
-            follower = next(i for i in sorted(cluster.nodes) if i != leader)
+            follower = next((i for i in sorted(cluster.nodes) if i != leader), leader)
             for case in cases:
                 mode, target = CASES[case]
                 server = leader if target == "leader" or kind_of(case) == "write" else follower
-                spec = replace(base, system="etcd", mode=mode, concurrency=1, procs=1, read_target="leader",
+                spec = replace(base, system=system, mode=mode, concurrency=1, procs=1, read_target="leader",
                                endpoints=cluster.endpoints(), leader=cluster.nodes[server].client_address)
                 spans = _run_client(spec, kind_of(case), a.ops, a.warmup)
                 total = sorted((t1 - t0) / 1000 for t0, t1 in spans)
                 e = {"p50_us": round(statistics.median(total), 1), "p90_us": round(total[int(0.9 * (len(total) - 1))], 1),
                      "p99_us": round(total[int(0.99 * (len(total) - 1))], 1)}
-                results[case]["etcd"] = e
-                print(f"  etcd {case}: p50 {e['p50_us']:.0f} µs", file=sys.stderr, flush=True)
-        lines = ["| case | raftkv p50 µs | p90 | p99 | etcd p50 µs | p90 | p99 |", "|---|---|---|---|---|---|---|"]
+                results[case][system] = e
+                print(f"  {system} {case}: p50 {e['p50_us']:.0f} µs", file=sys.stderr, flush=True)
+    if others:
+        head = "| case | raftkv p50 µs | p90 | p99 |" + "".join(f" {s} p50 µs | p90 | p99 |" for s in others)
+        lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
         for case, b in results.items():
-            e = b.get("etcd", {})
-            lines.append(f"| {case} | {b['p50_us']:.0f} | {b['p90_us']:.0f} | {b['p99_us']:.0f} | "
-                         f"{e.get('p50_us', 0):.0f} | {e.get('p90_us', 0):.0f} | {e.get('p99_us', 0):.0f} |")
-        doc.setdefault("sections", {})["c=1 end to end, same client"] = "\n".join(lines)
+            row = f"| {case} | {b['p50_us']:.0f} | {b['p90_us']:.0f} | {b['p99_us']:.0f} |"
+            for s in others:
+                e = b.get(s, {})
+                row += f" {e.get('p50_us', 0):.0f} | {e.get('p90_us', 0):.0f} | {e.get('p99_us', 0):.0f} |"
+            lines.append(row)
+        doc.setdefault("sections", {})[
+            f"c=1 end to end, same client ({base.client}); floor = a KV server doing nothing"] = "\n".join(lines)
     doc["hops"] = results
     finish(doc, out)
 
@@ -271,3 +278,5 @@ def add_parser(sub: Any, common: Any) -> None:
     p.add_argument("--ops", type=int, default=400, help="operations per case (default 400)")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--etcd", action="store_true", help="also time the same client against etcd")
+    p.add_argument("--floor", action="store_true",
+                   help="also time the same client against the gRPC floor (benchmarks/floor_server.py)")
