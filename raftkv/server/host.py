@@ -802,6 +802,10 @@ class NodeHost:
             # The log records are encoded here: a thread running Python waits for the GIL while the loop
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
+            if rd.messages and len(rd.entries) <= INLINE_SYNC_ENTRIES:
+                # A small Ready (low load): its appends are written to the peer streams first, then the
+                # fsync goes to the I/O thread, whose hand-off would otherwise delay them.
+                await asyncio.sleep(0)
             await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records,
                                 inline=self._sync_inline(rd))
             if hop_trace.ON:
