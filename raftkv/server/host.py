@@ -80,7 +80,9 @@ LOG_SIZE_CHECK_EVERY = 64
 NOSPACE_RETRY_SECONDS = 1.0
 """How often a Ready whose persist failed for lack of space is tried again."""
 INLINE_SYNC_ENTRIES = 4
-"""A follower's append of at most this many entries is synced on the loop's thread (`_sync_inline`)."""
+INLINE_SYNC_BYTES = 64 << 10
+"""A Ready of at most this many entries and bytes is small (low load, `_small_ready`): a follower syncs it
+on the loop's thread, a leader writes its appends to the peer streams before handing its fsync over."""
 
 class _Stopping(Exception):
     """The node is stopping while a Ready waits for space: the loop ends without persisting it."""
@@ -802,7 +804,7 @@ class NodeHost:
             # The log records are encoded here: a thread running Python waits for the GIL while the loop
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
-            if rd.messages and len(rd.entries) <= INLINE_SYNC_ENTRIES:
+            if rd.messages and self._small_ready(rd):
                 # A small Ready (low load): its appends are written to the peer streams first, then the
                 # fsync goes to the I/O thread, whose hand-off would otherwise delay them.
                 await asyncio.sleep(0)
@@ -852,6 +854,12 @@ class NodeHost:
                     fut.set_result(rs.index)
         self.node.advance(rd)
 
+    @staticmethod
+    def _small_ready(rd: Ready) -> bool:
+        """At most INLINE_SYNC_ENTRIES entries and INLINE_SYNC_BYTES of their data: a Ready of low load."""
+        entries = rd.entries
+        return len(entries) <= INLINE_SYNC_ENTRIES and sum(len(e.data) for e in entries) <= INLINE_SYNC_BYTES
+
     def _sync_inline(self, rd: Ready) -> bool:
         """Whether this Ready's synced commit runs on the loop's own thread rather than the I/O thread:
         when it is a follower's small append (it sends nothing before the sync, so the loop has nothing
@@ -860,8 +868,8 @@ class NodeHost:
         I/O thread and back costs two thread hand-offs (~100-300 µs on this 2-core machine, see
         benchmarks/README.md), on the path of every write. Busy Readys and the leader's (whose
         appends must leave during its fsync) stay on the I/O thread."""
-        return (not rd.messages and rd.snapshot is None and len(rd.entries) <= INLINE_SYNC_ENTRIES
-                and not self.is_leader and (self._snapshot_task is None or self._snapshot_task.done())
+        return (not rd.messages and rd.snapshot is None and self._small_ready(rd) and not self.is_leader
+                and (self._snapshot_task is None or self._snapshot_task.done())
                 and not getattr(self.transport, "receiving", 0))
 
     def _must_sync(self, rd: Ready, member_changes: list[ConfChange]) -> bool:
