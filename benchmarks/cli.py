@@ -141,8 +141,15 @@ def main(argv: list[str] | None = None) -> int:
 
         run_failover(doc, out, a)
     elif a.cmd == "hops":
-        from .hops import run_hops
+        from .hops import compare, run_hops
 
+        if a.compare:
+            import json
+            from pathlib import Path
+
+            before, after = (json.loads(Path(p).read_text()).get("hops", {}) for p in a.compare)
+            print(compare(before, after))
+            return 0
         run_hops(doc, out, a, _base(a, concurrency=1))
     elif a.cmd == "profile":
         from .profile import run_profile

@@ -163,7 +163,7 @@ def breakdown(case: str, events: dict[int, list[tuple[int, str]]], spans: list[t
     hops = []
     for label in sorted(order):
         d = sorted(gaps[label])
-        hops.append({"hop": label.split(" ", 1)[1], "ops": len(d), "p50_us": round(statistics.median(d), 1),
+        hops.append({"hop": label.split(" ", 1)[1], "step": label, "ops": len(d), "p50_us": round(statistics.median(d), 1),
                      "p90_us": round(d[int(0.9 * (len(d) - 1))], 1)})
     total = sorted((t1 - t0) / 1000 for t0, t1 in spans)
     out = {"ops": len(spans), "matched": matched, "hops": hops,
@@ -267,6 +267,30 @@ def run_hops(doc: dict[str, Any], out: Path, a: Any, base: RunSpec) -> None:
     finish(doc, out)
 
 
+def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """Markdown: each case's hops, p50 before and after, from two runs' results.json `hops`."""
+    parts = []
+    for case, a in after.items():
+        b = before.get(case)
+        if b is None:
+            continue
+        old = {h.get("step", h["hop"]): h for h in b["hops"]}
+        lines = [f"**{case}** (c=1, {a.get('client', '')} client)", "",
+                 "| until (time since the hop above) | before p50 µs | after p50 µs |", "|---|---|---|"]
+        seen = set()
+        for h in a["hops"]:
+            key = h.get("step", h["hop"])
+            o = old.get(key)
+            seen.add(key)
+            lines.append(f"| {h['hop']} | {o['p50_us']:.0f} | {h['p50_us']:.0f} |" if o else
+                         f"| {h['hop']} | - | {h['p50_us']:.0f} |")
+        lines += [f"| {o['hop']} | {o['p50_us']:.0f} | - |" for k, o in old.items() if k not in seen]
+        lines.append(f"| **end to end** p50 (p99) | **{b['p50_us']:.0f}** ({b['p99_us']:.0f}) "
+                     f"| **{a['p50_us']:.0f}** ({a['p99_us']:.0f}) |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
 def kind_of(case: str) -> str:
     return "write" if case == "write" else "read"
 
@@ -278,5 +302,7 @@ def add_parser(sub: Any, common: Any) -> None:
     p.add_argument("--ops", type=int, default=400, help="operations per case (default 400)")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--etcd", action="store_true", help="also time the same client against etcd")
+    p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                   help="print two earlier runs' hops side by side (their results.json) and run nothing")
     p.add_argument("--floor", action="store_true",
                    help="also time the same client against the gRPC floor (benchmarks/floor_server.py)")
