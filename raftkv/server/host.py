@@ -79,10 +79,11 @@ SNAPSHOT_RETRY_SECONDS = 10.0
 LOG_SIZE_CHECK_EVERY = 64
 NOSPACE_RETRY_SECONDS = 1.0
 """How often a Ready whose persist failed for lack of space is tried again."""
-INLINE_SYNC_ENTRIES = 4
+INLINE_SYNC_ENTRIES = 1
 INLINE_SYNC_BYTES = 64 << 10
-"""A Ready of at most this many entries and bytes is small (low load, `_small_ready`): a follower syncs it
-on the loop's thread, a leader writes its appends to the peer streams before handing its fsync over."""
+"""A follower's append of at most this many entries and bytes (a lone writer's) is synced on the loop's
+thread (`_sync_inline`). More (pipelined writes, even 3-4 per Ready) go to the I/O thread, so that the
+loop takes the next append meanwhile (with 4 here, c=16 unary writes lost ~10 % in A/B runs)."""
 
 class _Stopping(Exception):
     """The node is stopping while a Ready waits for space: the loop ends without persisting it."""
@@ -804,10 +805,6 @@ class NodeHost:
             # The log records are encoded here: a thread running Python waits for the GIL while the loop
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
-            if rd.messages and self._small_ready(rd):
-                # A small Ready (low load): its appends are written to the peer streams first, then the
-                # fsync goes to the I/O thread, whose hand-off would otherwise delay them.
-                await asyncio.sleep(0)
             await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records,
                                 inline=self._sync_inline(rd))
             if hop_trace.ON:
@@ -856,7 +853,7 @@ class NodeHost:
 
     @staticmethod
     def _small_ready(rd: Ready) -> bool:
-        """At most INLINE_SYNC_ENTRIES entries and INLINE_SYNC_BYTES of their data: a Ready of low load."""
+        """At most INLINE_SYNC_ENTRIES entries and INLINE_SYNC_BYTES of their data: a lone writer's Ready."""
         entries = rd.entries
         return len(entries) <= INLINE_SYNC_ENTRIES and sum(len(e.data) for e in entries) <= INLINE_SYNC_BYTES
 
@@ -866,7 +863,7 @@ class NodeHost:
         to do meanwhile but take the next messages, which wait in the inbox either way) and no other
         thread may be writing to LMDB (a compaction, a snapshot being staged). Handing a Ready to the
         I/O thread and back costs two thread hand-offs (~100-300 µs on this 2-core machine, see
-        benchmarks/README.md), on the path of every write. Busy Readys and the leader's (whose
+        benchmarks/README.md), on the path of every write. Busier Readys and the leader's (whose
         appends must leave during its fsync) stay on the I/O thread."""
         return (not rd.messages and rd.snapshot is None and self._small_ready(rd) and not self.is_leader
                 and (self._snapshot_task is None or self._snapshot_task.done())
