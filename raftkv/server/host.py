@@ -39,6 +39,7 @@ from ..core import (
     RaftNode,
     Ready,
     StateRole,
+    StepRejected,
 )
 from ..layers.acks import (
     AckLevel,
@@ -692,7 +693,10 @@ class NodeHost:
                 self.lag.heard_from(m.frm, m.applied, now)
             if m.commit > self._known_commit:
                 self._known_commit = m.commit
-            node.step(m)
+            try:
+                node.step(m)
+            except StepRejected as e:
+                log.warning("dropped a message no peer may send", reason=str(e))
         if self._snapshots_arrived:
             self._snapshots_stepped += self._snapshots_arrived
             self._snapshots_arrived = []
