@@ -25,7 +25,7 @@ from pathlib import Path
 
 from raftkv.core import ConfChange, ConfChangeType, EntryType, Message, StateRole
 
-from .harness import Net, describe_entries, describe_message
+from .harness import Net, describe_message
 
 ROLE_NAMES = {
     "leader": StateRole.LEADER,
@@ -243,11 +243,12 @@ def _crash(env: Env, args: list[str], opts: dict[str, str]) -> None:
 
 @command("raft-log")
 def _raft_log(env: Env, args: list[str], opts: dict[str, str]) -> None:
-    """raft-log IDS: each node's log (term/index), and its commit index."""
+    """raft-log IDS: each node's commit index and log (term/index, and the data of normal entries)."""
     for nid in env.ids(args[0]):
         log = env.cluster.node(nid).raft_log
-        ents = log.entries(log.first_index())
-        env.out.append(f"{nid}: commit={log.committed} {describe_entries(ents) or '(empty)'}")
+        ents = [f"{e.term}/{e.index}" + (f" {e.data.decode(errors='replace')!r}" if e.data and e.type == EntryType.NORMAL
+                                          else "") for e in log.entries(log.first_index())]
+        env.out.append(f"{nid}: commit={log.committed} {', '.join(ents) or '(empty)'}")
 
 
 @command("raft-state")
@@ -308,6 +309,8 @@ def _expect(env: Env, args: list[str], opts: dict[str, str]) -> None:
         else:
             raise ScenarioError(f"unknown expectation {what}")
         if got != exp:
+            if what == "role":
+                got, exp = got.name.lower(), exp.name.lower()  # type: ignore[attr-defined]
             raise ScenarioError(f"node {nid} {what} is {got}, expected {exp}")
 
 

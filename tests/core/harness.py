@@ -26,13 +26,7 @@ from raftkv.core import (
     Ready,
     StateRole,
 )
-
-ROLE_NAMES = {
-    "leader": StateRole.LEADER,
-    "follower": StateRole.FOLLOWER,
-    "candidate": StateRole.CANDIDATE,
-    "pre-candidate": StateRole.PRE_CANDIDATE,
-}
+from raftkv.core.raft import Raft
 
 
 @dataclass
@@ -129,7 +123,10 @@ def describe_ready(rd: Ready) -> list[str]:
 
 
 class Net:
-    def __init__(self, voters: list[int], learners: list[int] = (), **cfg: object) -> None:
+    def __init__(self, voters: list[int], learners: list[int] = (), raft_class: type[Raft] = Raft,
+                 **cfg: object) -> None:
+        """`cfg`: Config options; `raft_class`: a deliberately altered protocol, to show a test catches it."""
+        self.raft_class = raft_class
         self.cfg = cfg
         self.conf = ConfState(frozenset(voters), frozenset(learners))
         self.nodes: dict[int, SimNode] = {}
@@ -143,7 +140,7 @@ class Net:
 
     def _new(self, nid: int, storage: MemoryStorage, applied: int = 0) -> SimNode:
         cfg = Config(id=nid, rng=random.Random(nid), applied=applied, **self.cfg)
-        return SimNode(storage, RaftNode(cfg, storage))
+        return SimNode(storage, RaftNode(cfg, storage, self.raft_class))
 
     def add_node(self, nid: int) -> None:
         """A brand-new, empty node (to be added by a membership change)."""
