@@ -676,7 +676,7 @@ class NodeHost:
         self.space.ensure_room(need)
         return fn(*args)
 
-    def _stall(self, stalled: bool) -> None:
+    def _stall(self, stalled: bool, err: BaseException | None = None) -> None:
         """A Ready waits for space (or no longer): the role gauges say no role meanwhile, since the node
         steps nothing, sends no heartbeat and its peers elect another leader without it knowing."""
         if stalled == self.stalled:
@@ -684,7 +684,7 @@ class NodeHost:
         self.stalled = stalled
         if stalled:
             log.warning("a persist waits for space: this node plays no role until it succeeds", id=self.cfg.id,
-                        role_before=self.node.role.name.lower())
+                        role_before=self.node.role.name.lower(), error=str(err))
             self.metrics.is_leader.set(0)
             self.metrics.has_leader.set(0)
         else:
@@ -729,7 +729,7 @@ class NodeHost:
                 if not is_nospace(e):
                     raise
                 self._raise_nospace(e)
-                self._stall(True)
+                self._stall(True, e)
                 await asyncio.sleep(NOSPACE_RETRY_SECONDS)
                 if self._stopping:
                     raise _Stopping() from None
