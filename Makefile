@@ -32,9 +32,15 @@ run: venv
 sim: venv
 	$(PY) -m raftkv.sim --nodes 5 --seeds 1000 --faults all
 
+# The suite mostly waits on real processes (elections, restarts, timeouts), so it runs on TEST_WORKERS
+# pytest-xdist workers; the network-namespace tests form one group and run one after another
+# (tests/conftest.py). Bytecode is compiled first: every `raftkv serve` and `kv` a test starts imports
+# raftkv, and with PYTHONDONTWRITEBYTECODE set it would compile it from source each time.
+TEST_WORKERS ?= 3
 test: venv
 	bash tests/install_system_deps.sh
-	$(PY) -m pytest -q
+	$(PY) -m compileall -q raftkv benchmarks tests > /dev/null
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
