@@ -34,13 +34,13 @@ sim: venv
 
 # The suite mostly waits on real processes (elections, restarts, timeouts), so it runs on TEST_WORKERS
 # pytest-xdist workers; the network-namespace tests form one group and run one after another
-# (tests/conftest.py). Bytecode is compiled first: every `raftkv serve` and `kv` a test starts imports
-# raftkv, and with PYTHONDONTWRITEBYTECODE set it would compile it from source each time.
+# (tests/conftest.py). Bytecode is cached (__pycache__, ignored by git) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: otherwise every `raftkv serve` and `kv` a test starts compiles raftkv from
+# source again, and every worker rewrites every test module's asserts again.
 TEST_WORKERS ?= 3
 test: venv
 	bash tests/install_system_deps.sh
-	$(PY) -m compileall -q raftkv benchmarks tests > /dev/null
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

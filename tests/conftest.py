@@ -7,6 +7,9 @@ pytest-xdist; a plain `pytest` run is one process and none of this changes anyth
   benchmarks`, `raftkv dev`) stay inside it too.
 - The tests that build network namespaces share one set of names and addresses (tests/jepsen/conftest.py):
   they form one xdist group and so run one after another on a single worker.
+- That group (minutes of work on one worker) and the `slow` tests are collected first: workers take
+  tests in collection order, and the longest ones started last would leave the others idle at the end.
+  Only the order changes; every test runs as before.
 """
 
 from __future__ import annotations
@@ -27,7 +30,13 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[SLICE_ENV] = f"{index}/{workerinput['workercount']}"
 
 
+def _needs_namespaces(item: pytest.Item) -> bool:
+    return "namespaces" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "namespaces" in getattr(item, "fixturenames", ()):
+        if _needs_namespaces(item):
             item.add_marker(pytest.mark.xdist_group(NAMESPACE_GROUP))
+    # Stable: within each class the collection order stays.
+    items.sort(key=lambda item: 0 if _needs_namespaces(item) else 1 if item.get_closest_marker("slow") else 2)
