@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/raftkv/v1/*.proto)
 
-.PHONY: all venv proto run test test-fast sim lint clean jepsen bench
+.PHONY: all venv proto run test test-long test-fast sim lint clean jepsen bench
 
 all: venv
 
@@ -40,8 +40,15 @@ sim: venv
 TEST_WORKERS ?= 3
 test: venv
 	bash tests/install_system_deps.sh
-	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
+# The soak variants (marked `slow`) of tests that `make test` runs shorter, e.g. kill -9 of every node
+# for many rounds.
+test-long: venv
+	bash tests/install_system_deps.sh
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m slow
+
+# The same tests as `make test`, in one process (no workers).
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
