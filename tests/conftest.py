@@ -34,6 +34,7 @@ def _needs_namespaces(item: pytest.Item) -> bool:
     return "namespaces" in getattr(item, "fixturenames", ())
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _needs_namespaces(item):
