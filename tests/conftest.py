@@ -7,7 +7,8 @@ pytest-xdist; a plain `pytest` run is one process and none of this changes anyth
   benchmarks`, `raftkv dev`) stay inside it too.
 - The tests that build network namespaces share one set of names and addresses (tests/jepsen/conftest.py):
   they form one xdist group and so run one after another on a single worker.
-- That group (minutes of work on one worker) and the `slow` tests are collected first: workers take
+- That group (minutes of work on one worker), the simulator's many-seed tests and the `slow` tests are
+  collected first: workers take
   tests in collection order, and the longest ones started last would leave the others idle at the end.
   Only the order changes; every test runs as before.
 """
@@ -40,4 +41,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _needs_namespaces(item):
             item.add_marker(pytest.mark.xdist_group(NAMESPACE_GROUP))
     # Stable: within each class the collection order stays.
-    items.sort(key=lambda item: 0 if _needs_namespaces(item) else 1 if item.get_closest_marker("slow") else 2)
+    items.sort(key=_start_order)
+
+
+def _start_order(item: pytest.Item) -> int:
+    if _needs_namespaces(item):
+        return 0
+    if item.get_closest_marker("slow") or item.path.parent.name == "sim":  # the simulator: minutes of CPU
+        return 1
+    return 2
