@@ -40,6 +40,7 @@ from ..core import (
     RaftNode,
     Ready,
     StateRole,
+    StepRejected,
 )
 from ..layers.acks import (
     AckLevel,
@@ -52,7 +53,9 @@ from ..layers.acks import (
 )
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
 from ..layers.reads import StalenessProof, prove_staleness
-from ..storage.errors import is_nospace, is_storage_fault
+from ..storage.commands import adds_bytes, decode
+from ..storage.disk_space import DiskSpace
+from ..storage.errors import is_map_full, is_nospace, is_storage_fault
 from .config import ServerConfig
 from .errors import (
     LeadershipLost,
@@ -84,6 +87,14 @@ INLINE_SYNC_BYTES = 64 << 10
 """A follower's append of at most this many entries and bytes (a lone writer's) is synced on the loop's
 thread (`_sync_inline`). More (pipelined writes, even 3-4 per Ready) go to the I/O thread, so that the
 loop takes the next append meanwhile (with 4 here, c=16 unary writes lost ~10 % in A/B runs)."""
+
+def _adds_bytes(data: bytes) -> bool:
+    """Whether a proposed command may store more bytes (anything undecodable counts as if it did)."""
+    try:
+        return adds_bytes(decode(data))
+    except ValueError:
+        return True
+
 
 class _Stopping(Exception):
     """The node is stopping while a Ready waits for space: the loop ends without persisting it."""
@@ -188,6 +199,12 @@ class NodeHost:
         self.reads_served = 0
         self.nospace = ""
         """The persist error that raised the NOSPACE alarm; "" while there is none."""
+        self.space = DiskSpace(cfg.data_dir, cfg.disk_reserve_bytes)
+        self.stalled = False
+        """A Ready waits for space: the loop steps nothing, so this node plays no role meanwhile (it shows
+        none in its status and role gauges, whatever its core last was)."""
+        self._nospace_map = False  # the alarm is LMDB's map (--map-size) being full, not the filesystem
+        self._room_task: asyncio.Task[None] | None = None
         self.fatal: BaseException | None = None
         """Why the host loop stopped, if it did; `failed` is set then and the process must stop."""
         self.failed = asyncio.Event()
@@ -202,6 +219,7 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.members.load(self.cfg.peers)
+        await self._create_reserve()
         for nid, info in self.members.all().items():
             if nid != self.cfg.id and info.address:
                 self.transport.add_peer(nid, info.address)
@@ -228,6 +246,8 @@ class NodeHost:
         self._snapshots_stepped += self._snapshots_arrived
         self._snapshots_arrived = []
         self._settle_snapshots(None)
+        if self._room_task is not None:
+            self._room_task.cancel()
         if self._snapshot_task is not None and not self._snapshot_task.done():
             self._snapshot_task.cancel()
             await asyncio.gather(self._snapshot_task, return_exceptions=True)
@@ -364,7 +384,7 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     async def write(self, data: bytes, ack: AckRequest, needs_result: bool = True) -> WriteOutcome:
         """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout, NoSpace."""
-        self._refuse_writes_without_space()
+        self._refuse_writes_without_space(data)
         if not self.is_leader:
             raise self.not_leader()
         if ack.level == AckLevel.SEMI_SYNC:
@@ -405,7 +425,8 @@ class NodeHost:
         The same as `write(data, AckRequest(MAJORITY))` for each, without a task and a placement future per
         write: the KV.Batch path sends hundreds of writes per call, and per-write asyncio objects were a
         visible share of the leader's CPU. Raises NotLeader (for all of them) when not the leader."""
-        self._refuse_writes_without_space()
+        if self.nospace:
+            return await self._write_many_alarmed(datas)
         if not self.is_leader:
             raise self.not_leader()
         started = time.monotonic()
@@ -623,37 +644,113 @@ class NodeHost:
     # ------------------------------------------------------------------------------------------
     # The NOSPACE alarm
     # ------------------------------------------------------------------------------------------
-    def _refuse_writes_without_space(self) -> None:
-        if self.nospace:
+    def _refuse_writes_without_space(self, data: bytes | None = None) -> None:
+        """Under the NOSPACE alarm only deletes are taken (`data` None: a membership change, refused), and
+        none while a Ready waits for space (nothing is placed in the log then)."""
+        if self.nospace and (data is None or self.stalled or _adds_bytes(data)):
             raise self._nospace_error()
 
-    def _nospace_error(self) -> NoSpace:
-        return NoSpace(f"NOSPACE: node {self.cfg.id} cannot persist to its data directory ({self.nospace}); "
-                       "it takes no writes until space is freed")
+    def nospace_message(self) -> str:
+        """The NOSPACE alarm in one line, as writes it refuses are told (Status, `kv status`)."""
+        return str(self._nospace_error())
 
-    async def _persist(self, fn: Callable[..., Any], *args: Any, inline: bool = False) -> Any:
+    def _nospace_error(self) -> NoSpace:
+        takes = "no writes" if self.stalled or self._nospace_map else "deletes only"
+        return NoSpace(f"NOSPACE: node {self.cfg.id} cannot persist to its data directory ({self.nospace}); "
+                       f"it takes {takes} until space is freed")
+
+    async def _write_many_alarmed(self, datas: list[bytes]) -> list[WriteOutcome | BaseException]:
+        """`write_many` under the NOSPACE alarm: each delete on its own, everything else refused."""
+        async def one(data: bytes) -> WriteOutcome | BaseException:
+            try:
+                return await self.write(data, AckRequest(AckLevel.MAJORITY))
+            except Exception as e:  # noqa: BLE001 - reported per write, as write_many does
+                return e
+        if not self.is_leader:
+            raise self.not_leader()
+        return list(await asyncio.gather(*(one(d) for d in datas)))
+
+    async def _create_reserve(self) -> None:
+        try:
+            made = await asyncio.get_running_loop().run_in_executor(self._io, self.space.create_reserve)
+        except OSError as e:
+            made = False
+            log.warning("cannot create the disk reserve", file=str(self.space.reserve), error=str(e))
+        if not made:
+            log.warning("no room for the disk reserve now; it is created once space allows",
+                        file=str(self.space.reserve), bytes=self.cfg.disk_reserve_bytes)
+
+    def _with_room(self, need: int, fn: Callable[..., Any], *args: Any) -> Any:
+        """On the I/O thread: a persist step, tried only with room for it on the disk (disk_space.py)."""
+        self.space.ensure_room(need)
+        return fn(*args)
+
+    def _stall(self, stalled: bool, err: BaseException | None = None) -> None:
+        """A Ready waits for space (or no longer): the role gauges say no role meanwhile, since the node
+        steps nothing, sends no heartbeat and its peers elect another leader without it knowing."""
+        if stalled == self.stalled:
+            return
+        self.stalled = stalled
+        if stalled:
+            log.warning("a persist waits for space: this node plays no role until it succeeds", id=self.cfg.id,
+                        role_before=self.node.role.name.lower(), error=str(err))
+            self.metrics.is_leader.set(0)
+            self.metrics.has_leader.set(0)
+        else:
+            self.metrics.is_leader.set(1 if self.is_leader else 0)
+            self.metrics.has_leader.set(1 if self.leader_id else 0)
+
+    def _clear_nospace(self) -> None:
+        log.info("NOSPACE alarm cleared: the node persists again and takes writes", id=self.cfg.id)
+        self.nospace = ""
+        self._nospace_map = False
+        self.metrics.alarm.labels("nospace").set(0)
+
+    async def _wait_for_room(self) -> None:
+        """While the NOSPACE alarm holds (and no Ready waits for space), look every NOSPACE_RETRY_SECONDS
+        whether the filesystem has room again; then re-create the reserve and clear the alarm."""
+        loop = asyncio.get_running_loop()
+        while self.nospace and not self._stopping:
+            await asyncio.sleep(NOSPACE_RETRY_SECONDS)
+            if self.stalled or self._nospace_map or not self.nospace or self._stopping:
+                continue
+            try:
+                room = await loop.run_in_executor(self._io, self.space.restore)
+            except OSError as e:
+                log.warning("cannot re-create the disk reserve", file=str(self.space.reserve), error=str(e))
+                continue
+            if room and self.nospace and not self.stalled and not self.space.low:
+                self._clear_nospace()
+
+    async def _persist(self, fn: Callable[..., Any], *args: Any, need: int = 0, inline: bool = False) -> Any:
         """Run one persist step (a whole Ready's transaction) on the I/O thread. Without space, the same
         step is retried every NOSPACE_RETRY_SECONDS under the NOSPACE alarm until it succeeds: its
         transaction was aborted whole, and nothing that depends on it (messages sent after persisting,
         such as a follower's acknowledgement of an append, or `advance`) happens before it succeeds,
-        while the loop takes no new proposal. Any other failure is raised: the loop cannot go on."""
+        while the loop takes no new proposal. Any other failure is raised: the loop cannot go on.
+        A step is tried only with room for `need` bytes and some headroom (disk_space.py: the reserve is
+        released first); once the reserve is released, the alarm holds until the disk has room again."""
         loop = asyncio.get_running_loop()
         while True:
             try:
-                result = fn(*args) if inline else await loop.run_in_executor(self._io, fn, *args)
+                result = (self._with_room(need, fn, *args) if inline
+                          else await loop.run_in_executor(self._io, self._with_room, need, fn, *args))
             except Exception as e:
                 if not is_nospace(e):
                     raise
                 self._raise_nospace(e)
+                self._stall(True, e)
+                inline = False  # retried on the I/O thread, beside the alarm's own room checks
                 await asyncio.sleep(NOSPACE_RETRY_SECONDS)
                 if self._stopping:
                     raise _Stopping() from None
                 self._shed_while_stuck()
                 continue
-            if self.nospace:
-                log.info("NOSPACE alarm cleared: the node persists again and takes writes", id=self.cfg.id)
-                self.nospace = ""
-                self.metrics.alarm.labels("nospace").set(0)
+            self._stall(False)
+            if self.space.low and not self.nospace:
+                self._raise_nospace(OSError(self.space.low))
+            elif self.nospace and self._nospace_map:
+                self._clear_nospace()  # the map had room for it: nothing else to wait for
             return result
 
     def _shed_while_stuck(self) -> None:
@@ -672,15 +769,24 @@ class NodeHost:
         if self.nospace:
             return
         self.nospace = str(err) or type(err).__name__
+        self._nospace_map = is_map_full(err)
         self.metrics.alarm.labels("nospace").set(1)
-        log.error("NOSPACE alarm: cannot persist, writes are refused until space is freed", id=self.cfg.id,
-                  error=self.nospace, retry_every_seconds=NOSPACE_RETRY_SECONDS)
-        # Writes still queued have not reached the log: refuse them now, retryable, as new ones are.
+        log.error("NOSPACE alarm: cannot persist, writes that add data are refused until space is freed",
+                  id=self.cfg.id, error=self.nospace, retry_every_seconds=NOSPACE_RETRY_SECONDS)
+        if not self._nospace_map and (self._room_task is None or self._room_task.done()):
+            self._room_task = asyncio.create_task(self._wait_for_room(), name="raftkv-nospace-room")
+        # Writes still queued have not reached the log: refuse them now, retryable, as new ones are
+        # (deletes stay queued: the alarm takes them).
         refused = self._nospace_error()
+        kept: deque[_Proposal] = deque()
         for p in self._proposals:
-            if not p.placed.done():
+            if p.placed.done():
+                continue
+            if any(_adds_bytes(d) for d in p.datas):
                 p.placed.set_exception(refused)
-        self._proposals.clear()
+            else:
+                kept.append(p)
+        self._proposals = kept
         for r in self._conf_requests:
             if not r.placed.done():
                 r.placed.set_exception(refused)
@@ -700,7 +806,10 @@ class NodeHost:
                 self.lag.heard_from(m.frm, m.applied, now)
             if m.commit > self._known_commit:
                 self._known_commit = m.commit
-            node.step(m)
+            try:
+                node.step(m)
+            except StepRejected as e:
+                log.warning("dropped a message no peer may send", reason=str(e))
         if self._snapshots_arrived:
             self._snapshots_stepped += self._snapshots_arrived
             self._snapshots_arrived = []
@@ -805,8 +914,9 @@ class NodeHost:
             # The log records are encoded here: a thread running Python waits for the GIL while the loop
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
+            need = 3 * sum(len(k) + len(v) for k, v in records) if records else 0
             await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records,
-                                inline=self._sync_inline(rd))
+                                need=need, inline=self._sync_inline(rd))
             if hop_trace.ON:
                 hop_trace.mark("sync.back")
         elif rd.hard_state is not None:
@@ -866,6 +976,7 @@ class NodeHost:
         benchmarks/README.md), on the path of every write. Busier Readys and the leader's (whose
         appends must leave during its fsync) stay on the I/O thread."""
         return (not rd.messages and rd.snapshot is None and self._small_ready(rd) and not self.is_leader
+                and not self.nospace  # the alarm's room checks run on the I/O thread meanwhile
                 and (self._snapshot_task is None or self._snapshot_task.done())
                 and not getattr(self.transport, "receiving", 0))
 
