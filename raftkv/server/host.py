@@ -21,7 +21,6 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +51,7 @@ from ..layers.acks import (
 from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
 from ..layers.reads import StalenessProof, prove_staleness
 from ..storage.errors import is_nospace, is_storage_fault
+from ..transport.inbox import Inbox
 from .config import ServerConfig
 from .errors import (
     LeadershipLost,
@@ -66,6 +66,7 @@ from .identity import IdentityGuard
 from .lease_clock import LeaseClock, lease_seconds
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
+from .ports import Clock, IOExecutor, PeerTransport, SystemClock, ThreadIO
 from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
 from .removal import Removal
 from .store import NodeStore
@@ -117,14 +118,22 @@ class _IndexWaiter:
 
 
 class NodeHost:
-    def __init__(self, cfg: ServerConfig, store: NodeStore, transport: Any, metrics: Metrics,
-                 seed: int | None = None) -> None:
+    def __init__(self, cfg: ServerConfig, store: NodeStore, transport: PeerTransport, metrics: Metrics,
+                 seed: int | None = None, *, clock: Clock | None = None, io: IOExecutor | None = None,
+                 inbox: Inbox | None = None, identity: IdentityGuard | None = None) -> None:
+        """Everything the host touches comes from outside (ports.py): its store, its transport and the
+        inbox it pulls peers' messages from (the transport's, unless given), its clock, and the executor
+        its synced transactions run on. Left out, the clock is the system's and the executor a thread."""
         import random
 
         self.cfg = cfg
         self.store = store
         self.transport = transport
         self.metrics = metrics
+        self.clock: Clock = clock or SystemClock()
+        self.io: IOExecutor = io or ThreadIO(cfg.id)
+        own = getattr(transport, "inbox", None)
+        self.inbox: Inbox = inbox or (own if isinstance(own, Inbox) else Inbox())
         self.members = MemberRegistry(store)
         core_cfg = Config(
             id=cfg.id,
@@ -141,12 +150,11 @@ class NodeHost:
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
         self.durability = DurabilityWaiters()
         self.semi_sync = SemiSyncStatus()
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"raftkv-io-{cfg.id}")
         self._snapshot_task: asyncio.Task[int] | None = None
         self._snapshot_retry_at = 0.0
         self._log_size_checked_at = 0
         self._wake = asyncio.Event()
-        self._inbox: deque[Message] = deque()
+        self.inbox.set_consumer(self._wake.set, self._admit)
         self._proposals: deque[_Proposal] = deque()
         self._conf_requests: deque[_ConfRequest] = deque()
         self._reads: list[asyncio.Future[int]] = []
@@ -157,9 +165,8 @@ class NodeHost:
         self._applied_heap: list[_IndexWaiter] = []
         self._heap_seq = itertools.count()
         self._local_ops: deque[Callable[[], None]] = deque()
-        # Streamed snapshots handed to the core, by their data (a token naming the staged file): arrived,
-        # and stepped (answered once their Ready is written, or when the core did not take them).
-        self._snapshots_arrived: list[tuple[bytes, asyncio.Future[bool]]] = []
+        # Streamed snapshots handed to the core, by their data (a token naming the staged file): stepped
+        # (answered once their Ready is written, or when the core did not take them).
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
         self._ticks_due = 0
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -188,8 +195,10 @@ class NodeHost:
         metrics.alarm.labels("nospace").set(0)
         self.removal = Removal(cfg.id, cfg.data_dir)
         self._lingering_peers = False  # transport peers kept for removed members still being told
-        self.identity: IdentityGuard | None = None
-        """Peer identity and the member identity records (set by the process lifecycle; see identity.py)."""
+        self.identity: IdentityGuard | None = identity
+        """Peer identity and the member identity records (given by the process lifecycle; see identity.py)."""
+        if identity is not None:
+            identity.bind(self)
 
     # ------------------------------------------------------------------------------------------
     # Lifecycle
@@ -219,8 +228,8 @@ class NodeHost:
             except (TimeoutError, asyncio.CancelledError):
                 self._loop_task.cancel()
         self._fail_everything(ShuttingDown("node is shutting down"))
-        self._snapshots_stepped += self._snapshots_arrived
-        self._snapshots_arrived = []
+        self._snapshots_stepped += [(a.msg.snapshot.data, a.installed) for a in self.inbox.take_snapshots()
+                                    if a.msg.snapshot is not None]
         self._settle_snapshots(None)
         if self._snapshot_task is not None and not self._snapshot_task.done():
             self._snapshot_task.cancel()
@@ -231,11 +240,11 @@ class NodeHost:
             # A clean stop leaves nothing to re-apply (a crash would: the log has it all). Not if the
             # loop stopped inside a Ready: its entries may be applied and not appended yet.
             try:
-                await asyncio.get_running_loop().run_in_executor(self._io, self.store.flush)
+                await self.io.run(self.store.flush)
             except Exception as e:  # noqa: BLE001 - the log still holds every entry; replayed on start
                 log.warning("could not flush the write-back buffer on stop; it is re-applied on start",
                             error=str(e))
-        self._io.shutdown(wait=True)
+        self.io.shutdown()
 
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         def fire() -> None:
@@ -250,31 +259,44 @@ class NodeHost:
     # Inputs from the transport
     # ------------------------------------------------------------------------------------------
     def deliver(self, msg: Message) -> None:
-        """Called by the transport for every message from a peer (on the loop's thread)."""
-        late = self.transfer_guard.check(msg, time.monotonic_ns())
-        if late is not None:
-            log.warning("ignored a stale leader-transfer request", leader=msg.frm, term=msg.term,
-                        late_ms=round(late * 1000),
-                        detail="it arrived after the leader had given up the transfer; no election is started")
-            return
-        self._inbox.append(msg)
-        self._wake.set()
+        """A message from a peer, put in the inbox as the transport does (tests and tools)."""
+        self.inbox.message(msg)
 
     def deliver_snapshot(self, msg: Message) -> asyncio.Future[bool]:
-        """A snapshot message whose records the transport has received and staged: stepped like any
-        message. The future says when it is installed (True), or that the core did not need it (False: this
-        node held everything it covers already), so the sender learns the truth (see `snapshot_status`)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        """A snapshot message whose records were received and staged: stepped like any message. The
+        future says when it is installed (True), or that the core did not need it (False: this node held
+        everything it covers already), so the sender learns the truth (see `snapshot_status`)."""
         assert msg.snapshot is not None
-        self._snapshots_arrived.append((msg.snapshot.data, fut))
-        self.deliver(msg)
-        return fut
+        return self.inbox.snapshot(msg)
+
+    def _admit(self, msg: Message) -> bool:
+        """Whether a message arriving in the inbox is kept: a leader-transfer request that reached us
+        later than its leader waits for it is dropped (transfer_guard.py), dated as it arrives."""
+        late = self.transfer_guard.check(msg, self.clock.monotonic_ns())
+        if late is None:
+            return True
+        log.warning("ignored a stale leader-transfer request", leader=msg.frm, term=msg.term,
+                    late_ms=round(late * 1000),
+                    detail="it arrived after the leader had given up the transfer; no election is started")
+        return False
+
+    def _take_reports(self) -> None:
+        """The transport's word about peers, from the inbox: unreachable, a snapshot's fate, a refusal."""
+        reports = self.inbox.reports
+        while reports:
+            r = reports.popleft()
+            if r.kind == "unreachable":
+                self.node.report_unreachable(r.peer)
+            elif r.kind == "snapshot":
+                # True once the follower answered that it installed it (or needed none); False when the
+                # stream failed, so the core sends another.
+                self.node.report_snapshot(r.peer, r.ok)
+            elif r.kind == "refused":
+                self.peer_refused(r.peer, r.reason)
 
     def snapshot_status(self, node_id: int, ok: bool) -> None:
-        """The transport's word on a snapshot sent to `node_id`: True once the follower answered that it
-        installed it (or needed none); False when the stream failed, so the core sends another."""
-        self._local_ops.append(lambda: self.node.report_snapshot(node_id, ok))
-        self._wake.set()
+        """The transport's word on a snapshot sent to `node_id` (as the inbox carries it)."""
+        self.inbox.snapshot_status(node_id, ok)
 
     def _settle_snapshots(self, installed: bytes | None) -> None:
         """Answer the stepped snapshot messages: the one whose Ready was just written (`installed`), or, at
@@ -289,8 +311,7 @@ class NodeHost:
         self._snapshots_stepped = left
 
     def peer_unreachable(self, node_id: int) -> None:
-        self._local_ops.append(lambda: self.node.report_unreachable(node_id))
-        self._wake.set()
+        self.inbox.unreachable(node_id)
 
     def run_in_loop(self, op: Callable[[], None]) -> None:
         """Run `op` in the loop between Readys, where the core may be called."""
@@ -330,7 +351,7 @@ class NodeHost:
         """The bound on the age of this node's state that it can prove now, on its own clock. A leader
         measures from the send time of its newest quorum-confirmed round (with or without --lease-reads),
         a follower from the stamp its leader last echoed."""
-        now = time.monotonic_ns()
+        now = self.clock.monotonic_ns()
         if self.is_leader:
             return self.lease_clock.proof(self.node.confirmed_round(), self.applied, now)
         return prove_staleness(self.node.freshness(), self.applied, now)
@@ -339,12 +360,12 @@ class NodeHost:
         """May a `lease` read be answered from this node's state now (see lease_clock.py)?"""
         if not (self.cfg.lease_reads and self.node.lease_held()):
             return False
-        return self.lease_clock.lease_valid(self.node.confirmed_round(), self.applied, time.monotonic_ns())
+        return self.lease_clock.lease_valid(self.node.confirmed_round(), self.applied, self.clock.monotonic_ns())
 
     def follower_lags(self) -> list[FollowerLag]:
         if not self.is_leader:
             return []
-        lags, _ = self._compute_lag(time.monotonic())
+        lags, _ = self._compute_lag(self.clock.monotonic())
         return lags
 
     def match_indexes(self) -> dict[int, int]:
@@ -363,7 +384,7 @@ class NodeHost:
             raise self.not_leader()
         if ack.level == AckLevel.SEMI_SYNC:
             check_meetable(ack, self.members.semi_sync_set(self.node.conf, self.cfg.id))
-        started = time.monotonic()
+        started = self.clock.monotonic()
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[tuple[int, int]] = loop.create_future()
         level = ack.level
@@ -380,18 +401,18 @@ class NodeHost:
                 self._persist_waiters[index] = (term, fut)
             await fut
             return WriteOutcome(index, term, None, AckOutcome(AckLevel.LEADER, False, [self.cfg.id]),
-                                time.monotonic() - started)
+                                self.clock.monotonic() - started)
         result = await applied[0]
         if level in (AckLevel.LEADER, AckLevel.MAJORITY):
             # A leader-level write whose result is needed (a transaction) is answered after commit.
             outcome = AckOutcome(AckLevel.MAJORITY, False, confirmed_members(index, self.match_indexes()))
-            return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+            return WriteOutcome(index, term, result, outcome, self.clock.monotonic() - started)
         outcome = await self._await_durable(index, ack)
         if outcome.timed_out:
             raise SyncTimeout(index, term, outcome.confirmed_by)
         if level == AckLevel.SEMI_SYNC:
             self._note_semi_sync(index, ack, outcome)
-        return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+        return WriteOutcome(index, term, result, outcome, self.clock.monotonic() - started)
 
     async def write_many(self, datas: list[bytes]) -> list[WriteOutcome | BaseException]:
         """Majority writes proposed together, in order, answered each on its own once applied.
@@ -402,7 +423,7 @@ class NodeHost:
         self._refuse_writes_without_space()
         if not self.is_leader:
             raise self.not_leader()
-        started = time.monotonic()
+        started = self.clock.monotonic()
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[tuple[int, int]] = loop.create_future()
         applied = [loop.create_future() for _ in datas]
@@ -419,7 +440,7 @@ class NodeHost:
             await asyncio.wait(applied)
         results = [f.exception() or f.result() for f in applied]
         match = self.match_indexes()
-        latency = time.monotonic() - started
+        latency = self.clock.monotonic() - started
         return [r if isinstance(r, BaseException) else
                 WriteOutcome(first + i, term, r, AckOutcome(AckLevel.MAJORITY, False,
                                                             confirmed_members(first + i, match)), latency)
@@ -445,7 +466,7 @@ class NodeHost:
                      confirmed_by=confirmed_members(self.semi_sync.recover_at, match))
 
     def _await_durable(self, index: int, ack: AckRequest) -> asyncio.Future[AckOutcome]:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if ack.level == AckLevel.SYNC:
             members = self.members.sync_set(self.node.conf)
             need = len(members)
@@ -510,7 +531,7 @@ class NodeHost:
         """What the strict reconfiguration check needs: per member, its match index and when the leader
         last heard from it (core progress and the lag monitor)."""
         st = self.node.status()
-        now = time.monotonic()
+        now = self.clock.monotonic()
         contact = self.lag.last_contact
         health = {nid: MemberHealth(p.match, (now - contact[nid]) if nid in contact else None, p.recent_active)
                   for nid, p in st.progress.items() if nid != self.cfg.id}
@@ -549,14 +570,13 @@ class NodeHost:
         `snapshot_keep_entries` entries so a briefly lagging follower catches up without a snapshot.
         No copy of the state machine is made: LMDB's `kv` at its applied index is the snapshot, streamed
         to a follower that needs one."""
-        loop = asyncio.get_running_loop()
         # From the applied index LMDB holds: entries applied only into the write-back buffer are
         # re-applied from the log after a crash, so they stay (the store enforces it too).
         compact_to = max(0, self.store.durable_applied_index() - self.cfg.snapshot_keep_entries)
         floor = self.transport.snapshot_floor()
         if floor is not None:  # a follower installing that snapshot will need the entries after it
             compact_to = min(compact_to, floor)
-        index = await loop.run_in_executor(self._io, self.store.compact, compact_to, self.node.conf_as_of(compact_to))
+        index = await self.io.run(self.store.compact, compact_to, self.node.conf_as_of(compact_to))
         log.info("log compacted", snapshot_index=index, compacted_through=compact_to)
         return index
 
@@ -629,10 +649,9 @@ class NodeHost:
         transaction was aborted whole, and nothing that depends on it (messages sent after persisting,
         such as a follower's acknowledgement of an append, or `advance`) happens before it succeeds,
         while the loop takes no new proposal. Any other failure is raised: the loop cannot go on."""
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                result = await loop.run_in_executor(self._io, fn, *args)
+                result = await self.io.run(fn, *args)
             except Exception as e:
                 if not is_nospace(e):
                     raise
@@ -652,7 +671,7 @@ class NodeHost:
         """While a Ready waits for space, nothing is stepped: drop what peers sent meanwhile (Raft takes
         lost messages in its stride: the leader sends again) rather than queue it without bound, and
         send linearizable reads elsewhere, since no read round can run here."""
-        self._inbox.clear()
+        self.inbox.drop_messages()
         reads, self._reads = self._reads, []
         err = LeadershipLost(f"node {self.cfg.id} cannot confirm a read point while its NOSPACE alarm holds; "
                              "retry on another node")
@@ -680,11 +699,11 @@ class NodeHost:
 
     def _take_inputs(self) -> None:
         node = self.node
-        now = time.monotonic()
+        now = self.clock.monotonic()
         ticks, self._ticks_due = self._ticks_due, 0
         for _ in range(ticks):
             node.tick()
-        inbox = self._inbox
+        inbox = self.inbox.messages
         leader = self.is_leader
         while inbox:
             m = inbox.popleft()
@@ -693,9 +712,11 @@ class NodeHost:
             if m.commit > self._known_commit:
                 self._known_commit = m.commit
             node.step(m)
-        if self._snapshots_arrived:
-            self._snapshots_stepped += self._snapshots_arrived
-            self._snapshots_arrived = []
+        if self.inbox.snapshots:
+            self._snapshots_stepped += [(a.msg.snapshot.data, a.installed) for a in self.inbox.take_snapshots()
+                                        if a.msg.snapshot is not None]
+        if self.inbox.reports:
+            self._take_reports()
         while self._local_ops:
             try:
                 self._local_ops.popleft()()
@@ -773,10 +794,10 @@ class NodeHost:
         reads see the buffer), then one synced transaction for what must be durable before messages
         that depend on it leave (entries, snapshot, a new term or vote, a membership change), which
         carries the buffer to LMDB beside its applied index. A Ready that only commits costs no fsync."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if rd.soft_state is not None:
             self._on_soft_state(rd)
-        self.lease_clock.note_sent(rd.round_sent, time.monotonic_ns())
+        self.lease_clock.note_sent(rd.round_sent, self.clock.monotonic_ns())
         if rd.messages:
             self._stamp(rd.messages)
             self.transport.send(rd.messages)
@@ -860,7 +881,7 @@ class NodeHost:
             self._flush_timer = None
             self._wake.set()
 
-        self._flush_timer = loop.call_later(max(0.0, deadline - time.monotonic()) + 0.001, fire)
+        self._flush_timer = loop.call_later(max(0.0, deadline - self.clock.monotonic()) + 0.001, fire)
 
     async def _flush_if_due(self) -> None:
         """The write-back buffer alone, in one synced transaction, when it is due (no Ready's commit took
@@ -885,7 +906,7 @@ class NodeHost:
         self.metrics.backend_commit_seconds.observe(time.perf_counter() - t0)
 
     def _stamp(self, msgs: list[Message]) -> None:
-        stamp = time.monotonic_ns()
+        stamp = self.clock.monotonic_ns()
         applied = self.applied
         for m in msgs:
             if m.type in RESPONSES:
@@ -927,7 +948,7 @@ class NodeHost:
             w = heapq.heappop(heap)
             if not w.future.done():
                 w.future.set_result(None)
-        if self._log_needs_compaction() and time.monotonic() >= self._snapshot_retry_at:
+        if self._log_needs_compaction() and self.clock.monotonic() >= self._snapshot_retry_at:
             self._compaction()
 
     def _answer(self, entries: list[Entry], results: list[Any]) -> None:
@@ -954,7 +975,7 @@ class NodeHost:
 
     def _snapshot_finished(self, task: asyncio.Task[int]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            self._snapshot_retry_at = time.monotonic() + SNAPSHOT_RETRY_SECONDS
+            self._snapshot_retry_at = self.clock.monotonic() + SNAPSHOT_RETRY_SECONDS
             log.error("snapshot failed; the log keeps growing until one succeeds", error=str(task.exception()),
                       retry_in_seconds=SNAPSHOT_RETRY_SECONDS)
 
@@ -1021,14 +1042,14 @@ class NodeHost:
                         f.set_exception(err)
             self._last_leader = ss.leader
             if ss.leader == self.cfg.id:
-                self.lag.start_term(time.monotonic())
+                self.lag.start_term(self.clock.monotonic())
         self.metrics.has_leader.set(1 if ss.leader != NONE else 0)
         self.metrics.is_leader.set(1 if ss.role == StateRole.LEADER else 0)
         if ss.role != StateRole.LEADER:
-            self.durability.update(self.match_indexes(), time.monotonic())
+            self.durability.update(self.match_indexes(), self.clock.monotonic())
 
     def _after_round(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._snapshots_stepped:
             self._settle_snapshots(None)
         self._check_removed()
