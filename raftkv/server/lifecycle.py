@@ -142,7 +142,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     # No SO_REUSEPORT: a second process on the same port would otherwise silently share its traffic.
     server = grpc.aio.server(options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
     transport.register(server)
-    kv_service = KVService(host, store, forwarder)
+    kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
     health_servicer = health.aio.HealthServicer()

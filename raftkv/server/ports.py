@@ -12,6 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from ..core import Message
+from ..transport.inbox import Inbox, PeerReport, SnapshotArrival
+
+__all__ = ["Clock", "IOExecutor", "Inbox", "PeerReport", "PeerTransport", "SnapshotArrival", "SystemClock",
+           "ThreadIO"]
 
 
 class Clock(Protocol):

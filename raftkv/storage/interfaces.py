@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..core import ConfState, Entry, HardState, LogStorage
+from .commands import KV, Range, RangeResult
 
 
 class LogStore(Protocol):
@@ -78,3 +79,11 @@ class StateMachine(Protocol):
     def snapshot_members(self) -> dict[int, bytes]: ...
 
     def load_members(self) -> dict[int, bytes]: ...
+
+    def get_at(self, key: bytes) -> tuple[KV | None, int]:
+        """A key as this node's state machine holds it now, and the applied index of that state."""
+        ...
+
+    def range_at(self, op: Range, limit_bytes: int = 0) -> tuple[RangeResult, int]:
+        """A range as `get_at` reads a key; safe on any thread."""
+        ...

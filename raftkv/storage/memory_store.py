@@ -125,6 +125,8 @@ class MemoryNodeStore:
         self.where = f"node {disk.node_id} (memory)"
         self._clock = clock
         self.last_apply_seconds = 0.0
+        self.on_apply: Callable[[Entry], None] | None = None
+        """Told of every entry applied (the simulator's state-machine safety check)."""
         self._open()
 
     @classmethod
@@ -250,6 +252,8 @@ class MemoryNodeStore:
             results.append(self._apply_one(base, e))
             self._applied = e.index
             self._buf_entries += 1
+            if self.on_apply is not None:
+                self.on_apply(e)
         if conf is not None:
             self._applied_conf = conf
         if self._dirty_since is None and self.dirty():
