@@ -28,7 +28,6 @@ import structlog
 from ..core import (
     NONE,
     ConfChange,
-    ConfChangeRejected,
     Config,
     Message,
     MessageType,
@@ -37,21 +36,23 @@ from ..core import (
     Ready,
     StateRole,
 )
-from ..layers.lag import FollowerLag, LagMonitor, LagThresholds
-from ..storage.errors import is_nospace, is_storage_fault
+from ..layers.lag import LagMonitor, LagThresholds
+from ..storage.errors import is_storage_fault
 from .compaction import Compactor
 from .config import ServerConfig
-from .errors import LeadershipLost, NoSpace, NotLeader, OutcomeUnknown, ShuttingDown
+from .errors import LeadershipLost, OutcomeUnknown, ShuttingDown
+from .host_inbox import InboxIntake
+from .host_views import HostViews
 from .identity import IdentityGuard
 from .lease_clock import LeaseClock, lease_seconds
 from .members import MemberInfo, MemberRegistry
+from .membership_ops import MembershipOps
 from .metrics import Metrics
+from .nospace import NoSpaceAlarm, Stopping
 from .ports import Clock, Inbox, IOExecutor, PeerTransport, SystemClock, ThreadIO
-from .proposals import ConfRequest, Proposal, ProposalQueue
+from .proposals import Proposal, ProposalQueue
 from .read_rounds import ReadRounds
-from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
 from .removal import Removal
-from .staleness import StalenessProof, prove_staleness
 from .store import NodeStore
 from .transfer_guard import DATED, TransferGuard
 from .waiters import Durability, IndexWaiters
@@ -59,16 +60,14 @@ from .waiters import Durability, IndexWaiters
 log = structlog.get_logger("raftkv.host")
 
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
-NOSPACE_RETRY_SECONDS = 1.0
-"""How often a Ready whose persist failed for lack of space is tried again."""
 T = TypeVar("T")
 
 
-class _Stopping(Exception):
-    """The node is stopping while a Ready waits for space: the loop ends without persisting it."""
+class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
+    """The loop and its primitives; what it takes from its inbox (host_inbox.py), shows of itself
+    (host_views.py), does to membership (membership_ops.py) and does when the disk is full (nospace.py)
+    are in the modules named."""
 
-
-class NodeHost:
     def __init__(self, cfg: ServerConfig, store: NodeStore, transport: PeerTransport, metrics: Metrics,
                  seed: int | None = None, *, clock: Clock | None = None, io: IOExecutor | None = None,
                  inbox: Inbox | None = None, identity: IdentityGuard | None = None) -> None:
@@ -204,66 +203,6 @@ class NodeHost:
             return False, "no leader known"
         return True, ""
 
-    # ------------------------------------------------------------------------------------------
-    # The inbox (what peers sent, pulled from the transport's inbox)
-    # ------------------------------------------------------------------------------------------
-    def deliver(self, msg: Message) -> None:
-        """A message from a peer, put in the inbox as the transport does (tests and tools)."""
-        self.inbox.message(msg)
-
-    def deliver_snapshot(self, msg: Message) -> asyncio.Future[bool]:
-        """A snapshot message whose records were received and staged: stepped like any message. The
-        future says when it is installed (True), or that the core did not need it (False: this node held
-        everything it covers already), so the sender learns the truth."""
-        assert msg.snapshot is not None
-        return self.inbox.snapshot(msg)
-
-    def snapshot_status(self, node_id: int, ok: bool) -> None:
-        self.inbox.snapshot_status(node_id, ok)
-
-    def peer_unreachable(self, node_id: int) -> None:
-        self.inbox.unreachable(node_id)
-
-    def _admit(self, msg: Message) -> bool:
-        """Whether a message arriving in the inbox is kept: a leader-transfer request that reached us
-        later than its leader waits for it is dropped (transfer_guard.py), dated as it arrives."""
-        late = self.transfer_guard.check(msg, self.clock.monotonic_ns())
-        if late is None:
-            return True
-        log.warning("ignored a stale leader-transfer request", leader=msg.frm, term=msg.term,
-                    late_ms=round(late * 1000),
-                    detail="it arrived after the leader had given up the transfer; no election is started")
-        return False
-
-    def _take_reports(self) -> None:
-        """The transport's word about peers: unreachable, a snapshot's fate (True once the follower
-        installed it or needed none; False when the stream failed, so the core sends another), a refusal."""
-        reports = self.inbox.reports
-        while reports:
-            r = reports.popleft()
-            if r.kind == "unreachable":
-                self.node.report_unreachable(r.peer)
-            elif r.kind == "snapshot":
-                self.node.report_snapshot(r.peer, r.ok)
-            elif r.kind == "refused":
-                self.peer_refused(r.peer, r.reason)
-
-    def _take_snapshot_arrivals(self) -> None:
-        self._snapshots_stepped += [(a.msg.snapshot.data, a.installed) for a in self.inbox.take_snapshots()
-                                    if a.msg.snapshot is not None]
-
-    def _settle_snapshots(self, installed: bytes | None) -> None:
-        """Answer the stepped snapshot messages: the one whose Ready was just written (`installed`), or, at
-        the end of a round, every one left (the core did not take them)."""
-        left = []
-        for data, fut in self._snapshots_stepped:
-            if installed is None or data == installed:
-                if not fut.done():
-                    fut.set_result(installed is not None)
-            else:
-                left.append((data, fut))
-        self._snapshots_stepped = left
-
     def run_in_loop(self, op: Callable[[], None]) -> None:
         """Run `op` in the loop between Readys, where the core may be called."""
         self._local_ops.append(op)
@@ -272,62 +211,6 @@ class NodeHost:
     def every_round(self, hook: Callable[[], None]) -> None:
         """Call `hook` after each round of the loop (a policy above that watches progress)."""
         self._round_hooks.append(hook)
-
-    # ------------------------------------------------------------------------------------------
-    # Views
-    # ------------------------------------------------------------------------------------------
-    @property
-    def is_leader(self) -> bool:
-        return self.node.role == StateRole.LEADER
-
-    @property
-    def leader_id(self) -> int:
-        return self.node.leader_id
-
-    def leader_address(self) -> str:
-        info = self.members.get(self.node.leader_id)
-        return info.address if info else ""
-
-    def not_leader(self) -> NotLeader:
-        return NotLeader(self.node.leader_id, self.leader_address())
-
-    def last_index(self) -> int:
-        return self.node.raft_log.last_index()
-
-    def staleness_proof(self) -> StalenessProof:
-        """The bound on the age of this node's state that it can prove now, on its own clock. A leader
-        measures from the send time of its newest quorum-confirmed round (with or without --lease-reads),
-        a follower from the stamp its leader last echoed."""
-        now = self.clock.monotonic_ns()
-        if self.is_leader:
-            return self.lease_clock.proof(self.node.confirmed_round(), self.applied, now)
-        return prove_staleness(self.node.freshness(), self.applied, now)
-
-    def lease_valid(self) -> bool:
-        """May a `lease` read be answered from this node's state now (see lease_clock.py)?"""
-        if not (self.cfg.lease_reads and self.node.lease_held()):
-            return False
-        return self.lease_clock.lease_valid(self.node.confirmed_round(), self.applied, self.clock.monotonic_ns())
-
-    def follower_lags(self) -> list[FollowerLag]:
-        if not self.is_leader:
-            return []
-        return self._compute_lag(self.clock.monotonic())
-
-    def match_indexes(self) -> dict[int, int]:
-        """Who durably holds what: followers' match, and our own persisted index."""
-        match = self.node.match_indexes()
-        match[self.cfg.id] = self._persisted_index
-        return match
-
-    def semi_sync_members(self) -> frozenset[int]:
-        return self.members.semi_sync_set(self.node.conf, self.cfg.id)
-
-    def sync_members(self) -> frozenset[int]:
-        return self.members.sync_set(self.node.conf)
-
-    def member_info(self) -> dict[int, MemberInfo]:
-        return self.members.all()
 
     # ------------------------------------------------------------------------------------------
     # Primitives for the policies above (layers/acks.py, layers/read_path.py)
@@ -387,56 +270,6 @@ class NodeHost:
         scan thread). The read policy decides beforehand whether this node may answer."""
         return fn(self.store)
 
-    # ------------------------------------------------------------------------------------------
-    # Membership and leadership
-    # ------------------------------------------------------------------------------------------
-    async def change_member(self, change: ConfChange) -> tuple[int, int]:
-        """Propose a membership change and wait until it is applied here. Refused (ConfChangeRejected) if
-        it would leave fewer healthy members than the new configuration needs (`reconfig_check`)."""
-        self._refuse_writes_without_space()
-        if not self.is_leader:
-            raise self.not_leader()
-        address = MemberInfo.decode(change.context).address if change.context else ""
-        check_change(change, self.reconfig_view(), address)
-        loop = asyncio.get_running_loop()
-        placed: asyncio.Future[tuple[int, int]] = loop.create_future()
-        applied: asyncio.Future[Any] = loop.create_future()
-        self.proposals.add_conf_change(ConfRequest(change, placed, applied))
-        self._wake.set()
-        index, term = await placed
-        await applied
-        return index, term
-
-    def reconfig_view(self) -> ClusterView:
-        """What the strict reconfiguration check needs: per member, its match index and when the leader
-        last heard from it (core progress and the lag monitor)."""
-        st = self.node.status()
-        now = self.clock.monotonic()
-        contact = self.lag.last_contact
-        health = {nid: MemberHealth(p.match, (now - contact[nid]) if nid in contact else None, p.recent_active)
-                  for nid, p in st.progress.items() if nid != self.cfg.id}
-        addresses = {nid: info.address for nid, info in self.members.all().items() if info.address}
-        return ClusterView(self.cfg.id, st.conf, st.last_index, self.cfg.election_ticks * self.cfg.tick_ms / 1000,
-                           health, addresses)
-
-    async def transfer_leader(self, target: int) -> None:
-        if target not in self.node.conf.voters:
-            raise ConfChangeRejected(f"node {target} is not a voter")
-        if self.is_leader:
-            check_transfer(target, self.reconfig_view())
-        self.run_in_loop(lambda: self.node.transfer_leader(target))
-
-    def forget_member_progress(self, node_id: int) -> None:
-        """A member's data was replaced: drop what this leader knew of its log and of its lag."""
-        self.node.forget_progress(node_id)
-        self.forget_member_lag(node_id)
-
-    def forget_member_lag(self, node_id: int) -> None:
-        """Drop what was heard from a member (applied index, last contact): it was removed, re-added or
-        replaced, and what its previous self said no longer holds."""
-        self.lag.applied.pop(node_id, None)
-        self.lag.last_contact.pop(node_id, None)
-
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
         A compaction already under way is waited for rather than started twice. The write-back buffer is
@@ -469,7 +302,7 @@ class NodeHost:
                 await self._flush_if_due()
                 self._arm_flush_timer()
                 self._after_round()
-        except _Stopping:
+        except Stopping:
             pass
         except Exception as e:  # noqa: BLE001 - whatever stopped the loop stops the node
             self.fatal = e
@@ -689,20 +522,6 @@ class NodeHost:
         if nxt is not None:
             asyncio.get_running_loop().call_later(max(0.0, nxt - now) + 0.001, self._wake.set)
 
-    def _compute_lag(self, now: float) -> list[FollowerLag]:
-        st = self.node.status()
-        progress = {nid: (p.match, p.next, p.state, p.is_learner) for nid, p in st.progress.items()
-                    if nid != self.cfg.id}
-        lags, transitions = self.lag.compute(progress, st.last_index, st.commit, now)
-        for t in transitions:
-            if t.critical:
-                log.warning("replication lag critical", follower=t.id, lag_entries=t.lag.lag_entries,
-                            flush_lag_seconds=round(t.lag.flush_lag_seconds, 3))
-            else:
-                log.info("replication lag recovered", follower=t.id, lag_entries=t.lag.lag_entries)
-        self.metrics.observe_lag(lags)
-        return lags
-
     def _fail_everything(self, err: Exception) -> None:
         """Answer every waiting request with `err` (nothing of theirs reached the log, or they only read),
         except writes already proposed: those may still commit elsewhere, so they learn the outcome is
@@ -710,89 +529,6 @@ class NodeHost:
         self.proposals.refuse_all(err)
         self.reads.fail_all(err)
         self.waiters.fail_all(err, OutcomeUnknown(f"{err}; the write was already proposed and may still be applied"))
-
-    # ------------------------------------------------------------------------------------------
-    # The NOSPACE alarm
-    # ------------------------------------------------------------------------------------------
-    def _refuse_writes_without_space(self) -> None:
-        if self.nospace:
-            raise self._nospace_error()
-
-    def _nospace_error(self) -> NoSpace:
-        return NoSpace(f"NOSPACE: node {self.cfg.id} cannot persist to its data directory ({self.nospace}); "
-                       "it takes no writes until space is freed")
-
-    async def _persist(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one persist step (a whole Ready's transaction) on the I/O thread. Without space, the same
-        step is retried every NOSPACE_RETRY_SECONDS under the NOSPACE alarm until it succeeds: its
-        transaction was aborted whole, and nothing that depends on it (messages sent after persisting,
-        such as a follower's acknowledgement of an append, or `advance`) happens before it succeeds,
-        while the loop takes no new proposal. Any other failure is raised: the loop cannot go on."""
-        while True:
-            try:
-                result = await self.io.run(fn, *args)
-            except Exception as e:
-                if not is_nospace(e):
-                    raise
-                self._raise_nospace(e)
-                await asyncio.sleep(NOSPACE_RETRY_SECONDS)
-                if self._stopping:
-                    raise _Stopping() from None
-                self._shed_while_stuck()
-                continue
-            if self.nospace:
-                log.info("NOSPACE alarm cleared: the node persists again and takes writes", id=self.cfg.id)
-                self.nospace = ""
-                self.metrics.alarm.labels("nospace").set(0)
-            return result
-
-    def _shed_while_stuck(self) -> None:
-        """While a Ready waits for space, nothing is stepped: drop what peers sent meanwhile (Raft takes
-        lost messages in its stride: the leader sends again) rather than queue it without bound, and
-        send linearizable reads elsewhere, since no read round can run here."""
-        self.inbox.drop_messages()
-        self.reads.fail_waiting(LeadershipLost(f"node {self.cfg.id} cannot confirm a read point while its "
-                                               "NOSPACE alarm holds; retry on another node"))
-
-    def _raise_nospace(self, err: BaseException) -> None:
-        if self.nospace:
-            return
-        self.nospace = str(err) or type(err).__name__
-        self.metrics.alarm.labels("nospace").set(1)
-        log.error("NOSPACE alarm: cannot persist, writes are refused until space is freed", id=self.cfg.id,
-                  error=self.nospace, retry_every_seconds=NOSPACE_RETRY_SECONDS)
-        # Writes still queued have not reached the log: refuse them now, retryable, as new ones are.
-        self.proposals.refuse_all(self._nospace_error())
-
-    # ------------------------------------------------------------------------------------------
-    # Peers and removal from the cluster (see removal.py)
-    # ------------------------------------------------------------------------------------------
-    def _sync_transport_peers(self) -> None:
-        members = self.members.all()
-        for nid, info in members.items():
-            if nid != self.cfg.id and info.address:
-                self.transport.add_peer(nid, info.address)
-        departing = self.node.departing()  # still to be told they were removed: keep their connections
-        self._lingering_peers = bool(departing)
-        for nid in self.transport.peer_ids():
-            if nid not in members and nid not in departing:
-                self.transport.remove_peer(nid)
-
-    def _on_removed(self, how: str) -> None:
-        if self.removal.note(how):
-            self._fail_everything(self.removal.error())
-
-    def peer_refused(self, peer: int, reason: str) -> None:
-        """The transport's report that `peer` refused our stream because we are not a member."""
-        if not self.removal.removed and self.removal.refused_by(peer, self.node.conf.voters):
-            self._on_removed(f"peers refuse it as a non-member: {reason}")
-
-    def _check_removed(self) -> None:
-        if self._lingering_peers and not self.node.departing():
-            self._sync_transport_peers()
-        if not self.removal.removed and self.node.removed_at():
-            self._on_removed(f"the leader says it is not in the configuration at index {self.node.removed_at()}")
-
 
 def bootstrap_store(store: NodeStore, cfg: ServerConfig) -> None:
     """Write the founding members into a brand-new store (a no-op when the store already has a log)."""
