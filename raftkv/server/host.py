@@ -36,7 +36,6 @@ from ..core import (
     Ready,
     StateRole,
 )
-from ..layers.lag import LagMonitor, LagThresholds
 from ..storage.errors import is_storage_fault
 from .compaction import Compactor
 from .config import ServerConfig
@@ -44,6 +43,7 @@ from .errors import LeadershipLost, OutcomeUnknown, ShuttingDown
 from .host_inbox import InboxIntake
 from .host_views import HostViews
 from .identity import IdentityGuard
+from .lag import LagMonitor, LagThresholds
 from .lease_clock import LeaseClock, lease_seconds
 from .members import MemberInfo, MemberRegistry
 from .membership_ops import MembershipOps

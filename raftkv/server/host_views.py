@@ -6,9 +6,9 @@ from __future__ import annotations
 import structlog
 
 from ..core import RaftNode, StateRole
-from ..layers.lag import FollowerLag, LagMonitor
 from .config import ServerConfig
 from .errors import NotLeader
+from .lag import FollowerLag, LagMonitor
 from .lease_clock import LeaseClock
 from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics

@@ -8,8 +8,8 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ..core import ConfChange, ConfChangeRejected, RaftNode
-from ..layers.lag import LagMonitor
 from .config import ServerConfig
+from .lag import LagMonitor
 from .members import MemberInfo, MemberRegistry
 from .ports import Clock, PeerTransport
 from .proposals import ConfRequest, ProposalQueue
