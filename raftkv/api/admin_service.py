@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 import grpc
 
@@ -14,7 +15,6 @@ from ..proto.stubs import kv_pb2_grpc
 from ..server.config import address_problem
 from ..server.host import NodeHost
 from ..server.members import MemberInfo
-from ..storage import LmdbNodeStore
 from .errors import RequestError, invalid, rpc
 from .forward import Forwarder
 
@@ -27,8 +27,19 @@ def lag_to_pb(lg: FollowerLag) -> pb.FollowerLag:
                           critical=lg.critical, unreachable=lg.unreachable)
 
 
+class StoreFacts(Protocol):
+    """What Status reports of the node's store (LmdbNodeStore has them): its identity and size."""
+
+    cluster_id: bytes
+    incarnation: bytes
+
+    def db_size(self) -> int: ...
+
+    def snapshot_index(self) -> int: ...
+
+
 class AdminService(kv_pb2_grpc.AdminServicer):
-    def __init__(self, host: NodeHost, store: LmdbNodeStore, forwarder: Forwarder) -> None:
+    def __init__(self, host: NodeHost, store: StoreFacts, forwarder: Forwarder) -> None:
         self.host = host
         self.store = store
         self.fwd = forwarder
@@ -47,9 +58,14 @@ class AdminService(kv_pb2_grpc.AdminServicer):
     async def Status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
         h = self.host
         st = h.node.status()
+        # A node whose persist waits for space steps nothing: it may still think itself leader while its
+        # peers elected another. It claims no role and no leader then (see NodeHost.stalled).
+        role = "stalled" if h.stalled else st.role.name.lower().replace("_", "-")
+        leader = 0 if h.stalled else st.leader
         return pb.StatusResponse(
-            id=h.cfg.id, address=h.cfg.address, role=st.role.name.lower().replace("_", "-"), term=st.term,
-            leader_id=st.leader, leader_address=h.leader_address(), commit=st.commit, applied=h.applied,
+            id=h.cfg.id, address=h.cfg.address, role=role, term=st.term,
+            leader_id=leader, leader_address=h.leader_address() if leader else "", commit=st.commit,
+            applied=h.applied, alarms=[h.nospace_message()] if h.nospace else [],
             last_index=st.last_index, members=self._members(), db_size_bytes=self.store.db_size(),
             followers=[lag_to_pb(lg) for lg in h.follower_lags()], cluster_id=self.store.cluster_id,
             snapshot_index=self.store.snapshot_index(), leader_changes=h.leader_changes,

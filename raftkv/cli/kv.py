@@ -452,6 +452,8 @@ def status(c: Ctx) -> None:
     for ep, s in out:
         if s is not None and s.identity_problem:
             click.echo(f"{ep}: NOT READY: {s.identity_problem}")
+        for alarm in s.alarms if s is not None else ():
+            click.echo(f"{ep}: ALARM {alarm}")
 
 
 def _lag_rows(r: Any) -> list[list[Any]]:

@@ -63,6 +63,8 @@ def main() -> None:
 @click.option("--snapshot-log-bytes", type=int, help="Also snapshot once the log holds this many bytes (default 256 MiB).")
 @click.option("--map-size", type=int,
               help="Most bytes this node's data.mdb may grow to (default 4 GiB); past it writes get NOSPACE.")
+@click.option("--disk-reserve-bytes", type=int,
+              help="Space kept in the data directory for deletes under a NOSPACE alarm (default 4 MiB; 0: none).")
 @click.option("--lag-critical-entries", type=int, help="A follower this many entries behind is critical.")
 @click.option("--lag-critical-seconds", type=float, help="A follower this many seconds behind is critical.")
 @click.option("--default-ack", type=click.Choice(["leader", "majority", "semi_sync", "sync"]),

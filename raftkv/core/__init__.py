@@ -1,7 +1,7 @@
 """The pure Raft core: no I/O, no clock, no threads. See node.py for the host's entry point."""
 
 from .config import Config
-from .errors import ConfChangeRejected, ProposalDropped
+from .errors import ConfChangeRejected, ProposalDropped, StepRejected
 from .membership import bootstrap_entries
 from .node import ProgressStatus, RaftNode, Status
 from .storage import (
@@ -13,6 +13,7 @@ from .storage import (
     UnavailableError,
 )
 from .types import (
+    LOCAL_MESSAGES,
     NONE,
     ConfChange,
     ConfChangeType,
@@ -31,9 +32,10 @@ from .types import (
 )
 
 __all__ = [
-    "NONE", "CompactedError", "Config", "ConfChange", "ConfChangeRejected", "ConfChangeType", "ConfState",
+    "LOCAL_MESSAGES", "NONE", "CompactedError", "Config", "ConfChange", "ConfChangeRejected", "ConfChangeType", "ConfState",
     "Entry", "EntryType", "HardState", "LogStorage", "MemoryStorage", "Message", "MessageType",
     "ProgressStatus", "ProposalDropped", "RaftNode", "ReadState", "Ready", "Snapshot", "SnapshotMeta",
-    "SnapshotTemporarilyUnavailable", "SoftState", "StateRole", "Status", "StorageError", "UnavailableError",
+    "SnapshotTemporarilyUnavailable", "SoftState", "StateRole", "Status", "StepRejected", "StorageError",
+    "UnavailableError",
     "bootstrap_entries",
 ]

@@ -164,9 +164,6 @@ class RaftLog:
             out = out + self.unstable.slice(max(lo, off), hi)
         return limit_size(out, max_bytes)
 
-    def all_entries(self) -> list[Entry]:
-        return self.entries(self.first_index())
-
     def snapshot(self) -> Snapshot:
         if self.unstable.snapshot is not None:
             return self.unstable.snapshot
@@ -203,22 +200,6 @@ class RaftLog:
                 return index, t
             index -= 1
         return 0, 0
-
-    def maybe_append(self, index: int, log_term: int, committed: int, ents: list[Entry]) -> tuple[int, int] | None:
-        """Follower side of APP. Returns (last new index, first index written or 0), or None when our log
-        does not contain the leader's previous entry (index, log_term)."""
-        if not self.match_term(index, log_term):
-            return None
-        last_new = index + len(ents)
-        ci = self.find_conflict(ents)
-        written = 0
-        if ci:
-            if ci <= self.committed:
-                raise LogError(f"entry {ci} conflicts with committed entry (committed {self.committed})")
-            self.append(ents[ci - (index + 1) :])
-            written = ci
-        self.commit_to(min(committed, last_new))
-        return last_new, written
 
     # -- commit and apply ------------------------------------------------------------------------
     def commit_to(self, c: int) -> None:

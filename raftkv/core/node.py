@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Config
-from .errors import ProposalDropped
+from .errors import ProposalDropped, StepRejected
 from .log import RaftLog
 from .progress import ProgressState
 from .raft import AFTER_PERSIST, Raft
 from .rounds import ConfirmedRound
 from .storage import LogStorage
 from .types import (
+    LOCAL_MESSAGES,
     NONE,
     ConfChange,
     ConfState,
@@ -102,10 +103,12 @@ class RaftNode:
         self.raft.step(Message(MessageType.HUP))
 
     def step(self, msg: Message) -> None:
-        """A message from a peer. Local-only message types from the network are ignored, as are
-        messages addressed to another node and responses from nodes that are not members."""
-        if msg.type in (MessageType.HUP, MessageType.BEAT):
-            return
+        """A message from a peer. A local-only message type (LOCAL_MESSAGES: what the core makes for itself
+        or hears from its host through `campaign`, `tick`, `report_snapshot`, `report_unreachable`) raises
+        StepRejected and changes nothing. Messages addressed to another node, and responses from nodes that
+        are not members, are dropped silently: both happen in normal operation (membership changes)."""
+        if msg.type in LOCAL_MESSAGES:
+            raise StepRejected(msg.type, msg.frm)
         if msg.to not in (NONE, self.raft.id):
             return  # meant for another node (e.g. a removed member whose address a new one now uses)
         if msg.type in (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP) and msg.frm not in self.raft.prs:
@@ -136,6 +139,20 @@ class RaftNode:
         self.raft.step(Message(MessageType.UNREACHABLE, frm=node_id))
 
     def report_snapshot(self, node_id: int, ok: bool) -> None:
+        """The fate of a SNAP message this leader sent `node_id` (etcd-io/raft's ReportSnapshot).
+
+        From sending it until the follower answers or this report comes, the leader sends that follower
+        nothing but heartbeats. The follower's answer after installing needs no report: it resumes
+        replication by itself, and a report arriving after it is ignored (as is one for a follower not
+        waiting on a snapshot, or on a node that does not lead).
+        - `ok=False`, the snapshot did not arrive: MUST be reported, or a lost snapshot leaves the
+          follower behind for the rest of the term. The leader probes it again from its match index,
+          which leads to a new snapshot.
+        - `ok=True` may come as soon as the snapshot is handed to a stream that delivers it. The leader
+          then probes from after the snapshot, but only once the follower answered or sent a heartbeat
+          response; if the snapshot was lost after all, the follower refuses that probe and a new snapshot
+          follows. An early ok costs a round trip (at worst a second snapshot), never the follower.
+        """
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=not ok))
 
     def forget_progress(self, node_id: int) -> None:

@@ -134,7 +134,7 @@ class Raft:
     def send(self, m: Message) -> None:
         if m.frm == NONE:
             m.frm = self.id
-        if m.term == 0 and m.type not in (MT.PROP, MT.READ_INDEX, MT.TRANSFER_LEADER):
+        if m.term == 0 and m.type not in (MT.READ_INDEX, MT.TRANSFER_LEADER):
             m.term = self.term
         self.msgs.append(m)
 

@@ -135,10 +135,12 @@ class Snapshot:
 
 
 class MessageType(IntEnum):
+    """Numbers are the wire encoding: a retired type leaves a gap, never a renumbering."""
+
     # Local messages: never sent over the wire, only stepped into the node by itself or its host.
     HUP = 0  # start an election (campaign)
     BEAT = 1  # leader: send heartbeats
-    PROP = 2  # proposal (may be forwarded follower -> leader)
+    # 2 was PROP (proposals are appended on the leader directly; a follower refuses them): never reuse.
     # Replication
     APP = 3
     APP_RESP = 4
@@ -164,6 +166,8 @@ class MessageType(IntEnum):
 
 
 LOCAL_MESSAGES = frozenset({MessageType.HUP, MessageType.BEAT, MessageType.SNAP_STATUS, MessageType.UNREACHABLE})
+"""Types the core makes for itself (HUP, BEAT) or that its host reports (SNAP_STATUS, UNREACHABLE). One
+arriving from the network is a forgery or a bug: `RaftNode.step` refuses it with StepRejected."""
 
 
 @dataclass(slots=True)
@@ -236,9 +240,8 @@ class Ready:
 
     1. persist `snapshot` (if any), then `entries`, then `hard_state` (if any) -- durably (fsync);
     2. note the monotonic time of `round_sent` (if any), then send `messages` (safe to send before or
-       after persisting); for each SNAP message, call `RaftNode.report_snapshot(to, ok)` once the
-       follower has taken it (ok) or the transport gave up (not ok), or the leader keeps waiting for
-       that follower;
+       after persisting); for each SNAP message, report its fate with `RaftNode.report_snapshot(to, ok)`
+       (see there: a failure must be reported, or a lost snapshot leaves that follower behind);
        send `persisted_messages` only after step 1 is durable (votes and append acknowledgements);
     3. apply `committed_entries` to the state machine (conf changes were already taken into account
        by the core; the host records the resulting `conf_state` alongside the applied index);
@@ -260,16 +263,3 @@ class Ready:
     """(term, number) of the newest leadership round whose heartbeats are in `messages`. The host notes
     when it sends them, on its monotonic clock: leases and the leader's staleness proof are timed from
     the send time of the round `RaftNode.confirmed_round()` names."""
-
-    def contains_updates(self) -> bool:
-        return bool(
-            self.soft_state is not None
-            or self.hard_state is not None
-            or self.entries
-            or self.snapshot is not None
-            or self.committed_entries
-            or self.messages
-            or self.persisted_messages
-            or self.read_states
-            or self.round_sent is not None
-        )

@@ -167,7 +167,7 @@ class AckPolicy:
     async def write(self, data: bytes, ack: AckRequest, needs_result: bool = True) -> WriteOutcome:
         """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout, NoSpace."""
         host = self.host
-        host.admit_write()
+        host.admit_write(data)
         if ack.level == AckLevel.SEMI_SYNC:
             check_meetable(ack, host.semi_sync_members())
         started = time.monotonic()
@@ -197,6 +197,8 @@ class AckPolicy:
         write: the KV.Batch path sends hundreds of writes per call, and per-write asyncio objects were a
         visible share of the leader's CPU. Raises NotLeader (for all of them) when not the leader."""
         host = self.host
+        if host.nospace:
+            return await self._write_many_alarmed(datas)
         host.admit_write()
         started = time.monotonic()
         first, term, applied = await host.propose(datas)
@@ -216,6 +218,17 @@ class AckPolicy:
                 WriteOutcome(first + i, term, r, AckOutcome(AckLevel.MAJORITY, False,
                                                             confirmed_members(first + i, match)), latency)
                 for i, r in enumerate(results)]
+
+    async def _write_many_alarmed(self, datas: list[bytes]) -> list[WriteOutcome | BaseException]:
+        """`write_many` under the NOSPACE alarm: each delete on its own, everything else refused."""
+        async def one(data: bytes) -> WriteOutcome | BaseException:
+            try:
+                return await self.write(data, AckRequest(AckLevel.MAJORITY))
+            except Exception as e:  # noqa: BLE001 - reported per write, as write_many does
+                return e
+        if not self.host.is_leader:
+            raise self.host.not_leader()
+        return list(await asyncio.gather(*(one(d) for d in datas)))
 
     def _await_durable(self, index: int, ack: AckRequest) -> asyncio.Future[AckOutcome]:
         host = self.host

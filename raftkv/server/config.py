@@ -106,6 +106,9 @@ class ServerConfig:
     """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     map_size: int = 4 << 30
     """LMDB's map size: the most this node's data.mdb may grow to (writes then get NOSPACE)."""
+    disk_reserve_bytes: int = 4 << 20
+    """A file of this size kept in the data directory and released on a full disk, so the node can still
+    persist deletes under its NOSPACE alarm (storage/disk_space.py); 0: none."""
     cert_file: str = ""
     """PEM certificate: with `key_file`, the gRPC port (clients and peers) speaks TLS only."""
     key_file: str = ""
@@ -270,7 +273,8 @@ class ServerConfig:
                     ("--snapshot-entries", self.snapshot_entries, 1),
                     ("--snapshot-keep-entries", self.snapshot_keep_entries, 0),
                     ("--snapshot-log-bytes", self.snapshot_log_bytes, 1), ("map_size", self.map_size, 1 << 20),
-                    ("--max-range-bytes", self.max_range_bytes, 1), ("--max-range-keys", self.max_range_keys, 1))
+                    ("--max-range-bytes", self.max_range_bytes, 1), ("--max-range-keys", self.max_range_keys, 1),
+                    ("--disk-reserve-bytes", self.disk_reserve_bytes, 0))
         for flag, value, low in at_least:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, not {value!r}")

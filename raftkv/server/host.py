@@ -35,7 +35,9 @@ from ..core import (
     RaftNode,
     Ready,
     StateRole,
+    StepRejected,
 )
+from ..storage.disk_space import DiskSpace
 from ..storage.errors import is_storage_fault
 from .compaction import Compactor
 from .config import ServerConfig
@@ -49,7 +51,7 @@ from .members import MemberInfo, MemberRegistry
 from .membership_ops import MembershipOps
 from .metrics import Metrics
 from .nospace import NoSpaceAlarm, Stopping
-from .ports import Clock, Inbox, IOExecutor, PeerTransport, SystemClock, ThreadIO
+from .ports import Clock, DiskRoom, Inbox, IOExecutor, PeerTransport, SystemClock, ThreadIO
 from .proposals import Proposal, ProposalQueue
 from .read_rounds import ReadRounds
 from .removal import Removal
@@ -70,10 +72,12 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
 
     def __init__(self, cfg: ServerConfig, store: NodeStore, transport: PeerTransport, metrics: Metrics,
                  seed: int | None = None, *, clock: Clock | None = None, io: IOExecutor | None = None,
-                 inbox: Inbox | None = None, identity: IdentityGuard | None = None) -> None:
+                 inbox: Inbox | None = None, identity: IdentityGuard | None = None,
+                 space: DiskRoom | None = None) -> None:
         """Everything the host touches comes from outside (ports.py): its store, its transport and the
         inbox it pulls peers' messages from (the transport's, unless given), its clock, and the executor
-        its synced transactions run on. Left out, the clock is the system's and the executor a thread."""
+        its synced transactions run on, and the data directory's free space. Left out, the clock is the
+        system's, the executor a thread and the space the data directory's filesystem's."""
         import random
 
         self.cfg = cfg
@@ -122,6 +126,12 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._last_lag_check = 0.0
         self.nospace = ""
         """The persist error that raised the NOSPACE alarm; "" while there is none."""
+        self.space: DiskRoom = space or DiskSpace(cfg.data_dir, cfg.disk_reserve_bytes)
+        self.stalled = False
+        """A Ready waits for space: the loop steps nothing, so this node plays no role meanwhile (it shows
+        none in its status and role gauges, whatever its core last was)."""
+        self._nospace_map = False  # the alarm is LMDB's map (--map-size) being full, not the filesystem
+        self._room_task: asyncio.Task[None] | None = None
         self.fatal: BaseException | None = None
         """Why the host loop stopped, if it did; `failed` is set then and the process must stop."""
         self.failed = asyncio.Event()
@@ -138,6 +148,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.members.load(self.cfg.peers)
+        await self._create_reserve()
         for nid, info in self.members.all().items():
             if nid != self.cfg.id and info.address:
                 self.transport.add_peer(nid, info.address)
@@ -163,6 +174,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._fail_everything(ShuttingDown("node is shutting down"))
         self._take_snapshot_arrivals()
         self._settle_snapshots(None)
+        if self._room_task is not None:
+            self._room_task.cancel()
         await self.compactor.stop()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
@@ -215,16 +228,21 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     # ------------------------------------------------------------------------------------------
     # Primitives for the policies above (layers/acks.py, layers/read_path.py)
     # ------------------------------------------------------------------------------------------
-    def admit_write(self) -> None:
-        """Raise what a write proposed now would be refused with: NoSpace, NotLeader."""
-        self._refuse_writes_without_space()
+    def admit_write(self, data: bytes | None = None) -> None:
+        """Raise what a write of `data` proposed now would be refused with: NoSpace (under the NOSPACE
+        alarm only deletes are taken; `data` None: refused), NotLeader."""
+        self._refuse_writes_without_space(data)
         if not self.is_leader:
             raise self.not_leader()
 
     async def propose(self, datas: list[bytes], results: bool = True) -> tuple[int, int, list[asyncio.Future[Any]] | None]:
         """Propose `datas` together, at consecutive indexes; returns (first index, term, one future per
         entry for its apply result, or None when `results` is False). Raises NotLeader, NoSpace."""
-        self.admit_write()
+        if self.nospace:
+            for data in datas:
+                self.admit_write(data)
+        else:
+            self.admit_write()
         loop = asyncio.get_running_loop()
         placed: asyncio.Future[tuple[int, int]] = loop.create_future()
         applied = [loop.create_future() for _ in datas] if results else None
@@ -325,7 +343,10 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             m = inbox.popleft()
             if leader and m.type in RESPONSES:
                 self.lag.heard_from(m.frm, m.applied, now)
-            node.step(m)
+            try:
+                node.step(m)
+            except StepRejected as e:
+                log.warning("dropped a message no peer may send", reason=str(e))
         if self.inbox.snapshots:
             self._take_snapshot_arrivals()
         if self.inbox.reports:
@@ -370,7 +391,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             # The log records are encoded here: a thread running Python waits for the GIL while the loop
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
-            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records)
+            need = 3 * sum(len(k) + len(v) for k, v in records) if records else 0
+            await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records,
+                                need=need)
         elif rd.hard_state is not None:
             self.store.note_hard_state(rd.hard_state)
         if rd.snapshot is not None:

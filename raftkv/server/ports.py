@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from ..core import Message
 from ..transport.inbox import Inbox, PeerReport, SnapshotArrival
 
-__all__ = ["Clock", "IOExecutor", "Inbox", "PeerReport", "PeerTransport", "SnapshotArrival", "SystemClock",
+__all__ = ["Clock", "DiskRoom", "IOExecutor", "Inbox", "PeerReport", "PeerTransport", "SnapshotArrival", "SystemClock",
            "ThreadIO"]
 
 
@@ -56,6 +56,23 @@ class ThreadIO:
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class DiskRoom(Protocol):
+    """The free space of the data directory's filesystem and its reserve file (storage/disk_space.py's
+    DiskSpace), as the NOSPACE alarm uses it; called on the I/O executor."""
+
+    low: str
+    """Why the reserve was released; "" while it was not."""
+    reserve: Any
+
+    def create_reserve(self) -> bool: ...
+
+    def ensure_room(self, need: int) -> None:
+        """Raise ENOSPC unless `need` bytes and some headroom are free."""
+        ...
+
+    def restore(self) -> bool: ...
 
 
 class PeerTransport(Protocol):

@@ -83,12 +83,18 @@ class ProposalQueue:
                 req.placed.set_result((idx, node.term))
                 waiters.expect_result(idx, node.term, req.applied)
 
-    def refuse_all(self, err: BaseException) -> None:
-        """Queued requests have not reached the log: refuse them with `err`."""
+    def refuse_all(self, err: BaseException, keep: Callable[[list[bytes]], bool] | None = None) -> None:
+        """Queued requests have not reached the log: refuse them with `err` (but the writes `keep` says
+        may stay queued, and every membership change)."""
+        kept: deque[Proposal] = deque()
         for p in self.writes:
-            if not p.placed.done():
+            if p.placed.done():
+                continue
+            if keep is not None and keep(p.datas):
+                kept.append(p)
+            else:
                 p.placed.set_exception(err)
-        self.writes.clear()
+        self.writes = kept
         for r in self.conf_changes:
             if not r.placed.done():
                 r.placed.set_exception(err)

@@ -33,7 +33,8 @@ from .invariants import SafetyChecker, Violation
 from .loop import SimLoop, SimulationIdle
 from .world import CLUSTER_ID, DiskFaults, LinkFaults, SimNode, World
 
-HOST_FAULTS = ("crash", "partition", "drop", "duplicate", "delay", "slow-fsync", "torn-write", "flip-bit")
+HOST_FAULTS = ("crash", "partition", "drop", "duplicate", "delay", "slow-fsync", "torn-write", "flip-bit",
+               "disk-full")
 WRITE_LEVELS = ("leader", "majority", "semi_sync", "sync")
 READ_LEVELS = ("linearizable", "lease", "serializable", "bounded_staleness", "session")
 
@@ -312,6 +313,8 @@ class HostCluster:
             if kind == "heal":
                 net.heal()
                 for n in self.nodes.values():
+                    n.space.full = False
+                for n in self.nodes.values():
                     if not n.up and not n.corrupt:
                         await self._restart(n)
                 self.log("heal")
@@ -345,6 +348,10 @@ class HostCluster:
             elif kind == "delay":
                 net.faults.delay_ms = (0.1, rng.choice([5.0, 20.0]))
                 self.log(f"delay up to {net.faults.delay_ms[1]} ms")
+            elif kind == "disk-full":
+                n = rng.choice(list(self.nodes.values()))
+                n.space.full = True
+                self.log(f"node {n.id}'s disk is full")
             elif kind == "slow-fsync":
                 pass  # drawn per transaction (DiskFaults.slow_fsync)
 
@@ -362,6 +369,8 @@ class HostCluster:
     # -- the end ---------------------------------------------------------------------------------------------
     async def _heal(self) -> None:
         self.world.net.heal()
+        for n in self.nodes.values():
+            n.space.full = False
         for n in self.nodes.values():
             if not n.up and not n.corrupt:
                 await self._restart(n)

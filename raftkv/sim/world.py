@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,6 +86,26 @@ class LinkFaults:
     drop: float = 0.0
     duplicate: float = 0.0
     delay_ms: tuple[float, float] = (0.1, 2.0)
+
+
+class SimSpace:
+    """The data directory's free space (server/ports.py's DiskRoom) on a simulated disk: room, until the
+    nemesis fills it (`full`), which the NOSPACE alarm must ride out."""
+
+    def __init__(self) -> None:
+        self.full = False
+        self.low = ""
+        self.reserve = "(simulated reserve)"
+
+    def create_reserve(self) -> bool:
+        return not self.full
+
+    def ensure_room(self, need: int) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
+
+    def restore(self) -> bool:
+        return not self.full
 
 
 class SimTransport:
@@ -171,6 +192,7 @@ class SimNode:
     disk: MemoryDisk = field(init=False)
     host: NodeHost | None = None
     io: SimIO | None = None
+    space: SimSpace = field(default_factory=SimSpace)
     restarts: int = 0
     corrupt: str = ""
     """Why this node refused to start (a flipped bit found), if it did: it stays down."""
@@ -195,7 +217,7 @@ class SimNode:
         self.io = SimIO(w.rng, w.disk_faults, self.disk)
         self.host = NodeHost(self.cfg, store, transport, Metrics(self.id),
                              seed=w.seed * 1_000_003 + self.id * 1009 + self.restarts, clock=w.clock, io=self.io,
-                             inbox=transport.inbox)
+                             inbox=transport.inbox, space=self.space)
         w.net.inboxes[self.id] = transport.inbox
         await self.host.start()
         return True

@@ -148,3 +148,12 @@ def decode(data: bytes) -> Command:
     if isinstance(op, Range):
         raise ValueError("a range is a read, not a command")
     return op
+
+
+def adds_bytes(cmd: Command) -> bool:
+    """Whether applying `cmd` may store more than it removes: any put in it. A command of deletes only
+    (DeleteRange, or a Txn whose branches hold deletes and ranges alone) is what a node under the NOSPACE
+    alarm still takes, as etcd does: it is how space is freed."""
+    if isinstance(cmd, Txn):
+        return any(isinstance(op, Put) for op in cmd.success + cmd.failure)
+    return isinstance(cmd, Put)

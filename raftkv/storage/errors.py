@@ -50,3 +50,8 @@ def is_nospace(err: BaseException) -> bool:
 def is_storage_fault(err: BaseException) -> bool:
     """Data or disk trouble (as opposed to a bug): reported in one line, without a traceback."""
     return isinstance(err, (StorageError, lmdb.Error, OSError))
+
+
+def is_map_full(err: BaseException) -> bool:
+    """LMDB's map (--map-size) is full: freeing disk space does not help, a larger map does."""
+    return isinstance(err, lmdb.MapFullError)

@@ -1,28 +1,19 @@
-"""An in-process cluster for scenario tests of the core, and a runner for scenarios written as text.
+"""An in-process cluster for tests of the core: nodes on MemoryStorage, the Ready loop a host runs.
 
-Persistence is instant (MemoryStorage), message delivery is explicit: nothing moves until a scenario says
-`stabilize` (deliver until quiet) or `deliver A B` (one batch on one link). Links can be cut. A scenario
-reads like etcd's datadriven tests:
-
-    cluster 3
-    campaign 1
-    stabilize
-    expect role 1 leader
-    propose 1 hello
-    stabilize
-    expect commit * 3
+Persistence is instant (MemoryStorage), message delivery is explicit: nothing moves until a test says
+`stabilize` (deliver until quiet) or `deliver(frm, to)` (one batch on one link). Links can be cut. With
+`trace` set to a list, every Ready handled and every message delivered or lost is described there (the
+datadriven scenarios in scenarios/ print it; see datadriven.py).
 """
 
 from __future__ import annotations
 
 import random
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raftkv.core import (
     ConfChange,
-    ConfChangeType,
     Config,
     ConfState,
     Entry,
@@ -32,15 +23,10 @@ from raftkv.core import (
     MessageType,
     RaftNode,
     ReadState,
+    Ready,
     StateRole,
 )
-
-ROLE_NAMES = {
-    "leader": StateRole.LEADER,
-    "follower": StateRole.FOLLOWER,
-    "candidate": StateRole.CANDIDATE,
-    "pre-candidate": StateRole.PRE_CANDIDATE,
-}
+from raftkv.core.raft import Raft
 
 
 @dataclass
@@ -52,8 +38,95 @@ class SimNode:
     rounds_sent: list[tuple[int, int]] = field(default_factory=list)  # Ready.round_sent, in order
 
 
+def _entry(e: Entry) -> str:
+    out = f"{e.term}/{e.index}"
+    if e.type == EntryType.CONF_CHANGE:
+        cc = ConfChange.decode(e.data)
+        return out + f" conf({cc.type.name.lower().replace('_', '-')} {cc.node_id})"
+    return out + (f" {e.data.decode(errors='replace')!r}" if e.data else "")
+
+
+def describe_entries(ents: list[Entry]) -> str:
+    return ", ".join(_entry(e) for e in ents)
+
+
+def _ids_text(ids: frozenset[int]) -> str:
+    return ",".join(str(i) for i in sorted(ids)) or "-"
+
+
+def _conf(cs: ConfState) -> str:
+    return f"voters={_ids_text(cs.voters)}" + (f" learners={_ids_text(cs.learners)}" if cs.learners else "")
+
+
+def describe_message(m: Message) -> str:
+    """One line per message: its Raft fields that differ from their defaults. The host's own fields
+    (stamp, echo_stamp, echo_commit, applied) are left out: the core does not decide them."""
+    t = m.type
+    parts = [f"{m.frm}->{m.to} {t.name}"]
+    if m.term:
+        parts.append(f"term={m.term}")
+    if t in (MessageType.APP, MessageType.VOTE, MessageType.PRE_VOTE):
+        parts.append(f"log={m.log_term}/{m.index}")
+    else:
+        if m.index:
+            parts.append(f"index={m.index}")
+        if m.log_term:
+            parts.append(f"log_term={m.log_term}")
+    if m.commit:
+        parts.append(f"commit={m.commit}")
+    if m.reject:
+        parts.append("rejected")
+    if m.reject_hint:
+        parts.append(f"hint={m.reject_hint}")
+    if m.entries:
+        parts.append(f"entries=[{describe_entries(m.entries)}]")
+    if m.snapshot is not None:
+        meta = m.snapshot.meta
+        parts.append(f"snapshot={meta.term}/{meta.index} {_conf(meta.conf)}")
+    if m.context:
+        if t in (MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP) and len(m.context) == 8:
+            parts.append(f"round={int.from_bytes(m.context, 'big')}")
+        else:
+            parts.append(f"context={m.context.decode(errors='replace')!r}")
+    return " ".join(parts)
+
+
+def describe_ready(rd: Ready) -> list[str]:
+    """A Ready in the order the host must do its work (see Ready's docstring)."""
+    out: list[str] = []
+    if rd.soft_state is not None:
+        out.append(f"State: {rd.soft_state.role.name.lower().replace('_', '-')}, leader {rd.soft_state.leader}")
+    if rd.hard_state is not None:
+        hs = rd.hard_state
+        out.append(f"HardState term={hs.term} vote={hs.vote} commit={hs.commit}")
+    if rd.snapshot is not None:
+        meta = rd.snapshot.meta
+        out.append(f"Snapshot {meta.term}/{meta.index} {_conf(meta.conf)}")
+    if rd.entries:
+        out.append(f"Entries: {describe_entries(rd.entries)}")
+    if rd.round_sent is not None:
+        out.append(f"RoundSent: {rd.round_sent[0]}:{rd.round_sent[1]}")
+    if rd.messages:
+        out.append("Messages:")
+        out.extend(f"  {describe_message(m)}" for m in rd.messages)
+    if rd.persisted_messages:
+        out.append("Messages after persisting:")
+        out.extend(f"  {describe_message(m)}" for m in rd.persisted_messages)
+    if rd.committed_entries:
+        out.append(f"Committed: {describe_entries(rd.committed_entries)}")
+    if rd.conf_state is not None:
+        out.append(f"ConfState: {_conf(rd.conf_state)}")
+    if rd.read_states:
+        out.append("ReadStates: " + ", ".join(f"{rs.index}:{rs.context.decode(errors='replace')!r}"
+                                               for rs in rd.read_states))
+    return out
+
+
 class Net:
-    def __init__(self, voters: list[int], learners: list[int] = (), **cfg: object) -> None:
+    def __init__(self, voters: list[int], learners: list[int] = (), raft_class: type[Raft] = Raft,
+                 **cfg: object) -> None:
+        """`cfg`: Config options; `raft_class`: a deliberately altered protocol, to show a test catches it."""
+        self.raft_class = raft_class
         self.cfg = cfg
         self.conf = ConfState(frozenset(voters), frozenset(learners))
         self.nodes: dict[int, SimNode] = {}
@@ -61,12 +134,13 @@ class Net:
         self.cut: set[tuple[int, int]] = set()
         self.sent_log: list[Message] = []
         self.stamp_clock = 0
+        self.trace: list[str] | None = None
         for nid in list(voters) + list(learners):
             self.nodes[nid] = self._new(nid, MemoryStorage(self.conf))
 
     def _new(self, nid: int, storage: MemoryStorage, applied: int = 0) -> SimNode:
         cfg = Config(id=nid, rng=random.Random(nid), applied=applied, **self.cfg)
-        return SimNode(storage, RaftNode(cfg, storage))
+        return SimNode(storage, RaftNode(cfg, storage, self.raft_class))
 
     def add_node(self, nid: int) -> None:
         """A brand-new, empty node (to be added by a membership change)."""
@@ -82,6 +156,9 @@ class Net:
         if not n.has_ready():
             return False
         rd = n.ready()
+        if self.trace is not None:
+            self.trace.append(f"> {nid} handling Ready")
+            self.trace.extend("  " + line for line in describe_ready(rd))
         if rd.snapshot is not None:
             sn.storage.apply_snapshot(rd.snapshot)
             sn.applied = [Entry(rd.snapshot.meta.term, rd.snapshot.meta.index, EntryType.NORMAL, b"<snapshot>")]
@@ -117,10 +194,19 @@ class Net:
                 rest.append(m)
         self.queue = rest
         n = 0
+        receiving = None
         for m in batch:
-            if (m.frm, m.to) in self.cut or m.to not in self.nodes:
-                continue
-            if keep is not None and not keep(m):
+            lost = (m.frm, m.to) in self.cut or m.to not in self.nodes or (keep is not None and not keep(m))
+            if self.trace is not None:
+                if lost:
+                    self.trace.append(f"> lost: {describe_message(m)}")
+                    receiving = None
+                else:
+                    if receiving != m.to:
+                        self.trace.append(f"> {m.to} receiving messages")
+                        receiving = m.to
+                    self.trace.append(f"  {describe_message(m)}")
+            if lost:
                 continue
             self.nodes[m.to].node.step(m)
             n += 1
@@ -179,121 +265,3 @@ class Net:
     def log_terms(self, nid: int) -> list[tuple[int, int]]:
         log = self.node(nid).raft_log
         return [(e.index, e.term) for e in log.entries(log.first_index())]
-
-
-# ------------------------------------------------------------------------------------------------
-# Text scenarios
-# ------------------------------------------------------------------------------------------------
-
-def _ids(net: Net, spec: str) -> list[int]:
-    return sorted(net.nodes) if spec == "*" else [int(x) for x in spec.split(",")]
-
-
-def run_scenario(text: str, **cfg: object) -> Net:
-    """Run a scenario; an `expect` that does not hold raises AssertionError naming the line."""
-    net: Net | None = None
-    for lineno, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        words = shlex.split(line)
-        cmd, args = words[0], words[1:]
-        where = f"line {lineno}: {line!r}"
-        if cmd == "cluster":
-            # cluster N [learner-ids] [option=value ...], e.g. `cluster 3 check_quorum=false`
-            opts = dict(cfg)
-            learners: list[int] = []
-            for a in args[1:]:
-                if "=" in a:
-                    k, v = a.split("=", 1)
-                    opts[k] = {"true": True, "false": False}.get(v, int(v) if v.isdigit() else v)
-                else:
-                    learners = [int(x) for x in a.split(",")]
-            net = Net(list(range(1, int(args[0]) + 1)), learners, **opts)
-            continue
-        assert net is not None, f"{where}: no cluster yet"
-        if cmd == "campaign":
-            net.node(int(args[0])).campaign()
-        elif cmd == "stabilize":
-            net.stabilize()
-        elif cmd == "deliver":
-            net.deliver(int(args[0]), int(args[1]))
-        elif cmd == "propose":
-            net.node(int(args[0])).propose(args[1].encode())
-        elif cmd == "tick":
-            for nid in _ids(net, args[0]):
-                net.tick(nid, int(args[1]) if len(args) > 1 else 1)
-            net.process_all()
-        elif cmd == "tick-all":
-            net.tick_all(int(args[0]))
-        elif cmd == "isolate":
-            net.isolate(int(args[0]))
-        elif cmd == "partition":
-            net.partition(*[[int(x) for x in g.split(",")] for g in args])
-        elif cmd == "heal":
-            net.heal()
-        elif cmd == "crash":
-            net.crash(int(args[0]))
-        elif cmd == "add-node":
-            net.add_node(int(args[0]))
-        elif cmd == "conf-change":
-            kind = {"add": ConfChangeType.ADD_VOTER, "remove": ConfChangeType.REMOVE_NODE,
-                    "learner": ConfChangeType.ADD_LEARNER, "promote": ConfChangeType.PROMOTE_LEARNER}[args[1]]
-            net.node(int(args[0])).propose_conf_change(ConfChange(kind, int(args[2])))
-        elif cmd == "transfer":
-            net.node(int(args[0])).transfer_leader(int(args[1]))
-        elif cmd == "read-index":
-            net.node(int(args[0])).read_index(args[1].encode())
-        elif cmd == "expect":
-            _expect(net, args, where)
-        else:
-            raise AssertionError(f"{where}: unknown command {cmd}")
-    assert net is not None
-    return net
-
-
-def _expect(net: Net, args: list[str], where: str) -> None:
-    what, nodes, want = args[0], args[1], args[2:]
-    for nid in _ids(net, nodes):
-        n = net.node(nid)
-        if what == "role":
-            got: object = n.role
-            exp: object = ROLE_NAMES[want[0]]
-        elif what == "term":
-            got, exp = n.term, int(want[0])
-        elif what == "commit":
-            got, exp = n.raft_log.committed, int(want[0])
-        elif what == "leader":
-            got, exp = n.leader_id, int(want[0])
-        elif what == "last-index":
-            got, exp = n.raft_log.last_index(), int(want[0])
-        elif what == "log":  # index:term pairs
-            got = net.log_terms(nid)
-            exp = [tuple(int(x) for x in p.split(":")) for p in want]
-        elif what == "applied":
-            got = [e.data.decode() for e in net.nodes[nid].applied if e.data and e.type == EntryType.NORMAL]
-            exp = want
-        elif what == "voters":
-            got = sorted(n.conf.voters)
-            exp = [int(x) for x in want[0].split(",")] if want else []
-        elif what == "learners":
-            got = sorted(n.conf.learners)
-            exp = [int(x) for x in want[0].split(",")] if want else []
-        elif what == "read-states":
-            got = [(rs.index, rs.context.decode()) for rs in net.nodes[nid].read_states]
-            exp = [(int(p.split(":")[0]), p.split(":")[1]) for p in want]
-        elif what == "removed-at":  # index of the configuration a leader said this node is not in (0: none)
-            got, exp = n.removed_at(), int(want[0])
-        elif what == "lease-held":  # the lease's conditions that need no clock
-            got, exp = n.lease_held(), want[0] == "yes"
-        elif what == "confirmed-round":  # term:number:commit of the newest confirmed round, or none
-            cr = n.confirmed_round()
-            got = "none" if cr is None else f"{cr.term}:{cr.number}:{cr.commit}"
-            exp = want[0]
-        elif what == "round-sent":  # term:number of the newest round a Ready reported sent, or none
-            sent = net.nodes[nid].rounds_sent
-            got = f"{sent[-1][0]}:{sent[-1][1]}" if sent else "none"
-            exp = want[0]
-        else:
-            raise AssertionError(f"{where}: unknown expectation {what}")
-        assert got == exp, f"{where}: node {nid} {what} is {got}, expected {exp}"
