@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/raftkv/v1/*.proto)
 
-.PHONY: all venv proto run test test-fast sim lint clean jepsen bench
+.PHONY: all venv proto run test test-long test-fast sim lint clean jepsen bench
 
 all: venv
 
@@ -35,10 +35,25 @@ sim: venv
 	$(PY) -m raftkv.sim --nodes 5 --seeds 1000 --faults all
 	$(PY) -m raftkv.sim --host --seeds 1000
 
+# The suite mostly waits on real processes (elections, restarts, timeouts), so it runs on TEST_WORKERS
+# pytest-xdist workers; the network-namespace tests form one group and run one after another
+# (tests/conftest.py). Bytecode is cached (__pycache__, ignored by git) even where the environment sets
+# PYTHONDONTWRITEBYTECODE: otherwise every `raftkv serve` and `kv` a test starts compiles raftkv from
+# source again, and every worker rewrites every test module's asserts again.
+# Two workers on CI's two cores: three, on a loaded machine, starved nodes into spurious elections
+# (200 ms election timeouts) in tests that assert a leader keeps leading.
+TEST_WORKERS ?= 2
 test: venv
 	bash tests/install_system_deps.sh
-	$(PY) -m pytest -q
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
+# The soak variants (marked `slow`) of tests that `make test` runs shorter, e.g. kill -9 of every node
+# for many rounds.
+test-long: venv
+	bash tests/install_system_deps.sh
+	env -u PYTHONDONTWRITEBYTECODE $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m slow
+
+# The same tests as `make test`, in one process (no workers).
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 

@@ -22,6 +22,7 @@ from raftkv.client import AsyncClient, Client, DeadlineError, OutcomeUnknownErro
 from raftkv.tls import TlsFiles
 
 from .local_cluster import LocalCluster
+from .tls_certs import tls_cluster, write_ca, write_pair
 
 EXIT_ERROR, EXIT_USAGE, EXIT_OUTCOME_UNKNOWN = 1, 2, 3
 
@@ -158,27 +159,16 @@ def pki(tmp_path: Path) -> dict[str, str]:
              "expired_client": ca.issue_cert("kv-client", not_before=past,
                                              not_after=past + datetime.timedelta(days=1)),
              "foreign_client": other_ca.issue_cert("kv-client")}
-    files = {"ca": tmp_path / "ca.pem", "other_ca": tmp_path / "other-ca.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    other_ca.cert_pem.write_to_path(str(files["other_ca"]))
+    files = {"ca": write_ca(ca, tmp_path), "other_ca": write_ca(other_ca, tmp_path, "other-ca")}
     for name, cert in certs.items():
-        files[f"{name}_cert"] = tmp_path / f"{name}.pem"
-        files[f"{name}_key"] = tmp_path / f"{name}.key"
-        cert.cert_chain_pems[0].write_to_path(str(files[f"{name}_cert"]))
-        cert.private_key_pem.write_to_path(str(files[f"{name}_key"]))
-    return {k: str(v) for k, v in files.items()}
+        files[f"{name}_cert"], files[f"{name}_key"] = write_pair(cert, tmp_path, name)
+    return files
 
 
 @pytest.fixture
 def mtls_cluster(tmp_path: Path, pki: dict[str, str]) -> Iterator[LocalCluster]:
-    flags = ["--cert-file", pki["node_cert"], "--key-file", pki["node_key"], "--trusted-ca-file", pki["ca"],
-             "--client-cert-auth"]
-    c = LocalCluster(tmp_path, extra=flags, tls=TlsFiles(pki["ca"], pki["client_cert"], pki["client_key"]))
-    c.start_all()
-    try:
+    with tls_cluster(tmp_path, pki, "--client-cert-auth") as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def tls_failure(endpoints: str, *flags: str) -> str:

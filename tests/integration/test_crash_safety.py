@@ -169,8 +169,11 @@ def _run(tmp_path: Path, rounds: int, extra: list[str], seed: int) -> None:
     assert version == value + 1, f"counter version {version} for {value} increments: an increment applied twice"
 
 
-def test_kill_9_of_every_node_under_load_loses_and_doubles_nothing(tmp_path: Path) -> None:
-    _run(tmp_path, rounds=3, extra=SNAPSHOTS, seed=13)
+@pytest.mark.parametrize(("extra", "seed"), [(SNAPSHOTS, 13), ([], 14)], ids=["snapshots", "log"])
+def test_kill_9_of_every_node_under_load_loses_and_doubles_nothing(tmp_path: Path, extra: list[str],
+                                                                  seed: int) -> None:
+    """Three rounds in each configuration; the many-round soak below is `make test-long`."""
+    _run(tmp_path, rounds=3, extra=extra, seed=seed)
 
 
 @pytest.mark.slow

@@ -26,26 +26,19 @@ from raftkv.storage import commands
 from raftkv.tls import TlsFiles
 
 from .local_cluster import LocalCluster
+from .tls_certs import tls_cluster, write_ca, write_pair
 
 PEER_CN = "raftkv-peer"
-
-
-def _write_pair(cert: trustme.LeafCert, path: Path, name: str) -> tuple[str, str]:
-    c, k = path / f"{name}.pem", path / f"{name}.key"
-    cert.cert_chain_pems[0].write_to_path(str(c))
-    cert.private_key_pem.write_to_path(str(k))
-    return str(c), str(k)
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
     ca = trustme.CA()
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    files = {"ca": str(tmp_path / "ca.pem")}
-    files["node_cert"], files["node_key"] = _write_pair(
+    files = {"ca": write_ca(ca, tmp_path)}
+    files["node_cert"], files["node_key"] = write_pair(
         ca.issue_cert("127.0.0.1", "localhost", common_name=PEER_CN), tmp_path, "node")
     # A client certificate from the same CA, even one naming the nodes' host: not a peer's (wrong CN).
-    files["client_cert"], files["client_key"] = _write_pair(
+    files["client_cert"], files["client_key"] = write_pair(
         ca.issue_cert("127.0.0.1", common_name="kv-client"), tmp_path, "client")
     return files
 
@@ -94,15 +87,9 @@ def _assert_untouched(cluster: LocalCluster, terms: dict[int, int]) -> None:
 
 @pytest.fixture
 def peer_tls_cluster(tmp_path: Path, pki: dict[str, str]) -> Iterator[LocalCluster]:
-    flags = ["--cert-file", pki["node_cert"], "--key-file", pki["node_key"], "--trusted-ca-file", pki["ca"],
-             "--client-cert-auth", "--peer-trusted-ca-file", pki["ca"], "--peer-client-cert-auth",
-             "--peer-cert-allowed-cn", PEER_CN]
-    c = LocalCluster(tmp_path, extra=flags, tls=TlsFiles(pki["ca"], pki["client_cert"], pki["client_key"]))
-    c.start_all()
-    try:
+    with tls_cluster(tmp_path, pki, "--client-cert-auth", "--peer-trusted-ca-file", pki["ca"],
+                     "--peer-client-cert-auth", "--peer-cert-allowed-cn", PEER_CN) as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def test_forged_peers_are_refused_on_a_tls_cluster(peer_tls_cluster: LocalCluster, pki: dict[str, str]) -> None:
@@ -133,8 +120,8 @@ def test_member_certificate_must_name_the_members_host(tmp_path: Path) -> None:
     whose address host it names."""
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    node_cert, node_key = _write_pair(ca.issue_cert("127.0.0.1", "localhost"), tmp_path, "node")
-    elsewhere = _write_pair(ca.issue_cert("client.example.invalid"), tmp_path, "client")
+    node_cert, node_key = write_pair(ca.issue_cert("127.0.0.1", "localhost"), tmp_path, "node")
+    elsewhere = write_pair(ca.issue_cert("client.example.invalid"), tmp_path, "client")
     flags = ["--cert-file", node_cert, "--key-file", node_key, "--trusted-ca-file", str(tmp_path / "ca.pem"),
              "--client-cert-auth"]
     tls = TlsFiles(str(tmp_path / "ca.pem"), *elsewhere)
@@ -201,7 +188,7 @@ def test_expired_or_not_yet_valid_certificate_refuses_to_start(tmp_path: Path) -
                                 not_after=now + datetime.timedelta(days=30)),
     }
     for name, cert in cases.items():
-        cert_file, key_file = _write_pair(cert, tmp_path, name)
+        cert_file, key_file = write_pair(cert, tmp_path, name)
         r = subprocess.run([sys.executable, "-m", "raftkv.cli.server_main", "serve", "--id", "1", "--data-dir",
                             str(tmp_path / f"data-{name}"), "--listen", "127.0.0.1:1", "--cert-file", cert_file,
                             "--key-file", key_file], capture_output=True, text=True, timeout=60)
@@ -214,8 +201,8 @@ def test_expired_or_not_yet_valid_certificate_refuses_to_start(tmp_path: Path) -
 def test_certificate_expiring_soon_is_a_warning(tmp_path: Path) -> None:
     ca = trustme.CA()
     now = datetime.datetime.now(datetime.UTC)
-    cert_file, key_file = _write_pair(ca.issue_cert("127.0.0.1", not_after=now + datetime.timedelta(days=2)),
-                                      tmp_path, "soon")
+    cert_file, key_file = write_pair(ca.issue_cert("127.0.0.1", not_after=now + datetime.timedelta(days=2)),
+                                     tmp_path, "soon")
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     cluster = LocalCluster(tmp_path, n=1, extra=["--cert-file", cert_file, "--key-file", key_file],
                            tls=TlsFiles(str(tmp_path / "ca.pem")))

@@ -15,37 +15,29 @@ import trustme
 from raftkv.client import Client, RaftKVError
 from raftkv.tls import TlsFiles
 
+from . import tls_certs
 from .local_cluster import LocalCluster
+from .tls_certs import write_ca, write_pair
+
+pytestmark = pytest.mark.xdist_group("test_tls")  # one worker runs the module, so its tests share one cluster
 
 
-@pytest.fixture
-def pki(tmp_path: Path) -> dict[str, str]:
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    path = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    client = ca.issue_cert("kv-client@example.invalid")
-    other_ca = trustme.CA()
-    files = {"ca": tmp_path / "ca.pem", "node_cert": tmp_path / "node.pem", "node_key": tmp_path / "node.key",
-             "client_cert": tmp_path / "client.pem", "client_key": tmp_path / "client.key",
-             "other_ca": tmp_path / "other-ca.pem"}
-    ca.cert_pem.write_to_path(str(files["ca"]))
-    server.cert_chain_pems[0].write_to_path(str(files["node_cert"]))
-    server.private_key_pem.write_to_path(str(files["node_key"]))
-    client.cert_chain_pems[0].write_to_path(str(files["client_cert"]))
-    client.private_key_pem.write_to_path(str(files["client_key"]))
-    other_ca.cert_pem.write_to_path(str(files["other_ca"]))
-    return {k: str(v) for k, v in files.items()}
+    files = {"ca": write_ca(ca, path), "other_ca": write_ca(trustme.CA(), path, "other-ca")}
+    files["node_cert"], files["node_key"] = write_pair(ca.issue_cert("127.0.0.1", "localhost"), path, "node")
+    files["client_cert"], files["client_key"] = write_pair(ca.issue_cert("kv-client@example.invalid"), path,
+                                                           "client")
+    return files
 
 
-@pytest.fixture
-def tls_cluster(tmp_path: Path, pki: dict[str, str]) -> Iterator[LocalCluster]:
-    flags = ["--cert-file", pki["node_cert"], "--key-file", pki["node_key"], "--trusted-ca-file", pki["ca"],
-             "--client-cert-auth"]
-    c = LocalCluster(tmp_path, extra=flags, tls=TlsFiles(pki["ca"], pki["client_cert"], pki["client_key"]))
-    c.start_all()
-    try:
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, str]) -> Iterator[LocalCluster]:
+    """One cluster for the module: its tests write a key and are refused, neither changes what the other checks."""
+    with tls_certs.tls_cluster(tmp_path_factory.mktemp("tls-cluster"), pki, "--client-cert-auth") as c:
         yield c
-    finally:
-        c.stop_all()
 
 
 def kv(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:

@@ -56,12 +56,16 @@ async def _leader(store: LmdbNodeStore, metrics: Metrics) -> NodeHost:
                           on_unreachable=lambda nid: None, adopt_cluster_id=store.adopt_cluster_id)
     host = NodeHost(cfg, store, transport, metrics, seed=1)
     await host.start()
-    for _ in range(500):
-        if host.is_leader and host.applied >= store.log.last_index():
-            await asyncio.sleep(0.3)  # the election's own commits and flush are done
+    for _ in range(1000):
+        # The election's own commits and flush are done: nothing left to persist, LMDB holds it all. On a
+        # loaded machine that takes longer than the settling time alone, and an election fsync counted
+        # as the write's would fail the test.
+        if (host.is_leader and host.applied >= store.log.last_index() and not host.node.has_ready()
+                and not store.dirty() and store.hard_state().commit >= host.applied):
+            await asyncio.sleep(0.3)  # and settled
             return host
         await asyncio.sleep(0.01)
-    raise AssertionError("a one-node cluster did not elect itself")
+    raise AssertionError("a one-node cluster did not elect itself and persist its election")
 
 
 def _count(metrics: Metrics, name: str) -> float:
