@@ -42,8 +42,7 @@ from ..core.storage import limit_size
 from . import commands, state_machine
 from .commands import KV, Range, RangeResult
 from .errors import CommandFailed, CorruptionError
-from .node_store import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS
-from .write_back import Overlay
+from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
 
 
 def _crc(index: int, term: int, etype: int, data: bytes) -> int:
