@@ -5,6 +5,7 @@
     catchup   time for a restarted node to catch up after a large log / snapshot
     failover  kill -9 the leader under writes: election, write outage, catch-up, lost writes
     profile   a run with py-spy attached to the leader, a follower or a client, to see what bounds it
+    hops      where a lone (c=1) write's and read's time goes, hop by hop, from the nodes' own timestamps
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def _strs(s: str) -> list[str]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nodes", type=int, default=3, help="cluster size (default 3)")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds of load per run (default 8)")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds of load per run (default 8; `run`: 6)")
     p.add_argument("--max-ops", type=int, default=2_000_000, help="operations per run at most")
     p.add_argument("--keys", type=int, default=10_000, help="key space, preloaded before the runs (default 10000)")
     p.add_argument("--key-size", type=int, default=16)
@@ -56,14 +57,20 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="the mode matrix against raftkv and etcd")
     _common(run)
-    run.add_argument("--systems", default="raftkv,etcd", help="raftkv, etcd or both (default both)")
+    run.add_argument("--systems", default="raftkv,etcd,floor",
+                     help="any of raftkv, etcd, floor (the gRPC floor: a KV server doing nothing, beside raftkv's "
+                          "unary path); default all three")
     run.add_argument("--modes", default=",".join(DEFAULT_MODES), help=f"from: {', '.join(all_modes())}")
     run.add_argument("--sweep-modes", default=",".join(DEFAULT_SWEEP),
-                     help="modes run at every --concurrency (others only at the highest)")
+                     help="modes run at every --concurrency (others at those of --all-modes-at)")
+    run.add_argument("--all-modes-at", default="1,16,64",
+                     help="concurrencies at which every mode runs (default 1,16,64; the highest --concurrency "
+                          "if none of them is in it)")
     run.add_argument("--unary-modes", default=",".join(DEFAULT_SWEEP),
-                     help="modes also run through raftkv's unary path at the highest concurrency ('' for none)")
-    run.add_argument("--concurrency", default="1,16,64", help="comma list (default 1,16,64)")
+                     help="modes also run through raftkv's unary path at every concurrency ('' for none)")
+    run.add_argument("--concurrency", default="1,16,64,256", help="comma list (default 1,16,64,256)")
     run.add_argument("--preload-timeout", type=float, default=600.0)
+    run.set_defaults(duration=6.0)
 
     sc = sub.add_parser("scale", help="key count, value size, cluster size; memory per key")
     _common(sc)
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     from .failover import add_parser as add_failover
 
     add_failover(sub, _common)
+    from .hops import add_parser as add_hops
+
+    add_hops(sub, _common)
 
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             if m not in all_modes():
                 ap.error(f"unknown mode {m!r}; choose from {', '.join(all_modes())}")
         run_matrix(doc, out, _strs(a.systems), _base(a), modes, _strs(a.sweep_modes), _ints(a.concurrency),
-                   a.preload_timeout, _strs(a.unary_modes))
+                   a.preload_timeout, _strs(a.unary_modes), _ints(a.all_modes_at))
     elif a.cmd == "scale":
         from .scale import run_scale
 
@@ -130,6 +140,17 @@ def main(argv: list[str] | None = None) -> int:
         from .failover import run_failover
 
         run_failover(doc, out, a)
+    elif a.cmd == "hops":
+        from .hops import compare, run_hops
+
+        if a.compare:
+            import json
+            from pathlib import Path
+
+            before, after = (json.loads(Path(p).read_text()).get("hops", {}) for p in a.compare)
+            print(compare(before, after))
+            return 0
+        run_hops(doc, out, a, _base(a, concurrency=1))
     elif a.cmd == "profile":
         from .profile import run_profile
 

@@ -289,7 +289,36 @@ class EtcdCluster(Cluster):
         return out
 
 
+class FloorCluster(Cluster):
+    """One `benchmarks.floor_server` process: the KV service with methods that do nothing (the gRPC floor)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__("floor", root)
+        self.nodes[1] = Node(1, f"127.0.0.1:{free_port()}")
+        root.mkdir(parents=True, exist_ok=True)
+
+    def start_node(self, i: int) -> None:
+        n = self.nodes[i]
+        n.log_path = self.root / f"node{i}.log"
+        cmd = [sys.executable, "-m", "benchmarks.floor_server", "--listen", n.client_address]
+        with open(n.log_path, "ab") as log:
+            n.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                      cwd=HERE.parent)
+
+    def leader_id(self, timeout: float = 30.0) -> int:
+        import grpc
+
+        ch = grpc.insecure_channel(self.nodes[1].client_address)
+        try:
+            grpc.channel_ready_future(ch).result(timeout=timeout)
+        finally:
+            ch.close()
+        return 1
+
+
 def make_cluster(system: str, root: Path, nodes: int, extra: list[str] | None = None) -> Cluster:
+    if system == "floor":
+        return FloorCluster(root)
     if system == "raftkv":
         return RaftkvCluster(root, nodes, extra)
     if system == "etcd":

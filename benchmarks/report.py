@@ -59,6 +59,30 @@ def ratio_table(ratios: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def floor_table(runs: list[dict[str, Any]]) -> str:
+    """raftkv's unary path against the gRPC floor (a server doing nothing) of the same RPC and concurrency:
+    the server CPU per RPC of raftkv's leader (the node that takes every write; reads are spread) and the
+    floor's one process, in µs."""
+    floor = {(r["spec"]["mode"], r["spec"]["concurrency"]): r for r in runs if r["spec"]["system"] == "floor"}
+    head = ("| raftkv run | conc | ops/s | p50 ms | leader CPU µs/op | all nodes CPU µs/op "
+            "| floor ops/s | floor p50 ms | floor CPU µs/RPC | leader / floor |")
+    lines = [head, "|" + "|".join(["---"] * (head.count("|") - 1)) + "|"]
+    for r in runs:
+        s = r["spec"]
+        f = floor.get((s["mode"], s["concurrency"]))
+        if s["system"] != "raftkv" or s["client"] != "unary" or f is None or not r["ops"] or not f["ops"]:
+            continue
+        lead = next((n for n in r["nodes"] if n["leader"]), None)
+        lead_us = lead["cpu_s"] / r["ops"] * 1e6 if lead else None
+        all_us = r["server_cpu_s_total"] / r["ops"] * 1e6
+        floor_us = f["server_cpu_s_total"] / f["ops"] * 1e6
+        lines.append(f"| {s['label']} | {s['concurrency']} | {_f(r['throughput_ops_s'], 0)} "
+                     f"| {_f(r['latency'].get('p50_ms'), 2)} | {_f(lead_us, 0)} | {_f(all_us, 0)} "
+                     f"| {_f(f['throughput_ops_s'], 0)} | {_f(f['latency'].get('p50_ms'), 2)} | {_f(floor_us, 0)} "
+                     f"| {_f(lead_us / floor_us if lead_us and floor_us else None, 2)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def markdown(doc: dict[str, Any]) -> str:
     meta = doc["meta"]
     parts = [f"# raftkv benchmark {meta['started']}", "",
@@ -70,6 +94,9 @@ def markdown(doc: dict[str, Any]) -> str:
     if doc.get("runs"):
         parts += ["## Runs", "", runs_table(doc["runs"]), "", "## raftkv / etcd (same run, same shape)", "",
                   ratio_table(doc.get("ratios", [])), ""]
+        floor = floor_table(doc["runs"])
+        if floor:
+            parts += ["## Unary path: server CPU per RPC against the gRPC floor", "", floor, ""]
     for name, section in doc.get("sections", {}).items():
         parts += [f"## {name}", "", section, ""]
     return "\n".join(parts)

@@ -90,15 +90,29 @@ def measure(cluster: Cluster, spec: RunSpec) -> dict[str, Any]:
     return r
 
 
+def plan_matrix(modes: list[str], sweep_modes: list[str], concurrencies: list[int], all_modes_at: list[int],
+                unary_modes: list[str], client: str) -> list[tuple[str, int, str]]:
+    """(mode, concurrency, raftkv client path) of every run: the sweep modes at every concurrency, every
+    other mode at each of `all_modes_at` (at the highest concurrency if none of them is asked for), so a
+    low-concurrency figure of every ack and read level is always measured; `unary_modes` at every
+    concurrency through the one-RPC-per-operation path."""
+    top = max(concurrencies)
+    some = [c for c in concurrencies if c in all_modes_at] or [top]
+    plan = [(mode, c, client) for mode in modes for c in (concurrencies if mode in sweep_modes else some)]
+    if client != "unary":
+        plan += [(mode, c, "unary") for mode in unary_modes for c in concurrencies]
+    return plan
+
+
 def run_matrix(doc: dict[str, Any], out: Path, systems: list[str], base: RunSpec, modes: list[str],
                sweep_modes: list[str], concurrencies: list[int], preload_timeout_s: float = 600.0,
-               unary_modes: list[str] | None = None) -> None:
-    """Every mode at the highest concurrency, the sweep modes at every concurrency. Each system gets one
-    fresh cluster, preloaded with `base.keys` keys, and the clusters run side by side (an idle cluster
-    costs only its heartbeats): each workload runs on one system, then at once on the other, so a change
-    in the machine's background load falls on both rather than on whichever system ran later.
-    `unary_modes` also run at the highest concurrency through raftkv's one-RPC-per-operation path."""
-    top = max(concurrencies)
+               unary_modes: list[str] | None = None, all_modes_at: list[int] | None = None) -> None:
+    """The runs of `plan_matrix`. Each system gets one fresh cluster, preloaded with `base.keys` keys, and
+    the clusters run side by side (an idle cluster costs only its heartbeats): each workload runs on one
+    system, then at once on the other, so a change in the machine's background load falls on both rather
+    than on whichever system ran later. etcd runs the modes it has (one RPC per operation: its rows stand
+    beside both raftkv client paths); the gRPC floor (`floor`, benchmarks/floor_server.py) runs beside
+    raftkv's unary path only."""
     with ExitStack() as stack:
         clusters: dict[str, Cluster] = {}
         for system in systems:
@@ -107,6 +121,9 @@ def run_matrix(doc: dict[str, Any], out: Path, systems: list[str], base: RunSpec
             print(f"{system}: starting {base.nodes} nodes in {root}", file=sys.stderr, flush=True)
             cluster = stack.enter_context(running_cluster(system, root, base.nodes, extra))
             clusters[system] = cluster
+            if system == "floor":
+                cluster.leader_id()
+                continue  # nothing to preload: its methods do nothing
             if system == "etcd":
                 doc["meta"]["etcd_version"] = etcd_version()
             leader = cluster.leader_id()
@@ -115,16 +132,13 @@ def run_matrix(doc: dict[str, Any], out: Path, systems: list[str], base: RunSpec
             pre = preload(pre_spec, base.keys, preload_timeout_s)
             doc.setdefault("preload", {})[system] = pre
             print(f"  preloaded {pre['keys_loaded']:,} keys in {pre['seconds']:.1f}s", file=sys.stderr, flush=True)
-        plan: list[tuple[str, int, str]] = []
-        for mode in modes:
-            for c in (concurrencies if mode in sweep_modes else [top]):
-                plan.append((mode, c, base.client))
-        for mode in unary_modes or []:
-            if "raftkv" in clusters and base.client != "unary":
-                plan.append((mode, top, "unary"))
+        plan = plan_matrix(modes, sweep_modes, concurrencies, all_modes_at or concurrencies,
+                           unary_modes or [] if "raftkv" in clusters else [], base.client)
         for mode, c, client in plan:
             for system, cluster in clusters.items():
                 if system == "etcd" and (mode not in ETCD_MODES or client != base.client):
+                    continue
+                if system == "floor" and (mode not in ETCD_MODES or client != "unary"):
                     continue
                 spec = replace(base, system=system, mode=mode, concurrency=c, client=client)
                 doc["runs"].append(measure(cluster, spec))

@@ -16,7 +16,7 @@ def all_modes() -> list[str]:
 
 @dataclass
 class RunSpec:
-    system: str                      # raftkv | etcd
+    system: str                      # raftkv | etcd | floor (benchmarks/floor_server.py: gRPC doing nothing)
     mode: str                        # write-<ack> | read-<consistency> | mixed
     concurrency: int = 64            # operations in flight at once, over all client processes
     nodes: int = 3
@@ -43,8 +43,8 @@ class RunSpec:
             self.read_ratio = 0.0
         else:
             raise ValueError(f"unknown mode {self.mode!r}; choose from {', '.join(all_modes())}")
-        if self.system == "etcd" and self.mode not in ETCD_MODES:
-            raise ValueError(f"etcd has no mode {self.mode!r}")
+        if self.system in ("etcd", "floor") and self.mode not in ETCD_MODES:
+            raise ValueError(f"{self.system} has no mode {self.mode!r}")
         self.procs = max(1, min(self.procs, self.concurrency))
 
     @property
@@ -59,7 +59,7 @@ class RunSpec:
     def label(self) -> str:
         if self.system == "etcd":
             return f"etcd {self.mode}"
-        return f"raftkv[{self.client}] {self.mode}"
+        return f"{self.system}[{self.client}] {self.mode}"
 
     def to_dict(self) -> dict:
         d = asdict(self)

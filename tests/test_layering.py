@@ -4,7 +4,7 @@ import, read from every import statement (lazy ones in functions and TYPE_CHECKI
 
 A package may import the raftkv packages in its `may` column and nothing else of raftkv; it must never
 import what its `never` column names, stdlib and third-party included. The core may import only plain
-stdlib data types. Top-level helper modules (exit_codes, status, tls) may be imported by any package but
+stdlib data types. Top-level helper modules (exit_codes, hop_trace, status, tls) may be imported by any package but
 the core; importing one counts as importing what it imports from outside raftkv (status and tls bring
 grpc). Generated stubs (raftkv/proto/) are "proto stubs".
 
@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "raftkv"
 
-LEAF_MODULES = {"exit_codes", "status", "tls"}
+LEAF_MODULES = {"exit_codes", "hop_trace", "status", "tls"}
 """Top-level modules of raftkv/ that are no package of the table: small helpers shared by several."""
 
 CORE_STDLIB = {"__future__", "abc", "bisect", "collections", "dataclasses", "enum", "functools", "heapq",

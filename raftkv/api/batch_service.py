@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 
+from .. import hop_trace
 from ..layers.acks import AckLevel, AckPolicy, AckRequest
 from ..proto.stubs import kv_pb2 as pb
 from ..server.host import NodeHost
@@ -124,6 +125,8 @@ class BatchExecutor:
         else:
             outs = await asyncio.gather(*(self.acks.write(data, ack, needs_result=needs)
                                           for _, _, data, ack, needs in writes), return_exceptions=True)
+        if hop_trace.ON:
+            hop_trace.mark("api.resumed")
         for (i, kind, _, _, _), out in zip(writes, outs, strict=True):
             if isinstance(out, BaseException):
                 results[i] = op_error(out)
@@ -137,6 +140,8 @@ class BatchExecutor:
         try:
             level, bound = self.v.read(read_opts)
             point = await prepare_read(self.host, level, bound, read_opts.session_token, self.cluster_id())
+            if hop_trace.ON:
+                hop_trace.mark("api.resumed")
         except ForwardToLeader:
             await self._forward(ops, [i for i, _, _ in items], results, context)
             return

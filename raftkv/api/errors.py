@@ -16,6 +16,7 @@ import structlog
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from .. import hop_trace
 from ..core import ConfChangeRejected
 from ..layers.acks import UnmeetableAck
 from ..layers.session import InvalidToken, TokenAhead, TokenLost
@@ -100,6 +101,11 @@ def rpc(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
             removal = getattr(getattr(self, "host", None), "removal", None)
             if removal is not None and removal.removed:
                 raise removal.error()  # a removed member serves nothing, not even stale reads
+            if hop_trace.ON:
+                hop_trace.mark("rpc.in")
+                reply = await fn(self, request, context)
+                hop_trace.mark("rpc.out")
+                return reply
             return await fn(self, request, context)
         except asyncio.CancelledError:
             raise

@@ -33,6 +33,11 @@ class Compactor:
         self._retry_at = 0.0
         self._size_checked_at = 0
 
+    @property
+    def running(self) -> bool:
+        """A compaction is under way (it may be writing to the store from the I/O executor)."""
+        return self._task is not None and not self._task.done()
+
     def maybe_start(self) -> None:
         """After an apply: start a compaction if the log has grown past its bounds (and none failed
         within SNAPSHOT_RETRY_SECONDS)."""

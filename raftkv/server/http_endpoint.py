@@ -15,6 +15,8 @@ from typing import Any
 import structlog
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from .. import hop_trace
+
 log = structlog.get_logger("raftkv.http")
 
 IDLE_TIMEOUT_S = 10.0
@@ -50,6 +52,9 @@ class HttpEndpoint:
                     h = endpoint._health()
                     ok = bool(h.get("ready", h.get("has_leader")))
                     self._reply(200 if ok else 503, json.dumps(h).encode(), "application/json")
+                elif path == "/debug/hops" and hop_trace.ON:
+                    # Only with RAFTKV_TRACE_HOPS=1 (benchmarks): the hops recorded since the last call.
+                    self._reply(200, json.dumps(hop_trace.drain()).encode(), "application/json")
                 elif path == "/livez":
                     self._reply(200, b'{"live": true}', "application/json")
                 else:

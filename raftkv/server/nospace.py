@@ -129,22 +129,24 @@ class NoSpaceAlarm:
             if room and self.nospace and not self.stalled and not self.space.low:
                 self._clear_nospace()
 
-    async def _persist(self, fn: Callable[..., Any], *args: Any, need: int = 0) -> Any:
+    async def _persist(self, fn: Callable[..., Any], *args: Any, need: int = 0, inline: bool = False) -> Any:
         """Run one persist step (a whole Ready's transaction) on the I/O executor. Without space, the same
         step is retried every NOSPACE_RETRY_SECONDS under the NOSPACE alarm until it succeeds: its
         transaction was aborted whole, and nothing that depends on it (messages sent after persisting,
         such as a follower's acknowledgement of an append, or `advance`) happens before it succeeds,
         while the loop takes no new proposal. Any other failure is raised: the loop cannot go on.
         A step is tried only with room for `need` bytes and some headroom (disk_space.py: the reserve is
-        released first); once the reserve is released, the alarm holds until the disk has room again."""
+        released first); once the reserve is released, the alarm holds until the disk has room again.
+        `inline`: run on the loop's own thread (a follower's small append, see NodeHost._sync_inline)."""
         while True:
             try:
-                result = await self.io.run(self._with_room, need, fn, *args)
+                result = self._with_room(need, fn, *args) if inline else await self.io.run(self._with_room, need, fn, *args)
             except Exception as e:
                 if not is_nospace(e):
                     raise
                 self._raise_nospace(e)
                 self._stall(True, e)
+                inline = False  # retried on the I/O thread, beside the alarm's own room checks
                 await asyncio.sleep(NOSPACE_RETRY_SECONDS)
                 if self._stopping:
                     raise Stopping() from None

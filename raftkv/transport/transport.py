@@ -23,6 +23,7 @@ from typing import Protocol
 import grpc
 import structlog
 
+from .. import hop_trace
 from ..core import Message, MessageType
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
@@ -172,6 +173,8 @@ class _Peer:
                     yield self._batch([], bytes(data[off:off + chunk_size]))
                 yield self._batch([to_proto(m, snapshot_tail=tail)])
             if msgs:
+                if hop_trace.ON:
+                    hop_trace.mark(f"peer.write.{self.id}")
                 yield self._batch(msgs)
 
     async def run(self) -> None:
@@ -229,6 +232,8 @@ class _RaftService(pb_grpc.RaftServicer):
             identity = checked
         chunks: list[bytes] = []  # of a snapshot still arriving on this stream
         async for batch in request_iterator:
+            if hop_trace.ON:
+                hop_trace.mark(f"peer.recv.{getattr(batch, 'from')}")
             refusal = self._check(batch, identity)
             if refusal is not None:
                 await self._refuse(context, refusal.code, refusal.message)
@@ -379,6 +384,9 @@ class Transport:
         return list(self.peers)
 
     def send(self, msgs: list[Message]) -> None:
+        if hop_trace.ON:
+            for m in msgs:
+                hop_trace.mark(f"send.{m.type.name.lower()}")
         for m in msgs:
             p = self.peers.get(m.to)
             if p is None:
