@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Protocol
 
 import grpc
 
@@ -14,7 +15,6 @@ from ..proto.stubs import kv_pb2_grpc
 from ..server.config import address_problem
 from ..server.host import NodeHost
 from ..server.members import MemberInfo
-from ..storage import LmdbNodeStore
 from .errors import RequestError, invalid, rpc
 from .forward import Forwarder
 
@@ -27,8 +27,19 @@ def lag_to_pb(lg: FollowerLag) -> pb.FollowerLag:
                           critical=lg.critical, unreachable=lg.unreachable)
 
 
+class StoreFacts(Protocol):
+    """What Status reports of the node's store (LmdbNodeStore has them): its identity and size."""
+
+    cluster_id: bytes
+    incarnation: bytes
+
+    def db_size(self) -> int: ...
+
+    def snapshot_index(self) -> int: ...
+
+
 class AdminService(kv_pb2_grpc.AdminServicer):
-    def __init__(self, host: NodeHost, store: LmdbNodeStore, forwarder: Forwarder) -> None:
+    def __init__(self, host: NodeHost, store: StoreFacts, forwarder: Forwarder) -> None:
         self.host = host
         self.store = store
         self.fwd = forwarder

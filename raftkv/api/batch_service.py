@@ -16,22 +16,22 @@ batch, and serves the rest locally.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import grpc
 
 from .. import hop_trace
-from ..layers.acks import AckLevel, AckRequest
+from ..layers.acks import AckLevel, AckPolicy, AckRequest
 from ..proto.stubs import kv_pb2 as pb
+from ..server.host import NodeHost
 from ..status import error_info
 from ..storage import commands
-from .convert import delete_to_pb, kv_to_pb, put_to_pb
+from .convert import Validator, delete_to_pb, put_to_pb
 from .errors import RequestError, classify, invalid
+from .forward import Forwarder
 from .reads import ForwardToLeader, prepare_read
-
-if TYPE_CHECKING:
-    from .kv_service import KVService
+from .replies import Replies
 
 MAX_BATCH_OPS = 10_000
 WRITE_KINDS = ("put", "delete")
@@ -51,11 +51,14 @@ def rpc_error(e: grpc.aio.AioRpcError) -> pb.BatchResult:
 
 
 class BatchExecutor:
-    def __init__(self, kv: KVService) -> None:
-        self.kv = kv
-        self.host = kv.host
-        self.store = kv.store
-        self.v = kv.v
+    def __init__(self, host: NodeHost, acks: AckPolicy, replies: Replies, validator: Validator, forwarder: Forwarder,
+                 cluster_id: Callable[[], bytes]) -> None:
+        self.host = host
+        self.acks = acks
+        self.replies = replies
+        self.v = validator
+        self.fwd = forwarder
+        self.cluster_id = cluster_id
 
     async def run(self, request: pb.BatchRequest, context: grpc.aio.ServicerContext) -> pb.BatchResponse:
         ops = request.ops
@@ -116,11 +119,11 @@ class BatchExecutor:
         outs: list[Any]
         if all(w[3].level == AckLevel.MAJORITY for w in writes):
             try:
-                outs = await self.host.write_many([w[2] for w in writes])
+                outs = await self.acks.write_many([w[2] for w in writes])
             except Exception as e:  # noqa: BLE001 - e.g. NotLeader: every write fails alike
                 outs = [e] * len(writes)
         else:
-            outs = await asyncio.gather(*(self.host.write(data, ack, needs_result=needs)
+            outs = await asyncio.gather(*(self.acks.write(data, ack, needs_result=needs)
                                           for _, _, data, ack, needs in writes), return_exceptions=True)
         if hop_trace.ON:
             hop_trace.mark("api.resumed")
@@ -129,14 +132,14 @@ class BatchExecutor:
                 results[i] = op_error(out)
                 continue
             reply = put_to_pb(out.result) if kind == "put" else delete_to_pb(out.result)
-            reply.meta.CopyFrom(self.kv._write_meta(out))
+            reply.meta.CopyFrom(self.replies.write_meta(out))
             results[i] = pb.BatchResult(**{kind: reply})
 
     async def _reads(self, read_opts: pb.ReadOptions, items: list[tuple[int, str, Any]], ops: Any,
                      results: list[pb.BatchResult | None], context: grpc.aio.ServicerContext) -> None:
         try:
             level, bound = self.v.read(read_opts)
-            point = await prepare_read(self.host, level, bound, read_opts.session_token, self.store.cluster_id)
+            point = await prepare_read(self.host, level, bound, read_opts.session_token, self.cluster_id())
             if hop_trace.ON:
                 hop_trace.mark("api.resumed")
         except ForwardToLeader:
@@ -147,19 +150,12 @@ class BatchExecutor:
             for i, _, _ in items:
                 results[i] = err
             return
-        store = self.store
         for i, kind, arg in items:
             try:
                 if kind == "get":
-                    kv, applied = store.get_at(arg)
-                    reply = pb.GetResponse(found=kv is not None, meta=self.kv._read_meta(point, applied))
-                    if kv is not None:
-                        reply.kv.CopyFrom(kv_to_pb(kv))
-                    results[i] = pb.BatchResult(get=reply)
+                    results[i] = pb.BatchResult(get=self.replies.get(arg, point))
                 else:
-                    reply, applied = await self.kv.range_reply(arg)
-                    reply.meta.CopyFrom(self.kv._read_meta(point, applied))
-                    results[i] = pb.BatchResult(range=reply)
+                    results[i] = pb.BatchResult(range=await self.replies.range(arg, point))
             except Exception as e:  # noqa: BLE001
                 results[i] = op_error(e)
 
@@ -168,7 +164,7 @@ class BatchExecutor:
         """Send the operations at `idxs` to the leader as one batch and take its answers in their places."""
         sub = pb.BatchRequest(ops=[ops[i] for i in idxs])
         try:
-            reply = await self.kv.fwd.call("KV", "Batch", sub, context)
+            reply = await self.fwd.call("KV", "Batch", sub, context)
         except grpc.aio.AioRpcError as e:
             err = rpc_error(e)
             for i in idxs:

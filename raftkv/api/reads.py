@@ -1,92 +1,24 @@
-"""Serving each read consistency level on this node, or deciding that it must go to the leader."""
+"""Reads as the api serves them: the read policy (layers/read_path.py) decides whether this node may
+answer, and its refusals become gRPC statuses here."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from dataclasses import dataclass
-
 import grpc
 
-from ..core import CompactedError
-from ..layers.reads import ReadLevel, StalenessBound, satisfies
-from ..layers.session import SessionToken
+from ..layers.read_path import ForwardToLeader, ReadPoint, ReadRefused, check_token_term
+from ..layers.read_path import prepare_read as _prepare_read
+from ..layers.reads import ReadLevel, StalenessBound
 from ..server.host import NodeHost
 from .errors import RequestError
 
-
-class ForwardToLeader(Exception):
-    """This node cannot serve the read as asked; the leader can."""
-
-
-@dataclass(slots=True)
-class ReadPoint:
-    level: ReadLevel
-    staleness_bound_ms: float = 0.0
-
-
-def check_token_term(host: NodeHost, tok: SessionToken) -> None:
-    """The token's index is applied here, so committed: the log's term there is final."""
-    log = host.node.raft_log
-    try:
-        log_term: int | None = log.term(tok.index)
-    except CompactedError:
-        log_term = None
-    tok.check_term(log_term, log.term_or_zero(log.first_index() - 1))
+__all__ = ["ForwardToLeader", "ReadPoint", "check_token_term", "prepare_read"]
 
 
 async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound | None, token: bytes,
                        cluster_id: bytes) -> ReadPoint:
-    """Wait until this node may serve the read; returns the level actually achieved."""
-    cfg = host.cfg
-    # Whatever the level, a read on this node sees every write this node has already answered: a writer
-    # is answered once its entry is applied into the store's write-back buffer, which reads see first.
-    if level == ReadLevel.SERIALIZABLE:
-        return ReadPoint(level)
-    if level == ReadLevel.LEASE:
-        if host.lease_valid():
-            return ReadPoint(ReadLevel.LEASE)
-        if not cfg.lease_reads:
-            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                               "lease reads are disabled on this cluster (start nodes with --lease-reads)",
-                               "LEASE_READS_DISABLED")
-        if not host.is_leader:
-            raise ForwardToLeader()
-        await host.linearizable_barrier()  # the lease lapsed: fall back to a quorum round
-        return ReadPoint(ReadLevel.LINEARIZABLE)
-    if level == ReadLevel.LINEARIZABLE:
-        await host.linearizable_barrier()
-        return ReadPoint(level)
-    if level == ReadLevel.SESSION:
-        tok = SessionToken.decode(token, cluster_id)
-        if host.is_leader:
-            tok.check_ahead(host.node.raft_log.last_index())
-        try:
-            await asyncio.wait_for(host.wait_applied(tok.index), cfg.read_wait_ms / 1000)
-        except TimeoutError:
-            if host.is_leader:
-                tok.check_ahead(host.node.raft_log.last_index())
-                await host.wait_applied(tok.index)
-            else:
-                raise ForwardToLeader() from None
-        check_token_term(host, tok)
-        return ReadPoint(level)
-    assert bound is not None
-    election_ms = cfg.election_ticks * cfg.tick_ms
-    deadline = time.monotonic() + cfg.read_wait_ms / 1000
-    while True:
-        proof = host.staleness_proof()
-        if satisfies(proof, bound, election_ms):
-            return ReadPoint(level, proof.staleness_ms or 0.0)
-        if host.is_leader:
-            await host.linearizable_barrier()
-            return ReadPoint(level, 0.0)
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(cfg.tick_ms / 1000)
-    if bound.strict:
-        got = "nothing provable" if proof.staleness_ms is None else f"{proof.staleness_ms:.0f} ms"
-        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"node {cfg.id} cannot prove its data is within the staleness bound (it can prove {got})",
-                           "STALENESS_BOUND_NOT_MET")
-    raise ForwardToLeader()
+    """Wait until this node may serve the read; returns the level actually achieved (ForwardToLeader:
+    the leader can serve it; RequestError FAILED_PRECONDITION: nobody can, as asked)."""
+    try:
+        return await _prepare_read(host, level, bound, token, cluster_id)
+    except ReadRefused as e:
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), e.reason) from None

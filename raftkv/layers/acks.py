@@ -11,14 +11,30 @@
 
 A follower's match index (from the core's progress table) is exactly "durably holds": followers acknowledge
 appends only after their fsync.
+
+The policy (`AckPolicy`) sits above the host and uses its primitives: `propose`, `wait_persisted`, the
+apply results `propose` hands back, and `wait_durable`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+import structlog
+
+from ..server.errors import SyncTimeout
+from ..server.host import NodeHost
+from ..server.waiters import Durability, IndexWaiters, confirmed_members
+
+log = structlog.get_logger("raftkv.host")
+
+__all__ = ["AckLevel", "AckOutcome", "AckPolicy", "AckRequest", "DurabilityWaiters", "SemiSyncStatus",
+           "UnmeetableAck", "WriteOutcome", "check_meetable", "confirmed_members"]
 
 
 class AckLevel(Enum):
@@ -60,20 +76,6 @@ def check_meetable(ack: AckRequest, semi_sync_members: frozenset[int]) -> None:
                             "with `kv members update ID --semi-sync`")
 
 
-def confirmed_members(index: int, match: Mapping[int, int]) -> list[int]:
-    return sorted(nid for nid, m in match.items() if m >= index)
-
-
-@dataclass(slots=True)
-class _Waiter:
-    index: int
-    members: frozenset[int]
-    need: int
-    deadline: float
-    level: AckLevel
-    future: asyncio.Future[AckOutcome] = field(repr=False)
-
-
 class SemiSyncStatus:
     """Whether semi-sync writes are currently degraded to majority (MySQL's Rpl_semi_sync_master_status).
 
@@ -109,50 +111,160 @@ class SemiSyncStatus:
         return True
 
 
+def outcome_of(level: AckLevel, found: Durability) -> AckOutcome:
+    """What a durability wait means at `level`: met, or at the deadline degraded (SEMI_SYNC, answered as
+    MAJORITY) or timed out (SYNC)."""
+    if not found.timed_out:
+        return AckOutcome(level, False, found.confirmed_by)
+    if level == AckLevel.SEMI_SYNC:
+        return AckOutcome(AckLevel.MAJORITY, True, found.confirmed_by)
+    return AckOutcome(level, False, found.confirmed_by, timed_out=True)
+
+
 class DurabilityWaiters:
-    """Writes already committed that wait for more members to hold them (SEMI_SYNC and SYNC)."""
+    """Writes already committed that wait for more members to hold them (SEMI_SYNC and SYNC), answered as
+    their level says: the host's durability waits (server/waiters.py) seen through `outcome_of`."""
 
     def __init__(self) -> None:
-        self._waiting: list[_Waiter] = []
+        self._waiters = IndexWaiters()
 
     def __len__(self) -> int:
-        return len(self._waiting)
+        return self._waiters.durable_waiting
 
     def add(self, index: int, level: AckLevel, members: frozenset[int], need: int, deadline: float,
             match: Mapping[int, int], now: float) -> asyncio.Future[AckOutcome]:
-        fut: asyncio.Future[AckOutcome] = asyncio.get_running_loop().create_future()
-        w = _Waiter(index, members, need, deadline, level, fut)
-        if not self._settle(w, match, now):
-            self._waiting.append(w)
-        return fut
+        return self._waiters.wait_durable(index, members, need, deadline, match, now,
+                                          lambda found: outcome_of(level, found))
 
     def update(self, match: Mapping[int, int], now: float) -> None:
-        """Re-check every waiter against the newest progress and the clock."""
-        if self._waiting:
-            self._waiting = [w for w in self._waiting if not self._settle(w, match, now)]
+        self._waiters.release_durable(match, now)
 
     def next_deadline(self) -> float | None:
-        return min((w.deadline for w in self._waiting), default=None)
+        return self._waiters.next_deadline()
 
     def fail_all(self, exc: BaseException) -> None:
-        for w in self._waiting:
-            if not w.future.done():
-                w.future.set_exception(exc)
-        self._waiting = []
+        self._waiters.fail_durable(exc)
 
-    @staticmethod
-    def _settle(w: _Waiter, match: Mapping[int, int], now: float) -> bool:
-        if w.future.done():
-            return True  # the client went away
-        confirmed = confirmed_members(w.index, match)
-        have = sum(1 for nid in confirmed if nid in w.members)
-        if have >= w.need:
-            w.future.set_result(AckOutcome(w.level, False, confirmed))
-            return True
-        if now >= w.deadline:
-            if w.level == AckLevel.SEMI_SYNC:
-                w.future.set_result(AckOutcome(AckLevel.MAJORITY, True, confirmed))
-            else:
-                w.future.set_result(AckOutcome(w.level, False, confirmed, timed_out=True))
-            return True
-        return False
+
+@dataclass(slots=True)
+class WriteOutcome:
+    index: int
+    term: int
+    result: Any
+    ack: AckOutcome
+    latency_s: float
+
+
+class AckPolicy:
+    """The write-ack levels of one node, over its host; holds the semi-sync degrade state, which the host
+    loop lets it re-check after every round (`every_round`)."""
+
+    def __init__(self, host: NodeHost) -> None:
+        self.host = host
+        self.semi_sync = SemiSyncStatus()
+        host.every_round(self._check_semi_sync_recovery)
+
+    async def write(self, data: bytes, ack: AckRequest, needs_result: bool = True) -> WriteOutcome:
+        """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout, NoSpace."""
+        host = self.host
+        host.admit_write(data)
+        if ack.level == AckLevel.SEMI_SYNC:
+            check_meetable(ack, host.semi_sync_members())
+        started = time.monotonic()
+        level = ack.level
+        persist_only = level == AckLevel.LEADER and not needs_result
+        index, term, applied = await host.propose([data], results=not persist_only)
+        if applied is None:
+            await host.wait_persisted(index, term)
+            return WriteOutcome(index, term, None, AckOutcome(AckLevel.LEADER, False, [host.cfg.id]),
+                                time.monotonic() - started)
+        result = await applied[0]
+        if level in (AckLevel.LEADER, AckLevel.MAJORITY):
+            # A leader-level write whose result is needed (a transaction) is answered after commit.
+            outcome = AckOutcome(AckLevel.MAJORITY, False, confirmed_members(index, host.match_indexes()))
+            return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+        outcome = await self._await_durable(index, ack)
+        if outcome.timed_out:
+            raise SyncTimeout(index, term, outcome.confirmed_by)
+        if level == AckLevel.SEMI_SYNC:
+            self._note_semi_sync(index, ack, outcome)
+        return WriteOutcome(index, term, result, outcome, time.monotonic() - started)
+
+    async def write_many(self, datas: list[bytes]) -> list[WriteOutcome | BaseException]:
+        """Majority writes proposed together, in order, answered each on its own once applied.
+
+        The same as `write(data, AckRequest(MAJORITY))` for each, without a task and a placement future per
+        write: the KV.Batch path sends hundreds of writes per call, and per-write asyncio objects were a
+        visible share of the leader's CPU. Raises NotLeader (for all of them) when not the leader."""
+        host = self.host
+        if host.nospace:
+            return await self._write_many_alarmed(datas)
+        host.admit_write()
+        started = time.monotonic()
+        first, term, applied = await host.propose(datas)
+        assert applied is not None
+        # Entries are answered in index order, so when the last is answered all are: waiting on it alone
+        # saves the loop iterations a gather over hundreds of futures takes to report.
+        try:
+            await applied[-1]
+        except Exception:  # noqa: BLE001 - each entry's outcome is read below
+            pass
+        if not all(f.done() for f in applied):
+            await asyncio.wait(applied)
+        results = [f.exception() or f.result() for f in applied]
+        match = host.match_indexes()
+        latency = time.monotonic() - started
+        return [r if isinstance(r, BaseException) else
+                WriteOutcome(first + i, term, r, AckOutcome(AckLevel.MAJORITY, False,
+                                                            confirmed_members(first + i, match)), latency)
+                for i, r in enumerate(results)]
+
+    async def _write_many_alarmed(self, datas: list[bytes]) -> list[WriteOutcome | BaseException]:
+        """`write_many` under the NOSPACE alarm: each delete on its own, everything else refused."""
+        async def one(data: bytes) -> WriteOutcome | BaseException:
+            try:
+                return await self.write(data, AckRequest(AckLevel.MAJORITY))
+            except Exception as e:  # noqa: BLE001 - reported per write, as write_many does
+                return e
+        if not self.host.is_leader:
+            raise self.host.not_leader()
+        return list(await asyncio.gather(*(one(d) for d in datas)))
+
+    def _await_durable(self, index: int, ack: AckRequest) -> asyncio.Future[AckOutcome]:
+        host = self.host
+        if ack.level == AckLevel.SYNC:
+            members = host.sync_members()
+            need = len(members)
+            timeout = ack.timeout_ms / 1000
+        else:
+            members = host.semi_sync_members()
+            need = ack.min_replicas
+            # Degraded, or the set shrank below `need` since the write was checked: answer as soon as
+            # committed (confirmed already, or not, and then said degraded), do not wait out the timeout.
+            hopeless = self.semi_sync.degraded or need > len(members)
+            timeout = 0.0 if hopeless else ack.timeout_ms / 1000
+        level = ack.level
+        return host.wait_durable(index, members, need, timeout, lambda found: outcome_of(level, found))
+
+    def _note_semi_sync(self, index: int, ack: AckRequest, outcome: AckOutcome) -> None:
+        if not self.semi_sync.observe(outcome.degraded, index, ack.min_replicas):
+            return
+        self.host.metrics.semi_sync_transition(outcome.degraded)
+        if outcome.degraded:
+            log.warning("semi-sync degraded", index=index, timeout_ms=ack.timeout_ms, min_replicas=ack.min_replicas,
+                        confirmed_by=outcome.confirmed_by,
+                        detail="writes are acknowledged after commit without the semi-sync replicas, "
+                               "until they catch up")
+        else:
+            log.info("semi-sync recovered", index=index, confirmed_by=outcome.confirmed_by)
+
+    def _check_semi_sync_recovery(self) -> None:
+        """After each round on the leader: have the semi-sync members caught up with the write that
+        degraded semi-sync?"""
+        if not self.semi_sync.degraded:
+            return
+        match = self.host.match_indexes()
+        if self.semi_sync.caught_up(match, self.host.semi_sync_members()):
+            self.host.metrics.semi_sync_transition(False)
+            log.info("semi-sync recovered", caught_up_to=self.semi_sync.recover_at,
+                     confirmed_by=confirmed_members(self.semi_sync.recover_at, match))

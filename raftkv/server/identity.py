@@ -61,11 +61,14 @@ id from the leader's appends, and the leader must hear its answers to send them.
 
 
 class IdentityGuard:
-    def __init__(self, node_id: int, store: object, join: bool, host: Callable[[], NodeHost]) -> None:
+    def __init__(self, node_id: int, store: object, join: bool, host: Callable[[], NodeHost] | None = None) -> None:
+        """The host this guard serves is bound by the host itself (`NodeHost(identity=...)`), so the guard
+        can be built first and handed to the transport as its gate."""
         self.node_id = node_id
         self._store = store
         self._join = join
-        self._host = host
+        self._bound: NodeHost | None = None
+        self._host: Callable[[], NodeHost] = host or self._bound_host
         self.incarnation: bytes = store.incarnation  # type: ignore[attr-defined]
         self.heard: dict[int, bytes] = {}
         """Leader: incarnations heard from members that have none recorded yet."""
@@ -99,6 +102,13 @@ class IdentityGuard:
     # ------------------------------------------------------------------------------------------
     # PeerGate: what the transport asks
     # ------------------------------------------------------------------------------------------
+    def bind(self, host: NodeHost) -> None:
+        self._bound = host
+
+    def _bound_host(self) -> NodeHost:
+        assert self._bound is not None, "the identity guard is used before its host was built"
+        return self._bound
+
     def header_cluster_id(self) -> bytes:
         """The cluster id our batches carry: the one recorded, else the one in our log's newest record."""
         return self.cluster_id or self._log_cluster_id

@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections import deque
 
 from ..core.rounds import ConfirmedRound
-from ..layers.reads import StalenessProof, prove_staleness
+from .staleness import StalenessProof, prove_staleness
 
 MAX_ROUNDS = 4096
 """Send times kept for rounds not yet confirmed (a leader cut off keeps opening rounds until CheckQuorum

@@ -30,6 +30,7 @@ from .http_endpoint import HttpEndpoint
 from .identity import IdentityGuard
 from .logging_setup import configure_logging
 from .metrics import Metrics
+from .ports import SystemClock, ThreadIO
 from .removal import GRACE_SECONDS, marker_text
 
 log = structlog.get_logger("raftkv.server")
@@ -119,25 +120,20 @@ def _port_in_use(listen: str) -> bool:
 
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     metrics = Metrics(cfg.id)
-    host_box: list[NodeHost] = []
-    guard = IdentityGuard(cfg.id, store, cfg.join, lambda: host_box[0])
+    guard = IdentityGuard(cfg.id, store, cfg.join)
     try:
         peer_auth = cfg.peer_auth()
         peer_tls = cfg.peer_tls
     except TlsError as e:
         print(f"Error: {e}", file=sys.stderr)
         return exit_codes.USAGE
-    transport = Transport(cfg.id, cfg.address, guard.header_cluster_id, on_message=lambda m: host_box[0].deliver(m),
-                          on_unreachable=lambda nid: host_box[0].peer_unreachable(nid),
-                          adopt_cluster_id=guard.adopt_from_leader, tls=peer_tls, gate=guard, peer_auth=peer_auth,
+    # Built apart: the transport fills its inbox, the host pulls from it (transport/inbox.py).
+    transport = Transport(cfg.id, cfg.address, guard.header_cluster_id, adopt_cluster_id=guard.adopt_from_leader,
+                          tls=peer_tls, gate=guard, peer_auth=peer_auth,
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
-                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
-                          on_snapshot=lambda m: host_box[0].deliver_snapshot(m),
-                          on_snapshot_status=lambda nid, ok: host_box[0].snapshot_status(nid, ok),
-                          on_refused=lambda nid, why: host_box[0].peer_refused(nid, why))
-    host = NodeHost(cfg, store, transport, metrics)
-    host.identity = guard
-    host_box.append(host)
+                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes))
+    host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
+                    identity=guard)
     forwarder = Forwarder(host)
     if _port_in_use(cfg.listen):
         print(f"Error: cannot listen on {cfg.listen}: the address is in use (is another raftkv serve running?)",
@@ -146,7 +142,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     # No SO_REUSEPORT: a second process on the same port would otherwise silently share its traffic.
     server = grpc.aio.server(options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
     transport.register(server)
-    kv_service = KVService(host, store, forwarder)
+    kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
     health_servicer = health.aio.HealthServicer()

@@ -52,14 +52,11 @@ from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
 from .kv_records import BUCKET_THRESHOLD
-from .write_back import Overlay
+from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
 
 FORMAT = b"raftkv-2"
 """raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py)."""
 VERIFY_TAIL = 1000
-FLUSH_MAX_ENTRIES = 10_000
-FLUSH_MAX_SECONDS = 0.1
-"""How far the write-back buffer may run ahead of LMDB before it is flushed on its own (DESIGN.md §4)."""
 _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
 

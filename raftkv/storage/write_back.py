@@ -20,6 +20,10 @@ from typing import Protocol
 
 from . import kv_records
 
+FLUSH_MAX_ENTRIES = 10_000
+FLUSH_MAX_SECONDS = 0.1
+"""How far the write-back buffer may run ahead of the store before it is flushed on its own (DESIGN.md §4)."""
+
 
 class RecordView(Protocol):
     """What an Overlay needs beneath it: sealed records by full key, and in key order."""

@@ -29,6 +29,7 @@ from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
 from .codec import from_proto, to_proto
+from .inbox import Inbox
 from .snapshot_stream import SNAPSHOT_STREAM_CHUNK, InstallHook, SnapshotSender, SnapshotStore, receive
 
 log = structlog.get_logger("raftkv.transport")
@@ -193,7 +194,7 @@ class _Peer:
                         log.error("peer refused our stream", peer=self.id, address=self.address,
                                   code=e.code().name, reason=reason)
                     self.owner.gate.refused_by(self.id, e.code(), reason)
-                if "not a member" in (e.details() or "") and self.owner.on_refused is not None:
+                if "not a member" in (e.details() or ""):
                     self.owner.on_refused(self.id, e.details() or "")
             except Exception as e:  # keep the sender alive whatever the channel throws
                 log.debug("peer stream error", peer=self.id, error=repr(e))
@@ -303,16 +304,22 @@ class _RaftService(pb_grpc.RaftServicer):
 
 
 class Transport:
-    def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes], on_message: Callable[[Message], None],
-                 on_unreachable: Callable[[int], None], adopt_cluster_id: Callable[[bytes], None],
+    def __init__(self, node_id: int, address: str, cluster_id: Callable[[], bytes],
+                 on_message: Callable[[Message], None] | None = None,
+                 on_unreachable: Callable[[int], None] | None = None,
+                 adopt_cluster_id: Callable[[bytes], None] = lambda _: None,
                  queue_limit: int = 8192, tls: TlsFiles | None = None, snapshot_chunk: int = SNAPSHOT_CHUNK,
                  max_batch_bytes: int = PEER_MAX_MESSAGE // 2,
                  on_refused: Callable[[int, str], None] | None = None,
                  gate: PeerGate | None = None, peer_auth: PeerAuth | None = None,
                  snapshot_store: SnapshotStore | None = None, on_snapshot: InstallHook | None = None,
                  on_snapshot_status: Callable[[int, bool], None] | None = None,
-                 snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK) -> None:
-        """With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
+                 snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK, inbox: Inbox | None = None) -> None:
+        """What peers send goes into `inbox` (inbox.py), which the host pulls from: the transport never
+        calls the host. The `on_*` hooks replace the inbox's matching part, for tools and tests that
+        watch the traffic themselves.
+
+        With `snapshot_store`, snapshot messages travel as InstallSnapshot streams of the store's records
         (snapshot_stream.py) in pieces of about `snapshot_stream_chunk` bytes (keep it under the peers'
         receive limit, as `max_batch_bytes`), received ones are staged in it and handed over with
         `on_snapshot`; without, a snapshot's data travels inline on the message stream.
@@ -321,7 +328,8 @@ class Transport:
         self.node_id = node_id
         self.max_batch_bytes = max_batch_bytes
         """Bytes of messages per batch (at least one message per batch), under the peers' receive limit."""
-        self.on_refused = on_refused
+        self.inbox = inbox if inbox is not None else Inbox()
+        self.on_refused: Callable[[int, str], None] = on_refused or self.inbox.refused
         """Told when a peer refuses our stream because this node is not a member (it may have been removed)."""
         self.gate: PeerGate = gate or OpenGate()
         self.peer_auth = peer_auth or PeerAuth()
@@ -332,16 +340,17 @@ class Transport:
         self.snapshot_chunk = snapshot_chunk
         self.address = address
         self.cluster_id = cluster_id
-        self.on_message = on_message
-        self.on_unreachable = on_unreachable
+        self.on_message: Callable[[Message], None] = on_message or self.inbox.message
+        self.on_unreachable: Callable[[int], None] = on_unreachable or self.inbox.unreachable
         self.adopt_cluster_id = adopt_cluster_id
         self.queue_limit = queue_limit
         self.peers: dict[int, _Peer] = {}
         self.stopping = False
         self.dropped = 0
         self.snapshot_store = snapshot_store
-        self.on_snapshot = on_snapshot
-        self.on_snapshot_status = on_snapshot_status
+        self.on_snapshot: InstallHook | None = on_snapshot or (self.inbox.snapshot if snapshot_store is not None
+                                                              else None)
+        self.on_snapshot_status: Callable[[int, bool], None] = on_snapshot_status or self.inbox.snapshot_status
         self.snapshot_stream_chunk = snapshot_stream_chunk
         self.receiving = 0
         """InstallSnapshot streams being received now."""

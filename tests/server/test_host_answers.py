@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from raftkv.api.reads import prepare_read
-from raftkv.layers.acks import AckLevel, AckRequest
+from raftkv.layers.acks import AckLevel, AckPolicy, AckRequest
 from raftkv.layers.reads import ReadLevel
 from raftkv.server.config import ServerConfig
 from raftkv.server.host import NodeHost, bootstrap_store
@@ -81,7 +81,7 @@ def test_a_write_costs_one_fsync_and_is_read_from_the_buffer(store: LmdbNodeStor
         flushes = _count(metrics, "raftkv_backend_commit_duration_seconds")
         held = HeldFlushes(store)
         try:
-            out = await asyncio.wait_for(host.write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY)), 10)
+            out = await asyncio.wait_for(AckPolicy(host).write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY)), 10)
             assert out.result.revision == out.index
             # Answered and readable on the node, while LMDB's kv does not have it yet.
             assert store.durable_applied_index() < out.index

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from raftkv.core import LOCAL_MESSAGES, Message
-from raftkv.layers.acks import AckLevel, AckRequest
+from raftkv.layers.acks import AckLevel, AckPolicy, AckRequest
 from raftkv.server.config import ServerConfig
 from raftkv.server.host import NodeHost, bootstrap_store
 from raftkv.server.metrics import Metrics
@@ -46,7 +46,7 @@ def test_local_message_types_from_a_peer_are_dropped_and_the_node_serves_on(stor
             term = host.node.term
             for mtype in sorted(LOCAL_MESSAGES):
                 host.deliver(Message(mtype, to=1, frm=2, term=term))
-            out = await asyncio.wait_for(host.write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY)), 10)
+            out = await asyncio.wait_for(AckPolicy(host).write(encode(Put(b"k", b"v")), AckRequest(AckLevel.MAJORITY)), 10)
             assert out.index > 0
             assert not host.failed.is_set() and host.fatal is None
             assert host.is_leader and host.node.term == term
