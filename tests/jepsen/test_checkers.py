@@ -309,6 +309,24 @@ def test_staleness_read_of_never_written_value_is_flagged() -> None:
     assert v.valid is False and v.anomalies[0]["type"] == "never-written"
 
 
+def test_an_indeterminate_write_applied_late_is_not_a_stale_read() -> None:
+    # Write 2's reply was lost (its request sat in a cut link's TCP buffer) and it took effect only after
+    # writes 3 and 4: reading 2 then is the present, not the past.
+    late = op("write", "k", 2, None, 1.0, 2.0, status="info", process=0)
+    ops = [stw(1, 0, 0.1), late, stw(3, 2.1, 2.2), stw(4, 2.3, 2.4), str_(2, 3.0), str_(4, 3.1)]
+    assert check_staleness(ops).valid is True
+
+
+def test_an_indeterminate_write_already_seen_bounds_what_may_be_read_later() -> None:
+    # Write 2 was seen by a read at 1.5, so it took effect before 3 and 4 were even sent: reading 2 again
+    # at 3.0 is 0.8 s behind write 4.
+    late = op("write", "k", 2, None, 1.0, 2.0, status="info", process=0)
+    ops = [stw(1, 0, 0.1), late, str_(2, 1.5), stw(3, 2.1, 2.2), stw(4, 2.3, 2.4), str_(2, 3.0)]
+    v = check_staleness(ops)
+    assert v.valid is False and v.anomalies[0]["type"] == "stale-beyond-bound"
+    assert v.anomalies[0]["required_at_least"] == 4
+
+
 # -------------------------------------------------------------------------------- history
 def test_history_pairs_events_and_leaves_unfinished_ops_indeterminate(tmp_path) -> None:  # noqa: ANN001
     h = History()

@@ -1,7 +1,13 @@
 """Bounded-staleness reads: a read with bound B that began at time t returns a value at least as new as
 every write acknowledged before t - B (times on the clients' one monotonic clock). Each key has a single
 writer with increasing counters, so "as new as" is a comparison of counters. A read of a value never
-written is flagged too."""
+written is flagged too.
+
+A write whose outcome is unknown (its reply was lost) may take effect long after the writes that followed
+it: its request can sit in a cut link's TCP buffer and reach the leader when the link heals, with a fresh
+gRPC deadline. Its counter then says nothing about its age. All the history can prove is that it took
+effect before the first read that returned it, so such a value must be as new as every write that was
+sent after that read and acknowledged before t - B."""
 
 from __future__ import annotations
 
@@ -34,6 +40,12 @@ def check_staleness(ops: Sequence[Op]) -> Verdict:
             pm.append(m)
         prefix_max[key] = pm
     reads = [o for o in ops if o.f == "read" and o.ok]
+    acked = {key: {w.arg for w in ws} for key, ws in writes.items()}
+    first_seen: dict[Any, dict[Any, float]] = defaultdict(dict)
+    for r in reads:
+        seen = first_seen[r.key]
+        if r.result is not None and r.end < seen.get(r.result, float("inf")):
+            seen[r.result] = r.end
     worst = 0.0
     for r in reads:
         bound_s = r.arg["max_staleness_ms"] / 1000
@@ -42,17 +54,24 @@ def check_staleness(ops: Sequence[Op]) -> Verdict:
             v.valid = False
             v.anomalies.append({"type": "never-written", "read": r.describe()})
             continue
-        i = bisect.bisect_left(ends.get(r.key, []), r.start - bound_s)
-        if i == 0:
-            continue
-        required = prefix_max[r.key][i - 1]
+        after = float("-inf")  # newer writes count only from here (see the module docstring)
+        if value is not None and value not in acked.get(r.key, ()):
+            seen_at = after = first_seen[r.key][value]
+            required = max((w.arg for w in writes[r.key] if w.start > seen_at and w.end < r.start - bound_s),
+                           default=-1)
+        else:
+            i = bisect.bisect_left(ends.get(r.key, []), r.start - bound_s)
+            if i == 0:
+                continue
+            required = prefix_max[r.key][i - 1]
         if value is None or value < required:
             v.valid = False
             if len(v.anomalies) < 20:
                 v.anomalies.append({"type": "stale-beyond-bound", "required_at_least": required, "bound_ms":
                                     r.arg["max_staleness_ms"], "read": r.describe()})
         # How stale was it, as far as the history can tell: the first write newer than what was read.
-        newer = [w.end for w in writes[r.key] if w.arg > (value if value is not None else -1) and w.end < r.start]
+        newer = [w.end for w in writes[r.key]
+                 if w.arg > (value if value is not None else -1) and w.start > after and w.end < r.start]
         if newer:
             worst = max(worst, r.start - min(newer))
     v.ops_checked = len(reads) + sum(len(w) for w in writes.values())
