@@ -5,12 +5,11 @@ pytest-xdist; a plain `pytest` run is one process and none of this changes anyth
   never start servers on the same port, and none takes the port of another's node while it is down
   for a restart. The slice goes through the environment, so the processes a test starts (`python -m
   benchmarks`, `raftkv dev`) stay inside it too.
-- The tests that build network namespaces share one set of names and addresses (tests/jepsen/conftest.py):
-  they form one xdist group and so run one after another on a single worker.
-- That group (minutes of work on one worker), the simulator's many-seed tests and the `slow` tests are
-  collected first: workers take
-  tests in collection order, and the longest ones started last would leave the others idle at the end.
-  Only the order changes; every test runs as before.
+- The tests that build network namespaces share one set of names and addresses: they take a lock for
+  their whole run (tests/jepsen/conftest.py), so two never overlap whichever workers run them.
+- The simulator's many-seed tests and the `slow` tests are collected first: workers take tests in
+  collection order, and the longest ones started last would leave the others idle at the end. Only the
+  order changes; every test runs as before.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ import pytest
 
 from benchmarks.ports import SLICE_ENV
 
-NAMESPACE_GROUP = "network-namespaces"
-
 
 def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
@@ -31,22 +28,11 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[SLICE_ENV] = f"{index}/{workerinput['workercount']}"
 
 
-def _needs_namespaces(item: pytest.Item) -> bool:
-    return "namespaces" in getattr(item, "fixturenames", ())
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the xdist_group markers
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _needs_namespaces(item):
-            item.add_marker(pytest.mark.xdist_group(NAMESPACE_GROUP))
-    # Stable: within each class the collection order stays.
-    items.sort(key=_start_order)
+    items.sort(key=_start_order)  # stable: within each class the collection order stays
 
 
 def _start_order(item: pytest.Item) -> int:
-    if _needs_namespaces(item):
-        return 0
     if item.get_closest_marker("slow") or item.path.parent.name == "sim":  # the simulator: minutes of CPU
-        return 1
-    return 2
+        return 0
+    return 1

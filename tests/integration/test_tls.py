@@ -19,8 +19,6 @@ from . import tls_certs
 from .local_cluster import LocalCluster
 from .tls_certs import write_ca, write_pair
 
-pytestmark = pytest.mark.xdist_group("test_tls")  # one worker runs the module, so its tests share one cluster
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

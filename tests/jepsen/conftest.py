@@ -5,6 +5,7 @@ tests fail, loudly: the partition suite is part of what `make test` promises."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,11 +19,19 @@ PREFIX = "rkvjt"  # distinct from the matrix's `rkvjm`, so `make jepsen` and `ma
 NET = 2
 
 
+# The tests share one set of namespace names and addresses: under `make test`'s pytest-xdist workers, a
+# test holds this lock from before its topology is built until after it is torn down, so two never overlap.
+LOCK = "/tmp/raftkv-test-namespaces.lock"
+
+
 @pytest.fixture
-def namespaces() -> None:
+def namespaces() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("the partition suite needs root for network namespaces and iptables")
     check_environment()
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture
