@@ -138,9 +138,9 @@ class EtcdDriver(Driver):
 
     def __init__(self, spec: RunSpec) -> None:
         super().__init__(spec)
-        from .etcd_stubs import load
+        from raftkv.proto.etcd_stubs import rpc_pb2, rpc_pb2_grpc
 
-        self.pb, self.grpc = load()
+        self.pb, self.grpc = rpc_pb2, rpc_pb2_grpc
         self.serializable = spec.consistency == "serializable"
 
     def stub(self, address: str) -> Any:
