@@ -119,9 +119,12 @@ def _token(text: str | None) -> bytes:
     if not text:
         return b""
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        token = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise _bad(f"{SESSION_TOKEN}: not a token from a raftkv reply") from None
+    if not token:
+        raise _bad(f"{SESSION_TOKEN}: not a token from a raftkv reply")
+    return token
 
 
 def token_text(token: bytes) -> str:

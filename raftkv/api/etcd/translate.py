@@ -209,17 +209,19 @@ def delete_to_etcd(res: DeleteResult | None) -> epb.DeleteRangeResponse:
 
 
 def txn_to_etcd(req: epb.TxnRequest, res: TxnResult, header: epb.ResponseHeader) -> epb.TxnResponse:
+    """The responses of the branch taken; each carries a header with the revision alone, as etcd's."""
     ops = req.success if res.succeeded else req.failure
     out = epb.TxnResponse(header=header, succeeded=res.succeeded)
+    inner = epb.ResponseHeader(revision=header.revision)
     for op, r in zip(ops, res.results, strict=True):
         if isinstance(r, PutResult):
             resp = epb.ResponseOp(response_put=put_to_etcd(r))
-            resp.response_put.header.CopyFrom(header)
+            resp.response_put.header.CopyFrom(inner)
         elif isinstance(r, DeleteResult):
             resp = epb.ResponseOp(response_delete_range=delete_to_etcd(r))
-            resp.response_delete_range.header.CopyFrom(header)
+            resp.response_delete_range.header.CopyFrom(inner)
         else:
             resp = epb.ResponseOp(response_range=range_to_etcd(op.request_range, r))
-            resp.response_range.header.CopyFrom(header)
+            resp.response_range.header.CopyFrom(inner)
         out.responses.append(resp)
     return out
