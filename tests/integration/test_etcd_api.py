@@ -24,14 +24,14 @@ from raftkv.proto.etcd_stubs import rpc_pb2_grpc as epb_grpc
 from . import etcdctl_cases as cases
 from .local_cluster import LocalCluster
 
-pytestmark = pytest.mark.skipif(not Path(cases.ETCDCTL).exists(), reason="etcdctl (Debian etcd-client) missing")
-
 LIMITS = ["--max-request-bytes", str(cases.MAX_REQUEST_BYTES), "--max-value-bytes", "2048",
           "--max-key-bytes", "512"]
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    if not Path(cases.ETCDCTL).exists():
+        pytest.fail("etcdctl (Debian's etcd-client) is missing: run `bash tests/install_system_deps.sh`")
     c = LocalCluster(tmp_path_factory.mktemp("etcd-api"), extra=LIMITS).start_all()
     try:
         yield c
