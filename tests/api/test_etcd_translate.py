@@ -10,10 +10,11 @@ import pytest
 from raftkv.api.convert import Validator
 from raftkv.api.etcd import levels
 from raftkv.api.etcd.errors import EtcdError
-from raftkv.api.etcd.translate import Translator, range_to_etcd
+from raftkv.api.etcd.translate import Translator, range_to_etcd, txn_to_etcd
 from raftkv.proto.etcd_stubs import rpc_pb2 as epb
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.server.config import ServerConfig
+from raftkv.storage import commands
 from raftkv.storage.commands import KV, RangeResult
 from raftkv.storage.state_machine import apply_command
 
@@ -82,8 +83,8 @@ def test_refusals_are_etcds() -> None:
               grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: value is provided"),
              (lambda: T.txn(epb.TxnRequest(success=[epb.RequestOp(request_put=epb.PutRequest(key=b"k"))] * 129)),
               grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: too many operations in txn request"),
-             (lambda: T.txn(epb.TxnRequest(success=[epb.RequestOp(request_txn=epb.TxnRequest())])),
-              grpc.StatusCode.UNIMPLEMENTED, "nested transactions")]
+             (lambda: T.txn(epb.TxnRequest(compare=[epb.Compare(key=b"k", range_end=b"l")])),
+              grpc.StatusCode.UNIMPLEMENTED, "compares over a key range")]
     for call, code, message in cases:
         with pytest.raises(EtcdError) as e:
             call()
@@ -122,3 +123,35 @@ def test_metadata_levels_parse_into_raftkv_options() -> None:
     for bad in ({"raftkv-ack": "quick"}, {"raftkv-ack": "sync;timeout_ms=-1"}, {"raftkv-ack": "leader;x=1"}):
         with pytest.raises(EtcdError):
             levels.write_options(bad)
+
+
+def _put_op(key: bytes, value: bytes) -> epb.RequestOp:
+    return epb.RequestOp(request_put=epb.PutRequest(key=key, value=value))
+
+
+def test_nested_txn_compares_see_the_state_before_the_txn() -> None:
+    """etcd evaluates every compare on the chosen path before any operation applies: the nested compare
+    sees k=v although the outer branch puts k=w first. The command survives the log's encoding."""
+    view = DictView()
+    apply_command(view, T.put(epb.PutRequest(key=b"k", value=b"v")), 5)
+    inner = epb.TxnRequest(compare=[_cmp(epb.Compare.VALUE, epb.Compare.EQUAL, b"k", value=b"v")],
+                           success=[_put_op(b"n", b"yes"), epb.RequestOp(request_range=epb.RangeRequest(key=b"k"))],
+                           failure=[_put_op(b"n", b"no")])
+    req = epb.TxnRequest(success=[_put_op(b"k", b"w"), epb.RequestOp(request_txn=inner)])
+    cmd = commands.decode(commands.encode(T.txn(req)))
+    res = apply_command(view, cmd, 6)
+    out = txn_to_etcd(req, res, epb.ResponseHeader(revision=6))
+    nested = out.responses[1].response_txn
+    assert out.succeeded and nested.succeeded
+    assert [kv.value for kv in nested.responses[1].response_range.kvs] == [b"w"]  # ops apply in order
+    assert nested.header.revision == 6
+    assert commands.adds_bytes(cmd)
+
+
+def test_nested_txn_duplicate_keys_are_refused() -> None:
+    inner = epb.TxnRequest(success=[_put_op(b"a", b"2")])
+    with pytest.raises(EtcdError, match="duplicate key"):
+        T.txn(epb.TxnRequest(success=[_put_op(b"a", b"1"), epb.RequestOp(request_txn=inner)]))
+    # The nested transaction's two branches never both run: the same key in each is fine.
+    both = epb.TxnRequest(success=[_put_op(b"a", b"2")], failure=[_put_op(b"a", b"3")])
+    T.txn(epb.TxnRequest(success=[epb.RequestOp(request_txn=both)]))

@@ -5,9 +5,9 @@ Validation order and messages follow etcd's (`checkPutRequest`, `checkTxnRequest
 --max-txn-ops is "too many operations", a key written twice in one branch is "duplicate key". Limits that
 etcd lacks (per-key and per-value size) answer raftkv's INVALID_ARGUMENT message.
 
-etcd features that need a state-machine change raftkv does not have yet are refused with a clear
-message, never served approximately: compares over a key range (`range_end` on a Compare) and nested
-transactions (`request_txn`)."""
+Nested transactions (`request_txn`) are raftkv Txns inside a Txn, applied as etcd applies them. etcd
+features that need a state-machine change raftkv does not have yet are refused with a clear message,
+never served approximately: compares over a key range (`range_end` on a Compare)."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class Translator:
             raise E.EMPTY_KEY()
         return Delete(self.v.key(r.key), self.v.range_end(r.range_end), r.prev_kv)
 
-    def txn(self, r: epb.TxnRequest) -> Txn:
+    def txn(self, r: epb.TxnRequest, nested: bool = False) -> Txn:
         ops = max(len(r.success), len(r.failure), len(r.compare))
         if ops > self.v.cfg.max_txn_ops or len(r.success) + len(r.failure) + len(r.compare) > self.v.cfg.max_txn_ops:
             raise E.TOO_MANY_OPS()
@@ -89,8 +89,9 @@ class Translator:
             compares += self._compare(c)
         success = tuple(self._op(o) for o in r.success)
         failure = tuple(self._op(o) for o in r.failure)
-        for branch in (success, failure):
-            _check_duplicates(branch)
+        if not nested:
+            for branch in (success, failure):
+                _branch_puts(branch)
         return Txn(tuple(compares), success, failure)
 
     def _compare(self, c: epb.Compare) -> list[Compare]:
@@ -120,7 +121,7 @@ class Translator:
         number = {"version": c.version, "create": c.create_revision, "mod": c.mod_revision}[target]
         return [Compare(key, target, result, number)]
 
-    def _op(self, o: epb.RequestOp) -> Put | Delete | Range:
+    def _op(self, o: epb.RequestOp) -> Put | Delete | Range | Txn:
         kind = o.WhichOneof("request")
         if kind == "request_put":
             if o.request_put.ignore_value or o.request_put.ignore_lease:
@@ -133,7 +134,7 @@ class Translator:
                 raise unimplemented("raftkv does not support a revision on a range inside a transaction")
             return self.range(o.request_range)
         if kind == "request_txn":
-            raise unimplemented("raftkv does not support nested transactions (RequestOp.request_txn) yet")
+            return self.txn(o.request_txn, nested=True)
         raise EtcdError(grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: a transaction operation must be set")
 
 
@@ -145,8 +146,10 @@ def _overlaps(key: bytes, d: Delete) -> bool:
     return d.key <= key < d.range_end
 
 
-def _check_duplicates(ops: tuple[Put | Delete | Range, ...]) -> None:
-    """etcd refuses a branch that puts one key twice, or puts a key that a delete of the branch covers."""
+def _branch_puts(ops: tuple[Put | Delete | Range | Txn, ...]) -> set[bytes]:
+    """The keys a branch may put, refusing (as etcd) a branch that puts one key twice, or puts a key
+    that a delete of the branch covers; a nested transaction's branches count as the branch's own
+    (each alone: only one of them runs)."""
     puts: set[bytes] = set()
     for op in ops:
         if isinstance(op, Put):
@@ -154,8 +157,15 @@ def _check_duplicates(ops: tuple[Put | Delete | Range, ...]) -> None:
                 raise E.DUPLICATE_KEY()
             puts.add(op.key)
     for op in ops:
+        if isinstance(op, Txn):
+            inner = _branch_puts(op.success) | _branch_puts(op.failure)
+            if inner & puts:
+                raise E.DUPLICATE_KEY()
+            puts |= inner
+    for op in ops:
         if isinstance(op, Delete) and any(_overlaps(k, op) for k in puts):
             raise E.DUPLICATE_KEY()
+    return puts
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -220,6 +230,8 @@ def txn_to_etcd(req: epb.TxnRequest, res: TxnResult, header: epb.ResponseHeader)
         elif isinstance(r, DeleteResult):
             resp = epb.ResponseOp(response_delete_range=delete_to_etcd(r))
             resp.response_delete_range.header.CopyFrom(inner)
+        elif isinstance(r, TxnResult):
+            resp = epb.ResponseOp(response_txn=txn_to_etcd(op.request_txn, r, inner))
         else:
             resp = epb.ResponseOp(response_range=range_to_etcd(op.request_range, r))
             resp.response_range.header.CopyFrom(inner)
