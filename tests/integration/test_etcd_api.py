@@ -138,6 +138,21 @@ def test_every_response_carries_the_header(cluster: LocalCluster) -> None:
         assert {r.header.member_id for r in replies} == {leader}
         assert all(r.header.raft_term > 0 for r in replies)
         assert all(r.header.revision >= put.header.revision for r in replies[1:5])
+        # A Range at the current revision is served; one revision older is etcd's "compacted".
+        deadline = time.monotonic() + 20
+        while True:
+            now = kv.Range(epb.RangeRequest(key=b"hdr"), timeout=10).header.revision
+            try:
+                at = kv.Range(epb.RangeRequest(key=b"hdr", revision=now), timeout=10)
+                break
+            except grpc.RpcError as err:  # only if another entry applied in between
+                assert err.code() == grpc.StatusCode.OUT_OF_RANGE, err
+                assert time.monotonic() < deadline
+        assert at.header.revision == now
+        with pytest.raises(grpc.RpcError) as e:
+            kv.Range(epb.RangeRequest(key=b"hdr", revision=now - 1), timeout=10)
+        assert e.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert e.value.details() == "etcdserver: mvcc: required revision has been compacted"
 
 
 def test_membership_and_move_leader_with_etcdctl(cluster: LocalCluster) -> None:
