@@ -8,12 +8,15 @@ import grpc
 import pytest
 
 from raftkv.api.convert import Validator
+from raftkv.api.errors import RequestError
 from raftkv.api.etcd import levels
-from raftkv.api.etcd.errors import EtcdError
+from raftkv.api.etcd.errors import EtcdError, to_etcd
 from raftkv.api.etcd.translate import Translator, range_to_etcd, txn_to_etcd
+from raftkv.core import ConfChangeRejected
 from raftkv.proto.etcd_stubs import rpc_pb2 as epb
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.server.config import ServerConfig
+from raftkv.server.errors import LeadershipLost, NoSpace, NotLeader, ProposalLost, SyncTimeout
 from raftkv.storage import commands
 from raftkv.storage.commands import KV, RangeResult
 from raftkv.storage.state_machine import apply_command
@@ -155,3 +158,32 @@ def test_nested_txn_duplicate_keys_are_refused() -> None:
     # The nested transaction's two branches never both run: the same key in each is fine.
     both = epb.TxnRequest(success=[_put_op(b"a", b"2")], failure=[_put_op(b"a", b"3")])
     T.txn(epb.TxnRequest(success=[epb.RequestOp(request_txn=both)]))
+
+
+@pytest.mark.parametrize(("err", "code", "message"), [
+    (NotLeader(2, "127.0.0.1:7002"), grpc.StatusCode.UNAVAILABLE, "etcdserver: not leader"),
+    (NotLeader(0, ""), grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader"),
+    (ProposalLost(7), grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed"),
+    (LeadershipLost("x"), grpc.StatusCode.UNAVAILABLE, "etcdserver: leader changed"),
+    (NoSpace("disk full"), grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded"),
+    (TimeoutError(), grpc.StatusCode.UNAVAILABLE, "etcdserver: request timed out"),
+    (RequestError(grpc.StatusCode.INVALID_ARGUMENT, "request is too large: 9 bytes", "REQUEST_TOO_LARGE"),
+     grpc.StatusCode.INVALID_ARGUMENT, "etcdserver: request is too large"),
+    (RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, "overloaded", "OVERLOADED"),
+     grpc.StatusCode.RESOURCE_EXHAUSTED, "etcdserver: too many requests"),
+    (ConfChangeRejected("node 4 has not caught up: it is 900 entries behind"), grpc.StatusCode.FAILED_PRECONDITION,
+     "etcdserver: can only promote a learner member which is in sync with leader"),
+    (ConfChangeRejected("removing node 2 would leave voters 1, 3, of which only 1 are healthy now ... "
+                        "they could not commit, and writes would stop"), grpc.StatusCode.FAILED_PRECONDITION,
+     "etcdserver: re-configuration failed due to not enough started members"),
+])
+def test_raftkv_failures_become_etcds_errors(err: BaseException, code: grpc.StatusCode, message: str) -> None:
+    e = to_etcd(err)
+    assert (e.code, str(e)) == (code, message)
+
+
+def test_a_sync_timeout_keeps_raftkvs_status() -> None:
+    """Only raftkv-aware clients ask for `sync`; its timeout says the write IS committed, which no etcd
+    error can say."""
+    e = to_etcd(SyncTimeout(9, 2, [1]))
+    assert e.code == grpc.StatusCode.DEADLINE_EXCEEDED and "committed at index 9" in str(e)
