@@ -138,6 +138,10 @@ def test_every_response_carries_the_header(cluster: LocalCluster) -> None:
         assert {r.header.member_id for r in replies} == {leader}
         assert all(r.header.raft_term > 0 for r in replies)
         assert all(r.header.revision >= put.header.revision for r in replies[1:5])
+        kv.Put(epb.PutRequest(key=b"hdr/1", value=b"a"), timeout=10)
+        kv.Put(epb.PutRequest(key=b"hdr/2", value=b"b"), timeout=10)
+        counted = kv.Range(epb.RangeRequest(key=b"hdr/", range_end=b"hdr0", count_only=True), timeout=10)
+        assert (counted.count, list(counted.kvs)) == (2, [])
         # A Range at the current revision is served; one revision older is etcd's "compacted".
         deadline = time.monotonic() + 20
         while True:
