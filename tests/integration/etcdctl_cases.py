@@ -93,6 +93,7 @@ CASES: list[Case] = [
     _c("txn-json", "txn", "-i", "-w", "json", stdin='version("a") > "0"\n\nget a\nput z 1\n\n\n', shape_only=True),
     _c("txn-duplicate-key", "txn", "-i", stdin='\nput d 1\nput d 2\n\n\n'),
     _c("get-after-txn", "get", "a"),
+    _c("get-with-user", "--user", "root:secret", "get", "a"),  # auth is off: the client goes on without it
     _c("alarm-list", "alarm", "list"),
     _c("defrag", "defrag", shape_only=True),
     _c("endpoint-health", "endpoint", "health"),

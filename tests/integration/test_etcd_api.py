@@ -66,14 +66,19 @@ def test_etcdctl_output_and_exit_codes_match_etcd(cluster: LocalCluster) -> None
     assert not mismatches, "etcdctl saw raftkv differ from etcd:\n" + "\n".join(mismatches)
 
 
-def test_unimplemented_maintenance_names_raftkv_command(cluster: LocalCluster, tmp_path: Path) -> None:
-    """Snapshot and HashKV are not served yet: etcdctl fails with a message naming raftkv's command."""
+def test_what_is_not_served_says_why(cluster: LocalCluster, tmp_path: Path) -> None:
+    """Snapshot and HashKV are not served yet: etcdctl fails with a message naming raftkv's command;
+    watch and lease fail at once, saying they are not served yet; auth cannot be enabled."""
     snap = etcdctl(cluster, "snapshot", "save", str(tmp_path / "s.db"), endpoints=cluster.address(1))
     assert snap.returncode != 0
     assert "kv snapshot save" in snap.stderr
     hashkv = etcdctl(cluster, "endpoint", "hashkv", endpoints=cluster.address(1))
     assert hashkv.returncode != 0
     assert "kv check hash" in hashkv.stderr
+    for args, why in ((("watch", "k"), "Watch yet"), (("lease", "grant", "10"), "leases yet"),
+                      (("lock", "l"), "leases yet"), (("auth", "enable"), "raftkv offers no authentication")):
+        p = etcdctl(cluster, *args, endpoints=cluster.address(1))
+        assert p.returncode != 0 and why in p.stderr, (args, p.stderr)
 
 
 def _trailers(call: grpc.Call) -> dict[str, str]:
