@@ -173,6 +173,8 @@ def test_membership_and_move_leader_with_etcdctl(cluster: LocalCluster) -> None:
                   f"--peer-urls=http://{cluster.address(new)}")
     assert add.returncode == 0, add.stderr
     assert re.match(rf"Member +{new:x} added to cluster ", add.stdout), add.stdout
+    unstarted = etcdctl(cluster, "member", "list")
+    assert f"{new:x}, unstarted, , http://{cluster.address(new)}, , true" in unstarted.stdout, unstarted.stdout
     cluster.start(new, join=True)
     deadline = time.monotonic() + 60
     while True:  # the learner catches up, then promotion is accepted

@@ -51,8 +51,12 @@ class EtcdCluster(EtcdBase, epb_grpc.ClusterServicer):
         for nid in sorted(conf.members()):
             m = info.get(nid, MemberInfo())
             url = self._url(m.address)
-            out.append(epb.Member(ID=nid, name=m.name or f"raftkv-{nid}", peerURLs=[url] if url else [],
-                                  clientURLs=[url] if url else [], isLearner=nid in conf.learners))
+            # Until a member has joined (its data directory's incarnation recorded), etcd's way applies:
+            # no name and no client URL, which etcdctl shows as "unstarted".
+            started = bool(m.incarnation)
+            out.append(epb.Member(ID=nid, name=(m.name or f"raftkv-{nid}") if started else "",
+                                  peerURLs=[url] if url else [], clientURLs=[url] if url and started else [],
+                                  isLearner=nid in conf.learners))
         return out
 
 

@@ -34,6 +34,7 @@ ETCD_API_VERSION = "3.4.0"
 """What Status reports as `version`: the etcd v3 API release whose services raftkv serves (clients
 gate features on it)."""
 PEER_ALARM_TIMEOUT_S = 1.0
+MOVE_LEADER_MAX_S = 10.0
 DEFRAG_NOTE = "defragment is a no-op on raftkv: LMDB reuses freed pages in place, there is nothing to compact"
 
 
@@ -101,13 +102,27 @@ class EtcdMaintenance(EtcdBase, epb_grpc.MaintenanceServicer):
         if target not in h.node.conf.voters:
             raise E.BAD_TRANSFEREE()
         if target != h.cfg.id:
-            await h.transfer_leader(target)
-            deadline = time.monotonic() + min(context.time_remaining() or 5.0, 5.0)
-            while not (h.leader_id == target and h.node.role != StateRole.LEADER):
+            await self._move(target, context)
+        return epb.MoveLeaderResponse(header=self.header())
+
+    async def _move(self, target: int, context: grpc.aio.ServicerContext) -> None:
+        """Ask for the transfer, again after each election timeout while it has not happened (a voter
+        that was a learner a moment ago may not yet know it can campaign), until the call's deadline
+        (MOVE_LEADER_MAX_S at most): etcd's "request timed out" then."""
+        h = self.host
+        budget = min(max((context.time_remaining() or MOVE_LEADER_MAX_S) - 0.5, 0.5), MOVE_LEADER_MAX_S)
+        deadline = time.monotonic() + budget
+        retry_s = h.cfg.election_ticks * h.cfg.tick_ms / 1000
+        while True:
+            if h.is_leader:
+                await h.transfer_leader(target)
+            asked = time.monotonic()
+            while time.monotonic() - asked < retry_s:
+                if h.leader_id == target and h.node.role != StateRole.LEADER:
+                    return
                 if time.monotonic() >= deadline:
                     raise E.TIMEOUT()
                 await asyncio.sleep(h.cfg.tick_ms / 1000)
-        return epb.MoveLeaderResponse(header=self.header())
 
     @etcd_rpc
     async def Hash(self, request: epb.HashRequest, context: grpc.aio.ServicerContext) -> epb.HashResponse:
