@@ -63,7 +63,7 @@ class Ctx:
             try:
                 tls = TlsFiles(*self.tls) if any(self.tls) else None
                 self._client = Client(self.endpoints, timeout=self.command_timeout, tls=tls,
-                                      connect_timeout=min(self.dial_timeout, self.command_timeout))
+                                      connect_timeout=min(self.dial_timeout, self.command_timeout), dial_bound=True)
                 if tls is not None:
                     tls.channel_credentials()  # unreadable files fail here, in one line
             except TlsError as e:
