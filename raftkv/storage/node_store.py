@@ -786,6 +786,15 @@ class LmdbNodeStore:
         except OSError:
             return 0
 
+    def db_in_use(self) -> int:
+        """Bytes of the data file its databases occupy: the main database and every named one this store
+        holds a handle of (pages LMDB freed and will reuse are not counted; db_size() minus this is free)."""
+        handles = [v for v in vars(self).values() if isinstance(v, lmdb._Database)]
+        handles += [db for gen in getattr(self, "_generations", None) or () for db in gen]
+        with self.env.begin() as txn:
+            stats = [self.env.stat()] + [txn.stat(db) for db in handles]
+        return sum(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) for st in stats)
+
     def close(self) -> None:
         self.env.close()
         self._dir_lock.release()
