@@ -24,6 +24,8 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CODE_NAMES = {c: c.name for c in grpc.StatusCode}
@@ -36,13 +38,13 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
     def __init__(self, registry: CollectorRegistry) -> None:
         method = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = Counter("grpc_server_started", "RPCs started on the server", method, registry=registry)
-        self.handled = Counter("grpc_server_handled", "RPCs completed on the server, by status code",
-                               [*method, "grpc_code"], registry=registry)
         self.seconds = Histogram("grpc_server_handling_seconds",
                                  "Time from an RPC's start to its status, by method and status code",
                                  [*method, "grpc_code"], buckets=LATENCY_BUCKETS, registry=registry)
+        # grpc_server_handled_total is the histogram's count under its own name, read when scraped: one
+        # metric less to update on every call.
+        registry.register(_HandledFromHistogram(self.seconds))
         self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
-        self._done_children: dict[tuple[Method, str], tuple[Callable[[], None], Callable[[float], None]]] = {}
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
                                                              Awaitable[grpc.RpcMethodHandler]],
@@ -58,15 +60,18 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
             self._handlers[name] = wrapped
         return wrapped  # type: ignore[return-value]
 
-    # -- per call ----------------------------------------------------------------------------------
-    def _done(self, method: Method, code: str, t0: float) -> None:
-        key = (method, code)
-        children = self._done_children.get(key)
-        if children is None:
-            children = self._done_children[key] = (self.handled.labels(*method, code).inc,
-                                                    self.seconds.labels(*method, code).observe)
-        children[0]()
-        children[1](time.perf_counter() - t0)
+    def _observer(self, method: Method) -> Callable[[str, float], None]:
+        """Observes one call of `method`: its status code and the perf_counter() at its start."""
+        by_code: dict[str, Callable[[float], None]] = {}
+        seconds = self.seconds
+
+        def observe(code: str, t0: float) -> None:
+            f = by_code.get(code)
+            if f is None:
+                f = by_code[code] = seconds.labels(*method, code).observe
+            f(time.perf_counter() - t0)
+
+        return observe
 
     # -- building wrappers, once per method --------------------------------------------------------
     def _wrap(self, name: str, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
@@ -91,7 +96,7 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
 
     def _awaiting(self, method: Method, started: Callable[[], None], behavior: Callable[..., Any]
                   ) -> Callable[..., Awaitable[Any]]:
-        done = self._done
+        done = self._observer(method)
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started()
@@ -99,16 +104,16 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
             try:
                 reply = await behavior(request, context)
             except BaseException as e:
-                done(method, _code_after(context, e), t0)
+                done(_code_after(context, e), t0)
                 raise
-            done(method, _code_of(context), t0)
+            done(_code_of(context), t0)
             return reply
 
         return call
 
     def _streaming(self, method: Method, started: Callable[[], None], behavior: Callable[..., AsyncIterator[Any]]
                    ) -> Callable[..., AsyncIterator[Any]]:
-        done = self._done
+        done = self._observer(method)
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started()
@@ -117,9 +122,9 @@ class RequestMetrics(grpc.aio.ServerInterceptor):
                 async for reply in behavior(request, context):
                     yield reply
             except BaseException as e:
-                done(method, _code_after(context, e), t0)
+                done(_code_after(context, e), t0)
                 raise
-            done(method, _code_of(context), t0)
+            done(_code_of(context), t0)
 
         return call
 
@@ -141,3 +146,24 @@ def _code_after(context: grpc.aio.ServicerContext, e: BaseException) -> str:
     if isinstance(e, (asyncio.CancelledError, GeneratorExit)):
         return "CANCELLED"
     return "UNKNOWN"
+
+
+class _HandledFromHistogram(Collector):
+    """grpc_server_handled_total{..., grpc_code}: the count of grpc_server_handling_seconds."""
+
+    def __init__(self, seconds: Histogram) -> None:
+        self._seconds = seconds
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily("grpc_server_handled", "RPCs completed on the server, by status code",
+                                    labels=["grpc_type", "grpc_service", "grpc_method", "grpc_code"])]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        fam = CounterMetricFamily("grpc_server_handled", "RPCs completed on the server, by status code",
+                                  labels=["grpc_type", "grpc_service", "grpc_method", "grpc_code"])
+        for metric in self._seconds.collect():
+            for s in metric.samples:
+                if s.name.endswith("_count"):
+                    fam.add_metric([s.labels["grpc_type"], s.labels["grpc_service"], s.labels["grpc_method"],
+                                    s.labels["grpc_code"]], s.value)
+        return [fam]
