@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (network namespaces and iptables for the
-# partition suite) when they are missing. Idempotent; quiet when everything is present.
+# partition suite; promtool, from Debian's prometheus package, for the metrics and alert-rule tests)
+# when they are missing. Idempotent; quiet when everything is present.
 set -euo pipefail
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests need: ${need[*]} (run as root or install them)" >&2
@@ -12,7 +14,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # Debian's iptables is the nf_tables variant; where the kernel lacks nf_tables the legacy variant
 # (same package) still works. The partition suite picks whichever answers (tests/jepsen/topology.py);
