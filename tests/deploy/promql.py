@@ -19,7 +19,7 @@ FROM_PROMETHEUS = {"up"}
 
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
              "offset", "inf", "nan"}
-_SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""],
+_SUFFIXES = {"counter": ["_total", "_created"], "histogram": ["_bucket", "_sum", "_count", "_created"], "gauge": [""],
              "summary": ["", "_sum", "_count"], "unknown": [""]}
 
 
