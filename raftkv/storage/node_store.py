@@ -789,8 +789,9 @@ class LmdbNodeStore:
     def db_in_use(self) -> int:
         """Bytes of the data file its databases occupy: the main database and every named one this store
         holds a handle of (pages LMDB freed and will reuse are not counted; db_size() minus this is free)."""
-        handles = [v for v in vars(self).values() if isinstance(v, lmdb._Database)]
-        handles += [db for gen in getattr(self, "_generations", None) or () for db in gen]
+        found = [v for v in vars(self).values() if isinstance(v, lmdb._Database)]
+        found += [db for gen in getattr(self, "_generations", None) or () for db in gen]
+        handles = list({id(db): db for db in found}.values())  # kv_db is one of a generation's handles
         with self.env.begin() as txn:
             stats = [self.env.stat()] + [txn.stat(db) for db in handles]
         return sum(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) for st in stats)
