@@ -198,8 +198,9 @@ class Attempts:
         wanted = {self.endpoint} if self.endpoint is not None else set(self.endpoints.addresses)
         if wanted <= self.unconnected:
             each = "" if len(wanted) == 1 else " each"
+            fate = ": the write was not sent, so it was not applied" if self.kind in WRITES else ""
             raise UnavailableError(f"no endpoint connected within the dial timeout ({duration(self.connect_timeout)}"
-                                   f"{each}; last: {self.last})", grpc.StatusCode.UNAVAILABLE) from None
+                                   f"{each}){fate} (last: {self.last})", grpc.StatusCode.UNAVAILABLE) from None
 
     def send(self) -> float:
         """Seconds the call may take, now that its channel is ready; DeadlineError if no time is left (then
