@@ -205,6 +205,7 @@ def perf(c: Ctx, load: str, duration: float, max_latency: float, max_stddev: flo
     if duration > 600:
         fail("--duration is at most 600 seconds", EXIT_BAD_USAGE)
     target, clients = LOADS[load]
+    run(lambda: c.client.members())  # a cluster that cannot be reached fails here, within --dial-timeout
     t0 = time.perf_counter()
     latencies, errors = asyncio.run(_perf_load(c, target, clients, duration, b"x" * 256))
     took = time.perf_counter() - t0
