@@ -25,15 +25,17 @@ class Client:
 
     `connect_timeout`: how long one try waits for a node's connection before moving on to the next node
     (default: a third of `timeout`, at most 2 s). A write that was sent and then lost its answer is not
-    retried: it raises `OutcomeUnknownError`."""
+    retried: it raises `OutcomeUnknownError`. `dial_bound`: a call fails once every endpoint has failed to
+    connect (each within `connect_timeout`) rather than retrying until `timeout` (etcdctl's --dial-timeout)."""
 
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, dial_bound: bool = False) -> None:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.dial_bound = dial_bound
         self.session_token = b""
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
@@ -77,7 +79,8 @@ class Client:
 
     def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
+        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.dial_bound)
         while True:
             address, connect_budget = attempts.next()
             stub = self._stub(address, admin)
