@@ -600,5 +600,9 @@ def snapshot(c: Ctx) -> None:
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"snapshot at index {r.index}")
 
 
+from .kv_maint import register as _register_maint  # noqa: E402 - verbs of kv_maint.py join the group
+
+_register_maint(main)
+
 if __name__ == "__main__":
     main(prog_name="kv")

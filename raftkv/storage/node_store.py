@@ -100,7 +100,10 @@ class LmdbNodeStore:
     def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
                  map_size: int = 4 << 30, founding: bytes | None = None) -> None:
         self.path = Path(data_dir)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a missing mount, a file in the way: one line, and the node may retry
+            raise StorageError(f"cannot create the data directory {self.path}: {e.strerror or e}") from None
         self.file = str(self.path / "data.mdb")
         self.node_id = node_id
         self.where = f"node {node_id}: {self.file}"

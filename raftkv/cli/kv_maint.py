@@ -1,0 +1,105 @@
+"""`kv` verbs for operating a cluster rather than using it: `kv dev` (drive the `raftkv dev` supervisor),
+`kv snapshot save|status` (backups), `kv check hash` and `kv alarm list|disarm` (divergence checks).
+
+Registered on the `kv` group by `register(main)`; `kv snapshot` with no subcommand keeps its old meaning
+(snapshot and compact the first endpoint's log)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .kv_args import EXIT_BAD_USAGE, NODE_ID, fail
+
+DEV_SOCKET = "control.sock"
+
+
+def dev_call(data: str, line: str, timeout: float = 30.0) -> dict[str, Any]:
+    """One line to the `raftkv dev` supervisor of folder `data` (raftkv/cli/dev_cluster.py), its JSON answer."""
+    path = Path(data).resolve() / DEV_SOCKET
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            fail(f"no `raftkv dev` runs with --data {data} (no {path}); start one, or pass its --data")
+        except OSError as e:
+            fail(f"cannot reach the `raftkv dev` supervisor at {path}: {e.strerror or e}")
+        s.sendall(line.encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    try:
+        reply: dict[str, Any] = json.loads(buf)
+    except ValueError:
+        fail(f"the `raftkv dev` supervisor at {path} gave no answer")
+    if not reply.get("ok"):
+        fail(str(reply.get("error", "refused")))
+    return reply
+
+
+def _dev_option(f: Any) -> Any:
+    return click.option("--data", "data", default="dev-cluster", show_default=True,
+                        help="The folder `raftkv dev --data` was given.")(f)
+
+
+@click.group()
+def dev() -> None:
+    """Drive a running `raftkv dev` cluster: kill, stop or restart a node, to watch a failover."""
+
+
+def _show_node(out: str, v: dict[str, Any]) -> None:
+    if out == "json":
+        click.echo(json.dumps(v))
+        return
+    last = v["last_exit"] if v["last_exit"] is not None else "-"
+    extra = f", restart in {v['restart_in_seconds']}s" if "restart_in_seconds" in v else ""
+    click.echo(f"node {v['id']}: {v['state']}, pid {v['pid'] or '-'}, last exit {last}, "
+               f"restarts in the last hour {v['restarts_last_hour']}{extra}")
+
+
+def _verb(verb: str, doc: str) -> None:
+    @dev.command(name=verb, help=doc)
+    @click.argument("node_id", type=NODE_ID)
+    @_dev_option
+    @click.pass_context
+    def cmd(ctx: click.Context, node_id: int, data: str) -> None:
+        _show_node(_out(ctx), dev_call(data, f"{verb} {node_id}")["node"])
+
+
+_verb("kill", "SIGKILL node NODE_ID; it stays down (no automatic restart) until `kv dev restart`.")
+_verb("stop", "SIGTERM node NODE_ID (a clean stop); it stays down until `kv dev restart`.")
+_verb("restart", "Start node NODE_ID again now (after kill, stop, a refusal or giving up).")
+
+
+@dev.command(name="status")
+@_dev_option
+@click.pass_context
+def dev_status(ctx: click.Context, data: str) -> None:
+    """Every node of the dev cluster: state, pid, last exit code, restarts in the last hour."""
+    nodes = dev_call(data, "status")["nodes"]
+    if _out(ctx) == "json":
+        click.echo(json.dumps(nodes))
+        return
+    for v in nodes:
+        _show_node("simple", v)
+
+
+def _out(ctx: click.Context) -> str:
+    obj = ctx.find_root().obj
+    return getattr(obj, "out", "simple")
+
+
+def register(main: click.Group) -> None:
+    """Add this module's verbs to the `kv` group."""
+    main.add_command(dev)
+
+
+__all__ = ["EXIT_BAD_USAGE", "register"]
