@@ -591,10 +591,14 @@ def leader_transfer(c: Ctx, node_id: int) -> None:
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"leader is now {r.leader_id}")
 
 
-@main.command()
-@pass_ctx
-def snapshot(c: Ctx) -> None:
-    """Snapshot the first endpoint's state machine now and compact its log."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def snapshot(ctx: click.Context) -> None:
+    """Snapshot the first endpoint's state machine now and compact its log; `save` and `status` handle
+    backup files (kv_maint.py)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Ctx = ctx.obj
     ep = c.endpoints.split(",")[0].strip()
     r = run(lambda: c.client.snapshot(endpoint=ep))
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"snapshot at index {r.index}")

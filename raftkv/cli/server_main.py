@@ -15,7 +15,7 @@ quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core re
 import click  # noqa: E402
 
 from .. import exit_codes  # noqa: E402
-from ..server.config import ConfigError, ServerConfig, parse_peers  # noqa: E402
+from ..server.config import ConfigError, ServerConfig, address_problem, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
@@ -150,6 +150,33 @@ def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, fresh
     from .dev_cluster import run_dev_cluster
 
     sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh, max_restarts, restart_backoff))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--data-dir", required=True, help="The new member's data directory (empty or absent).")
+@click.option("--id", "node_id", required=True, type=click.IntRange(1), help="The new member's id (in --peers).")
+@click.option("--peers", required=True, help="The NEW cluster's members: 1=host:port,2=host:port,...")
+@click.option("--initial-cluster-token", default="",
+              help="Derive the new cluster id from --peers and this token (give the same to `raftkv serve`).")
+def restore(file: str, data_dir: str, node_id: int, peers: str, initial_cluster_token: str) -> None:
+    """Create one member's data directory of a NEW cluster from a backup made by `kv snapshot save`.
+
+    Run it for every member with the same FILE and --peers, then start each with `raftkv serve` and the
+    same --peers. Exit 0 done; 65 the file fails its SHA-256 or checksums (nothing written); 64 bad flags
+    or a data directory that holds data; 75 a disk error."""
+    try:
+        parsed = parse_peers(peers)
+        for addr in parsed.values():
+            problem = address_problem(addr)
+            if problem is not None:
+                raise ConfigError(f"peer address {problem}")
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    from ..server.restore import restore as run_restore
+
+    sys.exit(run_restore(file, data_dir, node_id, parsed, initial_cluster_token))
 
 
 if __name__ == "__main__":

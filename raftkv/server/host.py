@@ -294,6 +294,13 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         scan thread). The read policy decides beforehand whether this node may answer."""
         return fn(self.store)
 
+    async def flush_now(self) -> None:
+        """Bring the write-back buffer to LMDB now: a backup is cut from LMDB-durable state only, and
+        this makes it as new as what this node has applied."""
+        fut = self.waiters.wait_flushed()
+        self._wake.set()
+        await fut
+
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
         A compaction already under way is waited for rather than started twice. The write-back buffer is

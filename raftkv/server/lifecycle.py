@@ -17,6 +17,7 @@ from .. import exit_codes
 from ..api.admin_service import AdminService
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
+from ..api.maintenance_service import add_to_server as add_maintenance
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
 from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
 from ..storage.identity import has_data
@@ -145,10 +146,12 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
+    maintenance = add_maintenance(server, host, store, forwarder)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, maintenance, health.SERVICE_NAME,
+             reflection.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     try:
         tls = cfg.server_tls

@@ -1,0 +1,72 @@
+"""The Maintenance service from the client side: backups to a file, divergence checks, alarms."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ..backup_file import BackupError, BackupSummary, summarize
+from ..proto import maintenance_pb2 as mpb
+from ..proto import maintenance_pb2_grpc
+from .errors import RaftKVError, from_rpc_error
+from .sync_client import Client
+
+
+class MaintenanceClient(Client):
+    """A `Client` whose admin calls go to the Maintenance service (leader discovery and retries as usual)."""
+
+    def _stub(self, address: str, admin: bool) -> Any:
+        if admin:
+            return maintenance_pb2_grpc.MaintenanceStub(self._channel(address))
+        return super()._stub(address, admin)
+
+    def save_snapshot(self, path: str | Path, endpoint: str | None = None,
+                      progress: Callable[[int, int, int], None] | None = None,
+                      timeout: float | None = None) -> BackupSummary:
+        """Stream a backup from `endpoint` (default: the first endpoint) into `path`, verify it whole, and
+        only then give it its name (a `path`.part is left behind by nothing: it is removed on failure).
+        `progress(bytes so far, size estimate, revision)` is called as chunks arrive."""
+        address = endpoint or self.endpoints.addresses[0]
+        target = Path(path)
+        part = target.with_name(target.name + ".part")
+        stub = maintenance_pb2_grpc.MaintenanceStub(self._channel(address))
+        received = estimate = revision = 0
+        try:
+            with open(part, "wb") as f:
+                for chunk in stub.SnapshotSave(mpb.SnapshotSaveRequest(), timeout=timeout or self.timeout):
+                    if chunk.revision:
+                        revision, estimate = chunk.revision, chunk.size_estimate
+                    f.write(chunk.data)
+                    received += len(chunk.data)
+                    if progress is not None:
+                        progress(received, estimate, revision)
+                f.flush()
+                os.fsync(f.fileno())
+            summary = summarize(part)
+            os.replace(part, target)
+            return summary
+        except grpc.RpcError as e:
+            raise from_rpc_error(e) from None
+        except BackupError as e:
+            raise RaftKVError(f"the backup received from {address} does not check out: {e}") from None
+        except OSError as e:
+            raise RaftKVError(f"cannot write {part}: {e.strerror or e}") from None
+        finally:
+            if part.exists():
+                part.unlink()
+
+    def hash_kv(self) -> mpb.HashKVResponse:
+        return self.call("HashKV", mpb.HashKVRequest(), "txn", admin=True)
+
+    def check_hash(self, timeout: float | None = None) -> mpb.CheckHashResponse:
+        return self.call("CheckHash", mpb.CheckHashRequest(), "txn", admin=True, timeout=timeout)
+
+    def alarms(self, endpoint: str | None = None) -> mpb.AlarmListResponse:
+        return self.call("AlarmList", mpb.AlarmListRequest(), "read", admin=True, endpoint=endpoint)
+
+    def disarm(self, kind: str = "CORRUPT", member_id: int = 0) -> mpb.AlarmListResponse:
+        return self.call("AlarmDisarm", mpb.AlarmDisarmRequest(type=kind, member_id=member_id), "txn", admin=True)
