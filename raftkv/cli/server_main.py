@@ -91,6 +91,9 @@ def main() -> None:
 @click.option("--initial-cluster-token",
               help="Founders derive the cluster id from --peers and this token (default: a random id "
                    "chosen by the first leader).")
+@click.option("--force-new-cluster", is_flag=True, default=None,
+              help="After a permanent loss of quorum: start this survivor as a one-member cluster that keeps "
+                   "its data (then re-add the others fresh). For one start only: remove it afterwards.")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:

@@ -26,6 +26,7 @@ from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
+from .force_new import ForceNewClusterRefused, force_new_cluster
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
 from .identity import IdentityGuard
@@ -60,6 +61,12 @@ def run_node(cfg: ServerConfig) -> int:
         store = LmdbNodeStore(cfg.data_dir, cfg.id, None if cfg.join else cluster_id, cfg.map_size,
                               founding=None if cfg.join else cluster_id_for(cfg.peers))
         bootstrap_store(store, cfg)
+        if cfg.force_new_cluster:
+            force_new_cluster(store, cfg.id)
+    except ForceNewClusterRefused as e:
+        store.close()
+        print(f"Error: refusing to start: {e}", file=sys.stderr)
+        return exit_codes.USAGE
     except ForeignDataError as e:
         print(f"Error: refusing to start: {e}", file=sys.stderr)
         return exit_codes.NEEDS_OPERATOR
@@ -88,6 +95,9 @@ def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
                 f"{cfg.data_dir} holds no data and --initial-cluster-state is existing: this member lost its "
                 f"data; remove and re-add it (kv members remove {cfg.id}; kv members add {cfg.id} "
                 f"{cfg.address} --learner), then start it with --join")
+    if cfg.force_new_cluster and not has_data(cfg.data_dir):
+        return (exit_codes.USAGE, f"{cfg.data_dir} holds no data: --force-new-cluster keeps a survivor's data, "
+                                  "and there is none here")
     warnings = []
     for path in dict.fromkeys(f for f in (cfg.cert_file, cfg.peer_cert_file) if f):
         try:
