@@ -15,6 +15,7 @@ import structlog
 from ..backup_file import BackupHeader, BackupWriter
 from ..proto import maintenance_pb2 as mpb
 from ..proto import maintenance_pb2_grpc
+from ..server.corruption import HashUnavailable, MemberHash
 from ..server.host import NodeHost
 from .errors import RequestError, _status, classify, rpc
 from .forward import FORWARDED, Forwarder, was_forwarded
@@ -40,6 +41,8 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         self.host = host
         self.store = store
         self.fwd = forwarder
+        if host.corruption is not None:
+            host.corruption.comparer = self._member_hashes
 
     # ------------------------------------------------------------------------------------------------ backup
     async def SnapshotSave(self, request: mpb.SnapshotSaveRequest, context: grpc.aio.ServicerContext
@@ -106,8 +109,34 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
     @rpc
     async def HashAt(self, request: mpb.HashAtRequest, context: grpc.aio.ServicerContext) -> mpb.HashAtResponse:
         wait = min(context.time_remaining() or 5.0, 30.0)
-        got = await self._corruption().hash_at(request.revision, wait)
+        try:
+            got = await self._corruption().hash_at(request.revision, wait)
+        except HashUnavailable as e:
+            raise RequestError(grpc.StatusCode.NOT_FOUND, str(e), "HASH_UNAVAILABLE") from None
         return mpb.HashAtResponse(member_id=self.host.cfg.id, revision=got.revision, hash=got.digest, keys=got.keys)
+
+    async def _member_hashes(self, revision: int, timeout: float) -> list[MemberHash]:
+        """Every other member's hash at `revision`, asked over gRPC at once (the checker compares them)."""
+        h = self.host
+        info = h.member_info()
+        others = sorted(n for n in h.node.conf.members() if n != h.cfg.id)
+
+        async def ask(nid: int) -> MemberHash:
+            address = info[nid].address if nid in info else ""
+            out = MemberHash(nid, address)
+            if not address:
+                out.error = "no address known"
+                return out
+            stub = maintenance_pb2_grpc.MaintenanceStub(self.fwd._channel(address))
+            try:
+                r = await stub.HashAt(mpb.HashAtRequest(revision=revision), timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                out.error = f"{e.code().name}: {e.details()}"
+                return out
+            out.digest, out.keys = r.hash, r.keys
+            return out
+
+        return list(await asyncio.gather(*(ask(n) for n in others)))
 
     @rpc
     async def CheckHash(self, request: mpb.CheckHashRequest, context: grpc.aio.ServicerContext
@@ -143,7 +172,7 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         out = [mpb.Alarm(type="NOSPACE", member_id=h.cfg.id, message=h.nospace_message())] if h.nospace else []
         checker = getattr(h, "corruption", None)
         if checker is not None:
-            out += [mpb.Alarm(type="CORRUPT", member_id=a.member_id, message=a.message, revision=a.revision)
+            out += [mpb.Alarm(type="CORRUPT", member_id=a.member, message=a.message, revision=a.revision)
                     for a in checker.alarms()]
         return mpb.AlarmListResponse(alarms=out)
 

@@ -181,9 +181,104 @@ def status(ctx: click.Context, file: str) -> None:
         click.echo("\n".join(_summary_lines(s, file)))
 
 
+# ---------------------------------------------------------------------------------------------- checks
+@click.group()
+def check() -> None:
+    """Checks of the cluster's health (etcdctl's `check`)."""
+
+
+@check.command(name="hash")
+@click.pass_context
+def check_hash(ctx: click.Context) -> None:
+    """Compare every member's state-machine hash at one revision (committed through the log, so all hash
+    the same one). A member that differs raises the CORRUPT alarm: writes stop until an operator acts.
+    Exit 0: all members answered and agree; 1: a member differs or did not answer."""
+    client = _maint(ctx)
+    try:
+        r = _run(lambda: client.check_hash(timeout=max(ctx.find_root().obj.command_timeout, 30.0)))
+    finally:
+        client.close()
+    if _out(ctx) == "json":
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(r, preserving_proto_field_name=True)))
+    else:
+        click.echo(f"revision {r.revision} (leader {r.leader_id})")
+        for m in r.members:
+            state = "ok" if m.matches else ("DIFFERS" if m.hash else "no answer")
+            detail = m.error if not m.hash else f"{m.hash.hex()}  {m.keys} keys"
+            click.echo(f"  node {m.member_id} {m.address}: {state}  {detail}")
+    if r.corrupt:
+        bad = ", ".join(str(m.member_id) for m in r.members if m.hash and not m.matches)
+        fail(f"node(s) {bad} differ at revision {r.revision}: the CORRUPT alarm is raised and writes are refused "
+             "(docs/runbooks/corruption-alarm.md)")
+    missing = [str(m.member_id) for m in r.members if not m.hash]
+    if missing:
+        fail(f"node(s) {', '.join(missing)} gave no hash at revision {r.revision}: the check is incomplete")
+
+
+@click.group()
+def alarm() -> None:
+    """Alarms that stop writes: CORRUPT (a member's state machine differs) and NOSPACE (a disk is full)."""
+
+
+def _print_alarms(ctx: click.Context, r: Any) -> None:
+    if _out(ctx) == "json":
+        click.echo(json.dumps([{"type": a.type, "member_id": a.member_id, "revision": a.revision,
+                                "message": a.message} for a in r.alarms]))
+        return
+    for a in r.alarms:
+        click.echo(f"memberID:{a.member_id} alarm:{a.type}  {a.message}")
+
+
+@alarm.command(name="list")
+@click.pass_context
+def alarm_list(ctx: click.Context) -> None:
+    """Every alarm: the cluster's CORRUPT alarms and each endpoint's own NOSPACE alarm."""
+    from ..client import RaftKVError
+
+    client = _maint(ctx)
+    seen: dict[tuple[str, int], Any] = {}
+    answered = 0
+    last = ""
+    try:
+        for ep in [e.strip() for e in ctx.find_root().obj.endpoints.split(",") if e.strip()]:
+            try:
+                r = client.alarms(endpoint=ep)
+            except RaftKVError as e:
+                last = str(e).splitlines()[0] if str(e) else type(e).__name__
+                continue
+            answered += 1
+            for a in r.alarms:
+                seen.setdefault((a.type, a.member_id), a)
+    finally:
+        client.close()
+    if not answered:
+        fail(f"no endpoint answered ({ctx.find_root().obj.endpoints}); last: {last}")
+    from ..proto import maintenance_pb2 as mpb
+
+    _print_alarms(ctx, mpb.AlarmListResponse(alarms=[seen[k] for k in sorted(seen)]))
+
+
+@alarm.command(name="disarm")
+@click.option("--member", "member", type=NODE_ID, default=None, help="Only this member's alarm (default: all).")
+@click.pass_context
+def alarm_disarm(ctx: click.Context, member: int | None) -> None:
+    """Disarm the CORRUPT alarm (committed through the log) once the member it names was replaced; writes
+    are taken again. Prints the alarms that remain."""
+    client = _maint(ctx)
+    try:
+        r = _run(lambda: client.disarm("CORRUPT", member or 0))
+    finally:
+        client.close()
+    _print_alarms(ctx, r)
+
+
 def register(main: click.Group) -> None:
     """Add this module's verbs to the `kv` group (`kv snapshot` is defined in kv.py, a group here)."""
     main.add_command(dev)
+    main.add_command(check)
+    main.add_command(alarm)
     snap = main.commands.get("snapshot")
     if isinstance(snap, click.Group):
         file_arg = click.argument("file", type=click.Path(dir_okay=False))

@@ -91,6 +91,9 @@ def main() -> None:
 @click.option("--initial-cluster-token",
               help="Founders derive the cluster id from --peers and this token (default: a random id "
                    "chosen by the first leader).")
+@click.option("--corruption-check-interval", type=float,
+              help="Seconds between divergence checks of every member's state machine (default 0: only "
+                   "`kv check hash`); a mismatch raises the CORRUPT alarm.")
 @click.option("--force-new-cluster", is_flag=True, default=None,
               help="After a permanent loss of quorum: start this survivor as a one-member cluster that keeps "
                    "its data (then re-add the others fresh). For one start only: remove it afterwards.")

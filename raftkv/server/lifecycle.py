@@ -26,6 +26,7 @@ from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
+from .corruption import CorruptionChecker
 from .force_new import ForceNewClusterRefused, force_new_cluster
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
@@ -145,6 +146,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
                           snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes))
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
+    host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
     forwarder = Forwarder(host)
     if _port_in_use(cfg.listen):
         print(f"Error: cannot listen on {cfg.listen}: the address is in use (is another raftkv serve running?)",
@@ -180,6 +182,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         return exit_codes.RETRY
     await server.start()
     await host.start()
+    host.corruption.start()
     guard.members_changed([])  # a cluster id recorded in the registry but not yet in meta (a crash between)
     if tls is not None and not peer_auth.enabled:
         log.warning("peers are not authenticated: any client that completes TLS may speak Raft to this node",
@@ -212,6 +215,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     leave.cancel()
     log.info("shutting down")
     readiness.cancel()
+    await host.corruption.stop()
     await server.stop(grace=1.0)
     kv_service.close()
     await host.stop()
@@ -249,7 +253,8 @@ def _health(host: NodeHost) -> dict[str, object]:
     ready, why = host.readiness()
     out: dict[str, object] = {"id": host.cfg.id, "ready": ready, "not_ready_because": why,
                               "has_leader": bool(host.leader_id), "leader": host.leader_id, "applied": host.applied,
-                              "term": host.node.term, "alarms": ["nospace"] if host.nospace else [],
+                              "term": host.node.term, "alarms": (["nospace"] if host.nospace else [])
+                              + (["corrupt"] if host.corruption is not None and host.corruption.raised else []),
                               "removed": host.removal.removed}
     problem = _identity_problem(host)
     if problem:

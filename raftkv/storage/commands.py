@@ -138,6 +138,10 @@ def decode(data: bytes) -> Command:
         raise ValueError(f"undecodable command: {e}") from None
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
+    if isinstance(w[0], str) and w[0].startswith("h"):  # high-availability operations (ha_commands.py)
+        from .ha_commands import from_wire
+
+        return from_wire(w)  # type: ignore[return-value]
     if w[0] == "t":
         compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
         for c in compares:

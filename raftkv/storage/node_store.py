@@ -48,9 +48,11 @@ from ..core import (
 )
 from ..core.storage import limit_size
 from . import commands, identity, kv_records, snapshots, state_machine
+from .alarms import AlarmTable, RecentHashes, hash_state
 from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
+from .ha_commands import AlarmDisarm, AlarmRaise, HashKV
 from .kv_records import BUCKET_THRESHOLD
 from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
 
@@ -227,6 +229,10 @@ class LmdbNodeStore:
                 idx, conf = msgpack.unpackb(ap)
                 self._applied, self._applied_conf = idx, _conf_from_wire(conf)
             self._durable_applied, self._durable_conf = self._applied, self._applied_conf
+            self.alarms = AlarmTable(txn.get(b"alarms", db=self.meta_db))
+            """The cluster's alarms as applied here (alarms.py), written beside the applied index."""
+            self.hashes = RecentHashes()
+            """Hashes of the state at revisions a HashKV entry asked for (alarms.py)."""
 
     def _verify_tail(self) -> None:
         lo = max(self.first_index(), self._last_index - VERIFY_TAIL + 1)
@@ -523,6 +529,8 @@ class LmdbNodeStore:
                         view.put_record(k, v)
         if applied != self._durable_applied or buf:
             txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
+        if self.alarms.dirty:
+            txn.put(b"alarms", self.alarms.encode(), db=self.meta_db)
 
     def _append(self, txn: lmdb.Transaction, entries: list[Entry],
                 records: list[tuple[bytes, bytes]] | None) -> None:
@@ -561,6 +569,8 @@ class LmdbNodeStore:
         self._buf = {}
         self._buf_entries = 0
         self._dirty_since = None
+        if snapshot is None:
+            self.alarms.dirty = False
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -585,6 +595,8 @@ class LmdbNodeStore:
         cmd = self._command(e)
         if cmd is None or isinstance(cmd, ValueError):
             return cmd
+        if isinstance(cmd, (HashKV, AlarmRaise, AlarmDisarm)):
+            return self._apply_ha(base, e.index, cmd)
         child = base.child()
         try:
             result = state_machine.apply_command(child, cmd, e.index)
@@ -592,6 +604,15 @@ class LmdbNodeStore:
             return self._failed(e, err)
         base.merge(child)
         return result
+
+    def _apply_ha(self, base: Overlay, index: int, cmd: HashKV | AlarmRaise | AlarmDisarm) -> Any:
+        """A high-availability command (ha_commands.py): the state's hash at this revision, or an alarm."""
+        if isinstance(cmd, HashKV):
+            h = hash_state(base.scan(b""), index)
+            self.hashes.note(h)
+            return h
+        self.alarms.apply(cmd)
+        return None
 
     def _failed(self, e: Entry, err: Exception) -> CommandFailed:
         """A command that raised: if every node would fail it the same way (it is the command's fault,
