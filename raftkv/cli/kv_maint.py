@@ -222,12 +222,12 @@ def alarm() -> None:
     """Alarms that stop writes: CORRUPT (a member's state machine differs) and NOSPACE (a disk is full)."""
 
 
-def _print_alarms(ctx: click.Context, r: Any) -> None:
+def _print_alarms(ctx: click.Context, alarms: list[Any]) -> None:
     if _out(ctx) == "json":
         click.echo(json.dumps([{"type": a.type, "member_id": a.member_id, "revision": a.revision,
-                                "message": a.message} for a in r.alarms]))
+                                "message": a.message} for a in alarms]))
         return
-    for a in r.alarms:
+    for a in alarms:
         click.echo(f"memberID:{a.member_id} alarm:{a.type}  {a.message}")
 
 
@@ -255,9 +255,7 @@ def alarm_list(ctx: click.Context) -> None:
         client.close()
     if not answered:
         fail(f"no endpoint answered ({ctx.find_root().obj.endpoints}); last: {last}")
-    from ..proto import maintenance_pb2 as mpb
-
-    _print_alarms(ctx, mpb.AlarmListResponse(alarms=[seen[k] for k in sorted(seen)]))
+    _print_alarms(ctx, [seen[k] for k in sorted(seen)])
 
 
 @alarm.command(name="disarm")
@@ -271,7 +269,7 @@ def alarm_disarm(ctx: click.Context, member: int | None) -> None:
         r = _run(lambda: client.disarm("CORRUPT", member or 0))
     finally:
         client.close()
-    _print_alarms(ctx, r)
+    _print_alarms(ctx, list(r.alarms))
 
 
 def register(main: click.Group) -> None:
