@@ -124,9 +124,31 @@ def build_config(config_file: str | None, flags: dict[str, object]) -> ServerCon
         key = rename.get(k, k)
         values[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
     known = {f.name for f in fields(ServerConfig)}
+    check_types(values)
     cfg = ServerConfig(**{k: v for k, v in values.items() if k in known})
     cfg.validate()
     return cfg
+
+
+def check_types(values: dict[str, object]) -> None:
+    """A setting of the wrong type (from a config file: flags are typed by click) is a usage error in one
+    line, not a traceback from deep in validation."""
+    for f in fields(ServerConfig):
+        if f.name not in values or f.name == "peers":
+            continue
+        v, default = values[f.name], f.default
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif isinstance(default, str):
+            ok = isinstance(v, str)
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"setting {f.name!r} must be {type(default).__name__}, not {type(v).__name__} ({v!r})")
 
 
 def id_from_hostname(hostname: str) -> int:

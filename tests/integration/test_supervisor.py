@@ -99,3 +99,11 @@ def test_dev_restarts_crashes_not_refusals_and_kills_on_request(tmp_path: Path) 
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "node 3: not restarted (needs an operator)" in err and "all nodes stopped" in out
+
+
+def test_a_setting_of_the_wrong_type_in_the_config_file_is_usage(tmp_path: Path) -> None:
+    conf = tmp_path / "node.toml"
+    conf.write_text('id = "one"\n')
+    r = serve("--config", str(conf), "--data-dir", str(tmp_path / "d"))
+    assert r.returncode == exit_codes.USAGE and "'id' must be" in one_error(r)
+    assert not (tmp_path / "d").exists()
