@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import sys
+from pathlib import Path
 
 import msgpack
 
@@ -56,6 +57,8 @@ def restore(file: str, data_dir: str, node_id: int, peers: dict[int, str], token
         print(f"Error: {msg}", file=sys.stderr)
         return code
 
+    if not Path(file).is_file():
+        return refuse(exit_codes.USAGE, f"{file}: no such backup file")
     if node_id not in peers:
         return refuse(exit_codes.USAGE, f"--id {node_id} is not in --peers ({', '.join(map(str, sorted(peers)))})")
     if has_data(data_dir):
