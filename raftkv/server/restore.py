@@ -31,7 +31,7 @@ from pathlib import Path
 import msgpack
 
 from .. import exit_codes
-from ..backup_file import BackupError, BackupHeader, file_sha256, read_backup
+from ..backup_file import BackupError, file_sha256, read_backup
 from ..storage import LmdbNodeStore, StorageError, cluster_id_for
 from ..storage.identity import CLUSTER_ID_BYTES, has_data, token_cluster_id
 from ..storage.snapshots import SNAPSHOT_DBS
@@ -66,7 +66,8 @@ def restore(file: str, data_dir: str, node_id: int, peers: dict[int, str], token
                                         "(a restore founds a new cluster; it never merges into a member)")
     try:
         header, pieces = read_backup(file)
-        pieces = list(pieces)  # a BackupError anywhere refuses the file before a byte is written
+        for _ in pieces:  # a first pass checks every piece: a bad file is refused before a byte is written
+            pass
         digest, _, size = file_sha256(file)
     except BackupError as e:
         return refuse(exit_codes.NEEDS_OPERATOR, f"refusing the backup: {e}")
@@ -74,7 +75,7 @@ def restore(file: str, data_dir: str, node_id: int, peers: dict[int, str], token
         return refuse(exit_codes.NEEDS_OPERATOR, f"refusing the backup: {file} holds revision 0 (no state)")
     cluster_id = restored_cluster_id(digest, peers, token)
     try:
-        records = _write(data_dir, node_id, peers, cluster_id, header, pieces)
+        records = _write(data_dir, node_id, peers, cluster_id, file)
         check = LmdbNodeStore(data_dir, node_id, cluster_id, founding=cluster_id_for(peers))
         try:
             if check.applied_index() != header.revision:
@@ -82,6 +83,8 @@ def restore(file: str, data_dir: str, node_id: int, peers: dict[int, str], token
                                                 f"{check.applied_index()}, not {header.revision}")
         finally:
             check.close()
+    except BackupError as e:  # the file changed between the passes
+        return refuse(exit_codes.NEEDS_OPERATOR, f"refusing the backup: {e} (delete {data_dir} before trying again)")
     except StorageError as e:
         return refuse(exit_codes.NEEDS_OPERATOR if "belongs to" in str(e) else exit_codes.RETRY, str(e))
     except OSError as e:
@@ -91,10 +94,11 @@ def restore(file: str, data_dir: str, node_id: int, peers: dict[int, str], token
     return exit_codes.OK
 
 
-def _write(data_dir: str, node_id: int, peers: dict[int, str], cluster_id: bytes, header: BackupHeader,
-           pieces: list[list[tuple[int, bytes, bytes]]]) -> int:
-    """Create the store and fill it in one transaction (a crash half-way leaves a directory that is
-    refused as holding data already; delete it and restore again)."""
+def _write(data_dir: str, node_id: int, peers: dict[int, str], cluster_id: bytes, file: str) -> int:
+    """Create the store and fill it from the file, piece by piece, in one transaction (memory holds one
+    piece; a crash half-way leaves a directory that is refused as holding data already: delete it and
+    restore again)."""
+    header, pieces = read_backup(file)
     store = LmdbNodeStore(data_dir, node_id, cluster_id, founding=cluster_id_for(peers))
     try:
         if not store.created:
