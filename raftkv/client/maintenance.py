@@ -16,6 +16,10 @@ from .errors import RaftKVError, from_rpc_error
 from .sync_client import Client
 
 
+class _Unreachable(Exception):
+    """An endpoint that could not be reached before any byte of the backup arrived: try the next."""
+
+
 class MaintenanceClient(Client):
     """A `Client` whose admin calls go to the Maintenance service (leader discovery and retries as usual)."""
 
@@ -27,11 +31,20 @@ class MaintenanceClient(Client):
     def save_snapshot(self, path: str | Path, endpoint: str | None = None,
                       progress: Callable[[int, int, int], None] | None = None,
                       timeout: float | None = None) -> BackupSummary:
-        """Stream a backup from `endpoint` (default: the first endpoint) into `path`, verify it whole, and
-        only then give it its name (a `path`.part is left behind by nothing: it is removed on failure).
+        """Stream a backup from `endpoint` (default: the first endpoint that answers, in order) into `path`,
+        verify it whole, and only then give it its name (`path`.part meanwhile, removed on failure).
         `progress(bytes so far, size estimate, revision)` is called as chunks arrive."""
-        address = endpoint or self.endpoints.addresses[0]
-        target = Path(path)
+        addresses = [endpoint] if endpoint else list(self.endpoints.addresses)
+        for i, address in enumerate(addresses):
+            try:
+                return self._save_from(address, Path(path), progress, timeout)
+            except _Unreachable as e:
+                if i == len(addresses) - 1:
+                    raise RaftKVError(f"no endpoint could send a backup; last: {e}") from None
+        raise RaftKVError("no endpoint given")
+
+    def _save_from(self, address: str, target: Path, progress: Callable[[int, int, int], None] | None,
+                   timeout: float | None) -> BackupSummary:
         part = target.with_name(target.name + ".part")
         stub = maintenance_pb2_grpc.MaintenanceStub(self._channel(address))
         received = estimate = revision = 0
@@ -50,6 +63,8 @@ class MaintenanceClient(Client):
             os.replace(part, target)
             return summary
         except grpc.RpcError as e:
+            if received == 0 and e.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                raise _Unreachable(f"{address}: {e.details()}") from None  # type: ignore[attr-defined]
             raise from_rpc_error(e) from None
         except BackupError as e:
             raise RaftKVError(f"the backup received from {address} does not check out: {e}") from None

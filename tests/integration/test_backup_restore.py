@@ -17,6 +17,7 @@ from pathlib import Path
 from raftkv import exit_codes
 from raftkv.backup_file import BUCKET_THRESHOLD
 from raftkv.client import RaftKVError
+from raftkv.client.maintenance import MaintenanceClient
 from raftkv.storage.kv_records import BUCKET_THRESHOLD as STORE_BUCKET_THRESHOLD
 
 from .local_cluster import LocalCluster
@@ -82,6 +83,10 @@ def test_backup_lose_every_node_restore_and_serve(tmp_path: Path) -> None:
             assert r.returncode == 0, r.stderr
             assert r.stdout.startswith(f"Snapshot saved at {backup}: revision "), r.stdout
             assert not (tmp_path / "backup.snap.part").exists()
+            # Without a named endpoint, the first that answers sends it (here not the first listed).
+            with MaintenanceClient(f"127.0.0.1:1,{old.address(leader)}", timeout=30) as m:
+                second = m.save_snapshot(tmp_path / "second.snap")
+            assert second.header.node == leader and second.keys >= len(acked)
     finally:
         old.stop_all()
     r = kv(None, "-w", "json", "snapshot", "status", str(backup))
