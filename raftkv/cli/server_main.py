@@ -7,6 +7,7 @@ import re
 import socket
 import sys
 from dataclasses import fields
+from typing import Any
 
 from ..server.logging_setup import quiet_grpc_core_for_serve
 
@@ -24,7 +25,29 @@ def _fail(msg: str) -> None:
     sys.exit(exit_codes.USAGE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
+class RaftkvGroup(click.Group):
+    """`raftkv`: what click itself refuses (an unknown flag, a value of the wrong type, a missing
+    argument) is one `Error:` line and exit 64 USAGE, as every other refusal of a command line, not
+    click's usage text and exit 2 (which a supervisor would take for a crash)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else "raftkv --help")
+            sys.exit(0)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            _fail(" ".join(e.format_message().split()) + where)
+        except click.ClickException as e:
+            _fail(" ".join(e.format_message().split()))
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(130)
+
+
+@click.group(cls=RaftkvGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
 def main() -> None:
     """raftkv: a Raft-replicated key-value store.
 

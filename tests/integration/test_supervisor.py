@@ -41,6 +41,14 @@ def test_a_bad_flag_is_usage() -> None:
     assert r.returncode == exit_codes.USAGE and "HOST:PORT" in one_error(r)
 
 
+def test_an_unknown_flag_or_a_value_of_the_wrong_type_is_usage_in_one_line() -> None:
+    """What click itself refuses: its own exit code 2 and usage text would read as a crash to a supervisor."""
+    r = serve("--data-dri", "x")
+    assert r.returncode == exit_codes.USAGE and "--data-dri" in one_error(r)
+    r = serve("--tick-ms", "fast")
+    assert r.returncode == exit_codes.USAGE and "--tick-ms" in one_error(r)
+
+
 def dev_kv(data: Path, *args: str) -> dict:
     r = kv(None, "-w", "json", "dev", *args, "--data", str(data))
     assert r.returncode == 0, r.stderr
