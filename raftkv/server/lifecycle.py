@@ -19,7 +19,8 @@ from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..api.maintenance_service import add_to_server as add_maintenance
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
-from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
+from ..storage import ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
+from ..storage.errors import is_damage
 from ..storage.identity import has_data
 from ..tls import TlsError, check_certificate_dates
 from ..transport import Transport
@@ -86,7 +87,7 @@ def run_node(cfg: ServerConfig) -> int:
 def exit_code_for(err: BaseException) -> int:
     """Damaged or foreign data needs an operator; anything else that stops a node (a failing disk, a
     data directory in use, a host loop that crashed) may go away when it is restarted."""
-    if isinstance(err, (CorruptionError, ForeignDataError)):
+    if isinstance(err, ForeignDataError) or is_damage(err):
         return exit_codes.NEEDS_OPERATOR
     return exit_codes.RETRY
 def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:

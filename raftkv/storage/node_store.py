@@ -51,7 +51,7 @@ from . import commands, identity, kv_records, snapshots, state_machine
 from .alarms import AlarmTable, RecentHashes, hash_state
 from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
-from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
+from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError, opening_error
 from .ha_commands import AlarmDisarm, AlarmRaise, HashKV
 from .kv_records import BUCKET_THRESHOLD
 from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
@@ -122,11 +122,16 @@ class LmdbNodeStore:
         except BaseException:
             self._dir_lock.release()
             raise
-        self.log_db = self.env.open_db(b"log")
-        self.meta_db = self.env.open_db(b"meta")
-        self.kv_db = self.env.open_db(b"kv")
-        self.members_db = self.env.open_db(b"members")
-        self.snap_db = self.env.open_db(b"snap")
+        try:
+            self.log_db = self.env.open_db(b"log")
+            self.meta_db = self.env.open_db(b"meta")
+            self.kv_db = self.env.open_db(b"kv")
+            self.members_db = self.env.open_db(b"members")
+            self.snap_db = self.env.open_db(b"snap")
+        except lmdb.Error as e:  # the main database's pages do not hold together, or a failing disk
+            self.env.close()
+            self._dir_lock.release()
+            raise opening_error(self.where, e) from None
         self._lock = threading.Lock()
         self.last_apply_seconds = 0.0
         """Time the last `apply` took."""
@@ -142,6 +147,9 @@ class LmdbNodeStore:
             self._open_generations()
             self._load_cache()
             self._verify_tail()
+        except lmdb.Error as e:  # LMDB's own refusal of the file (damaged pages) or a failing disk
+            self.close()
+            raise opening_error(self.where, e) from None
         except BaseException:  # refused: let the directory go, so that it may be opened again
             self.close()
             raise

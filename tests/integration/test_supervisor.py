@@ -115,3 +115,24 @@ def test_a_setting_of_the_wrong_type_in_the_config_file_is_usage(tmp_path: Path)
     r = serve("--config", str(conf), "--data-dir", str(tmp_path / "d"))
     assert r.returncode == exit_codes.USAGE and "'id' must be" in one_error(r)
     assert not (tmp_path / "d").exists()
+
+
+def test_damaged_lmdb_pages_are_one_line_and_needs_operator(tmp_path: Path) -> None:
+    """Pages past LMDB's meta pages damaged (their headers garbled) in a real data.mdb: LMDB itself reports
+    MDB_CORRUPTED, which must read as damaged data (65, one line), not a traceback (exit 1) or RETRY."""
+    from raftkv.core import ConfState
+    from raftkv.storage import LmdbNodeStore
+
+    d = tmp_path / "d"
+    store = LmdbNodeStore(d, 1)
+    store.bootstrap(ConfState(frozenset({1}), frozenset()), {})
+    store.close()
+    f = d / "data.mdb"
+    data = bytearray(f.read_bytes())
+    page = 4096
+    for p in range(2, len(data) // page):
+        for i in range(p * page + 8, p * page + 16):  # a page header's flags and bounds
+            data[i] ^= 0xFF
+    f.write_bytes(bytes(data))
+    r = serve("--id", "1", "--data-dir", str(d), "--listen", "127.0.0.1:1", "--peers", "1=127.0.0.1:1")
+    assert r.returncode == exit_codes.NEEDS_OPERATOR and "damaged" in one_error(r) and str(d) in one_error(r)
