@@ -42,7 +42,7 @@ def test_backup_lose_every_node_restore_and_serve(tmp_path: Path) -> None:
     acked: dict[bytes, bytes] = {}
     try:
         with old.client() as c:
-            for i in range(150):
+            for i in range(80):
                 key, value = b"k%04d" % i, os.urandom(64)
                 c.put(key, value)
                 acked[key] = value

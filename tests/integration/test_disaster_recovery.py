@@ -23,7 +23,7 @@ def test_force_new_cluster_then_re_add_two_fresh_nodes(tmp_path: Path) -> None:
         survivor = next(i for i in sorted(cluster.ports) if i != leader)
         acked: dict[bytes, bytes] = {}
         with cluster.client() as c:
-            for i in range(100):
+            for i in range(40):
                 r = c.put(b"acked%03d" % i, b"v%d" % i)
                 acked[b"acked%03d" % i] = b"v%d" % i
         cluster.wait_applied(survivor, r.meta.index)
