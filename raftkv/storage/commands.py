@@ -155,6 +155,10 @@ def decode(data: bytes) -> Command:
         raise ValueError(f"undecodable command: {e}") from None
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
+    if isinstance(w[0], str) and w[0].startswith("h"):  # high-availability operations (ha_commands.py)
+        from .ha_commands import from_wire
+
+        return from_wire(w)  # type: ignore[return-value]
     op = _op_from_wire(w)
     if isinstance(op, Range):
         raise ValueError("a range is a read, not a command")
