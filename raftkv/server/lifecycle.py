@@ -28,9 +28,9 @@ from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
-from .grpc_metrics import RequestMetrics
 from .corruption import CorruptionChecker
 from .force_new import ForceNewClusterRefused, force_new_cluster
+from .grpc_metrics import RequestMetrics
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
 from .identity import IdentityGuard
