@@ -275,7 +275,11 @@ def alarm_disarm(ctx: click.Context, member: int | None) -> None:
 def register(main: click.Group) -> None:
     """Add this module's verbs to the `kv` group (`kv snapshot` is defined in kv.py, a group here)."""
     main.add_command(dev)
-    main.add_command(check)
+    existing = main.commands.get("check")  # `kv check perf` (kv_ops.py) shares the group
+    if isinstance(existing, click.Group):
+        existing.add_command(check_hash)
+    else:
+        main.add_command(check)
     main.add_command(alarm)
     snap = main.commands.get("snapshot")
     if isinstance(snap, click.Group):
