@@ -20,6 +20,8 @@ class Put:
     key: bytes
     value: bytes
     prev_kv: bool = False
+    lease: int = 0
+    """The lease the key is attached to (0: none); the key is deleted when the lease ends."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,7 +55,31 @@ class Txn:
     failure: tuple[Put | Delete | Range, ...] = ()
 
 
-Command = Put | Delete | Txn
+@dataclass(slots=True, frozen=True)
+class LeaseGrant:
+    """A lease of `ttl` seconds; `lease_id` 0: the lease's id is the revision that grants it."""
+
+    lease_id: int
+    ttl: int
+
+
+@dataclass(slots=True, frozen=True)
+class LeaseRevoke:
+    """End a lease and delete its keys; `expired`: the leader decided its TTL ran out (not a client)."""
+
+    lease_id: int
+    expired: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class CompactHistory:
+    """Discard the change history before `revision` on every node (`kv compact REV`)."""
+
+    revision: int
+
+
+LeaseCommand = LeaseGrant | LeaseRevoke | CompactHistory
+Command = Put | Delete | Txn | LeaseGrant | LeaseRevoke | CompactHistory
 
 
 @dataclass(slots=True)
@@ -63,6 +89,7 @@ class KV:
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
 
 
 @dataclass(slots=True)
@@ -105,7 +132,8 @@ def prefix_end(prefix: bytes) -> bytes:
 
 def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
     if isinstance(op, Put):
-        return ["p", op.key, op.value, op.prev_kv]
+        # The lease is an optional trailing element: a put without one encodes as before.
+        return ["p", op.key, op.value, op.prev_kv] + ([op.lease] if op.lease else [])
     if isinstance(op, Delete):
         return ["d", op.key, op.range_end, op.prev_kv]
     return ["r", op.key, op.range_end, op.limit, op.keys_only, op.count_only]
@@ -114,7 +142,7 @@ def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
 def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
     kind = w[0]
     if kind == "p":
-        return Put(w[1], w[2], bool(w[3]))
+        return Put(w[1], w[2], bool(w[3]), int(w[4]) if len(w) > 4 else 0)
     if kind == "d":
         return Delete(w[1], w[2], bool(w[3]))
     if kind == "r":
@@ -122,7 +150,27 @@ def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
     raise ValueError(f"unknown operation {kind!r}")
 
 
+def _lease_to_wire(cmd: LeaseCommand) -> list[Any]:
+    if isinstance(cmd, LeaseGrant):
+        return ["lg", cmd.lease_id, cmd.ttl]
+    if isinstance(cmd, LeaseRevoke):
+        return ["lr", cmd.lease_id, cmd.expired]
+    return ["lk", cmd.revision]
+
+
+def _lease_from_wire(w: list[Any]) -> LeaseCommand:
+    if w[0] == "lg":
+        return LeaseGrant(int(w[1]), int(w[2]))
+    if w[0] == "lr":
+        return LeaseRevoke(int(w[1]), bool(w[2]))
+    if w[0] == "lk":
+        return CompactHistory(int(w[1]))
+    raise ValueError(f"unknown lease command {w[0]!r}")
+
+
 def encode(cmd: Command) -> bytes:
+    if isinstance(cmd, (LeaseGrant, LeaseRevoke, CompactHistory)):
+        return msgpack.packb(_lease_to_wire(cmd), use_bin_type=True)
     if isinstance(cmd, Txn):
         body = ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
                 [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
@@ -138,6 +186,8 @@ def decode(data: bytes) -> Command:
         raise ValueError(f"undecodable command: {e}") from None
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
+    if isinstance(w[0], str) and w[0].startswith("l"):
+        return _lease_from_wire(w)
     if w[0] == "t":
         compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
         for c in compares:
@@ -156,4 +206,4 @@ def adds_bytes(cmd: Command) -> bool:
     alarm still takes, as etcd does: it is how space is freed."""
     if isinstance(cmd, Txn):
         return any(isinstance(op, Put) for op in cmd.success + cmd.failure)
-    return isinstance(cmd, Put)
+    return isinstance(cmd, (Put, LeaseGrant))
