@@ -13,6 +13,7 @@ import msgpack
 
 TARGETS = ("value", "version", "create", "mod", "exists")
 RESULTS = ("=", "!=", "<", ">")
+MAX_LEASE_ID = (1 << 63) - 1
 
 
 @dataclass(slots=True, frozen=True)

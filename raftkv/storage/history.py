@@ -29,6 +29,7 @@ import lmdb
 import msgpack
 
 from .commands import KV
+from .errors import HistoryOutOfRange
 
 PUT = "put"
 DELETE = "delete"
@@ -120,10 +121,4 @@ class Retention:
         return max(0, applied - self.revisions + 1), (time.time() if now is None else now) - self.seconds
 
 
-class HistoryOutOfRange(Exception):
-    """Events before `floor` were asked for; this node no longer has (or never had) them."""
-
-    def __init__(self, wanted: int, floor: int) -> None:
-        super().__init__(f"revision {wanted} is compacted: the oldest revision in this node's history is {floor}")
-        self.wanted = wanted
-        self.floor = floor
+__all__ = ["DELETE", "PUT", "Event", "HistoryOutOfRange", "Retention"]

@@ -22,23 +22,10 @@ from typing import Any
 import lmdb
 import msgpack
 
-from .commands import KV, LeaseGrant, LeaseRevoke
-from .errors import CommandFailed
+from .commands import KV, MAX_LEASE_ID, LeaseGrant, LeaseRevoke
+from .errors import LeaseExists, LeaseNotFound
 
 _ID = struct.Struct(">Q")
-MAX_LEASE_ID = (1 << 63) - 1
-
-
-class LeaseNotFound(CommandFailed):
-    def __init__(self, lease_id: int) -> None:
-        super().__init__(f"lease {lease_id} not found (expired or revoked, or never granted)")
-        self.lease_id = lease_id
-
-
-class LeaseExists(CommandFailed):
-    def __init__(self, lease_id: int) -> None:
-        super().__init__(f"lease {lease_id} already exists")
-        self.lease_id = lease_id
 
 
 @dataclass(slots=True)
@@ -138,3 +125,6 @@ class LeaseTable:
             else:
                 table.leases.setdefault(lease_id, Lease(lease_id, 0, 0)).keys.add(k[9:])
         return table
+
+
+__all__ = ["MAX_LEASE_ID", "GrantResult", "Lease", "LeaseExists", "LeaseNotFound", "LeaseTable", "RevokeResult"]
