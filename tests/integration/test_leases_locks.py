@@ -1,0 +1,136 @@
+"""Leases and locks on real `raftkv serve` processes: keys deleted through the log when a lease is not kept
+alive (watchers see the delete), kept while it is (across a leader's kill -9), bad lease requests refused
+with precise statuses; locks ordered by revision with fencing tokens that stop a stale holder's writes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from raftkv.client import InvalidArgumentError, NotFoundError
+from raftkv.client.requests import op_put
+from raftkv.proto.stubs import watch_pb2 as wpb
+
+from .local_cluster import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    c = LocalCluster(Path(tmp_path_factory.mktemp("leases")), extra=["--max-lease-ttl", "3600"]).start_all()
+    try:
+        yield c
+    finally:
+        c.stop_all()
+
+
+def wait_until(cond, timeout: float = 20.0) -> bool:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_expired_lease_deletes_its_keys_through_the_log(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        lease = c.lease_grant(1)
+        assert lease.ttl == 1 and lease.id > 0
+        r = c.put("svc/a", "up", lease=lease.id)
+        c.put("svc/b", "up", lease=lease.id)
+        c.put("svc/plain", "stays")
+        ttl = c.lease_time_to_live(lease.id, keys=True)
+        assert ttl.granted_ttl == 1 and set(ttl.keys) == {b"svc/a", b"svc/b"}
+        assert c.get("svc/a").kv.lease == lease.id
+        seen: list[wpb.Event] = []
+        it = c.watch("svc/", prefix=True, after_revision=r.meta.index)
+        threading.Thread(target=lambda: [seen.extend(x.events) for x in it], daemon=True).start()
+        assert wait_until(lambda: not c.get("svc/a").found and not c.get("svc/b").found)
+        assert c.get("svc/plain").found
+        assert wait_until(lambda: sum(e.type == wpb.Event.DELETE for e in seen) == 2)
+        dels = [e for e in seen if e.type == wpb.Event.DELETE]
+        assert dels[0].kv.mod_revision == dels[1].kv.mod_revision  # one revoke, one revision
+        for i in cluster.procs:  # every node deleted them (at that revision)
+            cluster.wait_applied(i, dels[0].kv.mod_revision)
+        with pytest.raises(NotFoundError) as e:
+            c.lease_time_to_live(lease.id)
+        assert "not found" in str(e.value)
+        with pytest.raises(NotFoundError):
+            c.lease_keep_alive_once(lease.id)  # keep-alive of an expired lease
+
+
+def test_kept_alive_lease_outlives_its_ttl_and_revoke_ends_it(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        lease = c.lease_grant(1).id
+        c.put("ka/k", "v", lease=lease)
+        ka = c.keep_alive(lease, interval=0.2)
+        time.sleep(2.5)
+        assert c.get("ka/k").found
+        assert any(s.id == lease for s in c.lease_list().leases)
+        ka.stop()
+        assert c.lease_revoke(lease).deleted == 1
+        assert not c.get("ka/k").found
+
+
+def test_bad_lease_requests(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        for ttl in (0, -5, 3601):
+            with pytest.raises(InvalidArgumentError) as e:
+                c.lease_grant(ttl)
+            assert "TTL" in str(e.value)
+        with pytest.raises(NotFoundError) as f:
+            c.put("bad/k", "v", lease=424242)
+        assert f.value.reason == "LEASE_NOT_FOUND" and not c.get("bad/k").found
+        with pytest.raises(NotFoundError):
+            c.lease_revoke(424242)
+        with pytest.raises(NotFoundError):
+            c.lease_keep_alive_once(424242)
+        with pytest.raises(InvalidArgumentError):
+            c.lease_revoke(-1)
+        lid = c.lease_grant(60, lease_id=777).id
+        assert lid == 777
+        with pytest.raises(Exception) as g:  # noqa: PT011
+            c.lease_grant(60, lease_id=777)
+        assert getattr(g.value, "code", None) == grpc.StatusCode.ALREADY_EXISTS
+        c.lease_revoke(777)
+
+
+def test_lock_orders_holders_and_fences_a_stale_one(cluster: LocalCluster) -> None:
+    with cluster.client() as a, cluster.client() as b:
+        la = a.lock("job", ttl=2)
+        got: list = []
+        t = threading.Thread(target=lambda: got.append(b.lock("job", ttl=5)), daemon=True)
+        t.start()
+        time.sleep(0.5)
+        assert not got  # b waits behind a
+        assert a.fenced(la, [op_put("job/counter", "a1")]).succeeded
+        # a "pauses" past its lease: its keep-alive stops, the lease expires, b takes the lock.
+        la.keep_alive.stop()
+        t.join(20)
+        assert got, "the waiter did not get the lock after the holder's lease expired"
+        lb = got[0]
+        assert lb.token > la.token
+        assert not a.fenced(la, [op_put("job/counter", "a2")]).succeeded  # the stale holder is refused
+        assert b.fenced(lb, [op_put("job/counter", "b1")]).succeeded
+        assert a.get("job/counter").kv.value == b"b1"
+        b.unlock(lb)
+
+
+def test_lease_survives_a_leader_kill(cluster: LocalCluster) -> None:
+    """Last: kills the leader. A lease kept alive across the failover keeps its key."""
+    with cluster.client() as c:
+        lease = c.lease_grant(2).id
+        c.put("fo/k", "v", lease=lease)
+        ka = c.keep_alive(lease, interval=0.3)
+        leader = cluster.wait_leader()
+        cluster.kill(leader)
+        cluster.wait_leader([i for i in cluster.procs if i != leader])
+        time.sleep(3)
+        assert c.get("fo/k").found
+        ka.stop()
+        assert wait_until(lambda: not c.get("fo/k").found, 30)
