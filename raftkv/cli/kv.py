@@ -188,13 +188,18 @@ def _write_meta_lines(meta: Any) -> list[str]:
 @click.argument("value")
 @click.option("--prev-kv", is_flag=True, help="Print the previous value.")
 @click.option("--print-token", is_flag=True, help="Print the session token of this write.")
+@click.option("--lease", type=str, default="0", help="Attach the key to this lease id (hex, as `kv lease grant` prints).")
 @write_options
 @pass_ctx
 def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
-        timeout_ms: int) -> None:
+        timeout_ms: int, lease: str) -> None:
     """Put KEY VALUE."""
+    from .kv_lease import parse_lease_id
+
     k, v = c.b(key), c.b(value, "VALUE")
-    r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv))
+    lid = parse_lease_id(lease) if lease != "0" else 0
+    r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv,
+                                 lease=lid))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
         return
@@ -599,6 +604,12 @@ def snapshot(c: Ctx) -> None:
     r = run(lambda: c.client.snapshot(endpoint=ep))
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"snapshot at index {r.index}")
 
+
+from . import kv_lease, kv_lock, kv_watch  # noqa: E402 - register their verbs
+
+kv_watch.register(main, sys.modules[__name__])
+kv_lease.register(main, sys.modules[__name__])
+kv_lock.register(main, sys.modules[__name__])
 
 if __name__ == "__main__":
     main(prog_name="kv")

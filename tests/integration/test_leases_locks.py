@@ -4,6 +4,8 @@ with precise statuses; locks ordered by revision with fencing tokens that stop a
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +121,41 @@ def test_lock_orders_holders_and_fences_a_stale_one(cluster: LocalCluster) -> No
         assert b.fenced(lb, [op_put("job/counter", "b1")]).succeeded
         assert a.get("job/counter").kv.value == b"b1"
         b.unlock(lb)
+
+
+def kv(cluster: LocalCluster, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "raftkv.cli.kv", "--command-timeout", "10", "--endpoints", cluster.endpoints, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_lease_watch_lock_compact(cluster: LocalCluster) -> None:
+    g = kv(cluster, "lease", "grant", "30")
+    assert g.returncode == 0, g.stderr
+    lid = g.stdout.split()[1]
+    p = kv(cluster, "put", "cli/k", "v", "--lease", lid)
+    assert p.returncode == 0, p.stderr
+    rev = int(p.stdout.split("index ")[1].split(",")[0])
+    t = kv(cluster, "lease", "timetolive", lid, "--keys")
+    assert t.returncode == 0 and "cli/k" in t.stdout and "TTL(30s)" in t.stdout
+    assert lid in kv(cluster, "lease", "list").stdout
+    kv(cluster, "put", "cli/k", "w", "--lease", lid)
+    w = kv(cluster, "watch", "cli/k", "--rev", str(rev - 1), "--prev-kv", "--count", "2")
+    assert w.returncode == 0, w.stderr
+    assert w.stdout.split("\n")[:6] == ["PUT", "cli/k", "v", "PUT", "cli/k", "w"]
+    r = kv(cluster, "lease", "revoke", lid)
+    assert r.returncode == 0 and "1 keys deleted" in r.stdout
+    bad = kv(cluster, "lease", "revoke", lid)
+    assert bad.returncode != 0 and bad.stderr.startswith("Error: ") and "not found" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    bad = kv(cluster, "lease", "grant", "0")
+    assert bad.returncode != 0 and "TTL" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    lk = kv(cluster, "lock", "cli-job", "--", sys.executable, "-c", "import os; print('token', os.environ['KV_LOCK_TOKEN'])")
+    assert lk.returncode == 0, lk.stderr
+    assert int(lk.stdout.split()[1]) > 0
+    c = kv(cluster, "compact", str(rev))
+    assert c.returncode == 0 and f"oldest revision is {rev}" in c.stdout
+    w = kv(cluster, "watch", "cli/k", "--rev", str(rev - 5), "--count", "1")
+    assert w.returncode != 0 and "compacted" in w.stderr and str(rev) in w.stderr
 
 
 def test_lease_survives_a_leader_kill(cluster: LocalCluster) -> None:
