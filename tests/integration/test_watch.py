@@ -167,6 +167,29 @@ def test_compacted_revision_is_out_of_range_naming_the_oldest(cluster: LocalClus
         assert f.value.code() == grpc.StatusCode.OUT_OF_RANGE
 
 
+def test_async_client_watch(cluster: LocalCluster) -> None:
+    import asyncio
+
+    from raftkv.client import AsyncClient
+
+    async def go() -> list[int]:
+        async with AsyncClient(cluster.endpoints, timeout=10) as ac:
+            with cluster.client() as c:
+                start = c.put("w6", "0").meta.index
+                revs = [c.put("w6", str(i)).meta.index for i in range(3)]
+            got: list[int] = []
+            agen = ac.watch("w6", after_revision=start)
+            async for r in agen:
+                got += [e.kv.mod_revision for e in r.events]
+                if len(got) >= 3:
+                    break
+            await agen.aclose()
+            assert got == revs
+            return got
+
+    assert len(asyncio.run(asyncio.wait_for(go(), 30))) == 3
+
+
 def test_watch_resumes_on_another_node_without_loss_or_repeat(cluster: LocalCluster) -> None:
     """Last: kills a node. The watch is served by node 3 (listed first), which dies mid-stream."""
     order = [cluster.address(3), cluster.address(1), cluster.address(2)]
