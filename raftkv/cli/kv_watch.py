@@ -57,7 +57,5 @@ def register(main: click.Group, kv: Any) -> None:
     @pass_ctx
     def compact(c: Any, revision: int) -> None:
         """Discard the watch history before REVISION on every node (watches from before get OUT_OF_RANGE)."""
-        from ..proto.stubs import watch_pb2 as wpb
-
-        r = run(lambda: c.client.call("Compact", wpb.CompactRequest(revision=revision), "txn", admin="Watch"))
+        r = run(lambda: c.client.compact(revision))
         click.echo(json.dumps(to_json(r)) if c.out == "json" else f"compacted: oldest revision is {r.oldest_revision}")

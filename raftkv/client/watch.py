@@ -87,8 +87,13 @@ class WatchCalls:
     """Mixed into `Client`: needs `_stub`, `endpoints`, `timeout`."""
 
     _stub: Any
+    call: Any
     endpoints: Any
     timeout: float
+
+    def compact(self, revision: int, timeout: float | None = None) -> wpb.CompactResponse:
+        """Discard the watch history before `revision` on every node (through the log)."""
+        return self.call("Compact", wpb.CompactRequest(revision=revision), "txn", admin="Watch", timeout=timeout)
 
     def watch(self, key: bytes | str, range_end: bytes | str = b"", prefix: bool = False, after_revision: int = 0,
               prev_kv: bool = False, progress_interval_ms: int = 0) -> Iterator[wpb.WatchResponse]:
