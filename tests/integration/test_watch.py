@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from raftkv.client import Client
+from raftkv.client import Client, RaftKVError
 from raftkv.client.watch import WatchCanceledError
 from raftkv.proto.stubs import watch_pb2 as wpb
 from raftkv.proto.stubs import watch_pb2_grpc
@@ -23,11 +23,20 @@ from .local_cluster import LocalCluster
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(Path(tmp_path_factory.mktemp("watch")), extra=["--max-watches-per-stream", "4"]).start_all()
+    c = LocalCluster(Path(tmp_path_factory.mktemp("watch")), extra=["--max-watches-per-stream", "4", "--watch-buffer-events", "50"]).start_all()
     try:
         yield c
     finally:
         c.stop_all()
+
+
+def pump(it: Iterator[wpb.WatchResponse], q: queue.Queue) -> None:
+    """Put what the watch yields into `q`, until it ends (its client closed, the cluster stopped)."""
+    try:
+        for r in it:
+            q.put(r)
+    except RaftKVError:
+        pass
 
 
 def collect(it: Iterator[wpb.WatchResponse], want: int, timeout: float = 20.0) -> list[wpb.Event]:
@@ -35,9 +44,12 @@ def collect(it: Iterator[wpb.WatchResponse], want: int, timeout: float = 20.0) -
     out: queue.Queue[wpb.Event] = queue.Queue()
 
     def run() -> None:
-        for r in it:
-            for e in r.events:
-                out.put(e)
+        try:
+            for r in it:
+                for e in r.events:
+                    out.put(e)
+        except RaftKVError:
+            pass
 
     threading.Thread(target=run, daemon=True).start()
     events: list[wpb.Event] = []
@@ -73,7 +85,7 @@ def test_live_events_on_a_follower(cluster: LocalCluster) -> None:
     with Client(cluster.address(follower), timeout=10) as fc, cluster.client() as c:
         it = fc.watch("w2", after_revision=0)
         got: queue.Queue[wpb.WatchResponse] = queue.Queue()
-        threading.Thread(target=lambda: [got.put(r) for r in it], daemon=True).start()
+        threading.Thread(target=pump, args=(it, got), daemon=True).start()
         time.sleep(0.5)  # the watch is created "from now"
         revs = [c.put("w2", str(i)).meta.index for i in range(5)]
         seen: list[int] = []
@@ -190,6 +202,33 @@ def test_async_client_watch(cluster: LocalCluster) -> None:
     assert len(asyncio.run(asyncio.wait_for(go(), 30))) == 3
 
 
+def test_slow_watcher_is_cut_off_with_resource_exhausted(cluster: LocalCluster) -> None:
+    with cluster.client() as c:
+        start = c.put("slow/seed", "x").meta.index
+        q: queue.Queue[wpb.WatchRequest | None] = queue.Queue()
+        q.put(wpb.WatchRequest(create=wpb.WatchCreateRequest(key=b"slow/", range_end=b"slow0",
+                                                              after_revision=start)))
+
+        def feed() -> Iterator[wpb.WatchRequest]:
+            while (item := q.get()) is not None:
+                yield item
+
+        # No BDP probing: the client's receive window stays small, so the server's sends back up.
+        ch = grpc.insecure_channel(cluster.address(1), options=[("grpc.http2.bdp_probe", 0)])
+        stream = watch_pb2_grpc.WatchStub(ch).Watch(feed(), timeout=60)
+        assert next(stream).created
+        big = "v" * 30_000
+        for i in range(70):  # ~2 MB: more than the stream's flow-control windows, > 50 events queued
+            c.put(f"slow/k{i}", big)
+        with pytest.raises(grpc.RpcError) as e:
+            for _ in stream:
+                pass
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "fell more than 50 events behind" in e.value.details()
+        q.put(None)
+        ch.close()
+
+
 def test_watch_resumes_on_another_node_without_loss_or_repeat(cluster: LocalCluster) -> None:
     """Last: kills a node. The watch is served by node 3 (listed first), which dies mid-stream."""
     order = [cluster.address(3), cluster.address(1), cluster.address(2)]
@@ -197,7 +236,7 @@ def test_watch_resumes_on_another_node_without_loss_or_repeat(cluster: LocalClus
         start = c.put("w5/start", "x").meta.index
         got: queue.Queue[wpb.WatchResponse] = queue.Queue()
         it = wc.watch("w5/k", prefix=True, after_revision=start, progress_interval_ms=300)
-        threading.Thread(target=lambda: [got.put(r) for r in it], daemon=True).start()
+        threading.Thread(target=pump, args=(it, got), daemon=True).start()
         written: list[int] = []
         for i in range(40):
             if i == 20:
