@@ -19,6 +19,11 @@ from ..proto.stubs import watch_pb2 as wpb
 from .errors import RaftKVError, from_rpc_error
 from .requests import _b, prefix_end
 
+SILENCE_INTERVALS = 3
+"""A stream silent for this many progress intervals is given up and the watch resumed on another node:
+its node is paused or unreachable (a live node sends a progress notification every interval)."""
+DEFAULT_PROGRESS_MS = 2000
+
 RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED,
              grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 """Stream failures after which the watch is opened again on another node."""
@@ -83,6 +88,32 @@ class _Moved(Exception):
     pass
 
 
+class _Watchdog:
+    """Cancels a stream that stays silent longer than `limit` seconds (its iterator then raises CANCELLED,
+    and the watch resumes elsewhere)."""
+
+    def __init__(self, stream: Any, limit: float) -> None:
+        import threading
+
+        self.stream = stream
+        self.limit = limit
+        self.last = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="raftkv-watchdog", daemon=True).start()
+
+    def heard(self) -> None:
+        self.last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._done.wait(min(1.0, self.limit / 4)):
+            if time.monotonic() - self.last > self.limit:
+                self.stream.cancel()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 class WatchCalls:
     """Mixed into `Client`: needs `_stub`, `endpoints`, `timeout`."""
 
@@ -99,9 +130,10 @@ class WatchCalls:
               prev_kv: bool = False, progress_interval_ms: int = 0) -> Iterator[wpb.WatchResponse]:
         """Every change of the key (range, prefix) after `after_revision` (0: from now), as WatchResponse
         messages (events of whole revisions, or progress notifications), until the iterator is closed."""
-        req = create_request(key, range_end, prefix, after_revision, prev_kv, progress_interval_ms)
+        progress_ms = progress_interval_ms or DEFAULT_PROGRESS_MS
+        req = create_request(key, range_end, prefix, after_revision, prev_kv, progress_ms)
         state = _Resume(after_revision, max(self.timeout, 10.0))
-        addresses = list(self.endpoints.addresses) if hasattr(self.endpoints, "addresses") else []
+        addresses = list(self.endpoints.addresses)
         i = 0
         while True:
             address = addresses[i % len(addresses)]
@@ -118,8 +150,10 @@ class WatchCalls:
                 stream = self._stub(address, "Watch").Watch(feed())
             except ValueError:  # the client was closed: the watch ends with it
                 return
+            dog = _Watchdog(stream, SILENCE_INTERVALS * progress_ms / 1000 + 1.0)
             try:
                 for r in stream:
+                    dog.heard()
                     if state.on_reply(r):
                         yield r
                 state.on_break(RaftKVError("the watch stream ended", grpc.StatusCode.UNAVAILABLE))
@@ -129,6 +163,7 @@ class WatchCalls:
                 state.on_break(e)
                 time.sleep(0.1)
             finally:
+                dog.stop()
                 requests.put(None)
                 stream.cancel()
 
@@ -146,9 +181,11 @@ class AsyncWatchCalls:
         """As `Client.watch`, asynchronously."""
         import asyncio
 
-        req = create_request(key, range_end, prefix, after_revision, prev_kv, progress_interval_ms)
+        progress_ms = progress_interval_ms or DEFAULT_PROGRESS_MS
+        req = create_request(key, range_end, prefix, after_revision, prev_kv, progress_ms)
         state = _Resume(after_revision, max(self.timeout, 10.0))
         addresses = list(self.endpoints.addresses)
+        silence = SILENCE_INTERVALS * progress_ms / 1000 + 1.0
         i = 0
         while True:
             address = addresses[i % len(addresses)]
@@ -158,7 +195,11 @@ class AsyncWatchCalls:
             try:
                 await call.write(wpb.WatchRequest(create=req))
                 while True:
-                    r = await call.read()
+                    try:
+                        r = await asyncio.wait_for(call.read(), silence)
+                    except TimeoutError:  # the node is paused or unreachable: resume elsewhere
+                        state.on_break(RaftKVError("the watch stream went silent", grpc.StatusCode.UNAVAILABLE))
+                        break
                     if r is grpc.aio.EOF:
                         state.on_break(RaftKVError("the watch stream ended", grpc.StatusCode.UNAVAILABLE))
                         break

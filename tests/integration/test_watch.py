@@ -229,6 +229,40 @@ def test_slow_watcher_is_cut_off_with_resource_exhausted(cluster: LocalCluster) 
         ch.close()
 
 
+def test_watch_moves_off_a_paused_node(cluster: LocalCluster) -> None:
+    """A node paused (SIGSTOP) while serving a watch sends nothing, not even progress: the client gives the
+    stream up after three silent progress intervals and resumes on another node, losing nothing."""
+    import signal
+
+    leader = cluster.wait_leader()
+    paused = next(i for i in sorted(cluster.procs) if i != leader)
+    order = [cluster.address(paused)] + [cluster.address(i) for i in sorted(cluster.procs) if i != paused]
+    with Client(",".join(order), timeout=10) as wc, Client(cluster.address(leader), timeout=10) as c:
+        start = c.put("w7", "start").meta.index
+        got: queue.Queue[wpb.WatchResponse] = queue.Queue()
+        it = wc.watch("w7", after_revision=start, progress_interval_ms=300)
+        threading.Thread(target=pump, args=(it, got), daemon=True).start()
+        written = [c.put("w7", "0").meta.index]
+        first = got.get(timeout=20)
+        assert first.served_by == paused and [e.kv.mod_revision for e in first.events] == written
+        cluster.signal(paused, signal.SIGSTOP)
+        try:
+            written += [c.put("w7", str(i)).meta.index for i in range(1, 6)]
+            seen: list[int] = []
+            servers: set[int] = set()
+            deadline = time.monotonic() + 30
+            while len(seen) < 5 and time.monotonic() < deadline:
+                try:
+                    r = got.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                servers.add(r.served_by)
+                seen += [e.kv.mod_revision for e in r.events]
+            assert seen == written[1:] and paused not in servers
+        finally:
+            cluster.signal(paused, signal.SIGCONT)
+
+
 def test_watch_resumes_on_another_node_without_loss_or_repeat(cluster: LocalCluster) -> None:
     """Last: kills a node. The watch is served by node 3 (listed first), which dies mid-stream."""
     order = [cluster.address(3), cluster.address(1), cluster.address(2)]
