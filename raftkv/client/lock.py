@@ -11,10 +11,14 @@ A lock alone is not mutual exclusion (Jepsen's etcd 3.4.3 analysis); a lock plus
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from ..proto.stubs import kv_pb2 as pb
+from .errors import DeadlineError
 from .requests import _b, prefix_end
 
 LOCK_PREFIX = b"__lock/"
@@ -50,8 +54,10 @@ class LockCalls:
     lease_revoke: Any
     keep_alive: Any
 
-    def lock(self, name: bytes | str, ttl: int = 10, value: bytes | str = b"", prefix: bytes = LOCK_PREFIX) -> Lock:
-        """Wait for the lock `name` and hold it (its lease kept alive by a thread) until `unlock`."""
+    def lock(self, name: bytes | str, ttl: int = 10, value: bytes | str = b"", prefix: bytes = LOCK_PREFIX,
+             timeout: float | None = None) -> Lock:
+        """Wait for the lock `name` (at most `timeout` seconds, then DeadlineError; None: as long as it
+        takes) and hold it (its lease kept alive by a thread) until `unlock`."""
         n = _b(name)
         lease = self.lease_grant(ttl).id
         ka = self.keep_alive(lease)
@@ -63,7 +69,7 @@ class LockCalls:
             r = self.txn([pb.Compare(key=key, target=pb.Compare.CREATE, result=pb.Compare.EQUAL, number=0)],
                          [put, get], [get])
             mine = r.responses[-1].range.kvs[0].create_revision
-            self._wait_turn(base, mine)
+            self._wait_turn(base, mine, None if timeout is None else time.monotonic() + timeout)
             return Lock(n, key, mine, lease, ka)
         except BaseException:
             ka.stop()
@@ -73,9 +79,12 @@ class LockCalls:
                 pass
             raise
 
-    def _wait_turn(self, base: bytes, mine: int) -> None:
+    def _wait_turn(self, base: bytes, mine: int, deadline: float | None) -> None:
         """Until no key under `base` was created before ours: watch the one just before, for its delete."""
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeadlineError(f"lock {base.decode(errors='replace')} not taken in time: held by another",
+                                    grpc.StatusCode.DEADLINE_EXCEEDED)
             r = self.range(base, prefix_end(base))
             before = [kv for kv in r.kvs if kv.create_revision < mine]
             if not before:
@@ -88,6 +97,8 @@ class LockCalls:
                         break
                     if resp.progress_notify and not self.range(pred.key, count_only=True).count:
                         break  # deleted before the watch began (a gap between the read and the watch)
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
             finally:
                 stream.close()
 
