@@ -20,7 +20,7 @@ from .watch_service import WatchService
 class Coordination:
     def __init__(self, host: NodeHost, store: Any, forwarder: Forwarder, kv: KVService) -> None:
         cfg = host.cfg
-        configure_history(store, cfg.history_revisions, cfg.history_seconds)
+        configure_history(store, cfg.history_revisions, cfg.history_seconds, cfg.history_bytes)
         self.hub = WatchHub(store, cfg.watch_buffer_events)
         host.snapshot_listeners.append(self.hub.on_snapshot)
         self.keeper = LeaseKeeper(host, lambda: store.leases)

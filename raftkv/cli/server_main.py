@@ -94,6 +94,7 @@ def main() -> None:
 @click.option("--history-revisions", type=int,
               help="Watch history kept, in revisions back from the newest (default 100000).")
 @click.option("--history-seconds", type=float, help="Watch history kept, in seconds (default 3600).")
+@click.option("--history-bytes", type=int, help="Watch history kept, in bytes (default 256 MiB).")
 @click.option("--watch-buffer-events", type=int,
               help="Events queued for a slow watcher before its watch is canceled (default 10000).")
 @click.option("--watch-progress-ms", type=int, help="Progress notification interval of an idle watch (default 5000).")

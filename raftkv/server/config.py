@@ -131,6 +131,8 @@ class ServerConfig:
     """Watch history kept: at most this many revisions back (trimmed when the log is compacted)."""
     history_seconds: float = 3600.0
     """Watch history kept: no event older than this many seconds (trimmed when the log is compacted)."""
+    history_bytes: int = 256 << 20
+    """Watch history kept: at most about this many bytes (events carry values; trimmed at compaction)."""
     watch_buffer_events: int = 10_000
     """Events queued for one watch whose client reads too slowly before it is canceled (RESOURCE_EXHAUSTED)."""
     watch_progress_ms: int = 5_000
@@ -287,6 +289,7 @@ class ServerConfig:
                     ("--max-range-bytes", self.max_range_bytes, 1), ("--max-range-keys", self.max_range_keys, 1),
                     ("--disk-reserve-bytes", self.disk_reserve_bytes, 0),
                     ("--history-revisions", self.history_revisions, 1),
+                    ("--history-bytes", self.history_bytes, 1),
                     ("--watch-buffer-events", self.watch_buffer_events, 1),
                     ("--watch-progress-ms", self.watch_progress_ms, 1),
                     ("--max-watches-per-stream", self.max_watches_per_stream, 1),

@@ -37,9 +37,9 @@ CATCH_UP_BATCH = 1_000
 __all__ = ["DELETE", "PUT", "Event", "Watch", "WatchEnded", "WatchHub", "configure_history"]
 
 
-def configure_history(store: Any, revisions: int, seconds: float) -> None:
+def configure_history(store: Any, revisions: int, seconds: float, max_bytes: int) -> None:
     """Set how much history the store keeps (its retention, enforced at compaction)."""
-    store.history_retention = Retention(revisions, seconds)
+    store.history_retention = Retention(revisions, seconds, max_bytes)
 
 
 class HistorySource(Protocol):

@@ -37,6 +37,7 @@ FLOOR_KEY = b"history_floor"
 """The `meta` key holding the oldest revision whose events are all in the history."""
 DEFAULT_KEEP_REVISIONS = 100_000
 DEFAULT_KEEP_SECONDS = 3600.0
+DEFAULT_KEEP_BYTES = 256 << 20
 _ROW = struct.Struct(">QI")
 
 
@@ -85,12 +86,15 @@ def read_rows(txn: lmdb.Transaction, db: Any, start: int, end: int) -> Iterator[
         yield bytes(k), bytes(v)
 
 
-def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_from: int) -> int:
-    """Delete rows with revision < `below`, and rows applied before `older_than` (unix time) whose
-    revision is < `keep_from` (never the newest revisions: an idle cluster keeps what it has). Returns the
-    new floor: the lowest revision not deleted (or `below`)."""
+def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_from: int,
+         excess_bytes: int = 0) -> int:
+    """Delete rows with revision < `below`, then rows applied before `older_than` (unix time), and the
+    oldest rows until `excess_bytes` of keys and values are gone, but never a row of revision `keep_from`
+    or later (an idle cluster keeps its newest events). Returns the new floor: the lowest revision kept
+    (or `below`). Whole revisions go: a revision is never cut in two."""
     cur = txn.cursor(db=db)
     floor = below
+    freed = 0
     if not cur.first():
         return floor
     while True:
@@ -98,10 +102,13 @@ def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_fro
         if not k:
             break
         rev = _ROW.unpack(k)[0]
-        if rev >= below:
-            t = msgpack.unpackb(cur.value())[0]
-            if rev >= keep_from or t >= older_than:
+        if rev >= below and rev >= floor:  # (rev < floor: the rest of a revision already being deleted)
+            if rev >= keep_from:
                 break
+            t = msgpack.unpackb(cur.value())[0]
+            if t >= older_than and freed >= excess_bytes:
+                break
+        freed += len(k) + len(cur.value())
         floor = max(floor, rev + 1)
         if not cur.delete():
             break
@@ -110,11 +117,14 @@ def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_fro
 
 @dataclass(slots=True)
 class Retention:
-    """How much history a node keeps: at most `revisions` revisions back from its applied index, and no
-    row older than `seconds` (both enforced when the log is compacted)."""
+    """How much history a node keeps: at most `revisions` revisions back from its applied index, no row
+    older than `seconds`, at most about `max_bytes` (all enforced when the log is compacted)."""
 
     revisions: int = DEFAULT_KEEP_REVISIONS
     seconds: float = DEFAULT_KEEP_SECONDS
+    max_bytes: int = DEFAULT_KEEP_BYTES
+    """And at most about this many bytes (LMDB pages of the `history` sub-database): values are kept in
+    events, so big values would otherwise fill the disk long before the revision bound."""
 
     def bounds(self, applied: int, now: float | None = None) -> tuple[int, float]:
         """(revision below which every row goes, unix time before which rows go)."""

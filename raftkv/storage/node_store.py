@@ -808,7 +808,10 @@ class LmdbNodeStore:
         """Retention, with the log's compaction: rows below the floor (`kv compact`), too many revisions
         back or too old go. Only rows LMDB holds (at most `applied`, its applied index) are touched."""
         below, older_than = self.history_retention.bounds(applied)
-        floor = history.trim(txn, self.history_db, max(below, self._history_floor), older_than, applied)
+        st = txn.stat(self.history_db)
+        size = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+        excess = max(0, size - self.history_retention.max_bytes)
+        floor = history.trim(txn, self.history_db, max(below, self._history_floor), older_than, applied, excess)
         floor = max(floor, self._history_floor)
         if floor != self._history_floor:
             txn.put(history.FLOOR_KEY, _U64.pack(floor), db=self.meta_db)

@@ -95,6 +95,24 @@ def test_compact_moves_the_floor_and_retention_trims(tmp_path: Path) -> None:
     s.close()
 
 
+def test_retention_by_bytes_keeps_the_newest_whole_revisions(tmp_path: Path) -> None:
+    s = open_store(tmp_path)
+    s.bootstrap(CONF, {})
+    first = s.last_index() + 1
+    append_apply(s, [Put(b"big%d" % i, b"x" * 20_000) for i in range(40)])  # ~800 kB of events
+    append_apply(s, [Txn((), (Put(b"t1", b"y" * 20_000), Put(b"t2", b"y" * 20_000)), ())])
+    s.history_retention = Retention(revisions=10**6, seconds=3600, max_bytes=300_000)
+    s.compact(s.applied_index(), CONF)
+    floor = s.history_floor()
+    assert first + 20 < floor <= s.applied_index()
+    kept = s.history_events(floor, 10**9)
+    assert kept[0].revision == floor and kept[-1].revision == s.applied_index()
+    assert [e.kv.key for e in kept[-2:]] == [b"t1", b"t2"]  # the newest revision whole
+    with pytest.raises(HistoryOutOfRange):
+        s.history_events(floor - 1, 10**9)
+    s.close()
+
+
 def test_leases_attach_revoke_and_reload(tmp_path: Path) -> None:
     s = open_store(tmp_path)
     s.bootstrap(CONF, {})
