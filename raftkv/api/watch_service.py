@@ -32,7 +32,7 @@ MAX_EVENTS_PER_MESSAGE = 1000
 
 def event_to_pb(e: Event, prev_kv: bool) -> wpb.Event:
     out = wpb.Event(type=wpb.Event.DELETE if e.kind == DELETE else wpb.Event.PUT, kv=kv_to_pb(e.kv))
-    if prev_kv and e.prev is not None:
+    if prev_kv and e.prev_body is not None:
         out.prev_kv.CopyFrom(kv_to_pb(e.prev))
     return out
 

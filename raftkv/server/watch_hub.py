@@ -183,7 +183,7 @@ class WatchHub:
                     nxt = events[-1].revision + 1  # cut at a revision boundary: the rest next time
                 else:
                     nxt = upto + 1
-                w._queue([e for e in events if e.revision >= w.next_rev and w.matches(e.kv.key)])
+                w._queue([e for e in events if e.revision >= w.next_rev and w.matches(e.key)])
                 w.next_rev = max(w.next_rev, nxt)
                 if not w.queue:
                     w._notify()  # nothing matched: the consumer may still report progress
@@ -201,7 +201,7 @@ class WatchHub:
         if not self._live:
             return
         for w in list(self._live):
-            mine = [e for e in events if e.revision >= w.next_rev and w.matches(e.kv.key)]
+            mine = [e for e in events if e.revision >= w.next_rev and w.matches(e.key)]
             w.next_rev = max(w.next_rev, applied + 1)
             if not mine:
                 continue

@@ -13,8 +13,8 @@ with the log's compaction) and with `kv compact REV` (a command through the log,
 moves at one revision).
 
 Row key: u64 big-endian revision + u32 big-endian position within the revision (a transaction makes
-several events at one revision). Row value: msgpack [unix time applied, kind, key, value, create_revision,
-mod_revision, version, lease, prev or None], prev as [value, create, mod, version, lease].
+several events at one revision). Row value: msgpack [unix time applied, kind, key, record body after (None
+for a delete), record body before (None if the key did not exist)], bodies as `kv` holds them.
 """
 
 from __future__ import annotations
@@ -41,33 +41,58 @@ DEFAULT_KEEP_BYTES = 256 << 20
 _ROW = struct.Struct(">QI")
 
 
-@dataclass(slots=True)
 class Event:
-    """One change to one key at `revision`: its record after (a put) or the key alone (a delete,
-    `kv.mod_revision` = the deleting revision), and its record before, if it had one."""
+    """One change to one key at `revision`: a put (its record after) or a delete, and the key's record
+    before, if it had one. Records are kept as their msgpack bodies ([value, create_revision,
+    mod_revision, version(, lease)], as the `kv` sub-database holds them) and decoded only when read:
+    applying makes an event for every change, and most are never looked at but by key."""
 
-    revision: int
-    kind: str
-    kv: KV
-    prev: KV | None = None
+    __slots__ = ("revision", "kind", "key", "body", "prev_body")
+
+    def __init__(self, revision: int, kind: str, key: bytes, body: bytes | None, prev_body: bytes | None) -> None:
+        self.revision = revision
+        self.kind = kind
+        self.key = key
+        self.body = body
+        self.prev_body = prev_body
+
+    @property
+    def kv(self) -> KV:
+        """The record after (a delete: the key, `mod_revision` = the deleting revision)."""
+        if self.body is None:
+            return KV(self.key, b"", 0, self.revision, 0)
+        return _decode(self.key, self.body)
+
+    @property
+    def prev(self) -> KV | None:
+        return None if self.prev_body is None else _decode(self.key, self.prev_body)
+
+    def __repr__(self) -> str:
+        return f"Event({self.revision}, {self.kind}, {self.key!r})"
 
 
-def _kv_wire(kv: KV) -> list[Any]:
-    return [kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease]
+def _decode(key: bytes, body: bytes) -> KV:
+    rec = msgpack.unpackb(body)
+    return KV(key, rec[0], rec[1], rec[2], rec[3], rec[4] if len(rec) > 4 else 0)
+
+
+def lease_of(body: bytes | None) -> int:
+    """The lease id a record body names (0: none)."""
+    if body is None:
+        return 0
+    rec = msgpack.unpackb(body)
+    return rec[4] if len(rec) > 4 else 0
 
 
 def encode_row(event: Event, seq: int, now: float) -> tuple[bytes, bytes]:
-    kv = event.kv
-    prev = None if event.prev is None else _kv_wire(event.prev)
-    body = [now, event.kind, kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease, prev]
+    body = [now, event.kind, event.key, event.body, event.prev_body]
     return _ROW.pack(event.revision, seq), msgpack.packb(body, use_bin_type=True)
 
 
 def decode_row(key: bytes, raw: bytes) -> tuple[float, Event]:
     revision, _ = _ROW.unpack(key)
-    t, kind, k, value, create, mod, version, lease, prev = msgpack.unpackb(raw)
-    p = None if prev is None else KV(k, prev[0], prev[1], prev[2], prev[3], prev[4])
-    return t, Event(revision, kind, KV(k, value, create, mod, version, lease), p)
+    t, kind, k, body, prev = msgpack.unpackb(raw)
+    return t, Event(revision, kind, k, body, prev)
 
 
 def row_key(revision: int, seq: int = 0) -> bytes:

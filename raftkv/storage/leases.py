@@ -22,7 +22,7 @@ from typing import Any
 import lmdb
 import msgpack
 
-from .commands import KV, MAX_LEASE_ID, LeaseGrant, LeaseRevoke
+from .commands import MAX_LEASE_ID, LeaseGrant, LeaseRevoke
 from .errors import LeaseExists, LeaseNotFound
 
 _ID = struct.Struct(">Q")
@@ -85,10 +85,8 @@ class LeaseTable:
         for k in lease.keys:
             self.dirty[head + b"k" + k] = None
 
-    def changed(self, key: bytes, before: KV | None, after: KV | None) -> None:
-        """A key's record changed (applied): move it between leases as its lease id says."""
-        old = before.lease if before is not None else 0
-        new = after.lease if after is not None else 0
+    def changed(self, key: bytes, old: int, new: int) -> None:
+        """A key's record changed (applied) from lease `old` to lease `new` (0: none): move it."""
         if old == new:
             return
         if old and old in self.leases:

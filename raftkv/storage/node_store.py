@@ -637,10 +637,11 @@ class LmdbNodeStore:
             result = self._apply_command(child, cmd, e.index)
         except Exception as err:  # noqa: BLE001 - classified by _failed
             return self._failed(e, err)
-        made = self._events_of(base, child, e.index)
+        made = self._events_of(child, e.index)
         base.merge(child)
-        for ev in made:
-            self.leases.changed(ev.kv.key, ev.prev, ev.kv if ev.kind == history.PUT else None)
+        if self.leases.leases:  # no lease: no key is attached to one
+            for ev in made:
+                self.leases.changed(ev.key, history.lease_of(ev.prev_body), history.lease_of(ev.body))
         if isinstance(cmd, LeaseRevoke):
             self.leases.remove(cmd.lease_id)
         if events is not None:
@@ -660,18 +661,19 @@ class LmdbNodeStore:
         return state_machine.apply_command(view, cmd, index, self.leases.__contains__)
 
     @staticmethod
-    def _events_of(base: Overlay, child: Overlay, revision: int) -> list[Event]:
-        """The change events of one command: each key it changed, as before (in `base`) and after."""
+    def _events_of(child: Overlay, revision: int) -> list[Event]:
+        """The change events of one command: each key it changed, its record before and after (bodies
+        taken from the sealed records as they are, not decoded: see history.Event)."""
         out: list[Event] = []
+        before = child.before or {}
+        s = kv_records.SEAL_BYTES
         for k, rec in child.changes.items():
-            before_raw = base.get(k)
-            before = None if before_raw is None else state_machine.decode_record(k, before_raw)
+            prev = before.get(k)
             if rec is None:
-                if before is not None:
-                    out.append(Event(revision, history.DELETE, KV(k, b"", 0, revision, 0), before))
+                if prev is not None:
+                    out.append(Event(revision, history.DELETE, k, None, bytes(prev[s:])))
             else:
-                out.append(Event(revision, history.PUT,
-                                 state_machine.decode_record(k, kv_records.unseal(k, rec, base.where)), before))
+                out.append(Event(revision, history.PUT, k, rec[s:], None if prev is None else bytes(prev[s:])))
         return out
 
     def _record_history(self, events: list[Event]) -> None:
