@@ -165,6 +165,31 @@ def test_cli_lease_watch_lock_compact(cluster: LocalCluster) -> None:
     assert w.returncode != 0 and "compacted" in w.stderr and str(rev) in w.stderr
 
 
+def test_cli_elect_campaign_and_observe(cluster: LocalCluster) -> None:
+    base = [sys.executable, "-m", "raftkv.cli.kv", "--endpoints", cluster.endpoints]
+    leader = subprocess.Popen([*base, "elect", "svc-e", "node-a", "--ttl", "5"], stdout=subprocess.PIPE, text=True)
+    observer = None
+    try:
+        assert leader.stdout is not None
+        key = leader.stdout.readline().strip()  # printed once it leads: its key, then its token
+        token = int(leader.stdout.readline().split()[1])
+        assert key.startswith("__elect/svc-e/") and token > 0
+        observer = subprocess.Popen([*base, "elect", "-l", "svc-e"], stdout=subprocess.PIPE, text=True)
+        assert observer.stdout is not None
+        assert observer.stdout.readline().strip() == "node-a"
+        with cluster.client() as c:
+            assert c.leader("svc-e").value == b"node-a"
+        leader.terminate()  # resigns: its key goes with its lease
+        assert leader.wait(15) == 0
+        with cluster.client() as c:
+            assert wait_until(lambda: c.leader("svc-e") is None)
+    finally:
+        for p in (leader, observer):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def test_lease_survives_a_leader_kill(cluster: LocalCluster) -> None:
     """Last: kills the leader. A lease kept alive across the failover keeps its key."""
     with cluster.client() as c:
