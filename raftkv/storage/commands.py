@@ -51,9 +51,13 @@ class Compare:
 
 @dataclass(slots=True, frozen=True)
 class Txn:
+    """Compares, then the operations of the branch they choose. An operation may itself be a Txn (etcd's
+    nested transaction): every compare on the chosen path is evaluated against the state before any
+    operation of the whole transaction applies, as etcd does."""
+
     compares: tuple[Compare, ...] = ()
-    success: tuple[Put | Delete | Range, ...] = ()
-    failure: tuple[Put | Delete | Range, ...] = ()
+    success: tuple[Put | Delete | Range | Txn, ...] = ()
+    failure: tuple[Put | Delete | Range | Txn, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,7 +121,7 @@ class RangeResult:
 class TxnResult:
     revision: int
     succeeded: bool
-    results: list[PutResult | DeleteResult | RangeResult]
+    results: list[PutResult | DeleteResult | RangeResult | TxnResult]
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -131,7 +135,22 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
+def _txn_to_wire(cmd: Txn) -> list[Any]:
+    return ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
+            [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
+
+
+def _txn_from_wire(w: list[Any]) -> Txn:
+    compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
+    for c in compares:
+        if c.target not in TARGETS or c.result not in RESULTS:
+            raise ValueError(f"bad compare {c.target} {c.result}")
+    return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
+
+
+def _op_to_wire(op: Put | Delete | Range | Txn) -> list[Any]:
+    if isinstance(op, Txn):
+        return _txn_to_wire(op)
     if isinstance(op, Put):
         # The lease is an optional trailing element: a put without one encodes as before.
         return ["p", op.key, op.value, op.prev_kv] + ([op.lease] if op.lease else [])
@@ -140,8 +159,10 @@ def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
     return ["r", op.key, op.range_end, op.limit, op.keys_only, op.count_only]
 
 
-def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
+def _op_from_wire(w: list[Any]) -> Put | Delete | Range | Txn:
     kind = w[0]
+    if kind == "t":
+        return _txn_from_wire(w)
     if kind == "p":
         return Put(w[1], w[2], bool(w[3]), int(w[4]) if len(w) > 4 else 0)
     if kind == "d":
@@ -172,11 +193,7 @@ def _lease_from_wire(w: list[Any]) -> LeaseCommand:
 def encode(cmd: Command) -> bytes:
     if isinstance(cmd, (LeaseGrant, LeaseRevoke, CompactHistory)):
         return msgpack.packb(_lease_to_wire(cmd), use_bin_type=True)
-    if isinstance(cmd, Txn):
-        body = ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
-                [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
-    else:
-        body = _op_to_wire(cmd)
+    body = _op_to_wire(cmd)
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -189,12 +206,6 @@ def decode(data: bytes) -> Command:
         raise ValueError("malformed command")
     if isinstance(w[0], str) and w[0].startswith("l"):
         return _lease_from_wire(w)
-    if w[0] == "t":
-        compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
-        for c in compares:
-            if c.target not in TARGETS or c.result not in RESULTS:
-                raise ValueError(f"bad compare {c.target} {c.result}")
-        return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
     op = _op_from_wire(w)
     if isinstance(op, Range):
         raise ValueError("a range is a read, not a command")
@@ -206,5 +217,5 @@ def adds_bytes(cmd: Command) -> bool:
     (DeleteRange, or a Txn whose branches hold deletes and ranges alone) is what a node under the NOSPACE
     alarm still takes, as etcd does: it is how space is freed."""
     if isinstance(cmd, Txn):
-        return any(isinstance(op, Put) for op in cmd.success + cmd.failure)
+        return any(adds_bytes(op) for op in cmd.success + cmd.failure if isinstance(op, (Put, Txn)))
     return isinstance(cmd, (Put, LeaseGrant))

@@ -230,8 +230,10 @@ def _compare(view: KVView, c: Compare) -> bool:
     return {"=": actual == want, "!=": actual != want, "<": actual < want, ">": actual > want}[c.result]
 
 
-def _op(view: KVView, op: Put | Delete | Range, revision: int, leases: LeaseCheck | None
-        ) -> PutResult | DeleteResult | RangeResult:
+def _op(view: KVView, op: Put | Delete | Range | Txn, revision: int, path: Iterator[bool], leases: LeaseCheck | None
+        ) -> PutResult | DeleteResult | RangeResult | TxnResult:
+    if isinstance(op, Txn):
+        return _apply_txn(view, op, revision, path, leases)
     if isinstance(op, Put):
         return _put(view, op, revision, leases)
     if isinstance(op, Delete):
@@ -246,6 +248,22 @@ def apply_command(view: KVView, cmd: Put | Delete | Txn, revision: int, leases: 
         return _put(view, cmd, revision, leases)
     if isinstance(cmd, Delete):
         return _delete(view, cmd, revision)
-    ok = all(_compare(view, c) for c in cmd.compares)
-    ops = cmd.success if ok else cmd.failure
-    return TxnResult(revision, ok, [_op(view, o, revision, leases) for o in ops])
+    return _apply_txn(view, cmd, revision, iter(_path(view, cmd)), leases)
+
+
+def _path(view: KVView, txn: Txn) -> list[bool]:
+    """The outcome of every compare list on the chosen path, in order, before anything applies (etcd's
+    compareToPath): a nested transaction's compares see the state its parent's compares saw."""
+    ok = all(_compare(view, c) for c in txn.compares)
+    path = [ok]
+    for op in txn.success if ok else txn.failure:
+        if isinstance(op, Txn):
+            path += _path(view, op)
+    return path
+
+
+def _apply_txn(view: KVView, txn: Txn, revision: int, path: Iterator[bool], leases: LeaseCheck | None
+               ) -> TxnResult:
+    ok = next(path)
+    ops = txn.success if ok else txn.failure
+    return TxnResult(revision, ok, [_op(view, o, revision, path, leases) for o in ops])
