@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._watches: dict[str, ChannelWatch] = {}
+        self._channel_lock = threading.Lock()
 
     def close(self) -> None:
         for w in list(self._watches.values()):
@@ -57,11 +59,16 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         self.close()
 
     def _channel(self, address: str) -> grpc.Channel:
+        """The channel to `address`, made once: threads may share a client (a lease's keep-alive thread
+        does), so a channel is published only with its connectivity watch beside it."""
         ch = self._channels.get(address)
         if ch is None:
-            ch = sync_channel(address, self.tls)
-            self._channels[address] = ch
-            self._watches[address] = ChannelWatch(ch)
+            with self._channel_lock:
+                ch = self._channels.get(address)
+                if ch is None:
+                    ch = sync_channel(address, self.tls)
+                    self._watches[address] = ChannelWatch(ch)
+                    self._channels[address] = ch
         return ch
 
     def _stub(self, address: str, admin: bool | str) -> Any:
