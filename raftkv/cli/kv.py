@@ -189,17 +189,24 @@ def _write_meta_lines(meta: Any) -> list[str]:
 @click.option("--prev-kv", is_flag=True, help="Print the previous value.")
 @click.option("--print-token", is_flag=True, help="Print the session token of this write.")
 @click.option("--lease", type=str, default="0", help="Attach the key to this lease id (hex, as `kv lease grant` prints).")
+@click.option("--fence", is_flag=True,
+              help="Only while the lock of `kv lock` is still held: $KV_LOCK_KEY must still have create revision "
+                   "$KV_LOCK_TOKEN (refused otherwise).")
 @write_options
 @pass_ctx
 def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
-        timeout_ms: int, lease: str) -> None:
+        timeout_ms: int, lease: str, fence: bool) -> None:
     """Put KEY VALUE."""
     from .kv_lease import parse_lease_id
+    from .kv_lock import fenced_put
 
     k, v = c.b(key), c.b(value, "VALUE")
     lid = parse_lease_id(lease) if lease != "0" else 0
-    r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv,
-                                 lease=lid))
+    if fence:
+        r = fenced_put(c, k, v, lid, run)
+    else:
+        r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms,
+                                     prev_kv=prev_kv, lease=lid))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
         return

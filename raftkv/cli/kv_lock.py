@@ -13,6 +13,22 @@ import click
 from .kv_args import EXIT_ERROR, fail
 
 
+def fenced_put(c: Any, key: bytes, value: bytes, lease: int, run: Any) -> Any:
+    """A put that lands only while the lock named by $KV_LOCK_KEY is held with token $KV_LOCK_TOKEN."""
+    from ..client.lock import fence_compare
+    from ..client.requests import op_put
+
+    lock_key, token = os.environ.get("KV_LOCK_KEY", ""), os.environ.get("KV_LOCK_TOKEN", "")
+    if not lock_key or not token.isdigit():
+        fail("--fence needs $KV_LOCK_KEY and $KV_LOCK_TOKEN (run it under `kv lock NAME -- ...`)", 2)
+    op = op_put(key, value)
+    op.put.lease = lease
+    r = run(lambda: c.client.txn([fence_compare(c.b(lock_key, "KV_LOCK_KEY"), int(token))], [op]))
+    if not r.succeeded:
+        fail(f"write refused: lock {lock_key} is no longer held with token {token} (fenced)", EXIT_ERROR)
+    return r
+
+
 def _hold(c: Any, lk: Any, command: tuple[str, ...], what: str) -> None:
     """Run COMMAND with the token in its environment (or wait for Ctrl-C), then let the lock go."""
     env = dict(os.environ, KV_LOCK_TOKEN=str(lk.token), KV_LOCK_KEY=c.show(lk.key))

@@ -4,6 +4,7 @@ with precise statuses; locks ordered by revision with fencing tokens that stop a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -131,9 +132,12 @@ def test_lock_orders_holders_and_fences_a_stale_one(cluster: LocalCluster) -> No
         b.unlock(lb)
 
 
+def kv_cmd(cluster: LocalCluster) -> list[str]:
+    return [sys.executable, "-m", "raftkv.cli.kv", "--command-timeout", "10", "--endpoints", cluster.endpoints]
+
+
 def kv(cluster: LocalCluster, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "raftkv.cli.kv", "--command-timeout", "10", "--endpoints", cluster.endpoints, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*kv_cmd(cluster), *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_cli_lease_watch_lock_compact(cluster: LocalCluster) -> None:
@@ -159,6 +163,13 @@ def test_cli_lease_watch_lock_compact(cluster: LocalCluster) -> None:
     lk = kv(cluster, "lock", "cli-job", "--", sys.executable, "-c", "import os; print('token', os.environ['KV_LOCK_TOKEN'])")
     assert lk.returncode == 0, lk.stderr
     assert int(lk.stdout.split()[1]) > 0
+    ok = kv(cluster, "lock", "cli-job", "--", *kv_cmd(cluster), "put", "--fence", "cli/fenced", "1")
+    assert ok.returncode == 0, ok.stderr
+    stale = subprocess.run([*kv_cmd(cluster), "put", "--fence", "cli/fenced", "2"], capture_output=True, text=True,
+                           timeout=30, env={**os.environ, "KV_LOCK_KEY": "__lock/cli-job/00", "KV_LOCK_TOKEN": "5"})
+    assert stale.returncode == 1 and "write refused" in stale.stderr and "fenced" in stale.stderr
+    with cluster.client() as cl:
+        assert cl.get("cli/fenced").kv.value == b"1"
     c = kv(cluster, "compact", str(rev))
     assert c.returncode == 0 and f"oldest revision is {rev}" in c.stdout
     w = kv(cluster, "watch", "cli/k", "--rev", str(rev - 5), "--count", "1")
