@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from ..proto.stubs import kv_pb2 as pb
+from ..layers.acks import AckRequest
 from ..proto.stubs import watch_pb2 as wpb
 from ..proto.stubs import watch_pb2_grpc
 from ..server.host import NodeHost
@@ -24,7 +24,7 @@ from ..server.watch_hub import DELETE, Event, Watch, WatchHub
 from ..storage import commands
 from ..storage.errors import HistoryOutOfRange
 from .convert import Validator, kv_to_pb
-from .errors import invalid, rpc
+from .errors import RequestError, invalid, rpc
 from .forward import Forwarder
 
 MAX_EVENTS_PER_MESSAGE = 1000
@@ -190,21 +190,15 @@ class WatchService(watch_pb2_grpc.WatchServicer):
             raise invalid("revision must be >= 1")
         applied = self.host.applied
         if request.revision > applied + 1:
-            raise grpc_out_of_range(f"revision {request.revision} is in the future: the newest revision is {applied}")
+            raise RequestError(grpc.StatusCode.OUT_OF_RANGE,
+                               f"revision {request.revision} is in the future: the newest revision is {applied}",
+                               "FUTURE_REVISION")
         if not self.host.is_leader:
             return await self.fwd.call("Watch", "Compact", request, context)
-        from ..layers.acks import AckRequest
-
         out = await self.acks.write(commands.encode(commands.CompactHistory(request.revision)), AckRequest())
         reply = wpb.CompactResponse(oldest_revision=int(out.result))
         reply.meta.CopyFrom(self.replies.write_meta(out))
         return reply
 
 
-def grpc_out_of_range(message: str) -> Exception:
-    from .errors import RequestError
-
-    return RequestError(grpc.StatusCode.OUT_OF_RANGE, message, "OUT_OF_RANGE")
-
-
-__all__ = ["WatchService", "event_to_pb", "pb"]
+__all__ = ["WatchService", "event_to_pb"]

@@ -9,7 +9,7 @@ import grpc
 
 from ..proto.stubs import lease_pb2 as lpb
 from ..proto.stubs import lease_pb2_grpc, watch_pb2_grpc
-from .errors import RaftKVError, from_rpc_error
+from .errors import RaftKVError
 
 
 def service_stub(service: str, ch: Any) -> Any:
@@ -98,4 +98,4 @@ class KeepAlive:
         self._thread.join(timeout=5)
 
 
-__all__ = ["KeepAlive", "LeaseCalls", "from_rpc_error", "keep_alive_once_stub", "service_stub"]
+__all__ = ["KeepAlive", "LeaseCalls", "keep_alive_once_stub", "service_stub"]
