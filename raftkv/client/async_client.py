@@ -13,16 +13,18 @@ from ..tls import TlsFiles, aio_channel
 from .batching import Batcher
 from .connect import wait_settled
 from .errors import RaftKVError
+from .lease import service_stub
 from .policy import Attempts, Endpoints, as_error, never_sent
 from .requests import _b, prefix_end, read_options, write_options
 from .sync_client import Client
 from .tls_diagnosis import diagnose, may_be_tls
+from .watch import AsyncWatchCalls
 
 # Unary methods whose operations may travel in a KV.Batch instead, and their field in BatchOp.
 BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
 
 
-class AsyncClient:
+class AsyncClient(AsyncWatchCalls):
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
                  batching: bool = False, connect_timeout: float | None = None) -> None:
         """`batching=True`: put, get, range and delete issued concurrently from this client share KV.Batch
@@ -59,8 +61,11 @@ class AsyncClient:
             self._channels[address] = ch
         return ch
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _stub(self, address: str, admin: bool | str) -> Any:
+        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch")."""
         ch = self._channel(address)
+        if isinstance(admin, str):
+            return service_stub(admin, ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     _keep_token = Client._keep_token
@@ -74,7 +79,7 @@ class AsyncClient:
             self._batchers[key] = b
         return b
 
-    async def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+    async def call(self, method: str, request: Any, kind: str = "read", admin: bool | str = False,
                    timeout: float | None = None, endpoint: str | None = None) -> Any:
         attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
         while True:
