@@ -227,7 +227,7 @@ def test_a_killed_follower_shows_as_failed_sends_and_an_unhealthy_endpoint(clust
                  > sample(before, "raftkv_heartbeat_send_failures_total", peer=peer) and m)
     assert sample(m, "raftkv_peer_sent_failures_total", peer=peer) > \
         sample(before, "raftkv_peer_sent_failures_total", peer=peer)
-    r = kv(cluster, "endpoint", "health", "--cluster", "--dial-timeout", "0.5", endpoints=cluster.address(leader))
+    r = kv(cluster, "endpoint", "health", "--cluster", "--dial-timeout", "3", endpoints=cluster.address(leader))
     assert r.returncode == 1
     unhealthy = [ln for ln in r.stdout.splitlines() if "is unhealthy" in ln]
     assert len(unhealthy) == 1 and unhealthy[0].startswith(cluster.address(victim))
