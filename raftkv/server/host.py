@@ -468,8 +468,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         Handing a Ready to the I/O thread and back costs two thread hand-offs (~100-300 µs on this
         2-core machine, see benchmarks/README.md), and the I/O thread's GIL hand-off delayed the leader's
         sync start by a median 290-380 µs after its appends were handed over (hop trace). Busier Readys
-        stay on the I/O thread, so that the loop takes the next requests during their fsync."""
-        return (rd.snapshot is None and self._small_ready(rd) and (self.is_leader or not rd.messages)
+        stay on the I/O thread, so that the loop takes the next requests during their fsync. An executor
+        with `leader_inline` False (the simulator's, which gives each sync a duration and crash points)
+        runs every leader sync itself."""
+        leader_inline = self.is_leader and getattr(self.io, "leader_inline", True)
+        return (rd.snapshot is None and self._small_ready(rd) and (leader_inline or not rd.messages)
                 and not self.nospace  # the alarm's room checks run on the I/O thread meanwhile
                 and not self.compactor.running
                 and not getattr(self.transport, "receiving", 0))

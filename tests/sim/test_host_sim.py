@@ -38,10 +38,12 @@ def test_a_seed_replays_exactly() -> None:
     assert run_host_seed(5).trace != a.trace
 
 
-def _first_violation(monkeypatch: pytest.MonkeyPatch, seeds: range) -> tuple[int, str, list[str]] | None:
+def _first_violation(monkeypatch: pytest.MonkeyPatch, seeds: range, invariant: str = ""
+                     ) -> tuple[int, str, list[str]] | None:
+    """The first seed whose run breaks a guarantee (whose name starts with `invariant`, if given)."""
     for seed in seeds:
         r = run_host_seed(seed)
-        if r.violation is not None:
+        if r.violation is not None and r.violation.invariant.startswith(invariant):
             return seed, r.violation.invariant, r.shrunk
     return None
 
@@ -51,7 +53,9 @@ def test_catches_linearizable_reads_served_without_a_read_index(monkeypatch: pyt
         return self.applied
 
     monkeypatch.setattr(NodeHost, "linearizable_barrier", local_barrier)
-    found = _first_violation(monkeypatch, range(1, 101))
+    # The same bug breaks bounded-staleness reads served by a leader (they take the same barrier); the
+    # seeds where that shows first are passed over for one where a linearizable read is caught.
+    found = _first_violation(monkeypatch, range(1, 101), "linearizable")
     assert found is not None, "a stale linearizable read went unnoticed"
     _, invariant, shrunk = found
     assert invariant.startswith("linearizable") and any(line.startswith(">>") for line in shrunk)
