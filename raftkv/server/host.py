@@ -403,13 +403,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             # serves gRPC (benchmarks/README.md), so the I/O thread only writes and fsyncs.
             records = self.store.encode_entries(rd.entries) if rd.entries else None
             need = 3 * sum(len(k) + len(v) for k, v in records) if records else 0
-            inline = self._sync_inline(rd)
-            if inline and rd.messages:
-                # A leader's lone append: its peer senders first put the appends on their streams (one
-                # pass of the loop), then the loop syncs its own copy meanwhile (DESIGN.md §10).
-                await asyncio.sleep(0)
             await self._persist(self._persist_timed, rd.hard_state, rd.entries, rd.snapshot, members, records,
-                                need=need, inline=inline)
+                                need=need, inline=self._sync_inline(rd))
             if hop_trace.ON:
                 hop_trace.mark("sync.back")
         elif rd.hard_state is not None:
@@ -459,20 +454,13 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
 
     def _sync_inline(self, rd: Ready) -> bool:
         """Whether this Ready's synced commit runs on the loop's own thread rather than the I/O thread:
-        when it is a small append (a lone writer's) and no other thread may be writing to the store (a
-        compaction, a snapshot being staged). A follower's sends nothing before the sync, so its loop has
-        nothing to do meanwhile but take the next messages, which wait in the inbox either way. A leader's
-        appends leave first (`_handle_ready` lets the peer senders put them on their streams), then its
-        own copy is synced while they travel; the acknowledgements wait for the next round either way,
-        and the core counts the leader's own entry only once this sync is done (`RaftNode.advance`).
-        Handing a Ready to the I/O thread and back costs two thread hand-offs (~100-300 µs on this
-        2-core machine, see benchmarks/README.md), and the I/O thread's GIL hand-off delayed the leader's
-        sync start by a median 290-380 µs after its appends were handed over (hop trace). Busier Readys
-        stay on the I/O thread, so that the loop takes the next requests during their fsync. An executor
-        with `leader_inline` False (the simulator's, which gives each sync a duration and crash points)
-        runs every leader sync itself."""
-        leader_inline = self.is_leader and getattr(self.io, "leader_inline", True)
-        return (rd.snapshot is None and self._small_ready(rd) and (leader_inline or not rd.messages)
+        when it is a follower's small append (it sends nothing before the sync, so the loop has nothing
+        to do meanwhile but take the next messages, which wait in the inbox either way) and no other
+        thread may be writing to the store (a compaction, a snapshot being staged). Handing a Ready to the
+        I/O thread and back costs two thread hand-offs (~100-300 µs on this 2-core machine, see
+        benchmarks/README.md), on the path of every write. Busier Readys and the leader's (whose
+        appends must leave during its fsync) stay on the I/O thread."""
+        return (not rd.messages and rd.snapshot is None and self._small_ready(rd) and not self.is_leader
                 and not self.nospace  # the alarm's room checks run on the I/O thread meanwhile
                 and not self.compactor.running
                 and not getattr(self.transport, "receiving", 0))

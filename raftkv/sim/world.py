@@ -44,10 +44,6 @@ class SimIO:
     """The host's I/O executor (server/ports.py) on a simulated disk: a transaction runs whole once its
     simulated fsync has finished; a crash before that loses it (or tears it, see DiskFaults)."""
 
-    leader_inline = False
-    """A leader's lone append is synced here too, not on the host's loop (NodeHost._sync_inline): its
-    duration and a crash during it (the leader's appends already sent) are what Figure 8 schedules need."""
-
     def __init__(self, rng: random.Random, faults: DiskFaults, disk: MemoryDisk) -> None:
         self.rng = rng
         self.faults = faults
