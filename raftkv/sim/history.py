@@ -137,10 +137,6 @@ def _check_key(key: bytes, ops: list[Op], final: int | None) -> None:
 
 
 def _check_sessions(history: History) -> None:
-    # A `leader`-level write may be lost (DESIGN.md §5), and once the client's token has moved past it (a
-    # later reply's applied index, of a newer term) no node can tell that it was. It sets a floor only if
-    # it survived: some read saw its value (reads see only committed data, and a committed entry stays).
-    observed = {(o.key, o.revision, o.value) for o in history.ops if o.kind == "read" and o.ok and o.revision}
     seen: dict[tuple[int, bytes], tuple[int, Op]] = {}
     for o in sorted(history.ops, key=lambda o: o.completed):
         if not o.ok:
@@ -150,8 +146,6 @@ def _check_sessions(history: History) -> None:
         if o.kind == "read" and o.level == "session" and floor is not None and o.revision < floor[0]:
             raise HistoryViolation("session guarantees", f"client {o.client} read rev {o.revision} of "
                                    f"{o.key.decode()} after it had written or read rev {floor[0]}", [floor[1], o])
-        if o.kind == "write" and o.level == "leader" and (o.key, o.revision, o.value) not in observed:
-            continue
         if o.kind == "write" or o.level in ("session", *LINEARIZABLE_READS):
             if floor is None or o.revision > floor[0]:
                 seen[k] = (o.revision, o)
