@@ -32,7 +32,7 @@ import msgpack
 
 from .. import exit_codes
 from ..backup_file import BackupError, file_sha256, read_backup
-from ..storage import LmdbNodeStore, StorageError, cluster_id_for
+from ..storage import LmdbNodeStore, StorageError, cluster_id_for, history
 from ..storage.identity import CLUSTER_ID_BYTES, has_data, token_cluster_id
 from ..storage.snapshots import SNAPSHOT_DBS
 from .members import MemberInfo, MemberRegistry
@@ -130,6 +130,9 @@ def _write(data_dir: str, node_id: int, peers: dict[int, str], cluster_id: bytes
             txn.put(b"compacted", msgpack.packb([rev, RESTORED_TERM, conf]), db=meta)
             txn.put(b"applied", msgpack.packb([rev, conf]), db=meta)
             txn.put(b"snapmeta", msgpack.packb([rev, RESTORED_TERM, conf, None]), db=meta)
+            # No change history before the backup's revision: a watch from earlier is refused (OUT_OF_RANGE
+            # naming rev + 1), never served from an empty history as if nothing had changed.
+            txn.put(history.FLOOR_KEY, _U64.pack(rev + 1), db=meta)
             txn.put(b"restored_from", msgpack.packb({"revision": rev, "cluster_id": header.cluster_id,
                                                      "node": header.node, "created_unix": header.created_unix}),
                     db=meta)

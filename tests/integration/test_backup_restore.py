@@ -14,10 +14,14 @@ import threading
 import time
 from pathlib import Path
 
+import grpc
+import pytest
+
 from raftkv import exit_codes
 from raftkv.backup_file import BUCKET_THRESHOLD
 from raftkv.client import RaftKVError
 from raftkv.client.maintenance import MaintenanceClient
+from raftkv.client.watch import WatchCanceledError
 from raftkv.storage.kv_records import BUCKET_THRESHOLD as STORE_BUCKET_THRESHOLD
 
 from .local_cluster import LocalCluster
@@ -130,6 +134,11 @@ def test_backup_lose_every_node_restore_and_serve(tmp_path: Path) -> None:
             assert c.range(b"", b"\0", count_only=True).count == info["keys"]
             w = c.put(b"after-restore", b"1")
             assert w.meta.index > revision  # revisions go on from the backup's
+            # The restored members hold no change history before the backup's revision: a watch from
+            # earlier is refused naming the oldest revision they have, never served with nothing.
+            with pytest.raises(WatchCanceledError) as e:
+                next(iter(c.watch(next(iter(acked)), after_revision=1)))
+            assert e.value.code == grpc.StatusCode.OUT_OF_RANGE and e.value.compact_revision == revision + 1
         ids = {new.status(i).cluster_id for i in new.ports}
         assert len(ids) == 1 and old_cluster not in ids
     finally:
