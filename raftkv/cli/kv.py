@@ -32,6 +32,7 @@ from .kv_args import (
     show,
     to_bytes,
 )
+from .kv_pressure import pressure_cell
 
 __all__ = ["EXIT_BAD_USAGE", "EXIT_ERROR", "EXIT_OUTCOME_UNKNOWN", "hoist_global_flags", "main"]
 
@@ -412,13 +413,13 @@ def _status_rows(statuses: list[tuple[str, Any]]) -> list[list[Any]]:
     rows = []
     for ep, s in statuses:
         if s is None:
-            rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-", "-"])
+            rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-", "-", "-"])
             continue
         leader_lag = {f.id: f for f in s.followers}
         lag = ",".join(f"{f.id}:{f.lag_entries}e/{f.flush_lag_seconds:.2f}s{'!' if f.critical else ''}"
                        f"{'unreachable' if f.unreachable else ''}" for f in leader_lag.values()) or "-"
         rows.append([ep, s.id, s.role, s.term, s.leader_id, s.commit, s.applied, f"{s.db_size_bytes / 1e6:.1f} MB",
-                     lag])
+                     lag, pressure_cell(s)])
     return rows
 
 
@@ -442,7 +443,8 @@ def status(c: Ctx) -> None:
     if c.out == "json":
         click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else {"error": "unreachable"})} for ep, s in out]))
         return
-    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size", "lag (follower:entries/secs, ! critical)"]
+    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size",
+               "lag (follower:entries/secs, ! critical)", "pressure"]
     rows = _status_rows(out)
     if c.out == "table":
         click.echo(table(headers, rows))

@@ -131,7 +131,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     transport = Transport(cfg.id, cfg.address, guard.header_cluster_id, adopt_cluster_id=guard.adopt_from_leader,
                           tls=peer_tls, gate=guard, peer_auth=peer_auth,
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
-                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes))
+                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
+                          queue_bytes_limit=cfg.overload_max_follower_queue_bytes)
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
     forwarder = Forwarder(host)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .lag import FollowerLag
+from .pressure_metrics import PressureCollector, PressureSource
 
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -58,6 +59,10 @@ class Metrics:
         self.lag_critical = Gauge("raftkv_replication_lag_critical", "1 while a follower's lag is critical", labels,
                                   registry=r)
         self._peers: set[str] = set()
+
+    def watch_pressure(self, source: PressureSource) -> None:
+        """Export admission control's pressure level and per-resource usage (pressure_metrics.py)."""
+        self.registry.register(PressureCollector(source))
 
     def semi_sync_transition(self, degraded: bool) -> None:
         """Semi-sync writes entered (or left) degraded mode: count entries, show the current state."""

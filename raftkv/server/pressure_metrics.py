@@ -1,0 +1,46 @@
+"""Prometheus view of admission control (layers/admission.py): the pressure level and, per resource, its
+usage, high watermark, whether it is overloaded, and how many requests it refused.
+
+Read at scrape time on the metrics thread from the values the loop last computed (plain attributes):
+nothing is evaluated off the loop."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class PressureSource(Protocol):
+    level: int
+    marks: dict[str, Any]
+
+
+class PressureCollector(Collector):
+    def __init__(self, source: PressureSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Any]:
+        src = self.source
+        yield GaugeMetricFamily("raftkv_pressure_level",
+                                "Admission pressure of this node: 0 GREEN, 1 YELLOW, 2 RED", value=int(src.level))
+        usage = GaugeMetricFamily("raftkv_overload_usage", "What a resource watched by admission control holds now",
+                                  labels=["resource"])
+        high = GaugeMetricFamily("raftkv_overload_high_watermark",
+                                 "Usage at which a resource refuses new requests", labels=["resource"])
+        over = GaugeMetricFamily("raftkv_overload_active",
+                                 "1 while a resource refuses new requests (until it drains to its low mark)",
+                                 labels=["resource"])
+        refused = CounterMetricFamily("raftkv_overload_refused", "Requests refused as OVERLOADED, by resource",
+                                      labels=["resource"])
+        for name, wm in list(src.marks.items()):
+            usage.add_metric([name], wm.last)
+            high.add_metric([name], wm.high)
+            over.add_metric([name], 1 if wm.over else 0)
+            refused.add_metric([name], wm.refused)
+        yield usage
+        yield high
+        yield over
+        yield refused
