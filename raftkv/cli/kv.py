@@ -32,7 +32,7 @@ from .kv_args import (
     show,
     to_bytes,
 )
-from .kv_pressure import pressure_cell
+from .kv_pressure import pressure_cell, status_error
 
 __all__ = ["EXIT_BAD_USAGE", "EXIT_ERROR", "EXIT_OUTCOME_UNKNOWN", "hoist_global_flags", "main"]
 
@@ -431,17 +431,19 @@ def status(c: Ctx) -> None:
 
     out = []
     last: RaftKVError | None = None
+    errors: dict[str, RaftKVError] = {}
     for ep in c.endpoints.split(","):
         ep = ep.strip()
         try:
             out.append((ep, c.client.status(endpoint=ep, timeout=min(c.dial_timeout, c.command_timeout))))
         except RaftKVError as e:
             out.append((ep, None))
-            last = e
+            last = errors[ep] = e
     if all(s is None for _, s in out):
         fail(f"no endpoint answered ({c.endpoints}); last: {str(last).splitlines()[0] if last else '-'}")
     if c.out == "json":
-        click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else {"error": "unreachable"})} for ep, s in out]))
+        click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else status_error(c.client, ep, errors.get(ep)))}
+                               for ep, s in out]))
         return
     headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size",
                "lag (follower:entries/secs, ! critical)", "pressure"]

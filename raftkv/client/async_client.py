@@ -15,6 +15,7 @@ from .connect import wait_settled
 from .errors import RaftKVError
 from .policy import Attempts, Endpoints, as_error, never_sent
 from .requests import _b, prefix_end, read_options, write_options
+from .resilience import BreakerSettings, Resilience, RetrySettings
 from .sync_client import Client
 from .tls_diagnosis import diagnose, may_be_tls
 
@@ -24,7 +25,8 @@ BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
 
 class AsyncClient:
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 batching: bool = False, connect_timeout: float | None = None) -> None:
+                 batching: bool = False, connect_timeout: float | None = None,
+                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None) -> None:
         """`batching=True`: put, get, range and delete issued concurrently from this client share KV.Batch
         RPCs (see `batching.Batcher`); each still gets its own reply or error, with the same leader
         discovery and retry rules as a unary call. Worth it under concurrency: the server's cost per RPC
@@ -32,6 +34,7 @@ class AsyncClient:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
+        self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.batching = batching
@@ -39,6 +42,13 @@ class AsyncClient:
         self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._batchers: dict[tuple[str, str], Batcher] = {}
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
+
+    def metrics(self) -> dict[str, Any]:
+        """As `Client.metrics`."""
+        return self.resilience.metrics()
 
     async def close(self) -> None:
         for ch in self._channels.values():
@@ -76,8 +86,12 @@ class AsyncClient:
 
     async def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
                    timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
+        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.resilience)
         while True:
+            held = attempts.hold()
+            if held:
+                await asyncio.sleep(held)
             address, connect_budget = attempts.next()
             if not await wait_settled(self._channel(address), connect_budget):
                 await asyncio.sleep(attempts.not_connected(address, connect_budget))
@@ -96,6 +110,7 @@ class AsyncClient:
                     cause = await asyncio.to_thread(diagnose, address, self.tls, str(err), connect_budget)
                 await asyncio.sleep(attempts.failed(address, err, cause))
                 continue
+            attempts.succeeded(address)
             meta = getattr(reply, "meta", None)
             if meta is not None:
                 self._keep_token(meta.session_token)

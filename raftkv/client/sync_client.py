@@ -15,6 +15,7 @@ from .connect import ChannelWatch
 from .errors import from_rpc_error
 from .policy import Attempts, Endpoints, never_sent
 from .requests import _b, prefix_end, read_options, write_options
+from .resilience import BreakerSettings, Resilience, RetrySettings
 from .tls_diagnosis import diagnose, may_be_tls
 
 
@@ -28,16 +29,27 @@ class Client:
     retried: it raises `OutcomeUnknownError`."""
 
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, breaker: BreakerSettings | None = None,
+                 retry: RetrySettings | None = None) -> None:
+        """`breaker`, `retry`: the circuit breaker's and the retry budget's settings (resilience.py)."""
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
+        self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.session_token = b""
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._watches: dict[str, ChannelWatch] = {}
+
+    def __repr__(self) -> str:
+        return f"Client(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
+
+    def metrics(self) -> dict[str, Any]:
+        """Requests, retries (made, and refused by the retry budget), retry tokens left, and each
+        endpoint's circuit breaker (state, consecutive failures, times opened, calls rejected)."""
+        return self.resilience.metrics()
 
     def close(self) -> None:
         for w in self._watches.values():
@@ -77,8 +89,12 @@ class Client:
 
     def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
+        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.resilience)
         while True:
+            held = attempts.hold()
+            if held:
+                time.sleep(held)
             address, connect_budget = attempts.next()
             stub = self._stub(address, admin)
             if not self._watches[address].wait(connect_budget):
@@ -90,6 +106,7 @@ class Client:
                 err = from_rpc_error(e)
                 time.sleep(attempts.failed(address, err, self._tls_cause(address, err, connect_budget)))
                 continue
+            attempts.succeeded(address)
             meta = getattr(reply, "meta", None)
             if meta is not None:
                 self._keep_token(meta.session_token)
