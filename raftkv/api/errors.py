@@ -28,6 +28,7 @@ from ..layers.session import InvalidToken, TokenAhead, TokenLost
 from ..server.errors import HostError, NoSpace, NotLeader, SyncTimeout
 from ..server.removal import MemberRemoved
 from ..storage import CorruptionError
+from ..storage.errors import ResultNotKept, SessionUnknown, TooManySessions
 
 log = structlog.get_logger("raftkv.api")
 DOMAIN = "raftkv.io"
@@ -81,6 +82,12 @@ def classify(e: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "OVERLOADED",
                             {"resource": e.resource, "usage": str(e.usage), "high_watermark": str(e.high),
                              "budget": e.budget, "retry_after_ms": str(e.pushback_ms)})
+    if isinstance(e, SessionUnknown):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "SESSION_UNKNOWN")
+    if isinstance(e, ResultNotKept):
+        return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "SESSION_RESULT_NOT_KEPT")
+    if isinstance(e, TooManySessions):
+        return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "TOO_MANY_SESSIONS")
     if isinstance(e, NoSpace):
         return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "NOSPACE")
     if isinstance(e, HostError):

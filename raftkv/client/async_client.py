@@ -8,11 +8,12 @@ from typing import Any
 import grpc
 
 from ..proto.stubs import kv_pb2 as pb
-from ..proto.stubs import kv_pb2_grpc
+from ..proto.stubs import kv_pb2_grpc, overload_pb2_grpc
 from ..tls import TlsFiles, aio_channel
 from .batching import Batcher
 from .connect import wait_settled
 from .errors import RaftKVError
+from .numbering import Numbering
 from .policy import Attempts, Endpoints, as_error, never_sent
 from .requests import _b, prefix_end, read_options, write_options
 from .resilience import BreakerSettings, Resilience, RetrySettings
@@ -26,7 +27,8 @@ BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
 class AsyncClient:
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
                  batching: bool = False, connect_timeout: float | None = None,
-                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None) -> None:
+                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
+                 exactly_once: bool = False, session_ttl_s: int = 60) -> None:
         """`batching=True`: put, get, range and delete issued concurrently from this client share KV.Batch
         RPCs (see `batching.Batcher`); each still gets its own reply or error, with the same leader
         discovery and retry rules as a unary call. Worth it under concurrency: the server's cost per RPC
@@ -35,6 +37,9 @@ class AsyncClient:
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
         self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
+        self.numbering = Numbering(exactly_once, session_ttl_s)
+        """Exactly-once numbering of writes (as `Client`'s `exactly_once`)."""
+        self._registering: asyncio.Lock | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.batching = batching
@@ -69,8 +74,10 @@ class AsyncClient:
             self._channels[address] = ch
         return ch
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _stub(self, address: str, admin: bool | str) -> Any:
         ch = self._channel(address)
+        if admin == "sessions":
+            return overload_pb2_grpc.SessionsStub(ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     _keep_token = Client._keep_token
@@ -84,10 +91,29 @@ class AsyncClient:
             self._batchers[key] = b
         return b
 
-    async def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+    async def call(self, method: str, request: Any, kind: str = "read", admin: bool | str = False,
                    timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout,
-                            self.resilience)
+        numbered = False
+        if self.numbering.wanted(method, request):
+            if self._registering is None:
+                self._registering = asyncio.Lock()
+            async with self._registering:
+                if not self.numbering.session_id:
+                    reply = await self.call("Register", self.numbering.register_request(), "txn", admin="sessions",
+                                            timeout=timeout)
+                    self.numbering.session_id = reply.session_id
+            numbered = self.numbering.number(request)
+        try:
+            return await self._call(method, request, kind, admin, timeout, endpoint, numbered)
+        except RaftKVError as e:
+            self.numbering.failed(e)
+            raise
+
+    async def _call(self, method: str, request: Any, kind: str, admin: bool | str, timeout: float | None,
+                    endpoint: str | None, numbered: bool) -> Any:
+        batchable = self.batching and not admin and method in BATCHABLE and not numbered
+        attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.resilience, numbered)
         while True:
             held = attempts.hold()
             if held:
@@ -98,7 +124,7 @@ class AsyncClient:
                 continue
             budget = attempts.send()
             try:
-                if self.batching and not admin and method in BATCHABLE:
+                if batchable:
                     reply = await asyncio.wait_for(self._batcher(address, kind).submit(
                         pb.BatchOp(**{BATCHABLE[method]: request})), budget)
                 else:

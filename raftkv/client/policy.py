@@ -166,7 +166,13 @@ class Attempts:
     did not get ready, else `send()` (the call's own timeout) -> the RPC -> `failed()` on an error."""
 
     def __init__(self, endpoints: Endpoints, kind: str, admin: bool, timeout: float, endpoint: str | None,
-                 connect_timeout: float | None = None, resilience: Resilience | None = None) -> None:
+                 connect_timeout: float | None = None, resilience: Resilience | None = None,
+                 numbered: bool = False) -> None:
+        """`numbered`: the write carries a client session and sequence number (exactly-once), so one whose
+        outcome is unknown is retried: the cluster applies it at most once and answers the first result."""
+        self.numbered = numbered
+        self.in_doubt: tuple[str, RaftKVError] | None = None
+        """A try of this numbered write whose outcome was unknown (address, error), while it is retried."""
         self.endpoints = endpoints
         self.resilience = resilience or Resilience()
         self.resilience.budget.request()
@@ -250,7 +256,14 @@ class Attempts:
         return self.budget
 
     def timed_out(self) -> DeadlineError:
-        """The error for a call whose time ran out between tries (so nothing is in doubt)."""
+        """The error for a call whose time ran out between tries (nothing is in doubt, unless a numbered
+        write's earlier try was: then its outcome is still unknown)."""
+        if self.in_doubt is not None:
+            address, err = self.in_doubt
+            unknown = self._unknown(address, self.endpoints.name(address), err)
+            return OutcomeUnknownDeadlineError(f"{unknown} (retried with its sequence number until the deadline)",
+                                               grpc.StatusCode.DEADLINE_EXCEEDED, err.reason, err.metadata,
+                                               address=address)
         if self.tls_failed and isinstance(self.last, TlsHandshakeError):
             return self.last
         if isinstance(self.last, DeadlineError):
@@ -289,8 +302,19 @@ class Attempts:
             return 0.0
         if not (err.code == grpc.StatusCode.UNAVAILABLE and never_sent(err)):
             self.sent_any = True
+        numbered_retry = False
+        if self.in_doubt is not None and err.reason in ("SESSION_UNKNOWN", "SESSION_RESULT_NOT_KEPT"):
+            raise self._unknown(address, where, err) from None  # the session cannot tell any more
         if outcome_unknown(err, self.kind):
-            raise self._unknown(address, where, err) from None
+            if not self.numbered or self.endpoint is not None:
+                raise self._unknown(address, where, err) from None
+            # Numbered: the same (session, sequence) again is applied at most once. Elsewhere if the
+            # connection is what failed.
+            self.in_doubt = (address, err)
+            self.resilience.unknown_retries += 1
+            numbered_retry = True
+            if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
+                self.endpoints.failed(address)
         if err.reason == "MEMBER_REMOVED":
             self.endpoints.failed(address)  # refused before doing anything: another member may serve it
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
@@ -302,12 +326,18 @@ class Attempts:
                 self.last = UnavailableError(f"{where}: no answer within {duration(self.budget)}", err.code)
                 return 0.0
             err = DeadlineError(f"deadline exceeded after {duration(self.timeout)} at {where}", err.code)
-        if self.endpoint is not None or not retryable(err, self.kind):
+        if not numbered_retry and (self.endpoint is not None or not retryable(err, self.kind)):
+            if self.in_doubt is not None:  # an earlier try may have been applied
+                raise self._unknown(self.in_doubt[0], self.endpoints.name(self.in_doubt[0]), self.in_doubt[1]) \
+                    from None
             raise err from None
         if err.reason == "OVERLOADED" and self.kind == "read":
             self.endpoints.failed(address)  # another node may have room for a read
         self.last = err
         if not redirect and not never_sent(err) and not self.resilience.budget.try_spend():
+            if self.in_doubt is not None:
+                raise self._unknown(self.in_doubt[0], self.endpoints.name(self.in_doubt[0]), self.in_doubt[1]) \
+                    from None
             raise type(err)(f"{err} (not retried: this client's retry budget is spent; the cluster is failing "
                             "many requests)", err.code, err.reason, err.metadata) from None
         settings = self.resilience.retry_settings

@@ -192,6 +192,8 @@ class Resilience:
     retry_settings: RetrySettings = field(default_factory=RetrySettings)
     breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     budget: RetryBudget = field(init=False)
+    unknown_retries: int = 0
+    """Numbered (exactly-once) writes retried after an unknown outcome."""
 
     def __post_init__(self) -> None:
         self.budget = RetryBudget(self.retry_settings)
@@ -213,5 +215,5 @@ class Resilience:
             bud._refill()
             tokens = bud.tokens
         return {"requests": bud.requests, "retries": bud.retries, "retries_refused": bud.refused,
-                "retry_tokens": round(tokens, 2),
+                "retry_tokens": round(tokens, 2), "outcome_unknown_retries": self.unknown_retries,
                 "breakers": {a: b.stats() for a, b in sorted(self.breakers.items())}}

@@ -9,10 +9,11 @@ import grpc
 
 from ..layers.session import SessionToken
 from ..proto.stubs import kv_pb2 as pb
-from ..proto.stubs import kv_pb2_grpc
+from ..proto.stubs import kv_pb2_grpc, overload_pb2_grpc
 from ..tls import TlsFiles, sync_channel
 from .connect import ChannelWatch
-from .errors import from_rpc_error
+from .errors import RaftKVError, from_rpc_error
+from .numbering import Numbering
 from .policy import Attempts, Endpoints, never_sent
 from .requests import _b, prefix_end, read_options, write_options
 from .resilience import BreakerSettings, Resilience, RetrySettings
@@ -30,12 +31,18 @@ class Client:
 
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
                  connect_timeout: float | None = None, breaker: BreakerSettings | None = None,
-                 retry: RetrySettings | None = None) -> None:
-        """`breaker`, `retry`: the circuit breaker's and the retry budget's settings (resilience.py)."""
+                 retry: RetrySettings | None = None, exactly_once: bool = False, session_ttl_s: int = 60) -> None:
+        """`breaker`, `retry`: the circuit breaker's and the retry budget's settings (resilience.py).
+
+        `exactly_once=True`: the client registers a session (through the log, on its first write) and
+        numbers its puts, deletes and transactions; a write whose outcome is unknown (its connection broke,
+        its node died) is then retried with the same number, and the cluster applies it at most once and
+        answers the first result. Off by default: without it such a write raises OutcomeUnknownError."""
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
         self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
+        self.numbering = Numbering(exactly_once, session_ttl_s)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.session_token = b""
@@ -73,8 +80,10 @@ class Client:
             self._watches[address] = ChannelWatch(ch)
         return ch
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _stub(self, address: str, admin: bool | str) -> Any:
         ch = self._channel(address)
+        if admin == "sessions":
+            return overload_pb2_grpc.SessionsStub(ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     def _keep_token(self, token: bytes) -> None:
@@ -87,10 +96,26 @@ class Client:
         if new is not None and (old is None or new > old):
             self.session_token = token
 
-    def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+    def call(self, method: str, request: Any, kind: str = "read", admin: bool | str = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout,
-                            self.resilience)
+        numbered = False
+        if self.numbering.wanted(method, request):
+            with self.numbering.lock:
+                if not self.numbering.session_id:
+                    reply = self.call("Register", self.numbering.register_request(), "txn", admin="sessions",
+                                      timeout=timeout)
+                    self.numbering.session_id = reply.session_id
+                numbered = self.numbering.number(request)
+        try:
+            return self._call(method, request, kind, admin, timeout, endpoint, numbered)
+        except RaftKVError as e:
+            self.numbering.failed(e)
+            raise
+
+    def _call(self, method: str, request: Any, kind: str, admin: bool | str, timeout: float | None,
+              endpoint: str | None, numbered: bool) -> Any:
+        attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.resilience, numbered)
         while True:
             held = attempts.hold()
             if held:

@@ -118,6 +118,15 @@ def _port_in_use(listen: str) -> bool:
     return False
 
 
+def _add_sessions(server: grpc.aio.Server, host: NodeHost, kv_service: KVService) -> None:
+    """Client sessions for exactly-once writes: the Sessions service and the leader's expiry of idle ones."""
+    from ..proto.stubs import overload_pb2_grpc
+    from .session_expiry import SessionKeeper
+
+    overload_pb2_grpc.add_SessionsServicer_to_server(kv_service.sessions, server)
+    SessionKeeper(host)
+
+
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     metrics = Metrics(cfg.id)
     guard = IdentityGuard(cfg.id, store, cfg.join)
@@ -146,6 +155,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
+    _add_sessions(server, host, kv_service)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,

@@ -11,6 +11,19 @@ from typing import Any
 
 import msgpack
 
+from . import sessions
+from .sessions import MAX_TTL_S as MAX_SESSION_TTL_S  # noqa: F401
+from .sessions import PREFIX as SESSION_PREFIX  # noqa: F401
+from .sessions import (  # noqa: F401 - the session commands are part of the command vocabulary
+    ExpireSession,
+    KeepAliveSession,
+    RegisterSession,
+    SessionCommand,
+    SessionRegistered,
+    SessionWrite,
+)
+from .sessions import reserved as reserved_key  # noqa: F401
+
 TARGETS = ("value", "version", "create", "mod", "exists")
 RESULTS = ("=", "!=", "<", ">")
 
@@ -122,7 +135,16 @@ def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
     raise ValueError(f"unknown operation {kind!r}")
 
 
-def encode(cmd: Command) -> bytes:
+def _cmd_to_wire(cmd: Command) -> list[Any]:
+    if isinstance(cmd, Txn):
+        return ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
+                [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
+    return _op_to_wire(cmd)
+
+
+def encode(cmd: Command | sessions.SessionCommand) -> bytes:
+    if isinstance(cmd, sessions.SessionCommand):
+        return msgpack.packb(sessions.to_wire(cmd, _cmd_to_wire), use_bin_type=True)
     if isinstance(cmd, Txn):
         body = ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
                 [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
@@ -131,11 +153,19 @@ def encode(cmd: Command) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(data: bytes) -> Command:
+def decode(data: bytes) -> Command | sessions.SessionCommand:
     try:
         w = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as e:
         raise ValueError(f"undecodable command: {e}") from None
+    if not isinstance(w, list) or not w:
+        raise ValueError("malformed command")
+    if isinstance(w[0], str) and w[0].startswith("s"):  # client sessions (sessions.py)
+        return sessions.from_wire(w, _cmd_from_wire)
+    return _cmd_from_wire(w)
+
+
+def _cmd_from_wire(w: list[Any]) -> Command:
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
     if w[0] == "t":
@@ -150,10 +180,14 @@ def decode(data: bytes) -> Command:
     return op
 
 
-def adds_bytes(cmd: Command) -> bool:
+def adds_bytes(cmd: Command | sessions.SessionCommand) -> bool:
     """Whether applying `cmd` may store more than it removes: any put in it. A command of deletes only
     (DeleteRange, or a Txn whose branches hold deletes and ranges alone) is what a node under the NOSPACE
     alarm still takes, as etcd does: it is how space is freed."""
+    if isinstance(cmd, sessions.SessionWrite):
+        return adds_bytes(cmd.command)
+    if isinstance(cmd, sessions.RegisterSession):
+        return True
     if isinstance(cmd, Txn):
         return any(isinstance(op, Put) for op in cmd.success + cmd.failure)
     return isinstance(cmd, Put)

@@ -47,7 +47,7 @@ from ..core import (
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, identity, kv_records, snapshots, state_machine
+from . import commands, identity, kv_records, sessions, snapshots, state_machine
 from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
@@ -769,6 +769,12 @@ class LmdbNodeStore:
         with txn:
             result = state_machine.range_read(Overlay(self._view(txn), buf.copy()), op, limit_bytes)
             return result, max(self._applied, self._applied_in(txn))
+
+    def session_records(self) -> list[tuple[int, sessions.SessionRecord]]:
+        """Every client session (sessions.py) as this node has applied them. Safe on any thread."""
+        buf, txn = self._read_txn()
+        with txn:
+            return sessions.records(Overlay(self._view(txn), buf.copy()))
 
     def _applied_in(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"applied", db=self.meta_db)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import lmdb
 import msgpack
 
-from . import kv_records
+from . import kv_records, sessions
 from .commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn, TxnResult
 from .kv_records import BUCKET_THRESHOLD
 
@@ -163,6 +163,8 @@ def range_read(view: KVView, op: Range, limit_bytes: int = 0) -> RangeResult:
     for k, raw in view.scan(op.key):
         if not _in_range(k, op.key, op.range_end):
             break
+        if sessions.reserved(k):  # client sessions' records: never a client's key
+            continue
         count += 1
         if op.count_only or more:
             continue
@@ -223,8 +225,10 @@ def _op(view: KVView, op: Put | Delete | Range, revision: int) -> PutResult | De
     return range_read(view, op)
 
 
-def apply_command(view: KVView, cmd: Put | Delete | Txn, revision: int
-                  ) -> PutResult | DeleteResult | TxnResult:
+def apply_command(view: KVView, cmd: Put | Delete | Txn | sessions.SessionCommand, revision: int
+                  ) -> Any:
+    if isinstance(cmd, sessions.SessionCommand):
+        return sessions.apply(view, cmd, revision, apply_command)
     if isinstance(cmd, Put):
         return _put(view, cmd, revision)
     if isinstance(cmd, Delete):
