@@ -105,6 +105,10 @@ def test_writes_in_flight_refused_over_the_high_mark_then_accepted(cluster: Loca
     assert sum(isinstance(o, dict) for o in outcomes) >= 4  # the first ones were admitted and applied
     after = one_put_succeeds(addr, "count-after")
     assert isinstance(after, dict) and after["raftkv-pressure"] in ("GREEN", "YELLOW")
+    with grpc.insecure_channel(addr) as ch:  # the level is in the reply's meta too
+        reply = kv_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=b"meta", value=b"v"), timeout=10)
+        assert reply.meta.pressure in ("GREEN", "YELLOW")
+        assert kv_pb2_grpc.KVStub(ch).Get(pb.GetRequest(key=b"meta"), timeout=10).meta.pressure in ("GREEN", "YELLOW")
 
 
 def test_bytes_in_flight_refused_over_the_high_mark_then_accepted(cluster: LocalCluster) -> None:
