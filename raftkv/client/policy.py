@@ -16,7 +16,6 @@ TCP connections) is passed over instead of swallowing every write's whole deadli
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 
@@ -143,10 +142,6 @@ def outcome_unknown(err: RaftKVError, kind: str) -> bool:
 
 def duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
-
-
-def backoff(attempt: int) -> float:
-    return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())
 
 
 def sick(err: RaftKVError) -> bool:
