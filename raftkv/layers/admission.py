@@ -171,6 +171,22 @@ class Admission:
         voters = [nid for nid in conf.voters if nid != host.cfg.id]
         return quorum_queue([queued(nid) for nid in voters], len(conf.voters))
 
+    def follower_queues(self) -> dict[int, int]:
+        """Entry bytes queued to each peer now (for the metrics; read on any thread)."""
+        transport = self.host.transport
+        queued = getattr(transport, "queued_bytes", None)
+        peers = getattr(transport, "peer_ids", None)
+        if queued is None or peers is None:
+            return {}
+        try:
+            return {nid: queued(nid) for nid in peers()}
+        except RuntimeError:  # the peer set changed while we read it (another thread): next scrape
+            return {}
+
+    def dropped(self) -> int:
+        """Messages the transport refused to queue for a peer (its queue was full): that peer was probed."""
+        return int(getattr(self.host.transport, "dropped", 0))
+
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> Level:
         """Re-read every usage, update hysteresis and the level; log a change of level once."""

@@ -17,6 +17,10 @@ class PressureSource(Protocol):
     level: int
     marks: dict[str, Any]
 
+    def follower_queues(self) -> dict[int, int]: ...
+
+    def dropped(self) -> int: ...
+
 
 class PressureCollector(Collector):
     def __init__(self, source: PressureSource) -> None:
@@ -40,6 +44,15 @@ class PressureCollector(Collector):
             high.add_metric([name], wm.high)
             over.add_metric([name], 1 if wm.over else 0)
             refused.add_metric([name], wm.refused)
+        queues = GaugeMetricFamily("raftkv_peer_queue_bytes",
+                                   "Entry bytes queued to a peer, not yet on its stream (bounded by "
+                                   "--overload-max-follower-queue-bytes)", labels=["peer"])
+        for nid, n in sorted(src.follower_queues().items()):
+            queues.add_metric([str(nid)], n)
+        yield queues
+        yield CounterMetricFamily("raftkv_peer_messages_dropped",
+                                  "Messages not queued for a peer whose queue was full (the peer is then probed "
+                                  "and catches up from the log)", value=src.dropped())
         yield usage
         yield high
         yield over
