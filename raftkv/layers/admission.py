@@ -70,6 +70,8 @@ class Watermark:
     high: int
     low: int
     budget: str  # "write" or "read": which requests it refuses
+    live: bool = True
+    """Read on every admission; False: only after each host round (it changes only there)."""
     over: bool = False
     refused: int = 0
     last: int = 0
@@ -135,10 +137,12 @@ class Admission:
         self.level = Level.GREEN
         self.transitions = 0
         self.marks: dict[str, Watermark] = {}
+        self._budgets: dict[str, list[Watermark]] = {"write": [], "read": []}
         self.add_resource("proposals", lambda: self.proposals, limits.proposals)
         self.add_resource("proposal_bytes", lambda: self.proposal_bytes, limits.proposal_bytes)
-        self.add_resource("unapplied", self._unapplied, limits.unapplied)
-        self.add_resource("follower_queue_bytes", self._follower_queue, limits.follower_queue_bytes)
+        # These two move only when the host loop runs a round: read there (`evaluate`), not per request.
+        self.add_resource("unapplied", self._unapplied, limits.unapplied).live = False
+        self.add_resource("follower_queue_bytes", self._follower_queue, limits.follower_queue_bytes).live = False
         self.add_resource("ack_waiters", lambda: host.waiters.durable_waiting, limits.ack_waiters)
         self.add_resource("read_waiters", lambda: self.read_waiters, limits.read_waiters, budget="read")
         if hasattr(host, "every_round_any_role"):
@@ -154,6 +158,7 @@ class Admission:
         high = self.limits.extra.get(name, high)
         wm = Watermark(name, usage, high, int(high * self.limits.low_ratio), budget)
         self.marks[name] = wm
+        self._budgets.setdefault(budget, []).append(wm)
         return wm
 
     # -- usage read from the host ------------------------------------------------------------------
@@ -211,10 +216,18 @@ class Admission:
         return {n: (w.last, w.high, w.over) for n, w in self.marks.items()}
 
     def _refusal(self, budget: str) -> Overloaded | None:
-        self.evaluate()
-        for wm in self.marks.values():
-            if wm.over and wm.budget == budget:
+        """The refusal for a new request of `budget`, or None. Only that budget's marks are read here (on
+        every request, so kept cheap); the level follows after each host round, and at once on a refusal."""
+        for wm in self._budgets[budget]:
+            u = wm.usage() if wm.live else wm.last
+            wm.last = u
+            if u >= wm.high:
+                wm.over = True
+            elif wm.over and u <= wm.low:
+                wm.over = False
+            if wm.over:
                 wm.refused += 1
+                self.evaluate()
                 return Overloaded(wm.name, wm.last, wm.high, self.pushback_ms(wm), budget)
         return None
 

@@ -20,17 +20,22 @@ def _host() -> SimpleNamespace:
 def test_refuses_at_the_high_mark_and_accepts_again_only_at_the_low_mark() -> None:
     host = _host()
     adm = Admission(host, Limits(unapplied=10, low_ratio=0.5))
+    # `unapplied` moves only in host rounds: each change here is followed by the round's evaluation.
     host.node.raft_log.committed = 9
+    adm.evaluate()
     adm.check_write()  # 9 < 10
     host.node.raft_log.committed = 10
+    adm.evaluate()
     with pytest.raises(Overloaded) as e:
         adm.check_write()
     assert e.value.resource == "unapplied" and e.value.high == 10 and e.value.pushback_ms > 0
     host.applied = 3  # 7 unapplied: under the high mark, above the low one: still refused (hysteresis)
+    adm.evaluate()
     with pytest.raises(Overloaded):
         adm.check_write()
     assert adm.level == Level.RED
     host.applied = 5  # 5 = the low mark: accepted again
+    adm.evaluate()
     adm.check_write()
     assert adm.level == Level.YELLOW  # at 50 % of the high mark
     host.applied = 10
