@@ -227,12 +227,12 @@ def _op(view: KVView, op: Put | Delete | Range, revision: int) -> PutResult | De
 
 def apply_command(view: KVView, cmd: Put | Delete | Txn | sessions.SessionCommand, revision: int
                   ) -> Any:
-    if isinstance(cmd, sessions.SessionCommand):
-        return sessions.apply(view, cmd, revision, apply_command)
     if isinstance(cmd, Put):
         return _put(view, cmd, revision)
     if isinstance(cmd, Delete):
         return _delete(view, cmd, revision)
+    if not isinstance(cmd, Txn):  # a client session's command (sessions.py)
+        return sessions.apply(view, cmd, revision, apply_command)
     ok = all(_compare(view, c) for c in cmd.compares)
     ops = cmd.success if ok else cmd.failure
     return TxnResult(revision, ok, [_op(view, o, revision) for o in ops])
