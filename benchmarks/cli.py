@@ -37,8 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-size", type=int, default=16)
     p.add_argument("--value-size", type=int, default=256)
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
-    p.add_argument("--client", choices=["unary", "batch"], default="batch",
-                   help="raftkv client path: one RPC per operation, or the client's coalescing KV.Batch path")
+    p.add_argument("--client", choices=["unary", "batch", "etcd"], default="batch",
+                   help="raftkv client path: one RPC per operation, the client's coalescing KV.Batch path, or "
+                        "etcd's v3 API with the same driver etcd gets")
     p.add_argument("--read-target", choices=["all", "leader"], default="all")
     p.add_argument("--out", default="results", help="results go to OUT/bench-<timestamp>/")
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (network namespaces and iptables for the
-# partition suite) when they are missing. Idempotent; quiet when everything is present.
+# partition suite, etcdctl for the etcd API tests) when they are missing. Idempotent; quiet when
+# everything is present.
 set -euo pipefail
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# etcdctl 3.4 drives raftkv's etcd v3 API in tests/integration/test_etcd_api.py.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests need: ${need[*]} (run as root or install them)" >&2

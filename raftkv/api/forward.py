@@ -25,6 +25,10 @@ class Forwarder:
         self.host = host
         self._channels: dict[str, grpc.aio.Channel] = {}
 
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The one channel to `address`, shared by every service that forwards (raftkv.v1, etcd v3)."""
+        return self._channel(address)
+
     def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import exit_codes
 from ..api.admin_service import AdminService
+from ..api.etcd import EtcdServices
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
@@ -156,10 +157,14 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
     _add_sessions(server, host, kv_service)
+    # etcd's v3 API beside raftkv.v1, sharing the write-ack policy (its semi-sync state) with KV.
+    etcd = EtcdServices(host, store, forwarder, kv_service.acks)
+    etcd_names = etcd.register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME,
+             *etcd_names)
     reflection.enable_server_reflection(names, server)
     try:
         tls = cfg.server_tls
@@ -212,6 +217,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     readiness.cancel()
     await server.stop(grace=1.0)
     kv_service.close()
+    etcd.close()
     await host.stop()
     await transport.stop()
     await forwarder.close()

@@ -61,9 +61,13 @@ class Compare:
 
 @dataclass(slots=True, frozen=True)
 class Txn:
+    """Compares, then the operations of the branch they choose. An operation may itself be a Txn (etcd's
+    nested transaction): every compare on the chosen path is evaluated against the state before any
+    operation of the whole transaction applies, as etcd does."""
+
     compares: tuple[Compare, ...] = ()
-    success: tuple[Put | Delete | Range, ...] = ()
-    failure: tuple[Put | Delete | Range, ...] = ()
+    success: tuple[Put | Delete | Range | Txn, ...] = ()
+    failure: tuple[Put | Delete | Range | Txn, ...] = ()
 
 
 Command = Put | Delete | Txn
@@ -102,7 +106,7 @@ class RangeResult:
 class TxnResult:
     revision: int
     succeeded: bool
-    results: list[PutResult | DeleteResult | RangeResult]
+    results: list[PutResult | DeleteResult | RangeResult | TxnResult]
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -116,7 +120,22 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
+def _txn_to_wire(cmd: Txn) -> list[Any]:
+    return ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
+            [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
+
+
+def _txn_from_wire(w: list[Any]) -> Txn:
+    compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
+    for c in compares:
+        if c.target not in TARGETS or c.result not in RESULTS:
+            raise ValueError(f"bad compare {c.target} {c.result}")
+    return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
+
+
+def _op_to_wire(op: Put | Delete | Range | Txn) -> list[Any]:
+    if isinstance(op, Txn):
+        return _txn_to_wire(op)
     if isinstance(op, Put):
         return ["p", op.key, op.value, op.prev_kv]
     if isinstance(op, Delete):
@@ -124,8 +143,10 @@ def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
     return ["r", op.key, op.range_end, op.limit, op.keys_only, op.count_only]
 
 
-def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
+def _op_from_wire(w: list[Any]) -> Put | Delete | Range | Txn:
     kind = w[0]
+    if kind == "t":
+        return _txn_from_wire(w)
     if kind == "p":
         return Put(w[1], w[2], bool(w[3]))
     if kind == "d":
@@ -135,21 +156,10 @@ def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
     raise ValueError(f"unknown operation {kind!r}")
 
 
-def _cmd_to_wire(cmd: Command) -> list[Any]:
-    if isinstance(cmd, Txn):
-        return ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
-                [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
-    return _op_to_wire(cmd)
-
-
 def encode(cmd: Command | sessions.SessionCommand) -> bytes:
     if isinstance(cmd, sessions.SessionCommand):
-        return msgpack.packb(sessions.to_wire(cmd, _cmd_to_wire), use_bin_type=True)
-    if isinstance(cmd, Txn):
-        body = ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
-                [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
-    else:
-        body = _op_to_wire(cmd)
+        return msgpack.packb(sessions.to_wire(cmd, _op_to_wire), use_bin_type=True)
+    body = _op_to_wire(cmd)
     return msgpack.packb(body, use_bin_type=True)
 
 
@@ -168,12 +178,6 @@ def decode(data: bytes) -> Command | sessions.SessionCommand:
 def _cmd_from_wire(w: list[Any]) -> Command:
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
-    if w[0] == "t":
-        compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
-        for c in compares:
-            if c.target not in TARGETS or c.result not in RESULTS:
-                raise ValueError(f"bad compare {c.target} {c.result}")
-        return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
     op = _op_from_wire(w)
     if isinstance(op, Range):
         raise ValueError("a range is a read, not a command")
@@ -189,5 +193,5 @@ def adds_bytes(cmd: Command | sessions.SessionCommand) -> bool:
     if isinstance(cmd, sessions.RegisterSession):
         return True
     if isinstance(cmd, Txn):
-        return any(isinstance(op, Put) for op in cmd.success + cmd.failure)
+        return any(adds_bytes(op) for op in cmd.success + cmd.failure if isinstance(op, (Put, Txn)))
     return isinstance(cmd, Put)

@@ -43,7 +43,6 @@ from ..core import (
     HardState,
     Snapshot,
     SnapshotMeta,
-    UnavailableError,
     bootstrap_entries,
 )
 from ..core.storage import limit_size
@@ -52,6 +51,7 @@ from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
 from .kv_records import BUCKET_THRESHOLD
+from .log_bounds import LogBounds
 from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
 
 FORMAT = b"raftkv-2"
@@ -96,7 +96,7 @@ def _conf_from_wire(w: list[list[int]]) -> ConfState:
     return ConfState(frozenset(w[0]), frozenset(w[1]))
 
 
-class LmdbNodeStore:
+class LmdbNodeStore(LogBounds):
     def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
                  map_size: int = 4 << 30, founding: bytes | None = None) -> None:
         self.path = Path(data_dir)
@@ -242,38 +242,14 @@ class LmdbNodeStore:
     # ------------------------------------------------------------------------------------------
     # LogStorage (read by the core)
     # ------------------------------------------------------------------------------------------
-    def initial_state(self) -> tuple[HardState, ConfState]:
-        return self._hard, self._compacted[2]
-
-    def first_index(self) -> int:
-        return self._compacted[0] + 1
-
-    def last_index(self) -> int:
-        return self._last_index
-
-    def term(self, index: int) -> int:
-        c_idx, c_term, _ = self._compacted
-        if index < c_idx:
-            raise CompactedError(index)
-        if index == c_idx:
-            return c_term
-        if index > self._last_index:
-            raise UnavailableError(index)
-        if index == self._last_index:
-            return self._last_term
+    def _stored_term(self, index: int) -> int:
         with self.env.begin(db=self.log_db) as txn:
             raw = txn.get(_key(index))
         if raw is None:
             raise CompactedError(index)
         return self._decode(index, raw).term
 
-    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        if lo < self.first_index():
-            raise CompactedError(lo)
-        if hi > self._last_index + 1:
-            raise UnavailableError(hi)
-        if lo >= hi:
-            return []
+    def _stored_entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         out: list[Entry] = []
         size = 0
         with self.env.begin(db=self.log_db) as txn:

@@ -217,7 +217,10 @@ def _compare(view: KVView, c: Compare) -> bool:
     return {"=": actual == want, "!=": actual != want, "<": actual < want, ">": actual > want}[c.result]
 
 
-def _op(view: KVView, op: Put | Delete | Range, revision: int) -> PutResult | DeleteResult | RangeResult:
+def _op(view: KVView, op: Put | Delete | Range | Txn, revision: int, path: Iterator[bool]
+        ) -> PutResult | DeleteResult | RangeResult | TxnResult:
+    if isinstance(op, Txn):
+        return _apply_txn(view, op, revision, path)
     if isinstance(op, Put):
         return _put(view, op, revision)
     if isinstance(op, Delete):
@@ -233,6 +236,21 @@ def apply_command(view: KVView, cmd: Put | Delete | Txn | sessions.SessionComman
         return _delete(view, cmd, revision)
     if not isinstance(cmd, Txn):  # a client session's command (sessions.py)
         return sessions.apply(view, cmd, revision, apply_command)
-    ok = all(_compare(view, c) for c in cmd.compares)
-    ops = cmd.success if ok else cmd.failure
-    return TxnResult(revision, ok, [_op(view, o, revision) for o in ops])
+    return _apply_txn(view, cmd, revision, iter(_path(view, cmd)))
+
+
+def _path(view: KVView, txn: Txn) -> list[bool]:
+    """The outcome of every compare list on the chosen path, in order, before anything applies (etcd's
+    compareToPath): a nested transaction's compares see the state its parent's compares saw."""
+    ok = all(_compare(view, c) for c in txn.compares)
+    path = [ok]
+    for op in txn.success if ok else txn.failure:
+        if isinstance(op, Txn):
+            path += _path(view, op)
+    return path
+
+
+def _apply_txn(view: KVView, txn: Txn, revision: int, path: Iterator[bool]) -> TxnResult:
+    ok = next(path)
+    ops = txn.success if ok else txn.failure
+    return TxnResult(revision, ok, [_op(view, o, revision, path) for o in ops])
