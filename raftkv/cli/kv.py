@@ -64,7 +64,7 @@ class Ctx:
             try:
                 tls = TlsFiles(*self.tls) if any(self.tls) else None
                 self._client = Client(self.endpoints, timeout=self.command_timeout, tls=tls,
-                                      connect_timeout=min(self.dial_timeout, self.command_timeout))
+                                      connect_timeout=min(self.dial_timeout, self.command_timeout), dial_bound=True)
                 if tls is not None:
                     tls.channel_credentials()  # unreadable files fail here, in one line
             except TlsError as e:
@@ -186,15 +186,15 @@ def _write_meta_lines(meta: Any) -> list[str]:
 
 @main.command()
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @click.option("--prev-kv", is_flag=True, help="Print the previous value.")
 @click.option("--print-token", is_flag=True, help="Print the session token of this write.")
 @write_options
 @pass_ctx
-def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
+def put(c: Ctx, key: str, value: str | None, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
         timeout_ms: int) -> None:
-    """Put KEY VALUE."""
-    k, v = c.b(key), c.b(value, "VALUE")
+    """Put KEY VALUE. Without VALUE, the value is standard input, byte for byte (with --hex, hex digits)."""
+    k, v = c.b(key), _value_arg(c, value)
     r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
@@ -206,6 +206,15 @@ def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str
         click.echo(c.show(r.prev_kv.value))
     if print_token:
         _print_token(c, r.meta.session_token)
+
+
+def _value_arg(c: Ctx, value: str | None) -> bytes:
+    if value is not None:
+        return c.b(value, "VALUE")
+    if sys.stdin is None or sys.stdin.isatty():
+        fail("put needs a VALUE, or the value on standard input (kv put KEY < file)", EXIT_BAD_USAGE)
+    data = sys.stdin.buffer.read()
+    return c.b(data.decode("ascii", "replace").strip(), "VALUE") if c.hex else data
 
 
 def _print_token(c: Ctx, token: bytes) -> None:
@@ -592,7 +601,8 @@ def leader() -> None:
 def leader_transfer(c: Ctx, node_id: int) -> None:
     """Hand leadership to NODE_ID."""
     r = run(lambda: c.client.transfer_leader(node_id))
-    click.echo(json.dumps(to_json(r)) if c.out == "json" else f"leader is now {r.leader_id}")
+    click.echo(json.dumps(to_json(r)) if c.out == "json" else table(["leader"], [[r.leader_id]]) if c.out == "table"
+               else f"leader is now {r.leader_id}")
 
 
 @main.command()
@@ -603,6 +613,10 @@ def snapshot(c: Ctx) -> None:
     r = run(lambda: c.client.snapshot(endpoint=ep))
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"snapshot at index {r.index}")
 
+
+from .kv_ops import register as _register_ops  # noqa: E402 - after the commands it aliases
+
+_register_ops(main)
 
 if __name__ == "__main__":
     main(prog_name="kv")

@@ -113,7 +113,7 @@ class AsyncClient:
                     endpoint: str | None, numbered: bool) -> Any:
         batchable = self.batching and not admin and method in BATCHABLE and not numbered
         attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
-                            self.resilience, numbered)
+                            resilience=self.resilience, numbered=numbered)
         while True:
             held = attempts.hold()
             if held:

@@ -161,8 +161,8 @@ class Attempts:
     did not get ready, else `send()` (the call's own timeout) -> the RPC -> `failed()` on an error."""
 
     def __init__(self, endpoints: Endpoints, kind: str, admin: bool, timeout: float, endpoint: str | None,
-                 connect_timeout: float | None = None, resilience: Resilience | None = None,
-                 numbered: bool = False) -> None:
+                 connect_timeout: float | None = None, dial_bound: bool = False,
+                 resilience: Resilience | None = None, numbered: bool = False) -> None:
         """`numbered`: the write carries a client session and sequence number (exactly-once), so one whose
         outcome is unknown is retried: the cluster applies it at most once and answers the first result."""
         self.numbered = numbered
@@ -171,6 +171,10 @@ class Attempts:
         self.endpoints = endpoints
         self.resilience = resilience or Resilience()
         self.resilience.budget.request()
+        # dial_bound: give up once every endpoint (or the pinned one) has failed to connect and none has
+        # carried anything, as etcdctl's --dial-timeout does, instead of retrying until the deadline.
+        self.dial_bound = dial_bound
+        self.unconnected: set[str] = set()
         self.kind = kind
         self.prefer_leader = kind != "read" or admin
         self.timeout = timeout
@@ -237,7 +241,20 @@ class Attempts:
         self.endpoints.failed(address)
         self.last = UnavailableError(f"{self.endpoints.name(address)} did not connect within {duration(waited)}",
                                      grpc.StatusCode.UNAVAILABLE)
+        self._unconnected(address)
         return 0.0
+
+    def _unconnected(self, address: str) -> None:
+        """With `dial_bound`: `address` could not be connected to; raise once no endpoint is left to try."""
+        if not self.dial_bound or self.sent_any:
+            return
+        self.unconnected.add(address)
+        wanted = {self.endpoint} if self.endpoint is not None else set(self.endpoints.addresses)
+        if wanted <= self.unconnected:
+            each = "" if len(wanted) == 1 else " each"
+            fate = ": the write was not sent, so it was not applied" if self.kind in WRITES else ""
+            raise UnavailableError(f"no endpoint connected within the dial timeout ({duration(self.connect_timeout)}"
+                                   f"{each}){fate} (last: {self.last})", grpc.StatusCode.UNAVAILABLE) from None
 
     def send(self) -> float:
         """Seconds the call may take, now that its channel is ready; DeadlineError if no time is left (then
@@ -315,6 +332,9 @@ class Attempts:
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)
             err = UnavailableError(f"{where}: {err}", err.code)
+            if never_sent(err):
+                self.last = err
+                self._unconnected(address)
         elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.reason:
             if self.cut_short:
                 self.endpoints.failed(address)  # our share ran out there: try the next endpoint at once

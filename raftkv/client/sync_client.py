@@ -27,11 +27,13 @@ class Client:
 
     `connect_timeout`: how long one try waits for a node's connection before moving on to the next node
     (default: a third of `timeout`, at most 2 s). A write that was sent and then lost its answer is not
-    retried: it raises `OutcomeUnknownError`."""
+    retried: it raises `OutcomeUnknownError`. `dial_bound`: a call fails once every endpoint has failed to
+    connect (each within `connect_timeout`) rather than retrying until `timeout` (etcdctl's --dial-timeout)."""
 
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 connect_timeout: float | None = None, breaker: BreakerSettings | None = None,
-                 retry: RetrySettings | None = None, exactly_once: bool = False, session_ttl_s: int = 60) -> None:
+                 connect_timeout: float | None = None, dial_bound: bool = False,
+                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
+                 exactly_once: bool = False, session_ttl_s: int = 60) -> None:
         """`breaker`, `retry`: the circuit breaker's and the retry budget's settings (resilience.py).
 
         `exactly_once=True`: the client registers a session (through the log, on its first write) and
@@ -45,6 +47,7 @@ class Client:
         self.numbering = Numbering(exactly_once, session_ttl_s)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.dial_bound = dial_bound
         self.session_token = b""
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
@@ -115,7 +118,7 @@ class Client:
     def _call(self, method: str, request: Any, kind: str, admin: bool | str, timeout: float | None,
               endpoint: str | None, numbered: bool) -> Any:
         attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
-                            self.resilience, numbered)
+                            self.dial_bound, resilience=self.resilience, numbered=numbered)
         while True:
             held = attempts.hold()
             if held:

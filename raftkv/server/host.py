@@ -52,6 +52,7 @@ from .members import MemberInfo, MemberRegistry
 from .membership_ops import MembershipOps
 from .metrics import Metrics
 from .nospace import NoSpaceAlarm, Stopping
+from .peer_rtt import PeerRtt
 from .ports import Clock, DiskRoom, Inbox, IOExecutor, PeerTransport, SystemClock, ThreadIO
 from .proposals import Proposal, ProposalQueue
 from .read_rounds import ReadRounds
@@ -108,6 +109,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         # A leader-transfer request that reaches us later than the leader waits for it is dropped.
         self.transfer_guard = TransferGuard(cfg.election_ticks * cfg.tick_ms / 1000)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
+        self.peer_rtt = PeerRtt(metrics.observe_rtt)
         self.waiters = IndexWaiters(on_lost=metrics.proposals_failed.inc)
         self.proposals = ProposalQueue()
         self.reads = ReadRounds(cfg.id, cfg.election_ticks * cfg.tick_ms / 1000)
@@ -357,6 +359,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             m = inbox.popleft()
             if leader and m.type in RESPONSES:
                 self.lag.heard_from(m.frm, m.applied, now)
+                if m.type == MessageType.HEARTBEAT_RESP:
+                    self.peer_rtt.answered(m, now)
             try:
                 node.step(m)
             except StepRejected as e:
@@ -486,7 +490,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
 
     def _apply(self, rd: Ready) -> list[Any]:
         results = self.store.apply(rd.committed_entries, rd.conf_state)
-        self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
+        self.metrics.observe_apply(self.store.last_apply_seconds)
         self._arm_flush_timer()
         return results
 
@@ -556,6 +560,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
                 m.applied = applied
             elif m.type in DATED:  # a leader's send time: lets the target date a TimeoutNow
                 m.stamp = stamp
+                if m.type == MessageType.HEARTBEAT:
+                    self.peer_rtt.sent(m, stamp / 1e9)
 
     def _on_soft_state(self, rd: Ready) -> None:
         ss = rd.soft_state

@@ -26,6 +26,7 @@ from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
+from .grpc_metrics import RequestMetrics
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
 from .identity import IdentityGuard
@@ -151,7 +152,11 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
               file=sys.stderr)
         return exit_codes.RETRY
     # No SO_REUSEPORT: a second process on the same port would otherwise silently share its traffic.
-    server = grpc.aio.server(options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[RequestMetrics(metrics.registry)],
+                             options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
+    transport.events = metrics
+    metrics.watch_node(lambda: host.node.term, lambda: host.node.raft_log.committed, lambda: host.applied,
+                       lambda: host.node.raft_log.last_index(), store.db_size, store.db_in_use)
     transport.register(server)
     kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)

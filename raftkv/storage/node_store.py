@@ -768,6 +768,16 @@ class LmdbNodeStore(LogBounds):
         except OSError:
             return 0
 
+    def db_in_use(self) -> int:
+        """Bytes of the data file its databases occupy: the main database and every named one this store
+        holds a handle of (pages LMDB freed and will reuse are not counted; db_size() minus this is free)."""
+        found = [v for v in vars(self).values() if isinstance(v, lmdb._Database)]
+        found += [db for gen in getattr(self, "_generations", None) or () for db in gen]
+        handles = list({id(db): db for db in found}.values())  # kv_db is one of a generation's handles
+        with self.env.begin() as txn:
+            stats = [self.env.stat()] + [txn.stat(db) for db in handles]
+        return sum(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) for st in stats)
+
     def close(self) -> None:
         self.env.close()
         self._dir_lock.release()

@@ -29,6 +29,7 @@ from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
 from .codec import from_proto, to_proto
+from .events import NoEvents, TransportEvents
 from .inbox import Inbox
 from .snapshot_stream import SNAPSHOT_STREAM_CHUNK, InstallHook, SnapshotSender, SnapshotStore, receive
 
@@ -228,6 +229,8 @@ class _Peer:
             if self.owner.stopping:
                 return
             # The stream broke: what was queued may be stale; Raft will resend what matters.
+            beats = sum(1 for m in self.queue if m.type == MessageType.HEARTBEAT)
+            self.owner.events.send_failed(self.id, max(1, len(self.queue)), beats)
             self.clear()
             self.owner.on_unreachable(self.id)
             await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -375,6 +378,8 @@ class Transport:
         self.peers: dict[int, _Peer] = {}
         self.stopping = False
         self.dropped = 0
+        self.events: TransportEvents = NoEvents()
+        """Told of failed sends and of snapshot streams (the node's metrics set it)."""
         self.snapshot_store = snapshot_store
         self.on_snapshot: InstallHook | None = on_snapshot or (self.inbox.snapshot if snapshot_store is not None
                                                               else None)
@@ -431,6 +436,7 @@ class Transport:
                 continue
             if not p.push(m):
                 self.dropped += 1
+                self.events.send_failed(m.to, 1, 1 if m.type == MessageType.HEARTBEAT else 0)
                 self.on_unreachable(m.to)
                 if m.type == MessageType.SNAP:
                     self._snapshot_status(m.to, False)
