@@ -25,6 +25,9 @@ class Metrics:
     def __init__(self, node_id: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.pressure = PressureCollector()
+        """Admission control's gauges; bound to the node's admission control by `watch_pressure`."""
+        r.register(self.pressure)
         self.has_leader = Gauge("raftkv_has_leader", "1 if this node knows a leader", registry=r)
         self.is_leader = Gauge("raftkv_is_leader", "1 if this node is the leader", registry=r)
         self.leader_changes = Counter("raftkv_leader_changes", "Leader changes seen by this node", registry=r)
@@ -148,7 +151,7 @@ class Metrics:
 
     def watch_pressure(self, source: PressureSource) -> None:
         """Export admission control's pressure level and per-resource usage (pressure_metrics.py)."""
-        self.registry.register(PressureCollector(source))
+        self.pressure.source = source
 
     def semi_sync_transition(self, degraded: bool) -> None:
         """Semi-sync writes entered (or left) degraded mode: count entries, show the current state."""

@@ -22,9 +22,25 @@ class PressureSource(Protocol):
     def dropped(self) -> int: ...
 
 
+class _Idle:
+    """What is exported before admission control is bound (GREEN, no resources yet)."""
+
+    level = 0
+    marks: dict[str, Any] = {}
+
+    def follower_queues(self) -> dict[int, int]:
+        return {}
+
+    def dropped(self) -> int:
+        return 0
+
+
 class PressureCollector(Collector):
-    def __init__(self, source: PressureSource) -> None:
-        self.source = source
+    """Registered with the node's metrics from the start (so every name it exports is known up front);
+    `source` is bound once admission control exists."""
+
+    def __init__(self, source: PressureSource | None = None) -> None:
+        self.source: PressureSource = source or _Idle()
 
     def collect(self) -> Iterator[Any]:
         src = self.source
