@@ -75,7 +75,8 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         return pb.StatusResponse(
             id=h.cfg.id, address=h.cfg.address, role=role, term=st.term,
             leader_id=leader, leader_address=h.leader_address() if leader else "", commit=st.commit,
-            applied=h.applied, alarms=[h.nospace_message()] if h.nospace else [],
+            applied=h.applied,
+            alarms=([h.nospace_message()] if h.nospace else []) + (h.corruption.lines() if h.corruption else []),
             last_index=st.last_index, members=self._members(), db_size_bytes=self.store.db_size(),
             followers=[lag_to_pb(lg) for lg in h.follower_lags()], cluster_id=self.store.cluster_id,
             snapshot_index=self.store.snapshot_index(), leader_changes=h.leader_changes,

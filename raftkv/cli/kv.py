@@ -605,10 +605,14 @@ def leader_transfer(c: Ctx, node_id: int) -> None:
                else f"leader is now {r.leader_id}")
 
 
-@main.command()
-@pass_ctx
-def snapshot(c: Ctx) -> None:
-    """Snapshot the first endpoint's state machine now and compact its log."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def snapshot(ctx: click.Context) -> None:
+    """Snapshot the first endpoint's state machine now and compact its log; `save` and `status` handle
+    backup files (kv_maint.py)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Ctx = ctx.obj
     ep = c.endpoints.split(",")[0].strip()
     r = run(lambda: c.client.snapshot(endpoint=ep))
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"snapshot at index {r.index}")
@@ -617,6 +621,9 @@ def snapshot(c: Ctx) -> None:
 from .kv_ops import register as _register_ops  # noqa: E402 - after the commands it aliases
 
 _register_ops(main)
+from .kv_maint import register as _register_maint  # noqa: E402 - verbs of kv_maint.py join the group
+
+_register_maint(main)
 
 if __name__ == "__main__":
     main(prog_name="kv")

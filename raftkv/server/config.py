@@ -143,6 +143,10 @@ class ServerConfig:
     one key is always returned); well under a client's default 4 MiB receive limit."""
     max_range_keys: int = 10_000
     """A Range answer holds at most this many keys (with `more` when there are others)."""
+    corruption_check_interval: float = 0.0
+    """Seconds between divergence checks on the leader (0: only on request, `kv check hash`)."""
+    force_new_cluster: bool = False
+    """Start as the only member of a one-member cluster that keeps this node's data (server/force_new.py)."""
     # Admission control (layers/admission.py): high watermarks; each low mark is `overload_low_ratio` of it.
     overload_max_proposals: int = 4096
     overload_max_proposal_bytes: int = 64 << 20
@@ -273,6 +277,10 @@ class ServerConfig:
                               "(or --client-cert-auth): without it peers present no certificate to check")
         if self.initial_cluster_state not in ("new", "existing"):
             raise ConfigError("--initial-cluster-state must be new or existing")
+        if self.corruption_check_interval < 0:
+            raise ConfigError("--corruption-check-interval must be >= 0 seconds (0: off)")
+        if self.force_new_cluster and self.join:
+            raise ConfigError("--force-new-cluster keeps this node's data: it does not go with --join")
         if self.join and self.initial_cluster_token:
             raise ConfigError("--initial-cluster-token names a founding cluster: a --join node learns the "
                               "cluster id from the leader")

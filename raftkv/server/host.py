@@ -42,6 +42,7 @@ from ..storage.disk_space import DiskSpace
 from ..storage.errors import is_storage_fault
 from .compaction import Compactor
 from .config import ServerConfig
+from .corruption import CorruptionChecker
 from .errors import LeadershipLost, OutcomeUnknown, ShuttingDown
 from .host_inbox import InboxIntake
 from .host_views import HostViews
@@ -147,6 +148,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         metrics.alarm.labels("nospace").set(0)
         self.removal = Removal(cfg.id, cfg.data_dir)
         self._lingering_peers = False  # transport peers kept for removed members still being told
+        self.corruption: CorruptionChecker | None = None
+        """The divergence checker and its CORRUPT alarm (corruption.py), given by the process lifecycle."""
         self.identity: IdentityGuard | None = identity
         """Peer identity and the member identity records (given by the process lifecycle; see identity.py)."""
         if identity is not None:
@@ -221,6 +224,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             return False, f"NOSPACE alarm: {self.nospace}"
         if self.identity is not None and self.identity.problem:
             return False, self.identity.problem
+        if self.corruption is not None and (corrupt := self.corruption.not_ready()):
+            return False, corrupt
         if not self.leader_id:
             return False, "no leader known"
         return True, ""
@@ -246,6 +251,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """Raise what a write of `data` proposed now would be refused with: NoSpace (under the NOSPACE
         alarm only deletes are taken; `data` None: refused), NotLeader."""
         self._refuse_writes_without_space(data)
+        if self.corruption is not None:
+            self.corruption.refuse_writes()
         if not self.is_leader:
             raise self.not_leader()
 
@@ -301,6 +308,13 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """Read the state machine as it is now on this node (`fn` is given the store; it may run on a
         scan thread). The read policy decides beforehand whether this node may answer."""
         return fn(self.store)
+
+    async def flush_now(self) -> None:
+        """Bring the write-back buffer to LMDB now: a backup is cut from LMDB-durable state only, and
+        this makes it as new as what this node has applied."""
+        fut = self.waiters.wait_flushed()
+        self._wake.set()
+        await fut
 
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.

@@ -18,14 +18,18 @@ from ..api.admin_service import AdminService
 from ..api.etcd import EtcdServices
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
+from ..api.maintenance_service import add_to_server as add_maintenance
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
-from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
+from ..storage import ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
+from ..storage.errors import is_damage
 from ..storage.identity import has_data
 from ..tls import TlsError, check_certificate_dates
 from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
+from .corruption import CorruptionChecker
+from .force_new import ForceNewClusterRefused, force_new_cluster
 from .grpc_metrics import RequestMetrics
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
@@ -61,6 +65,12 @@ def run_node(cfg: ServerConfig) -> int:
         store = LmdbNodeStore(cfg.data_dir, cfg.id, None if cfg.join else cluster_id, cfg.map_size,
                               founding=None if cfg.join else cluster_id_for(cfg.peers))
         bootstrap_store(store, cfg)
+        if cfg.force_new_cluster:
+            force_new_cluster(store, cfg.id)
+    except ForceNewClusterRefused as e:
+        store.close()
+        print(f"Error: refusing to start: {e}", file=sys.stderr)
+        return exit_codes.USAGE
     except ForeignDataError as e:
         print(f"Error: refusing to start: {e}", file=sys.stderr)
         return exit_codes.NEEDS_OPERATOR
@@ -79,7 +89,7 @@ def run_node(cfg: ServerConfig) -> int:
 def exit_code_for(err: BaseException) -> int:
     """Damaged or foreign data needs an operator; anything else that stops a node (a failing disk, a
     data directory in use, a host loop that crashed) may go away when it is restarted."""
-    if isinstance(err, (CorruptionError, ForeignDataError)):
+    if isinstance(err, ForeignDataError) or is_damage(err):
         return exit_codes.NEEDS_OPERATOR
     return exit_codes.RETRY
 def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
@@ -89,6 +99,9 @@ def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
                 f"{cfg.data_dir} holds no data and --initial-cluster-state is existing: this member lost its "
                 f"data; remove and re-add it (kv members remove {cfg.id}; kv members add {cfg.id} "
                 f"{cfg.address} --learner), then start it with --join")
+    if cfg.force_new_cluster and not has_data(cfg.data_dir):
+        return (exit_codes.USAGE, f"{cfg.data_dir} holds no data: --force-new-cluster keeps a survivor's data, "
+                                  "and there is none here")
     warnings = []
     for path in dict.fromkeys(f for f in (cfg.cert_file, cfg.peer_cert_file) if f):
         try:
@@ -146,6 +159,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
                           queue_bytes_limit=cfg.overload_max_follower_queue_bytes)
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
+    host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
     forwarder = Forwarder(host)
     if _port_in_use(cfg.listen):
         print(f"Error: cannot listen on {cfg.listen}: the address is in use (is another raftkv serve running?)",
@@ -165,11 +179,12 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     # etcd's v3 API beside raftkv.v1, sharing the write-ack policy (its semi-sync state) with KV.
     etcd = EtcdServices(host, store, forwarder, kv_service.acks)
     etcd_names = etcd.register(server)
+    maintenance = add_maintenance(server, host, store, forwarder)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME,
-             *etcd_names)
+             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, maintenance, health.SERVICE_NAME,
+             reflection.SERVICE_NAME, *etcd_names)
     reflection.enable_server_reflection(names, server)
     try:
         tls = cfg.server_tls
@@ -188,6 +203,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         return exit_codes.RETRY
     await server.start()
     await host.start()
+    host.corruption.start()
     guard.members_changed([])  # a cluster id recorded in the registry but not yet in meta (a crash between)
     if tls is not None and not peer_auth.enabled:
         log.warning("peers are not authenticated: any client that completes TLS may speak Raft to this node",
@@ -220,6 +236,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     leave.cancel()
     log.info("shutting down")
     readiness.cancel()
+    await host.corruption.stop()
     await server.stop(grace=1.0)
     kv_service.close()
     etcd.close()
@@ -258,7 +275,8 @@ def _health(host: NodeHost) -> dict[str, object]:
     ready, why = host.readiness()
     out: dict[str, object] = {"id": host.cfg.id, "ready": ready, "not_ready_because": why,
                               "has_leader": bool(host.leader_id), "leader": host.leader_id, "applied": host.applied,
-                              "term": host.node.term, "alarms": ["nospace"] if host.nospace else [],
+                              "term": host.node.term, "alarms": (["nospace"] if host.nospace else [])
+                              + (["corrupt"] if host.corruption is not None and host.corruption.raised else []),
                               "removed": host.removal.removed}
     problem = _identity_problem(host)
     if problem:

@@ -172,6 +172,10 @@ def decode(data: bytes) -> Command | sessions.SessionCommand:
         raise ValueError("malformed command")
     if isinstance(w[0], str) and w[0].startswith("s"):  # client sessions (sessions.py)
         return sessions.from_wire(w, _cmd_from_wire)
+    if isinstance(w[0], str) and w[0].startswith("h"):  # high-availability operations (ha_commands.py)
+        from .ha_commands import from_wire
+
+        return from_wire(w)  # type: ignore[return-value]
     return _cmd_from_wire(w)
 
 

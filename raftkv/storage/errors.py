@@ -36,6 +36,26 @@ class CommandFailed(ValueError):
     its result, and its entry still counts as applied."""
 
 
+LMDB_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError, lmdb.VersionMismatchError)
+"""What LMDB says of a file whose pages do not hold together (MDB_CORRUPTED, MDB_PAGE_NOTFOUND) or that is
+not an LMDB file of this version: damaged data, never worth a restart."""
+
+
+def is_damage(err: BaseException) -> bool:
+    """Damaged data on disk, whoever noticed: raftkv's checksums (CorruptionError) or LMDB itself."""
+    return isinstance(err, (CorruptionError, *LMDB_DAMAGE))
+
+
+def opening_error(where: str, err: lmdb.Error) -> StorageError:
+    """An LMDB error met while opening a store, in one line: damaged data (CorruptionError) when LMDB says
+    its pages do not hold together, or a transaction failed on them at once (MDB_BAD_TXN right after
+    opening follows a failed read); else a storage fault a restart may cure (a full or failing disk)."""
+    if isinstance(err, (*LMDB_DAMAGE, lmdb.BadTxnError)):
+        return CorruptionError(f"{where}: LMDB reports damaged data ({err}); restore the directory from a "
+                               "backup or replace this member")
+    return StorageError(f"{where}: cannot read the store: {err}")
+
+
 def is_nospace(err: BaseException) -> bool:
     """A full disk or a full LMDB map (--map-size): what the NOSPACE alarm waits out, as opposed to a
     failing disk."""

@@ -47,9 +47,11 @@ from ..core import (
 )
 from ..core.storage import limit_size
 from . import commands, identity, kv_records, sessions, snapshots, state_machine
+from .alarms import AlarmTable, RecentHashes, hash_state
 from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
-from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
+from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError, opening_error
+from .ha_commands import AlarmDisarm, AlarmRaise, HashKV
 from .kv_records import BUCKET_THRESHOLD
 from .log_bounds import LogBounds
 from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
@@ -100,7 +102,10 @@ class LmdbNodeStore(LogBounds):
     def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
                  map_size: int = 4 << 30, founding: bytes | None = None) -> None:
         self.path = Path(data_dir)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a missing mount, a file in the way: one line, and the node may retry
+            raise StorageError(f"cannot create the data directory {self.path}: {e.strerror or e}") from None
         self.file = str(self.path / "data.mdb")
         self.node_id = node_id
         self.where = f"node {node_id}: {self.file}"
@@ -117,11 +122,16 @@ class LmdbNodeStore(LogBounds):
         except BaseException:
             self._dir_lock.release()
             raise
-        self.log_db = self.env.open_db(b"log")
-        self.meta_db = self.env.open_db(b"meta")
-        self.kv_db = self.env.open_db(b"kv")
-        self.members_db = self.env.open_db(b"members")
-        self.snap_db = self.env.open_db(b"snap")
+        try:
+            self.log_db = self.env.open_db(b"log")
+            self.meta_db = self.env.open_db(b"meta")
+            self.kv_db = self.env.open_db(b"kv")
+            self.members_db = self.env.open_db(b"members")
+            self.snap_db = self.env.open_db(b"snap")
+        except lmdb.Error as e:  # the main database's pages do not hold together, or a failing disk
+            self.env.close()
+            self._dir_lock.release()
+            raise opening_error(self.where, e) from None
         self._lock = threading.Lock()
         self.last_apply_seconds = 0.0
         """Time the last `apply` took."""
@@ -137,6 +147,9 @@ class LmdbNodeStore(LogBounds):
             self._open_generations()
             self._load_cache()
             self._verify_tail()
+        except lmdb.Error as e:  # LMDB's own refusal of the file (damaged pages) or a failing disk
+            self.close()
+            raise opening_error(self.where, e) from None
         except BaseException:  # refused: let the directory go, so that it may be opened again
             self.close()
             raise
@@ -224,6 +237,10 @@ class LmdbNodeStore(LogBounds):
                 idx, conf = msgpack.unpackb(ap)
                 self._applied, self._applied_conf = idx, _conf_from_wire(conf)
             self._durable_applied, self._durable_conf = self._applied, self._applied_conf
+            self.alarms = AlarmTable(txn.get(b"alarms", db=self.meta_db))
+            """The cluster's alarms as applied here (alarms.py), written beside the applied index."""
+            self.hashes = RecentHashes()
+            """Hashes of the state at revisions a HashKV entry asked for (alarms.py)."""
 
     def _verify_tail(self) -> None:
         lo = max(self.first_index(), self._last_index - VERIFY_TAIL + 1)
@@ -496,6 +513,8 @@ class LmdbNodeStore(LogBounds):
                         view.put_record(k, v)
         if applied != self._durable_applied or buf:
             txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
+        if self.alarms.dirty:
+            txn.put(b"alarms", self.alarms.encode(), db=self.meta_db)
 
     def _append(self, txn: lmdb.Transaction, entries: list[Entry],
                 records: list[tuple[bytes, bytes]] | None) -> None:
@@ -534,6 +553,8 @@ class LmdbNodeStore(LogBounds):
         self._buf = {}
         self._buf_entries = 0
         self._dirty_since = None
+        if snapshot is None:
+            self.alarms.dirty = False
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -558,6 +579,8 @@ class LmdbNodeStore(LogBounds):
         cmd = self._command(e)
         if cmd is None or isinstance(cmd, ValueError):
             return cmd
+        if isinstance(cmd, (HashKV, AlarmRaise, AlarmDisarm)):
+            return self._apply_ha(base, e.index, cmd)
         child = base.child()
         try:
             result = state_machine.apply_command(child, cmd, e.index)
@@ -565,6 +588,15 @@ class LmdbNodeStore(LogBounds):
             return self._failed(e, err)
         base.merge(child)
         return result
+
+    def _apply_ha(self, base: Overlay, index: int, cmd: HashKV | AlarmRaise | AlarmDisarm) -> Any:
+        """A high-availability command (ha_commands.py): the state's hash at this revision, or an alarm."""
+        if isinstance(cmd, HashKV):
+            h = hash_state(base.scan(b""), index)
+            self.hashes.note(h)
+            return h
+        self.alarms.apply(cmd)
+        return None
 
     def _failed(self, e: Entry, err: Exception) -> CommandFailed:
         """A command that raised: if every node would fail it the same way (it is the command's fault,

@@ -234,7 +234,7 @@ def apply_command(view: KVView, cmd: Put | Delete | Txn | sessions.SessionComman
         return _put(view, cmd, revision)
     if isinstance(cmd, Delete):
         return _delete(view, cmd, revision)
-    if not isinstance(cmd, Txn):  # a client session's command (sessions.py)
+    if isinstance(cmd, sessions.SessionCommand):  # a client session's command (sessions.py)
         return sessions.apply(view, cmd, revision, apply_command)
     return _apply_txn(view, cmd, revision, iter(_path(view, cmd)))
 
