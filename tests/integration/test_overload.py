@@ -191,15 +191,16 @@ def test_a_stopped_follower_holds_bounded_leader_memory_and_catches_up(cluster: 
 
     leader = cluster.wait_leader()
     stopped = next(i for i in sorted(cluster.ports) if i != leader)
+    dropped_before = sample(scrape(cluster, leader), "raftkv_peer_messages_dropped_total")
     cluster.signal(stopped, signal.SIGSTOP)
     try:
         with Client(cluster.address(leader), timeout=20) as c:
             for i in range(150):  # ~9.6 MiB of entries: more than the HTTP/2 windows and the queue hold
                 last = c.put(f"stopped{i}", b"x" * (64 << 10))
         metrics = scrape(cluster, leader)
-        queued = sample(metrics, "raftkv_peer_queue_bytes", peer=str(stopped))
-        assert 0 < queued <= 1 << 20
-        assert sample(metrics, "raftkv_peer_messages_dropped_total") > 0
+        # (The queue may be empty at this instant: a stream the stopped peer's keep-alive broke is cleared.)
+        assert sample(metrics, "raftkv_peer_queue_bytes", peer=str(stopped)) <= 1 << 20
+        assert sample(metrics, "raftkv_peer_messages_dropped_total") > dropped_before  # the bound was reached
         assert sample(metrics, "raftkv_overload_usage", resource="follower_queue_bytes") < 1 << 20
     finally:
         cluster.signal(stopped, signal.SIGCONT)
