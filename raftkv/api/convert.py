@@ -85,7 +85,9 @@ class Validator:
         return end
 
     def put(self, r: pb.PutRequest) -> Put:
-        return Put(self.key(r.key), self.value(r.value), r.prev_kv)
+        if r.lease < 0:
+            raise invalid(f"lease must not be negative, not {r.lease}")
+        return Put(self.key(r.key), self.value(r.value), r.prev_kv, r.lease)
 
     def delete(self, r: pb.DeleteRequest) -> Delete:
         return Delete(self.key(r.key), self.range_end(r.range_end), r.prev_kv)
@@ -173,7 +175,7 @@ class Validator:
 
 def kv_to_pb(kv: KV) -> pb.KeyValue:
     return pb.KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision, mod_revision=kv.mod_revision,
-                       version=kv.version)
+                       version=kv.version, lease=kv.lease)
 
 
 def range_to_pb(r: RangeResult) -> pb.RangeResponse:

@@ -29,7 +29,14 @@ from ..server.corruption import Corrupt
 from ..server.errors import HostError, NoSpace, NotLeader, SyncTimeout
 from ..server.removal import MemberRemoved
 from ..storage import CorruptionError
-from ..storage.errors import ResultNotKept, SessionUnknown, TooManySessions
+from ..storage.errors import (
+    HistoryOutOfRange,
+    LeaseExists,
+    LeaseNotFound,
+    ResultNotKept,
+    SessionUnknown,
+    TooManySessions,
+)
 
 log = structlog.get_logger("raftkv.api")
 DOMAIN = "raftkv.io"
@@ -100,6 +107,12 @@ def classify(e: BaseException) -> RequestError:
         # node may serve the read), the operator finds the key and file in the log.
         log.error("refused to serve corrupted data", error=str(e))
         return RequestError(grpc.StatusCode.DATA_LOSS, str(e), "DATA_CORRUPTED")
+    if isinstance(e, LeaseNotFound):
+        return RequestError(grpc.StatusCode.NOT_FOUND, str(e), "LEASE_NOT_FOUND", {"lease_id": str(e.lease_id)})
+    if isinstance(e, LeaseExists):
+        return RequestError(grpc.StatusCode.ALREADY_EXISTS, str(e), "LEASE_EXISTS", {"lease_id": str(e.lease_id)})
+    if isinstance(e, HistoryOutOfRange):
+        return RequestError(grpc.StatusCode.OUT_OF_RANGE, str(e), "COMPACTED", {"oldest_revision": str(e.floor)})
     if isinstance(e, ConfChangeRejected):
         return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "MEMBERSHIP_CHANGE_REJECTED")
     if isinstance(e, UnmeetableAck):

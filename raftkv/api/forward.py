@@ -20,6 +20,20 @@ def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
     return any(k == FORWARDED for k, _ in (context.invocation_metadata() or ()))
 
 
+def _stub(service: str, ch: grpc.aio.Channel) -> Any:
+    if service == "KV":
+        return kv_pb2_grpc.KVStub(ch)
+    if service == "Lease":
+        from ..proto.stubs import lease_pb2_grpc
+
+        return lease_pb2_grpc.LeaseStub(ch)
+    if service == "Watch":
+        from ..proto.stubs import watch_pb2_grpc
+
+        return watch_pb2_grpc.WatchStub(ch)
+    return kv_pb2_grpc.AdminStub(ch)
+
+
 class Forwarder:
     def __init__(self, host: NodeHost) -> None:
         self.host = host
@@ -44,7 +58,7 @@ class Forwarder:
         if not address:
             raise host.not_leader()
         ch = self._channel(address)
-        stub = kv_pb2_grpc.KVStub(ch) if service == "KV" else kv_pb2_grpc.AdminStub(ch)
+        stub = _stub(service, ch)
         remaining = context.time_remaining()
         return await getattr(stub, method)(request, timeout=remaining, metadata=((FORWARDED, str(host.cfg.id)),))
 

@@ -189,13 +189,25 @@ def _write_meta_lines(meta: Any) -> list[str]:
 @click.argument("value", required=False)
 @click.option("--prev-kv", is_flag=True, help="Print the previous value.")
 @click.option("--print-token", is_flag=True, help="Print the session token of this write.")
+@click.option("--lease", type=str, default="0", help="Attach the key to this lease id (hex, as `kv lease grant` prints).")
+@click.option("--fence", is_flag=True,
+              help="Only while the lock of `kv lock` is still held: $KV_LOCK_KEY must still have create revision "
+                   "$KV_LOCK_TOKEN (refused otherwise).")
 @write_options
 @pass_ctx
 def put(c: Ctx, key: str, value: str | None, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
-        timeout_ms: int) -> None:
+        timeout_ms: int, lease: str, fence: bool) -> None:
     """Put KEY VALUE. Without VALUE, the value is standard input, byte for byte (with --hex, hex digits)."""
+    from .kv_lease import parse_lease_id
+    from .kv_lock import fenced_put
+
     k, v = c.b(key), _value_arg(c, value)
-    r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv))
+    lid = parse_lease_id(lease) if lease != "0" else 0
+    if fence:
+        r = fenced_put(c, k, v, lid, run)
+    else:
+        r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms,
+                                     prev_kv=prev_kv, lease=lid))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
         return
@@ -624,6 +636,11 @@ _register_ops(main)
 from .kv_maint import register as _register_maint  # noqa: E402 - verbs of kv_maint.py join the group
 
 _register_maint(main)
+from . import kv_lease, kv_lock, kv_watch  # noqa: E402 - register their verbs
+
+kv_watch.register(main, sys.modules[__name__])
+kv_lease.register(main, sys.modules[__name__])
+kv_lock.register(main, sys.modules[__name__])
 
 if __name__ == "__main__":
     main(prog_name="kv")

@@ -120,6 +120,15 @@ def main() -> None:
 @click.option("--force-new-cluster", is_flag=True, default=None,
               help="After a permanent loss of quorum: start this survivor as a one-member cluster that keeps "
                    "its data (then re-add the others fresh). For one start only: remove it afterwards.")
+@click.option("--history-revisions", type=int,
+              help="Watch history kept, in revisions back from the newest (default 100000).")
+@click.option("--history-seconds", type=float, help="Watch history kept, in seconds (default 3600).")
+@click.option("--history-bytes", type=int, help="Watch history kept, in bytes (default 256 MiB).")
+@click.option("--watch-buffer-events", type=int,
+              help="Events queued for a slow watcher before its watch is canceled (default 10000).")
+@click.option("--watch-progress-ms", type=int, help="Progress notification interval of an idle watch (default 5000).")
+@click.option("--max-watches-per-stream", type=int, help="Watches one Watch stream may hold (default 1000).")
+@click.option("--max-lease-ttl", type=int, help="Longest lease TTL a grant may ask for, seconds (default 9e9).")
 @click.option("--overload-max-proposals", type=int,
               help="Writes in flight (admitted, not yet applied) before new writes are refused (default 4096).")
 @click.option("--overload-max-proposal-bytes", type=int, help="Bytes of writes in flight, likewise (default 64 MiB).")

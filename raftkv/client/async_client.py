@@ -13,18 +13,20 @@ from ..tls import TlsFiles, aio_channel
 from .batching import Batcher
 from .connect import wait_settled
 from .errors import RaftKVError
+from .lease import service_stub
 from .numbering import Numbering
 from .policy import Attempts, Endpoints, as_error, never_sent
 from .requests import _b, prefix_end, read_options, write_options
 from .resilience import BreakerSettings, Resilience, RetrySettings
 from .sync_client import Client
 from .tls_diagnosis import diagnose, may_be_tls
+from .watch import AsyncWatchCalls
 
 # Unary methods whose operations may travel in a KV.Batch instead, and their field in BatchOp.
 BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
 
 
-class AsyncClient:
+class AsyncClient(AsyncWatchCalls):
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
                  batching: bool = False, connect_timeout: float | None = None,
                  breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
@@ -75,9 +77,12 @@ class AsyncClient:
         return ch
 
     def _stub(self, address: str, admin: bool | str) -> Any:
+        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch", "sessions")."""
         ch = self._channel(address)
         if admin == "sessions":
             return overload_pb2_grpc.SessionsStub(ch)
+        if isinstance(admin, str):
+            return service_stub(admin, ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     _keep_token = Client._keep_token

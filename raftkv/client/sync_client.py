@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -13,14 +14,17 @@ from ..proto.stubs import kv_pb2_grpc, overload_pb2_grpc
 from ..tls import TlsFiles, sync_channel
 from .connect import ChannelWatch
 from .errors import RaftKVError, from_rpc_error
+from .lease import LeaseCalls, keep_alive_once_stub, service_stub
+from .lock import LockCalls
 from .numbering import Numbering
 from .policy import Attempts, Endpoints, never_sent
 from .requests import _b, prefix_end, read_options, write_options
 from .resilience import BreakerSettings, Resilience, RetrySettings
 from .tls_diagnosis import diagnose, may_be_tls
+from .watch import WatchCalls
 
 
-class Client:
+class Client(LeaseCalls, WatchCalls, LockCalls):
     """A raftkv client over any number of endpoints. It finds the leader, retries what is safe to retry
     within `timeout` seconds, and keeps the newest session token it has seen, so `consistency="session"`
     reads see this client's own writes on any node.
@@ -52,6 +56,7 @@ class Client:
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._watches: dict[str, ChannelWatch] = {}
+        self._channel_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Client(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
@@ -62,10 +67,10 @@ class Client:
         return self.resilience.metrics()
 
     def close(self) -> None:
-        for w in self._watches.values():
+        for w in list(self._watches.values()):
             w.close()
         self._watches.clear()
-        for ch in self._channels.values():
+        for ch in list(self._channels.values()):
             ch.close()
         self._channels.clear()
 
@@ -76,17 +81,25 @@ class Client:
         self.close()
 
     def _channel(self, address: str) -> grpc.Channel:
+        """The channel to `address`, made once: threads may share a client (a lease's keep-alive thread
+        does), so a channel is published only with its connectivity watch beside it."""
         ch = self._channels.get(address)
         if ch is None:
-            ch = sync_channel(address, self.tls)
-            self._channels[address] = ch
-            self._watches[address] = ChannelWatch(ch)
+            with self._channel_lock:
+                ch = self._channels.get(address)
+                if ch is None:
+                    ch = sync_channel(address, self.tls)
+                    self._watches[address] = ChannelWatch(ch)
+                    self._channels[address] = ch
         return ch
 
     def _stub(self, address: str, admin: bool | str) -> Any:
+        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch", "sessions")."""
         ch = self._channel(address)
         if admin == "sessions":
             return overload_pb2_grpc.SessionsStub(ch)
+        if isinstance(admin, str):
+            return service_stub(admin, ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     def _keep_token(self, token: bytes) -> None:
@@ -129,7 +142,10 @@ class Client:
                 time.sleep(attempts.not_connected(address, connect_budget))
                 continue
             try:
-                reply = getattr(stub, method)(request, timeout=attempts.send())
+                if method == "KeepAliveOnce":
+                    reply = keep_alive_once_stub(stub, request, attempts.send())
+                else:
+                    reply = getattr(stub, method)(request, timeout=attempts.send())
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
                 time.sleep(attempts.failed(address, err, self._tls_cause(address, err, connect_budget)))
@@ -148,8 +164,10 @@ class Client:
 
     # -- KV ------------------------------------------------------------------------------------
     def put(self, key: bytes | str, value: bytes | str, ack: str = "default", min_replicas: int = 0,
-            timeout_ms: int = 0, prev_kv: bool = False, timeout: float | None = None) -> pb.PutResponse:
-        req = pb.PutRequest(key=_b(key), value=_b(value), prev_kv=prev_kv,
+            timeout_ms: int = 0, prev_kv: bool = False, timeout: float | None = None, lease: int = 0
+            ) -> pb.PutResponse:
+        """`lease`: attach the key to this lease (Client.lease_grant): it is deleted when the lease ends."""
+        req = pb.PutRequest(key=_b(key), value=_b(value), prev_kv=prev_kv, lease=lease,
                             write=write_options(ack, min_replicas, timeout_ms))
         return self.call("Put", req, "write", timeout=timeout)
 

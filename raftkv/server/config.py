@@ -127,6 +127,19 @@ class ServerConfig:
     """Raft only from certificates with this Common Name (etcd's --peer-cert-allowed-cn)."""
     peer_cert_allowed_hostname: str = ""
     """Raft only from certificates whose SANs name this host (etcd's --peer-cert-allowed-hostname)."""
+    history_revisions: int = 100_000
+    """Watch history kept: at most this many revisions back (trimmed when the log is compacted)."""
+    history_seconds: float = 3600.0
+    """Watch history kept: no event older than this many seconds (trimmed when the log is compacted)."""
+    history_bytes: int = 256 << 20
+    """Watch history kept: at most about this many bytes (events carry values; trimmed at compaction)."""
+    watch_buffer_events: int = 10_000
+    """Events queued for one watch whose client reads too slowly before it is canceled (RESOURCE_EXHAUSTED)."""
+    watch_progress_ms: int = 5_000
+    """An idle watch gets a progress notification (the revision it may resume after) this often."""
+    max_watches_per_stream: int = 1_000
+    max_lease_ttl: int = 9_000_000_000
+    """Longest lease TTL in seconds a grant may ask for (etcd's MaxLeaseTTL)."""
     initial_cluster_state: str = "new"
     """`new`: found the cluster with `peers` if the data directory is empty; `existing`: refuse to start
     on an empty data directory (a member that lost its data must be removed and re-added)."""
@@ -293,10 +306,18 @@ class ServerConfig:
                     ("--snapshot-keep-entries", self.snapshot_keep_entries, 0),
                     ("--snapshot-log-bytes", self.snapshot_log_bytes, 1), ("map_size", self.map_size, 1 << 20),
                     ("--max-range-bytes", self.max_range_bytes, 1), ("--max-range-keys", self.max_range_keys, 1),
-                    ("--disk-reserve-bytes", self.disk_reserve_bytes, 0))
+                    ("--disk-reserve-bytes", self.disk_reserve_bytes, 0),
+                    ("--history-revisions", self.history_revisions, 1),
+                    ("--history-bytes", self.history_bytes, 1),
+                    ("--watch-buffer-events", self.watch_buffer_events, 1),
+                    ("--watch-progress-ms", self.watch_progress_ms, 1),
+                    ("--max-watches-per-stream", self.max_watches_per_stream, 1),
+                    ("--max-lease-ttl", self.max_lease_ttl, 1))
         for flag, value, low in at_least:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, not {value!r}")
+        if not self.history_seconds > 0:
+            raise ConfigError(f"--history-seconds must be > 0, not {self.history_seconds!r}")
         need = self.max_key_bytes + self.max_value_bytes + 1024
         if not need <= self.max_request_bytes <= MAX_REQUEST_BYTES:
             raise ConfigError(f"--max-request-bytes must be in [{need}, {MAX_REQUEST_BYTES}] (at least "

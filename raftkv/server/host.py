@@ -120,6 +120,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._local_ops: deque[Callable[[], None]] = deque()
         self._round_hooks: list[Callable[[], None]] = []
         self._any_role_hooks: list[Callable[[], None]] = []
+        self.snapshot_listeners: list[Callable[[int], None]] = []
+        """Called with the index of each snapshot this node installs (the watch hub: events it skips)."""
         # Streamed snapshots handed to the core, by their data (a token naming the staged file): stepped
         # (answered once their Ready is written, or when the core did not take them).
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
@@ -440,6 +442,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             if self.identity is not None:
                 self.identity.members_changed([])
             log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
+            for listener in self.snapshot_listeners:
+                listener(rd.snapshot.meta.index)
             self._settle_snapshots(rd.snapshot.data)
             # The round that installs a snapshot may take a while (one that came whole inside its
             # message is copied; a full disk is waited out). The ticks that fired meanwhile would be

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import exit_codes
 from ..api.admin_service import AdminService
+from ..api.coordination import Coordination
 from ..api.etcd import EtcdServices
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
@@ -176,6 +177,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
     _add_sessions(server, host, kv_service)
+    coordination = Coordination(host, store, forwarder, kv_service)
+    coordination_names = coordination.register(server)
     # etcd's v3 API beside raftkv.v1, sharing the write-ack policy (its semi-sync state) with KV.
     etcd = EtcdServices(host, store, forwarder, kv_service.acks)
     etcd_names = etcd.register(server)
@@ -184,7 +187,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
              raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, maintenance, health.SERVICE_NAME,
-             reflection.SERVICE_NAME, *etcd_names)
+             reflection.SERVICE_NAME, *coordination_names, *etcd_names)
     reflection.enable_server_reflection(names, server)
     try:
         tls = cfg.server_tls
@@ -204,6 +207,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     await server.start()
     await host.start()
     host.corruption.start()
+    coordination.start()
     guard.members_changed([])  # a cluster id recorded in the registry but not yet in meta (a crash between)
     if tls is not None and not peer_auth.enabled:
         log.warning("peers are not authenticated: any client that completes TLS may speak Raft to this node",
@@ -237,6 +241,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     log.info("shutting down")
     readiness.cancel()
     await host.corruption.stop()
+    await coordination.stop()
     await server.stop(grace=1.0)
     kv_service.close()
     etcd.close()

@@ -26,6 +26,7 @@ from .sessions import reserved as reserved_key  # noqa: F401
 
 TARGETS = ("value", "version", "create", "mod", "exists")
 RESULTS = ("=", "!=", "<", ">")
+MAX_LEASE_ID = (1 << 63) - 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,6 +34,8 @@ class Put:
     key: bytes
     value: bytes
     prev_kv: bool = False
+    lease: int = 0
+    """The lease the key is attached to (0: none); the key is deleted when the lease ends."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,7 +73,31 @@ class Txn:
     failure: tuple[Put | Delete | Range | Txn, ...] = ()
 
 
-Command = Put | Delete | Txn
+@dataclass(slots=True, frozen=True)
+class LeaseGrant:
+    """A lease of `ttl` seconds; `lease_id` 0: the lease's id is the revision that grants it."""
+
+    lease_id: int
+    ttl: int
+
+
+@dataclass(slots=True, frozen=True)
+class LeaseRevoke:
+    """End a lease and delete its keys; `expired`: the leader decided its TTL ran out (not a client)."""
+
+    lease_id: int
+    expired: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class CompactHistory:
+    """Discard the change history before `revision` on every node (`kv compact REV`)."""
+
+    revision: int
+
+
+LeaseCommand = LeaseGrant | LeaseRevoke | CompactHistory
+Command = Put | Delete | Txn | LeaseGrant | LeaseRevoke | CompactHistory
 
 
 @dataclass(slots=True)
@@ -80,6 +107,7 @@ class KV:
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
 
 
 @dataclass(slots=True)
@@ -137,7 +165,8 @@ def _op_to_wire(op: Put | Delete | Range | Txn) -> list[Any]:
     if isinstance(op, Txn):
         return _txn_to_wire(op)
     if isinstance(op, Put):
-        return ["p", op.key, op.value, op.prev_kv]
+        # The lease is an optional trailing element: a put without one encodes as before.
+        return ["p", op.key, op.value, op.prev_kv] + ([op.lease] if op.lease else [])
     if isinstance(op, Delete):
         return ["d", op.key, op.range_end, op.prev_kv]
     return ["r", op.key, op.range_end, op.limit, op.keys_only, op.count_only]
@@ -148,7 +177,7 @@ def _op_from_wire(w: list[Any]) -> Put | Delete | Range | Txn:
     if kind == "t":
         return _txn_from_wire(w)
     if kind == "p":
-        return Put(w[1], w[2], bool(w[3]))
+        return Put(w[1], w[2], bool(w[3]), int(w[4]) if len(w) > 4 else 0)
     if kind == "d":
         return Delete(w[1], w[2], bool(w[3]))
     if kind == "r":
@@ -156,9 +185,29 @@ def _op_from_wire(w: list[Any]) -> Put | Delete | Range | Txn:
     raise ValueError(f"unknown operation {kind!r}")
 
 
+def _lease_to_wire(cmd: LeaseCommand) -> list[Any]:
+    if isinstance(cmd, LeaseGrant):
+        return ["lg", cmd.lease_id, cmd.ttl]
+    if isinstance(cmd, LeaseRevoke):
+        return ["lr", cmd.lease_id, cmd.expired]
+    return ["lk", cmd.revision]
+
+
+def _lease_from_wire(w: list[Any]) -> LeaseCommand:
+    if w[0] == "lg":
+        return LeaseGrant(int(w[1]), int(w[2]))
+    if w[0] == "lr":
+        return LeaseRevoke(int(w[1]), bool(w[2]))
+    if w[0] == "lk":
+        return CompactHistory(int(w[1]))
+    raise ValueError(f"unknown lease command {w[0]!r}")
+
+
 def encode(cmd: Command | sessions.SessionCommand) -> bytes:
     if isinstance(cmd, sessions.SessionCommand):
         return msgpack.packb(sessions.to_wire(cmd, _op_to_wire), use_bin_type=True)
+    if isinstance(cmd, (LeaseGrant, LeaseRevoke, CompactHistory)):
+        return msgpack.packb(_lease_to_wire(cmd), use_bin_type=True)
     body = _op_to_wire(cmd)
     return msgpack.packb(body, use_bin_type=True)
 
@@ -176,6 +225,8 @@ def decode(data: bytes) -> Command | sessions.SessionCommand:
         from .ha_commands import from_wire
 
         return from_wire(w)  # type: ignore[return-value]
+    if isinstance(w[0], str) and w[0].startswith("l"):
+        return _lease_from_wire(w)
     return _cmd_from_wire(w)
 
 
@@ -198,4 +249,4 @@ def adds_bytes(cmd: Command | sessions.SessionCommand) -> bool:
         return True
     if isinstance(cmd, Txn):
         return any(adds_bytes(op) for op in cmd.success + cmd.failure if isinstance(op, (Put, Txn)))
-    return isinstance(cmd, Put)
+    return isinstance(cmd, (Put, LeaseGrant))

@@ -56,6 +56,27 @@ def opening_error(where: str, err: lmdb.Error) -> StorageError:
     return StorageError(f"{where}: cannot read the store: {err}")
 
 
+class LeaseNotFound(CommandFailed):
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(f"lease {lease_id} not found (expired or revoked, or never granted)")
+        self.lease_id = lease_id
+
+
+class LeaseExists(CommandFailed):
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(f"lease {lease_id} already exists")
+        self.lease_id = lease_id
+
+
+class HistoryOutOfRange(Exception):
+    """Events before `floor` were asked for; this node no longer has (or never had) them."""
+
+    def __init__(self, wanted: int, floor: int) -> None:
+        super().__init__(f"revision {wanted} is compacted: the oldest revision in this node's history is {floor}")
+        self.wanted = wanted
+        self.floor = floor
+
+
 def is_nospace(err: BaseException) -> bool:
     """A full disk or a full LMDB map (--map-size): what the NOSPACE alarm waits out, as opposed to a
     failing disk."""

@@ -422,3 +422,7 @@ class Staleness(Workload):
 
 WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Register, Append, AckLevels, Bank, Session, Staleness,
                                                              LeaseRegister, RetryingRegister)}
+
+from .coordination import COORDINATION_WORKLOADS  # noqa: E402 - they build on Workload, defined above
+
+WORKLOADS.update(COORDINATION_WORKLOADS)
