@@ -5,6 +5,7 @@ committed command; session records never show in ranges."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from raftkv.storage import commands, sessions, state_machine
 from raftkv.storage.commands import Delete, Put, Range, Txn
@@ -80,3 +81,27 @@ def test_session_records_never_show_in_ranges_nor_fall_to_range_deletes() -> Non
     assert [kv.key for kv in everything.kvs] == [b"a"] and everything.count == 1
     apply(v, Delete(b"\0", b"\0"), 3)
     assert sessions.get_record(v, 1) is not None and len(sessions.records(v)) == 1
+
+
+def test_on_lmdb_sessions_make_no_change_events_and_survive_a_restart(tmp_path: Path) -> None:
+    """A watcher of the whole keyspace sees the numbered write's key, never the session's own record."""
+    from raftkv.core import ConfState, Entry, EntryType, HardState
+    from raftkv.storage import LmdbNodeStore, cluster_id_for
+
+    cid = cluster_id_for({1: "a:1"})
+    s = LmdbNodeStore(tmp_path, 1, cid, map_size=64 << 20)
+    s.bootstrap(ConfState(frozenset({1})), {})
+    first = s.last_index() + 1
+    cmds = [commands.RegisterSession(30), commands.SessionWrite(first, 1, Put(b"k", b"v")),
+            commands.SessionWrite(first, 1, Put(b"k", b"v"))]
+    es = [Entry(1, first + i, EntryType.NORMAL, commands.encode(c)) for i, c in enumerate(cmds)]
+    s.persist(HardState(1, 1, es[-1].index), es, None, None)
+    out = s.apply(es, None)
+    s.flush()
+    assert out[2] == out[1]  # the retry answered from the kept result
+    assert [(e.revision, e.kv.key) for e in s.history_events(first, 10**9)] == [(first + 1, b"k")]
+    s.close()
+    s = LmdbNodeStore(tmp_path, 1, cid, map_size=64 << 20)
+    assert [sid for sid, _ in s.session_records()] == [first]
+    assert s.get(b"k").version == 1
+    s.close()
