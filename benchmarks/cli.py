@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from .hops import add_parser as add_hops
 
     add_hops(sub, _common)
+    from .overload import add_parser as add_overload
+
+    add_overload(sub, _common)
 
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)
@@ -152,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(before, after))
             return 0
         run_hops(doc, out, a, _base(a, concurrency=1))
+    elif a.cmd == "overload":
+        from .overload import run_overload
+
+        run_overload(doc, out, a)
     elif a.cmd == "profile":
         from .profile import run_profile
 

@@ -9,7 +9,19 @@ from ..layers.acks import AckLevel, AckRequest
 from ..layers.reads import ReadLevel, StalenessBound
 from ..proto.stubs import kv_pb2 as pb
 from ..server.config import ServerConfig
-from ..storage.commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn
+from ..storage.commands import (
+    KV,
+    SESSION_PREFIX,
+    Compare,
+    Delete,
+    DeleteResult,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    Txn,
+    reserved_key,
+)
 from .errors import RequestError, invalid
 
 ACK_FROM_PB = {pb.ACK_DEFAULT: AckLevel.MAJORITY, pb.ACK_LEADER: AckLevel.LEADER, pb.ACK_MAJORITY: AckLevel.MAJORITY,
@@ -58,6 +70,8 @@ class Validator:
             raise invalid(f"{what} must not be empty")
         if len(key) > self.cfg.max_key_bytes:
             raise invalid(f"{what} is {len(key)} bytes; the limit is {self.cfg.max_key_bytes}")
+        if reserved_key(key):
+            raise invalid(f"{what} starts with {SESSION_PREFIX!r}: that range holds client sessions")
         return key
 
     def value(self, value: bytes) -> bytes:

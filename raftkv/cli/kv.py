@@ -32,6 +32,7 @@ from .kv_args import (
     show,
     to_bytes,
 )
+from .kv_pressure import pressure_cell, status_error
 
 __all__ = ["EXIT_BAD_USAGE", "EXIT_ERROR", "EXIT_OUTCOME_UNKNOWN", "hoist_global_flags", "main"]
 
@@ -433,13 +434,13 @@ def _status_rows(statuses: list[tuple[str, Any]]) -> list[list[Any]]:
     rows = []
     for ep, s in statuses:
         if s is None:
-            rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-", "-"])
+            rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-", "-", "-"])
             continue
         leader_lag = {f.id: f for f in s.followers}
         lag = ",".join(f"{f.id}:{f.lag_entries}e/{f.flush_lag_seconds:.2f}s{'!' if f.critical else ''}"
                        f"{'unreachable' if f.unreachable else ''}" for f in leader_lag.values()) or "-"
         rows.append([ep, s.id, s.role, s.term, s.leader_id, s.commit, s.applied, f"{s.db_size_bytes / 1e6:.1f} MB",
-                     lag])
+                     lag, pressure_cell(s)])
     return rows
 
 
@@ -451,19 +452,22 @@ def status(c: Ctx) -> None:
 
     out = []
     last: RaftKVError | None = None
+    errors: dict[str, RaftKVError] = {}
     for ep in c.endpoints.split(","):
         ep = ep.strip()
         try:
             out.append((ep, c.client.status(endpoint=ep, timeout=min(c.dial_timeout, c.command_timeout))))
         except RaftKVError as e:
             out.append((ep, None))
-            last = e
+            last = errors[ep] = e
     if all(s is None for _, s in out):
         fail(f"no endpoint answered ({c.endpoints}); last: {str(last).splitlines()[0] if last else '-'}")
     if c.out == "json":
-        click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else {"error": "unreachable"})} for ep, s in out]))
+        click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else status_error(c.client, ep, errors.get(ep)))}
+                               for ep, s in out]))
         return
-    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size", "lag (follower:entries/secs, ! critical)"]
+    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size",
+               "lag (follower:entries/secs, ! critical)", "pressure"]
     rows = _status_rows(out)
     if c.out == "table":
         click.echo(table(headers, rows))

@@ -129,6 +129,21 @@ def main() -> None:
 @click.option("--watch-progress-ms", type=int, help="Progress notification interval of an idle watch (default 5000).")
 @click.option("--max-watches-per-stream", type=int, help="Watches one Watch stream may hold (default 1000).")
 @click.option("--max-lease-ttl", type=int, help="Longest lease TTL a grant may ask for, seconds (default 9e9).")
+@click.option("--overload-max-proposals", type=int,
+              help="Writes in flight (admitted, not yet applied) before new writes are refused (default 4096).")
+@click.option("--overload-max-proposal-bytes", type=int, help="Bytes of writes in flight, likewise (default 64 MiB).")
+@click.option("--overload-max-unapplied", type=int,
+              help="Committed entries not yet applied before writes are refused (default 5000, as etcd).")
+@click.option("--overload-max-follower-queue-bytes", type=int,
+              help="Entry bytes queued to one follower: its hard bound (then it is probed), and the write "
+                   "watermark for the followers a commit needs (default 64 MiB).")
+@click.option("--overload-max-ack-waiters", type=int,
+              help="Writes waiting for a semi_sync/sync acknowledgement before writes are refused (default 4096).")
+@click.option("--overload-max-read-waiters", type=int,
+              help="Reads waiting (read round, apply, staleness proof) before reads are refused (default 8192).")
+@click.option("--overload-low-ratio", type=float,
+              help="An overloaded resource accepts again below this share of its high mark (default 0.5).")
+@click.option("--overload-pushback-ms", type=int, help="Base retry-after hint of an OVERLOADED refusal (default 100).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:

@@ -10,14 +10,16 @@ import grpc
 
 from ..layers.session import SessionToken
 from ..proto.stubs import kv_pb2 as pb
-from ..proto.stubs import kv_pb2_grpc
+from ..proto.stubs import kv_pb2_grpc, overload_pb2_grpc
 from ..tls import TlsFiles, sync_channel
 from .connect import ChannelWatch
-from .errors import from_rpc_error
+from .errors import RaftKVError, from_rpc_error
 from .lease import LeaseCalls, keep_alive_once_stub, service_stub
 from .lock import LockCalls
+from .numbering import Numbering
 from .policy import Attempts, Endpoints, never_sent
 from .requests import _b, prefix_end, read_options, write_options
+from .resilience import BreakerSettings, Resilience, RetrySettings
 from .tls_diagnosis import diagnose, may_be_tls
 from .watch import WatchCalls
 
@@ -33,10 +35,20 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
     connect (each within `connect_timeout`) rather than retrying until `timeout` (etcdctl's --dial-timeout)."""
 
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 connect_timeout: float | None = None, dial_bound: bool = False) -> None:
+                 connect_timeout: float | None = None, dial_bound: bool = False,
+                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
+                 exactly_once: bool = False, session_ttl_s: int = 60) -> None:
+        """`breaker`, `retry`: the circuit breaker's and the retry budget's settings (resilience.py).
+
+        `exactly_once=True`: the client registers a session (through the log, on its first write) and
+        numbers its puts, deletes and transactions; a write whose outcome is unknown (its connection broke,
+        its node died) is then retried with the same number, and the cluster applies it at most once and
+        answers the first result. Off by default: without it such a write raises OutcomeUnknownError."""
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
+        self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
+        self.numbering = Numbering(exactly_once, session_ttl_s)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.dial_bound = dial_bound
@@ -45,6 +57,14 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         self._channels: dict[str, grpc.Channel] = {}
         self._watches: dict[str, ChannelWatch] = {}
         self._channel_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Client(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
+
+    def metrics(self) -> dict[str, Any]:
+        """Requests, retries (made, and refused by the retry budget), retry tokens left, and each
+        endpoint's circuit breaker (state, consecutive failures, times opened, calls rejected)."""
+        return self.resilience.metrics()
 
     def close(self) -> None:
         for w in list(self._watches.values()):
@@ -74,8 +94,10 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         return ch
 
     def _stub(self, address: str, admin: bool | str) -> Any:
-        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch")."""
+        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch", "sessions")."""
         ch = self._channel(address)
+        if admin == "sessions":
+            return overload_pb2_grpc.SessionsStub(ch)
         if isinstance(admin, str):
             return service_stub(admin, ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
@@ -92,9 +114,28 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
 
     def call(self, method: str, request: Any, kind: str = "read", admin: bool | str = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout,
-                            self.dial_bound)
+        numbered = False
+        if self.numbering.wanted(method, request):
+            with self.numbering.lock:
+                if not self.numbering.session_id:
+                    reply = self.call("Register", self.numbering.register_request(), "txn", admin="sessions",
+                                      timeout=timeout)
+                    self.numbering.session_id = reply.session_id
+                numbered = self.numbering.number(request)
+        try:
+            return self._call(method, request, kind, admin, timeout, endpoint, numbered)
+        except RaftKVError as e:
+            self.numbering.failed(e)
+            raise
+
+    def _call(self, method: str, request: Any, kind: str, admin: bool | str, timeout: float | None,
+              endpoint: str | None, numbered: bool) -> Any:
+        attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.dial_bound, resilience=self.resilience, numbered=numbered)
         while True:
+            held = attempts.hold()
+            if held:
+                time.sleep(held)
             address, connect_budget = attempts.next()
             stub = self._stub(address, admin)
             if not self._watches[address].wait(connect_budget):
@@ -109,6 +150,7 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
                 err = from_rpc_error(e)
                 time.sleep(attempts.failed(address, err, self._tls_cause(address, err, connect_budget)))
                 continue
+            attempts.succeeded(address)
             meta = getattr(reply, "meta", None)
             if meta is not None:
                 self._keep_token(meta.session_token)

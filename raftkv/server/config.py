@@ -160,6 +160,16 @@ class ServerConfig:
     """Seconds between divergence checks on the leader (0: only on request, `kv check hash`)."""
     force_new_cluster: bool = False
     """Start as the only member of a one-member cluster that keeps this node's data (server/force_new.py)."""
+    # Admission control (layers/admission.py): high watermarks; each low mark is `overload_low_ratio` of it.
+    overload_max_proposals: int = 4096
+    overload_max_proposal_bytes: int = 64 << 20
+    overload_max_unapplied: int = 5000
+    overload_max_follower_queue_bytes: int = 64 << 20
+    """Also the hard bound of entry bytes queued to any one follower (beyond it the follower is probed)."""
+    overload_max_ack_waiters: int = 4096
+    overload_max_read_waiters: int = 8192
+    overload_low_ratio: float = 0.5
+    overload_pushback_ms: int = 100
 
     @property
     def address(self) -> str:
@@ -252,6 +262,7 @@ class ServerConfig:
         if self.read_wait_ms < 0:
             raise ConfigError("--read-wait-ms must be >= 0")
         self._validate_bounds()
+        self._validate_overload()
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("--log-format must be auto, json or console")
         self.validate_addresses()
@@ -312,6 +323,18 @@ class ServerConfig:
             raise ConfigError(f"--max-request-bytes must be in [{need}, {MAX_REQUEST_BYTES}] (at least "
                               f"--max-key-bytes + --max-value-bytes + 1024, so the largest key and value fit in "
                               f"one request), not {self.max_request_bytes}")
+
+    def _validate_overload(self) -> None:
+        """The admission-control watermarks: positive high marks, a low ratio strictly between 0 and 1."""
+        for name in ("proposals", "proposal_bytes", "unapplied", "follower_queue_bytes", "ack_waiters",
+                     "read_waiters", "pushback_ms"):
+            value = getattr(self, f"overload_{'' if name == 'pushback_ms' else 'max_'}{name}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                flag = f"--overload-{'' if name == 'pushback_ms' else 'max-'}{name.replace('_', '-')}"
+                raise ConfigError(f"{flag} must be an integer >= 1, not {value!r}")
+        if not isinstance(self.overload_low_ratio, (int, float)) or not 0 < self.overload_low_ratio < 1:
+            raise ConfigError(f"--overload-low-ratio must be between 0 and 1 (exclusive), not "
+                              f"{self.overload_low_ratio!r}")
 
     def validate_addresses(self) -> None:
         """Every address this node listens on or dials must be HOST:PORT with a port in 1..65535."""

@@ -119,6 +119,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.inbox.set_consumer(self._wake.set, self._admit)
         self._local_ops: deque[Callable[[], None]] = deque()
         self._round_hooks: list[Callable[[], None]] = []
+        self._any_role_hooks: list[Callable[[], None]] = []
         self.snapshot_listeners: list[Callable[[int], None]] = []
         """Called with the index of each snapshot this node installs (the watch hub: events it skips)."""
         # Streamed snapshots handed to the core, by their data (a token naming the staged file): stepped
@@ -239,6 +240,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     def every_round(self, hook: Callable[[], None]) -> None:
         """Call `hook` after each round of the loop (a policy above that watches progress)."""
         self._round_hooks.append(hook)
+
+    def every_round_any_role(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after each round of the loop whatever this node's role (`every_round` hooks run on
+        the leader only): admission control re-reads its watermarks there."""
+        self._any_role_hooks.append(hook)
 
     # ------------------------------------------------------------------------------------------
     # Primitives for the policies above (layers/acks.py, layers/read_path.py)
@@ -604,6 +610,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
                                            if self.is_leader else 0)
         if self.identity is not None:
             self.identity.after_round()
+        for hook in self._any_role_hooks:
+            hook()
         if self.is_leader:
             if self.waiters.durable_waiting:
                 self.waiters.release_durable(self.match_indexes(), now)

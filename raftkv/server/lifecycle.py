@@ -134,6 +134,15 @@ def _port_in_use(listen: str) -> bool:
     return False
 
 
+def _add_sessions(server: grpc.aio.Server, host: NodeHost, kv_service: KVService) -> None:
+    """Client sessions for exactly-once writes: the Sessions service and the leader's expiry of idle ones."""
+    from ..proto.stubs import overload_pb2_grpc
+    from .session_expiry import SessionKeeper
+
+    overload_pb2_grpc.add_SessionsServicer_to_server(kv_service.sessions, server)
+    SessionKeeper(host)
+
+
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     metrics = Metrics(cfg.id)
     guard = IdentityGuard(cfg.id, store, cfg.join)
@@ -147,7 +156,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     transport = Transport(cfg.id, cfg.address, guard.header_cluster_id, adopt_cluster_id=guard.adopt_from_leader,
                           tls=peer_tls, gate=guard, peer_auth=peer_auth,
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
-                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes))
+                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
+                          queue_bytes_limit=cfg.overload_max_follower_queue_bytes)
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
     host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
@@ -166,6 +176,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
+    _add_sessions(server, host, kv_service)
     coordination = Coordination(host, store, forwarder, kv_service)
     coordination_names = coordination.register(server)
     # etcd's v3 API beside raftkv.v1, sharing the write-ack policy (its semi-sync state) with KV.

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from .lag import FollowerLag
+from .pressure_metrics import PressureCollector, PressureSource
 
 _FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _SNAPSHOT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -24,6 +25,9 @@ class Metrics:
     def __init__(self, node_id: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.pressure = PressureCollector()
+        """Admission control's gauges; bound to the node's admission control by `watch_pressure`."""
+        r.register(self.pressure)
         self.has_leader = Gauge("raftkv_has_leader", "1 if this node knows a leader", registry=r)
         self.is_leader = Gauge("raftkv_is_leader", "1 if this node is the leader", registry=r)
         self.leader_changes = Counter("raftkv_leader_changes", "Leader changes seen by this node", registry=r)
@@ -144,6 +148,10 @@ class Metrics:
     def snapshot_received(self, peer: int, ok: bool, seconds: float) -> None:
         self.snapshots_received.labels(str(peer), "ok" if ok else "failed").inc()
         self.snapshot_receive_seconds.labels(str(peer)).observe(seconds)
+
+    def watch_pressure(self, source: PressureSource) -> None:
+        """Export admission control's pressure level and per-resource usage (pressure_metrics.py)."""
+        self.pressure.source = source
 
     def semi_sync_transition(self, degraded: bool) -> None:
         """Semi-sync writes entered (or left) degraded mode: count entries, show the current state."""

@@ -11,6 +11,19 @@ from typing import Any
 
 import msgpack
 
+from . import sessions
+from .sessions import MAX_TTL_S as MAX_SESSION_TTL_S  # noqa: F401
+from .sessions import PREFIX as SESSION_PREFIX  # noqa: F401
+from .sessions import (  # noqa: F401 - the session commands are part of the command vocabulary
+    ExpireSession,
+    KeepAliveSession,
+    RegisterSession,
+    SessionCommand,
+    SessionRegistered,
+    SessionWrite,
+)
+from .sessions import reserved as reserved_key  # noqa: F401
+
 TARGETS = ("value", "version", "create", "mod", "exists")
 RESULTS = ("=", "!=", "<", ">")
 MAX_LEASE_ID = (1 << 63) - 1
@@ -190,36 +203,50 @@ def _lease_from_wire(w: list[Any]) -> LeaseCommand:
     raise ValueError(f"unknown lease command {w[0]!r}")
 
 
-def encode(cmd: Command) -> bytes:
+def encode(cmd: Command | sessions.SessionCommand) -> bytes:
+    if isinstance(cmd, sessions.SessionCommand):
+        return msgpack.packb(sessions.to_wire(cmd, _op_to_wire), use_bin_type=True)
     if isinstance(cmd, (LeaseGrant, LeaseRevoke, CompactHistory)):
         return msgpack.packb(_lease_to_wire(cmd), use_bin_type=True)
     body = _op_to_wire(cmd)
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(data: bytes) -> Command:
+def decode(data: bytes) -> Command | sessions.SessionCommand:
     try:
         w = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as e:
         raise ValueError(f"undecodable command: {e}") from None
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
+    if isinstance(w[0], str) and w[0].startswith("s"):  # client sessions (sessions.py)
+        return sessions.from_wire(w, _cmd_from_wire)
     if isinstance(w[0], str) and w[0].startswith("h"):  # high-availability operations (ha_commands.py)
         from .ha_commands import from_wire
 
         return from_wire(w)  # type: ignore[return-value]
     if isinstance(w[0], str) and w[0].startswith("l"):
         return _lease_from_wire(w)
+    return _cmd_from_wire(w)
+
+
+def _cmd_from_wire(w: list[Any]) -> Command:
+    if not isinstance(w, list) or not w:
+        raise ValueError("malformed command")
     op = _op_from_wire(w)
     if isinstance(op, Range):
         raise ValueError("a range is a read, not a command")
     return op
 
 
-def adds_bytes(cmd: Command) -> bool:
+def adds_bytes(cmd: Command | sessions.SessionCommand) -> bool:
     """Whether applying `cmd` may store more than it removes: any put in it. A command of deletes only
     (DeleteRange, or a Txn whose branches hold deletes and ranges alone) is what a node under the NOSPACE
     alarm still takes, as etcd does: it is how space is freed."""
+    if isinstance(cmd, sessions.SessionWrite):
+        return adds_bytes(cmd.command)
+    if isinstance(cmd, sessions.RegisterSession):
+        return True
     if isinstance(cmd, Txn):
         return any(adds_bytes(op) for op in cmd.success + cmd.failure if isinstance(op, (Put, Txn)))
     return isinstance(cmd, (Put, LeaseGrant))

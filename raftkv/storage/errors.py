@@ -96,3 +96,16 @@ def is_storage_fault(err: BaseException) -> bool:
 def is_map_full(err: BaseException) -> bool:
     """LMDB's map (--map-size) is full: freeing disk space does not help, a larger map does."""
     return isinstance(err, lmdb.MapFullError)
+
+
+class SessionUnknown(ValueError):
+    """A numbered write for a client session the state machine does not hold (expired, or never
+    registered): whether an earlier try of it was applied cannot be told (storage/sessions.py)."""
+
+
+class ResultNotKept(ValueError):
+    """A retried numbered write that was applied before, whose result is no longer (or was never) kept."""
+
+
+class TooManySessions(ValueError):
+    """Registering one more client session would pass the state machine's bound."""

@@ -48,7 +48,7 @@ from ..core import (
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, history, identity, kv_records, snapshots, state_machine
+from . import commands, history, identity, kv_records, sessions, snapshots, state_machine
 from .alarms import AlarmTable, RecentHashes, hash_state
 from .commands import KV, CompactHistory, LeaseGrant, LeaseRevoke, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
@@ -676,6 +676,8 @@ class LmdbNodeStore(LogBounds):
         before = child.before or {}
         s = kv_records.SEAL_BYTES
         for k, rec in child.changes.items():
+            if sessions.reserved(k):  # client sessions' records are no client's keys: never watched
+                continue
             prev = before.get(k)
             if rec is None:
                 if prev is not None:
@@ -944,6 +946,12 @@ class LmdbNodeStore(LogBounds):
         with txn:
             result = state_machine.range_read(Overlay(self._view(txn), buf.copy()), op, limit_bytes)
             return result, max(self._applied, self._applied_in(txn))
+
+    def session_records(self) -> list[tuple[int, sessions.SessionRecord]]:
+        """Every client session (sessions.py) as this node has applied them. Safe on any thread."""
+        buf, txn = self._read_txn()
+        with txn:
+            return sessions.records(Overlay(self._view(txn), buf.copy()))
 
     def _applied_in(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"applied", db=self.meta_db)

@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import lmdb
 import msgpack
 
-from . import kv_records
+from . import kv_records, sessions
 from .commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn, TxnResult
 from .kv_records import BUCKET_THRESHOLD
 from .leases import LeaseNotFound
@@ -174,6 +174,8 @@ def range_read(view: KVView, op: Range, limit_bytes: int = 0) -> RangeResult:
     for k, raw in view.scan(op.key):
         if not _in_range(k, op.key, op.range_end):
             break
+        if sessions.reserved(k):  # client sessions' records: never a client's key
+            continue
         count += 1
         if op.count_only or more:
             continue
@@ -241,13 +243,15 @@ def _op(view: KVView, op: Put | Delete | Range | Txn, revision: int, path: Itera
     return range_read(view, op)
 
 
-def apply_command(view: KVView, cmd: Put | Delete | Txn, revision: int, leases: LeaseCheck | None = None
-                  ) -> PutResult | DeleteResult | TxnResult:
+def apply_command(view: KVView, cmd: Put | Delete | Txn | sessions.SessionCommand, revision: int,
+                  leases: LeaseCheck | None = None) -> Any:
     """`leases`: which lease ids exist (a put naming another fails alone); None: no lease exists."""
     if isinstance(cmd, Put):
         return _put(view, cmd, revision, leases)
     if isinstance(cmd, Delete):
         return _delete(view, cmd, revision)
+    if isinstance(cmd, sessions.SessionCommand):  # a client session's command (sessions.py)
+        return sessions.apply(view, cmd, revision, lambda v, c, i: apply_command(v, c, i, leases))
     return _apply_txn(view, cmd, revision, iter(_path(view, cmd)), leases)
 
 
