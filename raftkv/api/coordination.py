@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from ..layers.admission import Admission
 from ..proto.stubs import lease_pb2, lease_pb2_grpc, watch_pb2, watch_pb2_grpc
 from ..server.host import NodeHost
 from ..server.lease_keeper import LeaseKeeper
@@ -22,6 +23,8 @@ class Coordination:
         cfg = host.cfg
         configure_history(store, cfg.history_revisions, cfg.history_seconds, cfg.history_bytes)
         self.hub = WatchHub(store, cfg.watch_buffer_events)
+        Admission.of(host).add_resource("watch_events", lambda: self.hub.buffered,
+                                        Admission.of(host).limits.watch_events, budget="watch")
         host.snapshot_listeners.append(self.hub.on_snapshot)
         self.keeper = LeaseKeeper(host, lambda: store.leases)
         self.watch = WatchService(host, self.hub, forwarder, kv.acks, kv.replies)

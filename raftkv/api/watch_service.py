@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from ..layers.acks import AckRequest
+from ..layers.admission import Admission, Overloaded
 from ..proto.stubs import watch_pb2 as wpb
 from ..proto.stubs import watch_pb2_grpc
 from ..server.host import NodeHost
@@ -70,7 +71,11 @@ class _Stream:
                                        f"this stream already holds {len(self.watches)} watches, the most allowed "
                                        "(--max-watches-per-stream); open another stream", served_by=me))
                 return
+            Admission.of(svc.host).check_watch()
             w = svc.hub.watch(key, end, r.after_revision, r.prev_kv, self.wake.set, watch_id=wid)
+        except Overloaded as e:
+            self.out.append(_ended(wid, "RESOURCE_EXHAUSTED", f"OVERLOADED: {e}", served_by=me))  # another node may serve it
+            return
         except HistoryOutOfRange as e:
             self.out.append(_ended(wid, "OUT_OF_RANGE", str(e), e.floor, me))
             return

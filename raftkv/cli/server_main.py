@@ -141,6 +141,9 @@ def main() -> None:
               help="Writes waiting for a semi_sync/sync acknowledgement before writes are refused (default 4096).")
 @click.option("--overload-max-read-waiters", type=int,
               help="Reads waiting (read round, apply, staleness proof) before reads are refused (default 8192).")
+@click.option("--overload-max-watch-events", type=int,
+              help="Change events queued for watchers, all together, before new watches are refused "
+                   "(default 200000).")
 @click.option("--overload-low-ratio", type=float,
               help="An overloaded resource accepts again below this share of its high mark (default 0.5).")
 @click.option("--overload-pushback-ms", type=int, help="Base retry-after hint of an OVERLOADED refusal (default 100).")

@@ -51,7 +51,7 @@ class Overloaded(Exception):
     retry (on this node after `pushback_ms`, or elsewhere)."""
 
     def __init__(self, resource: str, usage: int, high: int, pushback_ms: int, budget: str) -> None:
-        what = "writes" if budget == "write" else "reads"
+        what = {"write": "writes", "read": "reads", "watch": "watches"}.get(budget, budget)
         super().__init__(f"node overloaded: {resource} at {usage} (high watermark {high}); new {what} are "
                          f"refused until it drains; retry after {pushback_ms} ms")
         self.resource = resource
@@ -100,6 +100,7 @@ class Limits:
     follower_queue_bytes: int = 64 << 20
     ack_waiters: int = 4096
     read_waiters: int = 8192
+    watch_events: int = 200_000
     low_ratio: float = 0.5
     pushback_ms: int = 100
     extra: dict[str, int] = field(default_factory=dict)
@@ -137,7 +138,7 @@ class Admission:
         self.level = Level.GREEN
         self.transitions = 0
         self.marks: dict[str, Watermark] = {}
-        self._budgets: dict[str, list[Watermark]] = {"write": [], "read": []}
+        self._budgets: dict[str, list[Watermark]] = {"write": [], "read": [], "watch": []}
         self.add_resource("proposals", lambda: self.proposals, limits.proposals)
         self.add_resource("proposal_bytes", lambda: self.proposal_bytes, limits.proposal_bytes)
         # These two move only when the host loop runs a round: read there (`evaluate`), not per request.
@@ -250,6 +251,13 @@ class Admission:
         if err is not None:
             raise err
 
+    def check_watch(self) -> None:
+        """Raise Overloaded if a new watch must be refused now (the events queued for watchers are over
+        their mark: one more watch could only queue more). Watches already open go on."""
+        err = self._refusal("watch")
+        if err is not None:
+            raise err
+
     @contextmanager
     def writes(self, count: int, nbytes: int) -> Iterator[None]:
         """Admit `count` writes of `nbytes` in all (or raise Overloaded), and count them in flight until
@@ -284,6 +292,7 @@ def limits_from(cfg: Any) -> Limits:
         follower_queue_bytes=getattr(cfg, "overload_max_follower_queue_bytes", d.follower_queue_bytes),
         ack_waiters=getattr(cfg, "overload_max_ack_waiters", d.ack_waiters),
         read_waiters=getattr(cfg, "overload_max_read_waiters", d.read_waiters),
+        watch_events=getattr(cfg, "overload_max_watch_events", d.watch_events),
         low_ratio=getattr(cfg, "overload_low_ratio", d.low_ratio),
         pushback_ms=getattr(cfg, "overload_pushback_ms", d.pushback_ms),
     )

@@ -168,6 +168,8 @@ class ServerConfig:
     """Also the hard bound of entry bytes queued to any one follower (beyond it the follower is probed)."""
     overload_max_ack_waiters: int = 4096
     overload_max_read_waiters: int = 8192
+    overload_max_watch_events: int = 200_000
+    """Change events queued for all watchers on this node together before new watches are refused."""
     overload_low_ratio: float = 0.5
     overload_pushback_ms: int = 100
 
@@ -327,7 +329,7 @@ class ServerConfig:
     def _validate_overload(self) -> None:
         """The admission-control watermarks: positive high marks, a low ratio strictly between 0 and 1."""
         for name in ("proposals", "proposal_bytes", "unapplied", "follower_queue_bytes", "ack_waiters",
-                     "read_waiters", "pushback_ms"):
+                     "read_waiters", "watch_events", "pushback_ms"):
             value = getattr(self, f"overload_{'' if name == 'pushback_ms' else 'max_'}{name}")
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 flag = f"--overload-{'' if name == 'pushback_ms' else 'max-'}{name.replace('_', '-')}"

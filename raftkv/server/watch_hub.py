@@ -97,6 +97,7 @@ class Watch:
         q = self.queue
         while q and (len(out) < max_events or q[0].revision == out[-1].revision):
             out.append(q.popleft())
+        self.hub.buffered -= len(out)
         if not q:
             self._drained.set()
         upto = self.next_rev - 1 if not q else out[-1].revision
@@ -106,12 +107,14 @@ class Watch:
         if not events:
             return
         self.queue.extend(events)
+        self.hub.buffered += len(events)
         self._drained.clear()
         self._notify()
 
     def _end(self, why: WatchEnded) -> None:
         if self.ended is None:
             self.ended = why
+            self.hub.buffered -= len(self.queue)
             self.queue.clear()
             self._drained.set()
             self._notify()
@@ -124,6 +127,9 @@ class WatchHub:
         self.max_buffer = max_buffer
         self.batch = batch
         self.watches: set[Watch] = set()
+        self.buffered = 0
+        """Events queued for all watches together, not yet taken by their streams (admission control's
+        `watch_events`: over its mark new watches are refused)."""
         self._live: list[Watch] = []
         self._ids = itertools.count(1)
         store.event_sink = self.on_applied

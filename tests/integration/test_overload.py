@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import queue
 import signal
 import subprocess
 import sys
@@ -22,14 +23,16 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from raftkv.proto.stubs import kv_pb2 as pb
-from raftkv.proto.stubs import kv_pb2_grpc
+from raftkv.proto.stubs import kv_pb2_grpc, watch_pb2_grpc
+from raftkv.proto.stubs import watch_pb2 as wpb
 
 from .local_cluster import LocalCluster
 from .observe import events_named, sample, scrape
 
 LIMITS = ["--overload-max-proposals", "4", "--overload-max-proposal-bytes", str(256 << 10),
           "--overload-max-follower-queue-bytes", str(1 << 20),
-          "--overload-max-ack-waiters", "1", "--overload-max-read-waiters", "4", "--overload-pushback-ms", "50"]
+          "--overload-max-ack-waiters", "1", "--overload-max-read-waiters", "4", "--overload-max-watch-events", "8",
+          "--overload-pushback-ms", "50"]
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +208,53 @@ def test_a_stopped_follower_holds_bounded_leader_memory_and_catches_up(cluster: 
     finally:
         cluster.signal(stopped, signal.SIGCONT)
     cluster.wait_applied(stopped, last.meta.index, timeout=60)
+
+
+def test_watch_events_queued_for_a_slow_watcher_refuse_new_watches_until_read(cluster: LocalCluster) -> None:
+    """A watcher that does not read: once its stream's flow-control window is full, the node queues its
+    events; over `--overload-max-watch-events` a new watch is canceled at once (RESOURCE_EXHAUSTED,
+    OVERLOADED naming the resource) while the open one goes on; once it reads, new watches are served."""
+    leader = cluster.wait_leader()
+    ch = grpc.insecure_channel(cluster.address(leader), options=[("grpc.max_receive_message_length", -1)])
+    requests: queue.Queue[wpb.WatchRequest | None] = queue.Queue()
+    requests.put(wpb.WatchRequest(create=wpb.WatchCreateRequest(key=b"slowwatch/", prefix=True)))
+    slow = watch_pb2_grpc.WatchStub(ch).Watch(iter(requests.get, None), timeout=120)
+
+    def new_watch() -> wpb.WatchResponse:
+        with grpc.insecure_channel(cluster.address(leader)) as ch2:
+            stream = watch_pb2_grpc.WatchStub(ch2).Watch(
+                iter([wpb.WatchRequest(create=wpb.WatchCreateRequest(key=b"elsewhere"))]), timeout=20)
+            first = next(stream)
+            stream.cancel()
+            return first
+
+    try:
+        assert next(slow).created
+        with grpc.insecure_channel(cluster.address(leader)) as wch:
+            kv = kv_pb2_grpc.KVStub(wch)
+            sent = 0
+            refused = None
+            for i in range(200):  # bounded: 200 puts of 200 KiB at the most
+                kv.Put(pb.PutRequest(key=f"slowwatch/{i}".encode(), value=b"x" * (200 << 10)), timeout=20)
+                sent += 1
+                if sample(scrape(cluster, leader), "raftkv_overload_usage", resource="watch_events") >= 8:
+                    refused = new_watch()
+                    break
+        assert refused is not None, "the slow watcher's events never queued up on the node"
+        assert refused.canceled and refused.cancel_code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        assert "OVERLOADED" in refused.cancel_reason and "watch_events" in refused.cancel_reason
+        got = 0
+        for r in slow:  # the open watch lost nothing: every event arrives, in order
+            got += len(r.events)
+            if got >= sent:
+                break
+        assert got == sent
+        ok = new_watch()
+        assert ok.created and not ok.canceled
+    finally:
+        requests.put(None)
+        slow.cancel()
+        ch.close()
 
 
 def test_pressure_in_status_metrics_kv_status_and_log(cluster: LocalCluster, tmp_path: Path) -> None:
