@@ -28,6 +28,7 @@ class ChannelWatch:
     def __init__(self, channel: grpc.Channel) -> None:
         self.channel = channel
         self.state: grpc.ChannelConnectivity | None = None
+        self._kicked = False
         self._cond = threading.Condition()
         channel.subscribe(self._on_change, try_to_connect=True)
 
@@ -44,6 +45,7 @@ class ChannelWatch:
                 return True
             if self.state == grpc.ChannelConnectivity.IDLE:
                 # An idle channel connects only when asked; subscribing again asks (gRPC's public way).
+                self._kicked = True
                 self.channel.subscribe(self._kick, try_to_connect=True)
             end = time.monotonic() + timeout
             while self.state not in SETTLED:
@@ -58,7 +60,19 @@ class ChannelWatch:
         self._on_change(state)
 
     def close(self) -> None:
+        """Stop watching; call before closing the channel. gRPC's connectivity thread polls every 0.2 s: a
+        connection attempt asked for (`_kick`) and not yet taken up when the channel closes makes that
+        thread fail on the closed channel and print a traceback. So wait, at most a poll or two, until it
+        has taken the request up; nothing is waited for in the usual case (no attempt pending)."""
         self.channel.unsubscribe(self._on_change)
+        with self._cond:
+            kicked = self._kicked
+        state = getattr(self.channel, "_connectivity_state", None)  # grpc internals; absent: nothing to wait
+        if not kicked or state is None:
+            return
+        end = time.monotonic() + 0.5
+        while getattr(state, "try_to_connect", False) and time.monotonic() < end:
+            time.sleep(0.01)
 
 
 async def wait_settled(channel: grpc.aio.Channel, timeout: float) -> bool:
