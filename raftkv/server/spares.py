@@ -90,7 +90,7 @@ def plan(view: ClusterView, members: dict[int, MemberInfo], silent_s: dict[int, 
     victim = dead[0]
     spares = sorted(n for n in conf.learners if members.get(n, MemberInfo()).spare)
     if not spares:
-        return Hold(victim, "no spare learner (kv members add ID ADDR --learner --spare)")
+        return None  # no spares configured: nothing to decide, and nothing worth a log line
     ready = [n for n in spares if view.heard_recently(n) and (view.behind(n) or 0) <= SPARE_MAX_BEHIND]
     if not ready:
         states = "; ".join(f"node {n} {view.behind(n)} entries behind, "
