@@ -132,8 +132,11 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"node {request.id} is not a member", "NOT_A_MEMBER")
         if request.address and (problem := address_problem(request.address)) is not None:
             raise invalid(f"member address {problem}")
+        spare = request.spare if request.HasField("spare") else old.spare
+        if spare and not old.spare and request.id not in self.host.node.conf.learners:
+            raise invalid(f"node {request.id} is a voter: only a learner can be a spare")
         ctx = MemberInfo(request.address or old.address, request.sync, request.semi_sync, old.name,
-                         spare=old.spare, replaces=old.replaces).encode()
+                         spare=spare, replaces=old.replaces).encode()
         return await self._change("MemberUpdate", request, context,
                                   ConfChange(ConfChangeType.UPDATE_NODE, request.id, ctx))
 

@@ -603,10 +603,12 @@ def members_promote(c: Ctx, node_id: int) -> None:
 @click.option("--address", default="")
 @click.option("--sync/--no-sync", "sync_mark", default=None, help="Mark (or unmark) it for the sync set.")
 @click.option("--semi-sync/--no-semi-sync", default=None, help="Mark (or unmark) it for the semi-sync set.")
+@click.option("--spare/--no-spare", default=None, help="Mark (or unmark) a learner as a hot spare.")
 @pass_ctx
-def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool | None, semi_sync: bool | None) -> None:
+def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool | None, semi_sync: bool | None,
+                   spare: bool | None) -> None:
     """Change a member's address or replication marks (a mark not named keeps its value)."""
-    _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync)))
+    _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync, spare)))
 
 
 @main.group()

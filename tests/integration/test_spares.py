@@ -10,7 +10,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftkv.client import Client, RaftKVError
+import pytest
+
+from raftkv.client import Client, InvalidArgumentError, RaftKVError
 
 from .local_cluster import LocalCluster
 from .observe import events_named, sample, scrape, wait_for
@@ -131,7 +133,7 @@ def test_with_the_feature_off_a_dead_voter_stays_a_voter(tmp_path: Path) -> None
             victim = _follower(cluster)
             cluster.kill(victim)
             # Twice the delay the other test replaces a voter after, and then some.
-            deadline = time.monotonic() + 2 * float(PROMOTE_AFTER) + 2
+            deadline = time.monotonic() + 2 * float(PROMOTE_AFTER) + 1
             while time.monotonic() < deadline:
                 c.put("k", "v")
                 time.sleep(0.1)
@@ -139,5 +141,15 @@ def test_with_the_feature_off_a_dead_voter_stays_a_voter(tmp_path: Path) -> None
         for i in (1, 2, 3, 4):
             if i != victim:
                 assert not events_named(cluster, i, "promoting spare in place of unreachable voter")
+        # The mark: a learner's only, set and cleared with `kv members update`, refused on a voter.
+        eps = ",".join(cluster.address(i) for i in (1, 2, 3, 4) if i != victim)
+        voter = next(i for i in (1, 2, 3) if i != victim)
+        r = kv(cluster, "members", "update", str(voter), "--spare", endpoints=eps)
+        assert r.returncode != 0 and f"Error: node {voter} is a voter: only a learner can be a spare" in r.stderr
+        with Client(eps, timeout=10) as c:
+            with pytest.raises(InvalidArgumentError, match="a spare is a learner: add it with --learner --spare"):
+                c.member_add(5, "127.0.0.1:1", spare=True)
+            assert [m.spare for m in c.member_update(4, spare=False).members if m.id == 4] == [False]
+            assert [m.spare for m in c.member_update(4, spare=True).members if m.id == 4] == [True]
     finally:
         cluster.stop_all()
