@@ -4,8 +4,11 @@ step the leader takes towards full fault tolerance, and when it takes none."""
 from __future__ import annotations
 
 import msgpack
+import pytest
 
+from raftkv.cli.server_main import build_config
 from raftkv.core import ConfChange, ConfChangeType, ConfState
+from raftkv.server.config import ConfigError
 from raftkv.server.members import MemberInfo, MemberRegistry
 from raftkv.server.reconfig_check import ClusterView, MemberHealth
 from raftkv.server.spares import SPARE_MAX_BEHIND, Demote, Hold, Promote, plan
@@ -86,3 +89,11 @@ def test_records_without_marks_encode_as_before() -> None:
     """Old entries decode, and a member without the new marks is written exactly as before them."""
     assert set(msgpack.unpackb(MemberInfo("a:1").encode())) == {"address", "sync", "semi_sync", "name"}
     assert MemberInfo.decode(msgpack.packb({"address": "a:1"})) == MemberInfo("a:1")
+
+
+def test_a_negative_delay_is_refused_and_zero_turns_it_off() -> None:
+    base = {"node_id": 1, "data_dir": "/tmp/unused-raftkv-config-test"}
+    with pytest.raises(ConfigError, match="--spare-promote-after must be >= 0 seconds"):
+        build_config(None, {**base, "spare_promote_after": -1.0})
+    assert build_config(None, {**base, "spare_promote_after": 0.0}).spare_promote_after == 0.0
+    assert build_config(None, base).spare_promote_after == 30.0
