@@ -63,6 +63,9 @@ class Hold:
     """A voter is dead but nothing can be done safely now; `why` says what is missing."""
     dead: int
     why: str
+    kind: str = ""
+    """What is missing, as a stable word ("spare", "quorum"): logged once per voter and kind, not once
+    per look (the numbers in `why` move as the spare copies the log)."""
 
 
 Step = Promote | Demote | Hold
@@ -96,13 +99,13 @@ def plan(view: ClusterView, members: dict[int, MemberInfo], silent_s: dict[int, 
         states = "; ".join(f"node {n} {view.behind(n)} entries behind, "
                            f"{'heard from recently' if view.heard_recently(n) else 'not heard from'}" for n in spares)
         return Hold(victim, f"no spare is caught up (at most {SPARE_MAX_BEHIND} entries behind and heard from "
-                            f"within the election timeout): {states}")
+                            f"within the election timeout): {states}", "spare")
     healthy = sorted(n for n in conf.voters if view.healthy(n))
     need = _quorum(len(conf.voters) + 1)
     if len(healthy) + 1 < need:
         return Hold(victim, f"promoting a spare would make {len(conf.voters) + 1} voters, needing {need} for a "
                             f"quorum, but only {len(healthy)} voters are healthy ({', '.join(map(str, healthy))}) "
-                            f"plus the spare")
+                            f"plus the spare", "quorum")
     return Promote(ready[0], victim)
 
 
@@ -153,7 +156,7 @@ class SparePromoter:
         members = h.members.all()
         st = plan(view, members, silent, self.after_s)
         if isinstance(st, Hold):
-            line = f"{st.dead}:{st.why}"
+            line = f"{st.dead}:{st.kind}"
             if line != self._last_hold:
                 self._last_hold = line
                 log.warning("voter unreachable, no spare promoted", voter=st.dead,

@@ -43,6 +43,7 @@ def test_a_spare_that_is_behind_or_silent_is_never_promoted() -> None:
     silent = {3: AFTER + 1}
     behind = plan(_view({1, 2, 3}, {4}, {2: 0, 4: SPARE_MAX_BEHIND + 1}), _spares(4), silent, AFTER)
     assert isinstance(behind, Hold) and "no spare is caught up" in behind.why and behind.dead == 3
+    assert behind.kind == "spare"
     gone = plan(_view({1, 2, 3}, {4}, {2: 0}), _spares(4), silent, AFTER)
     assert isinstance(gone, Hold) and "not heard from" in gone.why
     # A plain learner is not a spare: with none, there is nothing to decide.
@@ -53,7 +54,7 @@ def test_no_promotion_without_a_quorum_of_the_enlarged_configuration() -> None:
     """3 voters, 2 of them silent: 1 healthy voter + the spare = 2 < 3, the quorum of 4 voters."""
     view = _view({1, 2, 3}, {4}, {4: 0})
     st = plan(view, _spares(4), {2: AFTER + 1, 3: AFTER + 1}, AFTER)
-    assert isinstance(st, Hold) and "needing 3 for a quorum" in st.why
+    assert isinstance(st, Hold) and "needing 3 for a quorum" in st.why and st.kind == "quorum"
     # 5 voters, 2 dead: 3 healthy + the spare = 4, the quorum of 6.
     view5 = _view({1, 2, 3, 4, 5}, {6}, {2: 0, 3: 0, 6: 0})
     assert plan(view5, _spares(6), {4: AFTER + 1, 5: AFTER + 2}, AFTER) == Promote(6, 4)
