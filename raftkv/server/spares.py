@@ -120,6 +120,7 @@ class SparePromoter:
                                   registry=host.metrics.registry)
         self._task: asyncio.Task[None] | None = None
         self._last_hold = ""
+        self._last_deferred = ""
 
     def start(self) -> None:
         if self.after_s > 0 and self._task is None:
@@ -146,7 +147,12 @@ class SparePromoter:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a lost leadership, a change in progress: try again next period
-                log.info("spare replacement deferred", reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                if reason != self._last_deferred:  # once per reason, not once a period
+                    self._last_deferred = reason
+                    log.info("spare replacement deferred", reason=reason)
+            else:
+                self._last_deferred = ""
 
     async def step(self) -> Step | None:
         h = self.host

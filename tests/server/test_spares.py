@@ -98,3 +98,47 @@ def test_a_negative_delay_is_refused_and_zero_turns_it_off() -> None:
         build_config(None, {**base, "spare_promote_after": -1.0})
     assert build_config(None, {**base, "spare_promote_after": 0.0}).spare_promote_after == 0.0
     assert build_config(None, base).spare_promote_after == 30.0
+
+
+class _Host:
+    """What SparePromoter uses of NodeHost: the leader's view, its silence table, its registry, and
+    change_member (recorded, and applied to the view as the log would)."""
+
+    def __init__(self, view: ClusterView, members: dict[int, MemberInfo], silent: dict[int, float]) -> None:
+        from prometheus_client import CollectorRegistry
+
+        self.view, self.silent, self.changes = view, silent, []  # type: ignore[var-annotated]
+        self.members = MemberRegistry(_Store())
+        self.members._members = dict(members)
+        self.metrics = type("M", (), {"registry": CollectorRegistry()})()
+        self.clock = type("C", (), {"monotonic": staticmethod(lambda: 100.0)})()
+        self.lag = type("L", (), {"silent_for": lambda _s, n, now: self.silent.get(n, 0.0)})()
+
+    def reconfig_view(self) -> ClusterView:
+        return self.view
+
+    async def change_member(self, cc: ConfChange) -> tuple[int, int]:
+        self.changes.append(cc)
+        self.members.apply([cc], self.view.conf)
+        self.view = ClusterView(self.view.leader, self.view.conf.apply(cc), self.view.last_index,
+                                self.view.election_timeout_s, self.view.members, {})
+        return len(self.changes), 1
+
+
+def test_the_promoter_promotes_then_demotes_and_counts_once() -> None:
+    import asyncio
+
+    from raftkv.server.spares import SparePromoter
+
+    members = {n: MemberInfo(f"h{n}:1") for n in (1, 2, 3)} | _spares(4)
+    host = _Host(_view({1, 2, 3}, {4}, {2: 0, 4: 0}), members, {3: AFTER + 1})
+    promoter = SparePromoter(host, AFTER)  # type: ignore[arg-type]
+    assert isinstance(asyncio.run(promoter.step()), Promote)
+    assert [(cc.type, cc.node_id) for cc in host.changes] == [(ConfChangeType.PROMOTE_LEARNER, 4),
+                                                              (ConfChangeType.DEMOTE_VOTER, 3)]
+    assert MemberInfo.decode(host.changes[0].context) == MemberInfo("h4:1", replaces=3)
+    assert host.view.conf == ConfState(frozenset({1, 2, 4}), frozenset({3}))
+    assert host.members.get(4) == MemberInfo("h4:1")  # the demotion cleared `replaces`
+    assert host.metrics.registry.get_sample_value("raftkv_spare_promotions_total") == 1
+    # The dead node is a learner now and no spare is left: nothing more to do.
+    assert asyncio.run(promoter.step()) is None and len(host.changes) == 2
