@@ -61,7 +61,8 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         for nid in sorted(conf.members()):
             m = info.get(nid, MemberInfo())
             out.append(pb.Member(id=nid, address=m.address, learner=nid in conf.learners, sync=m.sync,
-                                 semi_sync=m.semi_sync, incarnation=m.incarnation))
+                                 semi_sync=m.semi_sync, incarnation=m.incarnation,
+                                 spare=m.spare and nid in conf.learners, replaces=m.replaces))
         return out
 
     @rpc
@@ -106,7 +107,9 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         if problem is not None:
             raise invalid(f"member address {problem}")
         kind = ConfChangeType.ADD_LEARNER if request.learner else ConfChangeType.ADD_VOTER
-        ctx = MemberInfo(request.address, request.sync, request.semi_sync).encode()
+        if request.spare and not request.learner:
+            raise invalid("a spare is a learner: add it with --learner --spare")
+        ctx = MemberInfo(request.address, request.sync, request.semi_sync, spare=request.spare).encode()
         return await self._change("MemberAdd", request, context, ConfChange(kind, request.id, ctx))
 
     @rpc
@@ -129,7 +132,11 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             raise RequestError(grpc.StatusCode.NOT_FOUND, f"node {request.id} is not a member", "NOT_A_MEMBER")
         if request.address and (problem := address_problem(request.address)) is not None:
             raise invalid(f"member address {problem}")
-        ctx = MemberInfo(request.address or old.address, request.sync, request.semi_sync, old.name).encode()
+        spare = request.spare if request.HasField("spare") else old.spare
+        if spare and not old.spare and request.id not in self.host.node.conf.learners:
+            raise invalid(f"node {request.id} is a voter: only a learner can be a spare")
+        ctx = MemberInfo(request.address or old.address, request.sync, request.semi_sync, old.name,
+                         spare=spare, replaces=old.replaces).encode()
         return await self._change("MemberUpdate", request, context,
                                   ConfChange(ConfChangeType.UPDATE_NODE, request.id, ctx))
 

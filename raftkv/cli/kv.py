@@ -479,6 +479,11 @@ def status(c: Ctx) -> None:
             click.echo(f"{ep}: NOT READY: {s.identity_problem}")
         for alarm in s.alarms if s is not None else ():
             click.echo(f"{ep}: ALARM {alarm}")
+    views = [s for _, s in out if s is not None]
+    view = next((s for s in views if s.role == "leader"), views[0])
+    spares = [str(m.id) for m in view.members if m.spare]
+    if spares:
+        click.echo(f"spares (hot spare learners, promoted in place of a dead voter): {', '.join(spares)}")
 
 
 def _lag_rows(r: Any) -> list[list[Any]]:
@@ -550,9 +555,9 @@ def _print_members(c: Ctx, r: Any) -> None:
         click.echo(json.dumps(to_json(r)))
         return
     rows = [[m.id, m.address, "learner" if m.learner else "voter", "sync" if m.sync else "",
-             "semi_sync" if m.semi_sync else ""] for m in r.members]
+             "semi_sync" if m.semi_sync else "", "spare" if m.spare else ""] for m in r.members]
     if c.out == "table":
-        click.echo(table(["id", "address", "role", "sync", "semi-sync"], rows))
+        click.echo(table(["id", "address", "role", "sync", "semi-sync", "spare"], rows))
     else:
         for row in rows:
             click.echo(", ".join(str(v) for v in row if v != ""))
@@ -570,10 +575,12 @@ def members_list(c: Ctx) -> None:
 @click.option("--learner", is_flag=True, help="Add as a learner (replicates, never votes or counts).")
 @click.option("--sync", "sync_mark", is_flag=True, help="Count it in the sync set.")
 @click.option("--semi-sync", is_flag=True, help="Count it in the semi-sync set.")
+@click.option("--spare", is_flag=True, help="With --learner: a hot spare, promoted in place of a dead voter.")
 @pass_ctx
-def members_add(c: Ctx, node_id: int, address: str, learner: bool, sync_mark: bool, semi_sync: bool) -> None:
+def members_add(c: Ctx, node_id: int, address: str, learner: bool, sync_mark: bool, semi_sync: bool,
+                spare: bool) -> None:
     """Add NODE_ID at ADDRESS (then start it with `raftkv serve --join`)."""
-    _print_members(c, run(lambda: c.client.member_add(node_id, address, learner, sync_mark, semi_sync)))
+    _print_members(c, run(lambda: c.client.member_add(node_id, address, learner, sync_mark, semi_sync, spare)))
 
 
 @members.command(name="remove")
@@ -596,10 +603,12 @@ def members_promote(c: Ctx, node_id: int) -> None:
 @click.option("--address", default="")
 @click.option("--sync/--no-sync", "sync_mark", default=None, help="Mark (or unmark) it for the sync set.")
 @click.option("--semi-sync/--no-semi-sync", default=None, help="Mark (or unmark) it for the semi-sync set.")
+@click.option("--spare/--no-spare", default=None, help="Mark (or unmark) a learner as a hot spare.")
 @pass_ctx
-def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool | None, semi_sync: bool | None) -> None:
+def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool | None, semi_sync: bool | None,
+                   spare: bool | None) -> None:
     """Change a member's address or replication marks (a mark not named keeps its value)."""
-    _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync)))
+    _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync, spare)))
 
 
 @main.group()

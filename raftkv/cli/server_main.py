@@ -117,6 +117,9 @@ def main() -> None:
 @click.option("--corruption-check-interval", type=float,
               help="Seconds between divergence checks of every member's state machine (default 0: only "
                    "`kv check hash`); a mismatch raises the CORRUPT alarm.")
+@click.option("--spare-promote-after", type=float,
+              help="Seconds a voter may stay unreachable before the leader promotes a caught-up spare "
+                   "learner in its place and demotes it to a learner (default 30; 0: off).")
 @click.option("--force-new-cluster", is_flag=True, default=None,
               help="After a permanent loss of quorum: start this survivor as a one-member cluster that keeps "
                    "its data (then re-add the others fresh). For one start only: remove it afterwards.")

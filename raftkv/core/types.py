@@ -40,6 +40,9 @@ class ConfChangeType(IntEnum):
     PROMOTE_LEARNER = 3
     UPDATE_NODE = 4
     """Changes only the member's context (address, replication marks); voters and learners stay."""
+    DEMOTE_VOTER = 5
+    """A voter becomes a learner: it keeps receiving the log but no longer votes or counts for commit.
+    For quorum purposes it is a voter's removal (one voter fewer), so it is as safe as one."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -93,6 +96,11 @@ class ConfState:
                 raise ValueError(f"node {n} is not a learner")
             lr.discard(n)
             v.add(n)
+        elif cc.type == ConfChangeType.DEMOTE_VOTER:
+            if n not in v:
+                raise ValueError(f"node {n} is not a voter")
+            v.discard(n)
+            lr.add(n)
         elif cc.type == ConfChangeType.UPDATE_NODE:
             if n not in v and n not in lr:
                 raise ValueError(f"node {n} is not a member")

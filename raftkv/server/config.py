@@ -158,6 +158,9 @@ class ServerConfig:
     """A Range answer holds at most this many keys (with `more` when there are others)."""
     corruption_check_interval: float = 0.0
     """Seconds between divergence checks on the leader (0: only on request, `kv check hash`)."""
+    spare_promote_after: float = 30.0
+    """Seconds a voter must stay unreachable before the leader replaces it with a caught-up hot spare
+    (a learner marked spare): promote the spare, then demote the dead voter (spares.py). 0: off."""
     force_new_cluster: bool = False
     """Start as the only member of a one-member cluster that keeps this node's data (server/force_new.py)."""
     # Admission control (layers/admission.py): high watermarks; each low mark is `overload_low_ratio` of it.
@@ -294,6 +297,8 @@ class ServerConfig:
             raise ConfigError("--initial-cluster-state must be new or existing")
         if self.corruption_check_interval < 0:
             raise ConfigError("--corruption-check-interval must be >= 0 seconds (0: off)")
+        if self.spare_promote_after < 0:
+            raise ConfigError("--spare-promote-after must be >= 0 seconds (0: off)")
         if self.force_new_cluster and self.join:
             raise ConfigError("--force-new-cluster keeps this node's data: it does not go with --join")
         if self.join and self.initial_cluster_token:

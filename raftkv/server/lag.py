@@ -132,6 +132,13 @@ class LagMonitor:
         self._term_started = now
         self._heard_this_term.clear()
 
+    def silent_for(self, node_id: int, now: float) -> float:
+        """Seconds since `node_id` last answered, counted from this leadership's start at the earliest
+        (as for `unreachable`): a new leader has had no chance to hear from anyone yet."""
+        contact = self.last_contact.get(node_id)
+        since = max(contact if contact is not None else float("-inf"), self._term_started)
+        return max(0.0, now - since) if since != float("-inf") else 0.0
+
     def _unreachable(self, contact: float | None, now: float) -> bool:
         """Silent for a critical period: measured from its last answer, but never from before this
         leadership began (a new leader has had no chance to hear from anyone yet)."""

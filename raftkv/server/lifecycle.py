@@ -39,6 +39,7 @@ from .logging_setup import configure_logging
 from .metrics import Metrics
 from .ports import SystemClock, ThreadIO
 from .removal import GRACE_SECONDS, marker_text
+from .spares import SparePromoter
 
 log = structlog.get_logger("raftkv.server")
 
@@ -161,6 +162,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
     host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
+    spares = SparePromoter(host, cfg.spare_promote_after)
     forwarder = Forwarder(host)
     if _port_in_use(cfg.listen):
         print(f"Error: cannot listen on {cfg.listen}: the address is in use (is another raftkv serve running?)",
@@ -207,6 +209,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     await server.start()
     await host.start()
     host.corruption.start()
+    spares.start()
     coordination.start()
     guard.members_changed([])  # a cluster id recorded in the registry but not yet in meta (a crash between)
     if tls is not None and not peer_auth.enabled:
@@ -241,6 +244,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     log.info("shutting down")
     readiness.cancel()
     await host.corruption.stop()
+    await spares.stop()
     await coordination.stop()
     await server.stop(grace=1.0)
     kv_service.close()

@@ -28,12 +28,21 @@ class MemberInfo:
     name: str = ""
     incarnation: bytes = b""
     """The random id of the member's data directory, as the cluster recorded it (b"": not yet)."""
+    spare: bool = False
+    """A hot spare (learners only): the leader may promote it in place of a dead voter (spares.py)."""
+    replaces: int = 0
+    """Set on a spare's promotion: the dead voter it replaces, still to be demoted (0: none). Recorded in
+    the log so that a new leader finishes a replacement the old one began."""
 
     def encode(self) -> bytes:
         d: dict[str, object] = {"address": self.address, "sync": self.sync, "semi_sync": self.semi_sync,
                                 "name": self.name}
         if self.incarnation:
             d["incarnation"] = self.incarnation
+        if self.spare:
+            d["spare"] = True
+        if self.replaces:
+            d["replaces"] = self.replaces
         return msgpack.packb(d, use_bin_type=True)
 
     @staticmethod
@@ -42,7 +51,8 @@ class MemberInfo:
             return MemberInfo()
         d = msgpack.unpackb(data)
         return MemberInfo(str(d.get("address", "")), bool(d.get("sync", False)), bool(d.get("semi_sync", False)),
-                          str(d.get("name", "")), bytes(d.get("incarnation", b"")))
+                          str(d.get("name", "")), bytes(d.get("incarnation", b"")), bool(d.get("spare", False)),
+                          int(d.get("replaces", 0)))
 
 
 CLUSTER_KEY = 0
@@ -138,6 +148,11 @@ class MemberRegistry:
         cluster_id = self.cluster_id
         for cc in changes:
             old = members.get(cc.node_id)
+            if cc.type in (ConfChangeType.REMOVE_NODE, ConfChangeType.DEMOTE_VOTER):
+                # Whoever was promoted to replace this voter has done so: its replacement is complete.
+                for nid, info in list(members.items()):
+                    if info.replaces == cc.node_id:
+                        members[nid] = replace(info, replaces=0)
             if cc.type == ConfChangeType.REMOVE_NODE:
                 members.pop(cc.node_id, None)
                 continue
@@ -187,6 +202,10 @@ class MemberRegistry:
         """Who counts for a `semi_sync` write: members marked semi_sync, or, if none is, every other voter."""
         marked = frozenset(n for n in conf.members() if n != leader and self._mark(n, "semi_sync"))
         return marked or frozenset(n for n in conf.voters if n != leader)
+
+    def spares(self, conf: ConfState) -> frozenset[int]:
+        """Learners marked as hot spares (a voter's spare mark means nothing)."""
+        return frozenset(n for n in conf.learners if self._mark(n, "spare"))
 
     def _mark(self, nid: int, mark: str) -> bool:
         info = self._members.get(nid)

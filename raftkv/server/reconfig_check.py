@@ -13,7 +13,7 @@ caught up, and nothing says it is even running. Then:
   need all three old voters: one more failure and writes stop. The way in is a learner: add it, start
   it with `--join`, and promote it once it has caught up;
 - a learner is promoted only if it is healthy itself (running and caught up);
-- a removal is refused if the healthy voters that remain could not commit in the new configuration;
+- a removal (or a voter's demotion to learner) is refused if the healthy voters that remain could not commit in the new configuration;
 - an address already used by another member is refused (two ids on one address: one of them would be
   unreachable, or a node would receive another's traffic).
 
@@ -105,10 +105,11 @@ def check_change(cc: ConfChange, view: ClusterView, address: str = "") -> None:
     if cc.type == ConfChangeType.PROMOTE_LEARNER or (cc.type == ConfChangeType.ADD_VOTER and n in conf.learners):
         if n not in healthy:
             raise ConfChangeRejected(_not_caught_up(n, view))
-    if cc.type == ConfChangeType.REMOVE_NODE:
+    if cc.type in (ConfChangeType.REMOVE_NODE, ConfChangeType.DEMOTE_VOTER):
         if after < 0:
+            what = "removing" if cc.type == ConfChangeType.REMOVE_NODE else "demoting"
             raise ConfChangeRejected(
-                f"removing node {n} would leave voters {_names(new.voters)}, of which only "
+                f"{what} node {n} would leave voters {_names(new.voters)}, of which only "
                 f"{_names(new.voters & healthy)} are healthy now (heard from within the election timeout and "
                 f"caught up): they could not commit, and writes would stop. Bring back "
                 f"{_nodes(unhealthy)} first, or remove one that is down")

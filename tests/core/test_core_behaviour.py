@@ -482,3 +482,24 @@ def test_an_unpersisted_leader_entry_lost_in_a_crash_was_never_committed() -> No
     assert net.nodes[1].storage.last_index() == 4
     assert all(e.data != b"w" for sn in net.nodes.values() for e in sn.applied)
     assert net.node(2).raft_log.committed == 4
+
+
+def test_voter_demoted_to_learner_stops_counting_but_keeps_replicating() -> None:
+    """DEMOTE_VOTER (a hot spare's replacement of a dead voter): the demoted node leaves the quorum (the
+    remaining voters commit without it) yet still receives the log as a learner."""
+    net = Net([1, 2, 3, 4])
+    elect(net, 1)
+    n1 = net.node(1)
+    with pytest.raises(ConfChangeRejected, match="not a voter"):
+        n1.propose_conf_change(ConfChange(ConfChangeType.DEMOTE_VOTER, 9))
+    n1.propose_conf_change(ConfChange(ConfChangeType.DEMOTE_VOTER, 4))
+    net.stabilize()
+    assert sorted(n1.conf.voters) == [1, 2, 3] and sorted(n1.conf.learners) == [4]
+    assert sorted(net.node(4).conf.learners) == [4]
+    net.isolate(3)
+    n1.propose(b"z")
+    net.stabilize()
+    # Voters {1,2,3}: 1 and 2 commit; 4 only replicates, and as a learner it never campaigns.
+    assert net.nodes[1].applied[-1].data == b"z"
+    assert net.nodes[4].applied[-1].data == b"z"
+    assert 4 not in net.node(4).conf.voters
