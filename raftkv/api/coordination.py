@@ -27,6 +27,10 @@ class Coordination:
                                         Admission.of(host).limits.watch_events, budget="watch")
         host.snapshot_listeners.append(self.hub.on_snapshot)
         self.keeper = LeaseKeeper(host, lambda: store.leases)
+        metrics = getattr(host, "metrics", None)
+        if metrics is not None and hasattr(metrics, "watch_coordination"):
+            metrics.watch_coordination(lambda: len(self.hub.watches), lambda: self.hub.buffered,
+                                       lambda: len(store.leases.leases))
         self.watch = WatchService(host, self.hub, forwarder, kv.acks, kv.replies)
         self.lease = LeaseService(host, self.keeper, forwarder, kv.acks, kv.replies)
 

@@ -105,6 +105,7 @@ class _Stream:
             if w.ended is not None:
                 del self.watches[wid]
                 if w.ended.code == "RESOURCE_EXHAUSTED":
+                    self.svc.count("watch_slow_cancels", 1)
                     raise _SlowClient(w.ended.message)
                 self.out.append(_ended(wid, w.ended.code, w.ended.message, w.ended.floor, me))
                 continue
@@ -113,6 +114,7 @@ class _Stream:
                 events, upto = w.take(MAX_EVENTS_PER_MESSAGE)
                 self.out.append(wpb.WatchResponse(watch_id=wid, revision=upto, served_by=me,
                                                   events=[event_to_pb(e, w.prev_kv) for e in events]))
+                self.svc.count("watch_events_sent", len(events))
                 sent = True
             if sent:
                 last = now
@@ -143,6 +145,12 @@ class WatchService(watch_pb2_grpc.WatchServicer):
         self.fwd = forwarder
         self.acks = acks
         self.v = Validator(host.cfg)
+
+    def count(self, counter: str, n: int) -> None:
+        """Add `n` to one of the node's watch counters (none in a host without metrics)."""
+        c = getattr(getattr(self.host, "metrics", None), counter, None)
+        if c is not None:
+            c.inc(n)
 
     async def Watch(self, request_iterator: AsyncIterator[wpb.WatchRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[wpb.WatchResponse]:

@@ -92,6 +92,7 @@ class LeaseKeeper:
         if lease_id in self.revoking or self.deadlines.get(lease_id, now + 1) <= now:
             raise LeaseExpired(lease_id)
         self.deadlines[lease_id] = now + lease.ttl
+        self._count("lease_keepalives")
         return lease.ttl
 
     def remaining(self, lease_id: int) -> float:
@@ -101,6 +102,11 @@ class LeaseKeeper:
         if lease_id not in self.table:
             raise LeaseNotFound(lease_id)
         return max(0.0, self.deadlines.get(lease_id, self._now()) - self._now())
+
+    def _count(self, counter: str) -> None:
+        c = getattr(getattr(self.host, "metrics", None), counter, None)
+        if c is not None:
+            c.inc()
 
     # -- expiry -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -140,6 +146,7 @@ class LeaseKeeper:
             if futures is not None:
                 await futures[0]
             log.info("lease expired", lease=lease_id)
+            self._count("lease_expired")
         except Exception as e:  # noqa: BLE001 - not leader any more, or already revoked: fine
             log.debug("lease revoke not committed", lease=lease_id, error=str(e))
         finally:

@@ -80,6 +80,7 @@ class Metrics:
                                     registry=r)
         self._node_gauges()
         self._peer_metrics()
+        self._coordination_metrics()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, CPU seconds, open fds
 
     def _node_gauges(self) -> None:
@@ -118,6 +119,29 @@ class Metrics:
         self.snapshot_receive_seconds = Histogram("raftkv_snapshot_receive_duration_seconds",
                                                   "Time to receive, stage and install a snapshot from a peer", peer,
                                                   buckets=_SNAPSHOT_BUCKETS, registry=r)
+
+    def _coordination_metrics(self) -> None:
+        r = self.registry
+        self.watches = Gauge("raftkv_watches", "Watches open on this node", registry=r)
+        self.watch_events_queued = Gauge("raftkv_watch_events_queued",
+                                         "Change events queued on this node for watchers whose streams are full",
+                                         registry=r)
+        self.watch_events_sent = Counter("raftkv_watch_events_sent", "Change events sent to watchers", registry=r)
+        self.watch_slow_cancels = Counter("raftkv_watch_slow_cancels",
+                                          "Watch streams ended because a watcher fell too far behind", registry=r)
+        self.leases = Gauge("raftkv_leases", "Leases granted and not yet revoked or expired", registry=r)
+        self.lease_keepalives = Counter("raftkv_lease_keepalives", "Lease keep-alives renewed by this node (leader)",
+                                        registry=r)
+        self.spare_promotions = Counter("raftkv_spare_promotions",
+                                        "Hot spares promoted to voter in place of a dead voter", registry=r)
+        self.lease_expired = Counter("raftkv_lease_expired",
+                                     "Leases this node (leader) revoked because their TTL ran out", registry=r)
+
+    def watch_coordination(self, watches: Callable[[], float], queued: Callable[[], float],
+                           leases: Callable[[], float]) -> None:
+        """Read these when scraped (from the HTTP thread: each must only read)."""
+        for gauge, fn in ((self.watches, watches), (self.watch_events_queued, queued), (self.leases, leases)):
+            gauge.set_function(_never_raises(fn))
 
     def watch_node(self, term: Callable[[], float], commit: Callable[[], float], applied: Callable[[], float],
                    last_index: Callable[[], float], db_size: Callable[[], float],

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import structlog
-from prometheus_client import Counter
 
 from ..core import ConfChange, ConfChangeRejected, ConfChangeType
 from .members import MemberInfo
@@ -116,8 +115,7 @@ class SparePromoter:
     def __init__(self, host: NodeHost, after_s: float) -> None:
         self.host = host
         self.after_s = after_s
-        self.promotions = Counter("raftkv_spare_promotions", "Hot spares promoted to voter in place of a dead voter",
-                                  registry=host.metrics.registry)
+        self.promotions = host.metrics.spare_promotions
         self._task: asyncio.Task[None] | None = None
         self._last_hold = ""
         self._last_deferred = ""

@@ -18,7 +18,8 @@ RULES = RULES_DIR / "raftkv-alerts.yaml"
 RULE_TESTS = RULES_DIR / "raftkv-alerts.test.yaml"
 EXPECTED_ALERTS = {"RaftkvNoLeader", "RaftkvFrequentLeaderChanges", "RaftkvProposalFailures",
                    "RaftkvHighFsyncDuration", "RaftkvReplicationLagCritical", "RaftkvSemiSyncDegraded",
-                   "RaftkvMemberDown", "RaftkvCorruptAlarm", "RaftkvNoSpaceAlarm", "RaftkvPressureRed"}
+                   "RaftkvMemberDown", "RaftkvCorruptAlarm", "RaftkvNoSpaceAlarm", "RaftkvPressureRed",
+                   "RaftkvSlowWatchers"}
 
 
 def promtool() -> str:

@@ -20,6 +20,12 @@ from raftkv.client.requests import op_put
 from raftkv.proto.stubs import watch_pb2 as wpb
 
 from .local_cluster import LocalCluster
+from .observe import sample, scrape
+
+
+def total(cluster: LocalCluster, name: str) -> float:
+    """A metric summed over every running node (which node leads, and so counts, may change)."""
+    return sum(sample(scrape(cluster, i), name) for i in sorted(cluster.procs))
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +55,11 @@ def wait_until(cond, timeout: float = 20.0) -> bool:  # noqa: ANN001
 
 
 def test_expired_lease_deletes_its_keys_through_the_log(cluster: LocalCluster) -> None:
+    expired_before = total(cluster, "raftkv_lease_expired_total")
     with cluster.client() as c:
         lease = c.lease_grant(1)
         assert lease.ttl == 1 and lease.id > 0
+        assert sample(scrape(cluster, cluster.wait_leader()), "raftkv_leases") >= 1
         r = c.put("svc/a", "up", lease=lease.id)
         c.put("svc/b", "up", lease=lease.id)
         c.put("svc/plain", "stays")
@@ -66,6 +74,8 @@ def test_expired_lease_deletes_its_keys_through_the_log(cluster: LocalCluster) -
         assert wait_until(lambda: sum(e.type == wpb.Event.DELETE for e in seen) == 2)
         dels = [e for e in seen if e.type == wpb.Event.DELETE]
         assert dels[0].kv.mod_revision == dels[1].kv.mod_revision  # one revoke, one revision
+        assert total(cluster, "raftkv_watches") >= 1  # the watch above is still open
+        assert wait_until(lambda: total(cluster, "raftkv_lease_expired_total") > expired_before)
         for i in cluster.procs:  # every node deleted them (at that revision)
             cluster.wait_applied(i, dels[0].kv.mod_revision)
         with pytest.raises(NotFoundError) as e:
@@ -79,9 +89,11 @@ def test_kept_alive_lease_outlives_its_ttl_and_revoke_ends_it(cluster: LocalClus
     with cluster.client() as c:
         lease = c.lease_grant(1).id
         c.put("ka/k", "v", lease=lease)
+        renewed_before = total(cluster, "raftkv_lease_keepalives_total")
         ka = c.keep_alive(lease, interval=0.2)
         time.sleep(2.5)
         assert c.get("ka/k").found
+        assert total(cluster, "raftkv_lease_keepalives_total") >= renewed_before + 3
         assert any(s.id == lease for s in c.lease_list().leases)
         ka.stop()
         assert c.lease_revoke(lease).deleted == 1

@@ -19,6 +19,7 @@ from raftkv.proto.stubs import watch_pb2 as wpb
 from raftkv.proto.stubs import watch_pb2_grpc
 
 from .local_cluster import LocalCluster
+from .observe import sample, scrape
 
 
 @pytest.fixture(scope="module")
@@ -217,6 +218,7 @@ def test_slow_watcher_is_cut_off_with_resource_exhausted(cluster: LocalCluster) 
         ch = grpc.insecure_channel(cluster.address(1), options=[("grpc.http2.bdp_probe", 0)])
         stream = watch_pb2_grpc.WatchStub(ch).Watch(feed(), timeout=60)
         assert next(stream).created
+        before = scrape(cluster, 1)
         big = "v" * 30_000
         for i in range(70):  # ~2 MB: more than the stream's flow-control windows, > 50 events queued
             c.put(f"slow/k{i}", big)
@@ -225,6 +227,9 @@ def test_slow_watcher_is_cut_off_with_resource_exhausted(cluster: LocalCluster) 
                 pass
         assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "fell more than 50 events behind" in e.value.details()
+        after = scrape(cluster, 1)
+        assert sample(after, "raftkv_watch_slow_cancels_total") == sample(before, "raftkv_watch_slow_cancels_total") + 1
+        assert sample(after, "raftkv_watch_events_sent_total") > sample(before, "raftkv_watch_events_sent_total")
         q.put(None)
         ch.close()
 

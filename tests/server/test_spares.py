@@ -105,12 +105,12 @@ class _Host:
     change_member (recorded, and applied to the view as the log would)."""
 
     def __init__(self, view: ClusterView, members: dict[int, MemberInfo], silent: dict[int, float]) -> None:
-        from prometheus_client import CollectorRegistry
+        from raftkv.server.metrics import Metrics
 
         self.view, self.silent, self.changes = view, silent, []  # type: ignore[var-annotated]
         self.members = MemberRegistry(_Store())
         self.members._members = dict(members)
-        self.metrics = type("M", (), {"registry": CollectorRegistry()})()
+        self.metrics = Metrics(1)
         self.clock = type("C", (), {"monotonic": staticmethod(lambda: 100.0)})()
         self.lag = type("L", (), {"silent_for": lambda _s, n, now: self.silent.get(n, 0.0)})()
 
