@@ -160,6 +160,9 @@ class WatchService(watch_pb2_grpc.WatchServicer):
         reader = asyncio.get_running_loop().create_task(self._read(request_iterator, st))
         try:
             while True:
+                # Cleared before collecting: an event queued from here on (even while a message below is
+                # handed to gRPC) sets it again, so the wait below never sleeps through it.
+                st.wake.clear()
                 try:
                     due = st.collect()
                 except _SlowClient as e:
@@ -171,7 +174,6 @@ class WatchService(watch_pb2_grpc.WatchServicer):
                     return
                 if st.out:
                     continue
-                st.wake.clear()
                 try:
                     await asyncio.wait_for(st.wake.wait(), timeout=max(0.01, due))
                 except TimeoutError:

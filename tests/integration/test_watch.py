@@ -298,3 +298,4 @@ def test_watch_resumes_on_another_node_without_loss_or_repeat(cluster: LocalClus
             seen += [e.kv.mod_revision for e in r.events]
         assert seen == written  # every acknowledged write once, in order
         assert 3 in served_by and len(served_by) >= 2
+
