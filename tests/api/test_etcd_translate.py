@@ -17,9 +17,10 @@ from raftkv.proto.etcd_stubs import rpc_pb2 as epb
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.server.config import ServerConfig
 from raftkv.server.errors import LeadershipLost, NoSpace, NotLeader, ProposalLost, SyncTimeout
+from raftkv.server.lease_keeper import LeaseExpired
 from raftkv.storage import commands
 from raftkv.storage.commands import KV, RangeResult
-from raftkv.storage.errors import LeaseNotFound
+from raftkv.storage.errors import LeaseExists, LeaseNotFound
 from raftkv.storage.state_machine import apply_command
 
 T = Translator(Validator(ServerConfig()))
@@ -176,6 +177,9 @@ def test_nested_txn_duplicate_keys_are_refused() -> None:
     (ConfChangeRejected("removing node 2 would leave voters 1, 3, of which only 1 are healthy now ... "
                         "they could not commit, and writes would stop"), grpc.StatusCode.FAILED_PRECONDITION,
      "etcdserver: re-configuration failed due to not enough started members"),
+    (LeaseNotFound(7), grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"),
+    (LeaseExpired(7), grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"),
+    (LeaseExists(7), grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists"),
 ])
 def test_raftkv_failures_become_etcds_errors(err: BaseException, code: grpc.StatusCode, message: str) -> None:
     e = to_etcd(err)

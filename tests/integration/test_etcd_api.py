@@ -122,6 +122,8 @@ def test_watch_and_lease_services_on_a_follower(cluster: LocalCluster) -> None:
         first = kv.Put(epb.PutRequest(key=b"ws/a", value=b"1"), timeout=10).header.revision
         kv.Put(epb.PutRequest(key=b"ws/a", value=b"2"), timeout=10)
         kv.DeleteRange(epb.DeleteRangeRequest(key=b"ws/a"), timeout=10)
+        kv.Compact(epb.CompactionRequest(revision=first), timeout=10)  # history from `first` on (every node)
+        kv.Range(epb.RangeRequest(key=b"ws/a"), timeout=10)  # linearizable: the follower applied the compaction
         q, responses = _watch(watch, _create(key=b"ws/", range_end=b"ws0", start_revision=first, prev_kv=True),
                               _create(key=b"ws/", range_end=b"ws0", start_revision=first,
                                       filters=[epb.WatchCreateRequest.NOPUT]),
