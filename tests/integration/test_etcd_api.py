@@ -85,6 +85,10 @@ def test_snapshot_hashkv_and_auth_with_etcdctl(cluster: LocalCluster, tmp_path: 
     assert summary.header.revision > 0 and summary.keys >= 1
     status = etcdctl(cluster, "snapshot", "status", str(path))
     assert status.returncode != 0  # not etcd's bolt format (README says so)
+    restored = subprocess.run([str(Path(sys.executable).parent / "raftkv"), "restore", str(path), "--data-dir",
+                               str(tmp_path / "restored"), "--id", "1", "--peers", f"1=127.0.0.1:{free_port()}"],
+                              capture_output=True, text=True, timeout=60)
+    assert restored.returncode == 0, restored.stderr
     hashkv = etcdctl(cluster, "endpoint", "hashkv", "-w", "json")
     assert hashkv.returncode == 0, hashkv.stderr
     rows = json.loads(hashkv.stdout)
