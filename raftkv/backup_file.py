@@ -9,7 +9,9 @@ so the server computes the seal as it sends and the client checks it as it write
     frame P  a piece of records (as snapshots.SnapshotReader cuts them): u32 crc32 || msgpack
              [db index, key, value, db index, key, value, ...], db index into the header's `dbs`
     ...
-    frame E  end: msgpack {records, pieces}
+    frame E  end: msgpack {records, pieces} (and `pad`, zero bytes, in a file etcd's Snapshot streamed:
+             they make the file's size 32 mod 512, the size by which etcdctl 3.4's `snapshot save`
+             recognises a snapshot that ends in a SHA-256, as this one does)
     frame S  seal: the SHA-256 of every byte before this frame (32 bytes)
 
 A frame is its kind (one byte), its payload length (u32, big-endian) and its payload. Records are LMDB
@@ -40,6 +42,7 @@ MAX_FRAME = 64 << 20
 BUCKET_THRESHOLD = 480
 """kv_records.BUCKET_THRESHOLD: a `kv` key this long is a bucket of several keys (a test keeps them equal)."""
 SEAL_BYTES = 4
+ETCD_SNAPSHOT_ALIGN = 512
 
 
 class BackupError(ValueError):
@@ -77,14 +80,17 @@ class BackupWriter:
         self._sha = hashlib.sha256()
         self.records = 0
         self.pieces = 0
+        self.size = 0
 
     def _frame(self, kind: bytes, payload: bytes) -> bytes:
         data = _FRAME.pack(kind, len(payload)) + payload
         self._sha.update(data)
+        self.size += len(data)
         return data
 
     def header(self, h: BackupHeader) -> bytes:
         self._sha.update(MAGIC)
+        self.size += len(MAGIC)
         return MAGIC + self._frame(b"H", h.encode())
 
     def piece(self, data: bytes, crc: int, records: int) -> bytes:
@@ -92,9 +98,16 @@ class BackupWriter:
         self.pieces += 1
         return self._frame(b"P", _CRC.pack(crc) + data)
 
-    def end(self) -> bytes:
-        """The end frame and the seal: the last bytes of the file."""
-        end = self._frame(b"E", msgpack.packb({"records": self.records, "pieces": self.pieces}))
+    def end(self, etcd_size: bool = False) -> bytes:
+        """The end frame and the seal: the last bytes of the file; `etcd_size`: padded to etcd's size rule."""
+        fields: dict[str, Any] = {"records": self.records, "pieces": self.pieces}
+        if etcd_size:
+            for n in range(1024):
+                fields["pad"] = bytes(n)
+                total = self.size + 2 * _FRAME.size + len(msgpack.packb(fields)) + 32
+                if total % ETCD_SNAPSHOT_ALIGN == 32:
+                    break
+        end = self._frame(b"E", msgpack.packb(fields))
         digest = self._sha.digest()
         return end + _FRAME.pack(b"S", len(digest)) + digest
 

@@ -53,36 +53,14 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         if h.removal.removed:
             err = classify(h.removal.error())
             await context.abort_with_status(_status(err.code, str(err), err.reason, err.metadata))
-        pool = ThreadPoolExecutor(1, thread_name_prefix=f"raftkv-backup-{h.cfg.id}")
-        loop = asyncio.get_running_loop()
-        reader = None
         try:
-            await h.flush_now()
-            reader = await loop.run_in_executor(pool, self.store.open_snapshot_reader, BACKUP_PIECE_BYTES)
-            meta = reader.meta
-            writer = BackupWriter()
-            header = BackupHeader(meta.index, meta.term, self.store.cluster_id, sorted(meta.conf.voters),
-                                  sorted(meta.conf.learners), list(_snapshot_dbs()), h.cfg.id, time.time())
-            log.info("backup started", revision=meta.index, peer=context.peer())
-            yield mpb.SnapshotSaveChunk(data=writer.header(header), revision=meta.index,
-                                        size_estimate=self.store.db_size())
-            while True:
-                before = reader.count
-                piece = await loop.run_in_executor(pool, reader.next_piece)
-                if piece is None:
-                    break
-                yield mpb.SnapshotSaveChunk(data=writer.piece(piece.data, piece.crc, reader.count - before))
-            yield mpb.SnapshotSaveChunk(data=writer.end())
-            log.info("backup sent", revision=meta.index, records=writer.records, pieces=writer.pieces)
+            async for data, revision, size in backup_stream(h, self.store, context.peer()):
+                yield mpb.SnapshotSaveChunk(data=data, revision=revision, size_estimate=size)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
         except Exception as e:  # noqa: BLE001 - every failure must become a status
             err = classify(e)
             await context.abort_with_status(_status(err.code, str(err), err.reason, err.metadata))
-        finally:
-            if reader is not None:
-                pool.submit(reader.close)
-            pool.shutdown(wait=False)
 
     # ------------------------------------------------------------------------------------------------ hashes
     def _corruption(self) -> Any:
@@ -177,6 +155,37 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         return mpb.AlarmListResponse(alarms=out)
 
 
+async def backup_stream(h: NodeHost, store: BackupSource, peer: str, etcd_size: bool = False
+                        ) -> AsyncIterator[tuple[bytes, int, int]]:
+    """The backup file's bytes, piece by piece, with the revision and size estimate on the first (0 on the
+    others). Shared by `kv snapshot save` and etcd's Maintenance.Snapshot (`etcd_size`: the end frame padded
+    as backup_file.py says), so both write the same snapshot in the same format."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix=f"raftkv-backup-{h.cfg.id}")
+    loop = asyncio.get_running_loop()
+    reader = None
+    try:
+        await h.flush_now()
+        reader = await loop.run_in_executor(pool, store.open_snapshot_reader, BACKUP_PIECE_BYTES)
+        meta = reader.meta
+        writer = BackupWriter()
+        header = BackupHeader(meta.index, meta.term, store.cluster_id, sorted(meta.conf.voters),
+                              sorted(meta.conf.learners), list(_snapshot_dbs()), h.cfg.id, time.time())
+        log.info("backup started", revision=meta.index, peer=peer)
+        yield writer.header(header), meta.index, store.db_size()
+        while True:
+            before = reader.count
+            piece = await loop.run_in_executor(pool, reader.next_piece)
+            if piece is None:
+                break
+            yield writer.piece(piece.data, piece.crc, reader.count - before), 0, 0
+        yield writer.end(etcd_size), 0, 0
+        log.info("backup sent", revision=meta.index, records=writer.records, pieces=writer.pieces)
+    finally:
+        if reader is not None:
+            pool.submit(reader.close)
+        pool.shutdown(wait=False)
+
+
 def _snapshot_dbs() -> tuple[bytes, ...]:
     """The sub-databases a snapshot reader walks, in its order (storage/snapshots.py SNAPSHOT_DBS), as
     the api may not import storage internals: the host's store names them."""
@@ -191,4 +200,4 @@ def add_to_server(server: grpc.aio.Server, host: NodeHost, store: BackupSource, 
     return mpb.DESCRIPTOR.services_by_name["Maintenance"].full_name
 
 
-__all__ = ["MaintenanceService", "RequestError", "add_to_server"]
+__all__ = ["MaintenanceService", "RequestError", "add_to_server", "backup_stream"]

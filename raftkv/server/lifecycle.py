@@ -182,7 +182,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     coordination = Coordination(host, store, forwarder, kv_service)
     coordination_names = coordination.register(server)
     # etcd's v3 API beside raftkv.v1, sharing the write-ack policy (its semi-sync state) with KV.
-    etcd = EtcdServices(host, store, forwarder, kv_service.acks)
+    etcd = EtcdServices(host, store, forwarder, kv_service.acks, coordination)
     etcd_names = etcd.register(server)
     maintenance = add_maintenance(server, host, store, forwarder)
     health_servicer = health.aio.HealthServicer()

@@ -139,11 +139,12 @@ class WatchHub:
         return next(self._ids)
 
     def watch(self, key: bytes, range_end: bytes, after: int, prev_kv: bool, notify: Callable[[], None],
-              watch_id: int = 0) -> Watch:
-        """A watch of every event after revision `after` (0: after this node's applied index); raises
+              watch_id: int = 0, from_revision: int = 0) -> Watch:
+        """A watch of every event after revision `after` (0: after this node's applied index), or, given
+        `from_revision`, from that revision on (inclusive, as etcd's start_revision); raises
         HistoryOutOfRange when events it asks for are no longer (or never were) in this node's history."""
         applied = self.store.applied_index()
-        start = after + 1 if after else applied + 1
+        start = from_revision if from_revision else after + 1 if after else applied + 1
         floor = self.store.history_floor()
         if start < floor:
             raise HistoryOutOfRange(start, floor)

@@ -17,8 +17,10 @@ from raftkv.proto.etcd_stubs import rpc_pb2 as epb
 from raftkv.proto.stubs import kv_pb2 as pb
 from raftkv.server.config import ServerConfig
 from raftkv.server.errors import LeadershipLost, NoSpace, NotLeader, ProposalLost, SyncTimeout
+from raftkv.server.lease_keeper import LeaseExpired
 from raftkv.storage import commands
 from raftkv.storage.commands import KV, RangeResult
+from raftkv.storage.errors import LeaseExists, LeaseNotFound
 from raftkv.storage.state_machine import apply_command
 
 T = Translator(Validator(ServerConfig()))
@@ -55,9 +57,6 @@ def _cmp(target: int, result: int, key: bytes, **operand: object) -> epb.Compare
     (_cmp(epb.Compare.VERSION, epb.Compare.EQUAL, b"missing", version=0), True),
     (_cmp(epb.Compare.CREATE, epb.Compare.GREATER, b"k", create_revision=0), True),
     (_cmp(epb.Compare.MOD, epb.Compare.LESS, b"k", mod_revision=7), True),
-    # No key has a lease yet: lease = 0 holds for every key, lease = 5 for none.
-    (_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"k", lease=0), True),
-    (_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"k", lease=5), False),
 ])
 def test_compares_follow_etcd(compare: epb.Compare, want: bool) -> None:
     view = DictView()
@@ -78,8 +77,10 @@ def test_a_key_written_twice_in_a_branch_is_refused(ops: list[epb.RequestOp]) ->
 
 
 def test_refusals_are_etcds() -> None:
-    cases = [(lambda: T.put(epb.PutRequest(key=b"k", lease=7)), grpc.StatusCode.NOT_FOUND,
+    cases = [(lambda: T.put(epb.PutRequest(key=b"k", lease=-7)), grpc.StatusCode.NOT_FOUND,
               "etcdserver: requested lease not found"),
+             (lambda: T.txn(epb.TxnRequest(compare=[_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"k", lease=0)])),
+              grpc.StatusCode.UNIMPLEMENTED, "compares on a key's lease"),
              (lambda: T.put(epb.PutRequest(key=b"", value=b"v")), grpc.StatusCode.INVALID_ARGUMENT,
               "etcdserver: key is not provided"),
              (lambda: T.put(epb.PutRequest(key=b"k", value=b"v", ignore_value=True)),
@@ -176,6 +177,9 @@ def test_nested_txn_duplicate_keys_are_refused() -> None:
     (ConfChangeRejected("removing node 2 would leave voters 1, 3, of which only 1 are healthy now ... "
                         "they could not commit, and writes would stop"), grpc.StatusCode.FAILED_PRECONDITION,
      "etcdserver: re-configuration failed due to not enough started members"),
+    (LeaseNotFound(7), grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"),
+    (LeaseExpired(7), grpc.StatusCode.NOT_FOUND, "etcdserver: requested lease not found"),
+    (LeaseExists(7), grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: lease already exists"),
 ])
 def test_raftkv_failures_become_etcds_errors(err: BaseException, code: grpc.StatusCode, message: str) -> None:
     e = to_etcd(err)
@@ -187,3 +191,10 @@ def test_a_sync_timeout_keeps_raftkvs_status() -> None:
     error can say."""
     e = to_etcd(SyncTimeout(9, 2, [1]))
     assert e.code == grpc.StatusCode.DEADLINE_EXCEEDED and "committed at index 9" in str(e)
+
+
+def test_a_put_carries_its_lease() -> None:
+    """The lease's existence is checked when the put applies (state_machine: LeaseNotFound)."""
+    assert T.put(epb.PutRequest(key=b"k", value=b"v", lease=7)).lease == 7
+    with pytest.raises(LeaseNotFound):
+        apply_command(DictView(), T.put(epb.PutRequest(key=b"k", value=b"v", lease=7)), 5)

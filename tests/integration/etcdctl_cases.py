@@ -41,10 +41,18 @@ class Case:
     stdin: str = ""
     shape_only: bool = False
     """Compare only the shape of the output (JSON fields / table columns), not its text."""
+    lines: int = 0
+    """A command that does not end by itself (watch, lock, elect): stop it with SIGINT once its output has
+    this many lines (or after STOP_AFTER_S)."""
+    capture: str = ""
+    """Keep a value of the output for later cases: REV (header revision of `-w json`), LEASE (a granted id)."""
 
 
-def _c(name: str, *args: str, stdin: str = "", shape_only: bool = False) -> Case:
-    return Case(name, args, stdin, shape_only)
+def _c(name: str, *args: str, stdin: str = "", shape_only: bool = False, lines: int = 0, capture: str = "") -> Case:
+    return Case(name, args, stdin, shape_only, lines, capture)
+
+
+STOP_AFTER_S = 15.0
 
 
 CASES: list[Case] = [
@@ -106,6 +114,40 @@ CASES: list[Case] = [
     _c("member-update", "member", "update", "{NEW_ID}", "--peer-urls={NEW_PEER2}", shape_only=True),
     _c("member-remove", "member", "remove", "{NEW_ID}", shape_only=True),
     _c("member-remove-missing", "member", "remove", "{NEW_ID}", shape_only=True),
+    # -- watch: revisions differ between the systems, so --rev names one captured from a put
+    _c("watch-put-1", "put", "w/a", "1", "-w", "json", shape_only=True, capture="REV"),
+    _c("watch-put-2", "put", "w/a", "2"),
+    _c("watch-del", "del", "w/a"),
+    _c("watch-put-3", "put", "w/b", "3"),
+    _c("watch-rev-prefix", "watch", "--prefix", "w/", "--rev={REV}", lines=12),
+    _c("watch-rev-prev-kv", "watch", "w/a", "--rev={REV}", "--prev-kv", lines=13),
+    _c("watch-rev-json", "watch", "w/b", "--rev={REV}", "-w", "json", lines=1, shape_only=True),
+    _c("watch-compacted", "watch", "foo", "--rev=1"),
+    _c("watch-interactive", "watch", "-i", stdin="watch w/b --rev={REV}\n", lines=3),
+    # -- leases
+    _c("lease-grant", "lease", "grant", "60", shape_only=True, capture="LEASE"),
+    _c("lease-list", "lease", "list", shape_only=True),
+    _c("put-with-lease", "put", "lk", "lv", "--lease={LEASE}"),
+    _c("get-leased-json", "get", "lk", "-w", "json", shape_only=True),
+    _c("lease-timetolive-keys", "lease", "timetolive", "{LEASE}", "--keys", shape_only=True),
+    _c("lease-timetolive-json", "lease", "timetolive", "{LEASE}", "-w", "json", shape_only=True),
+    _c("lease-keep-alive-once", "lease", "keep-alive", "--once", "{LEASE}", shape_only=True),
+    _c("lease-revoke", "lease", "revoke", "{LEASE}", shape_only=True),
+    _c("get-after-revoke", "get", "lk"),
+    _c("lease-timetolive-revoked", "lease", "timetolive", "{LEASE}", shape_only=True),
+    _c("lease-revoke-missing", "lease", "revoke", "{LEASE}"),
+    _c("lease-keep-alive-once-missing", "lease", "keep-alive", "--once", "{LEASE}"),
+    _c("lease-grant-too-large", "lease", "grant", "99999999999"),
+    _c("lease-grant-zero", "lease", "grant", "0", "-w", "json", shape_only=True),  # TTL: the minimum (by election timeout)
+    # -- lock and elect: etcd's concurrency recipes over Txn, Watch and Lease
+    _c("lock-exec", "lock", "mylock", "echo", "held"),
+    _c("lock-hold", "lock", "mylock", lines=1, shape_only=True),
+    _c("elect", "elect", "myelection", "p1", lines=2, shape_only=True),
+    _c("elect-after", "get", "--prefix", "myelection", "--keys-only"),
+    # -- maintenance
+    _c("endpoint-hashkv", "endpoint", "hashkv", shape_only=True),
+    _c("endpoint-hashkv-json", "endpoint", "hashkv", "-w", "json", shape_only=True),
+    _c("snapshot-save", "snapshot", "save", "{SNAP}", shape_only=True),
 ]
 
 
@@ -117,11 +159,54 @@ def env() -> dict[str, str]:
 
 def run_case(case: Case, endpoint: str, subst: dict[str, str], timeout: float = 20.0) -> dict[str, Any]:
     args = [a.format(**subst) if "{" in a else a for a in case.args]
-    p = subprocess.run([ETCDCTL, f"--endpoints={endpoint}", "--command-timeout=10s", *args], input=case.stdin,
-                       capture_output=True, text=True, env=env(), timeout=timeout)
-    errors = [line for line in p.stderr.splitlines() if line.startswith("Error:")]
-    return {"args": args, "stdin": case.stdin, "rc": p.returncode, "stdout": p.stdout,
-            "error": errors[-1] if errors else ""}
+    stdin = case.stdin.format(**subst) if "{" in case.stdin else case.stdin
+    cmd = [ETCDCTL, f"--endpoints={endpoint}", "--command-timeout=10s", *args]
+    if case.lines:
+        rc, stdout, stderr = _run_until(cmd, stdin, case.lines)
+    else:
+        p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=env(), timeout=timeout)
+        rc, stdout, stderr = p.returncode, p.stdout, p.stderr
+    if "SNAP" in subst:
+        stdout = stdout.replace(subst["SNAP"], "{SNAP}")
+    errors = [line for line in stderr.splitlines() if line.startswith("Error:")]
+    return {"args": args, "stdin": case.stdin, "rc": rc, "stdout": stdout, "error": errors[-1] if errors else ""}
+
+
+def _run_until(cmd: list[str], stdin: str, lines: int) -> tuple[int, str, str]:
+    """Run a command that does not end by itself; SIGINT once stdout has `lines` lines (bounded wait)."""
+    import signal
+    import threading
+
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env())
+    assert p.stdin is not None and p.stdout is not None and p.stderr is not None
+    if stdin:
+        p.stdin.write(stdin)
+        p.stdin.flush()  # stays open: interactive watch ends at EOF
+    out: list[str] = []
+    enough = threading.Event()
+
+    def read() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            out.append(line)
+            if len(out) >= lines:
+                enough.set()
+        enough.set()
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    enough.wait(STOP_AFTER_S)
+    if p.poll() is None:
+        p.send_signal(signal.SIGINT)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    t.join(5)
+    p.stdin.close()
+    return p.returncode, "".join(out), p.stderr.read()
 
 
 def run_all(endpoint: str, subst: dict[str, str]) -> dict[str, dict[str, Any]]:
@@ -133,13 +218,19 @@ def run_all(endpoint: str, subst: dict[str, str]) -> dict[str, dict[str, Any]]:
         m = re.search(r"Member +([0-9a-f]+) added", res["stdout"])
         if m:
             subst["NEW_ID"] = m.group(1)
+        if case.capture == "REV":
+            subst["REV"] = str(json.loads(res["stdout"])["header"]["revision"])
+        if case.capture == "LEASE":
+            m = re.search(r"lease ([0-9a-f]+) granted", res["stdout"])
+            subst["LEASE"] = m.group(1) if m else "0"
         out[case.name] = res
     return out
 
 
 # -- comparison ---------------------------------------------------------------------------------------
 _MASKED_JSON = {"cluster_id", "member_id", "revision", "raft_term", "create_revision", "mod_revision", "ID",
-                "dbSize", "dbSizeInUse", "leader", "raftIndex", "raftTerm", "raftAppliedIndex"}
+                "dbSize", "dbSizeInUse", "leader", "raftIndex", "raftTerm", "raftAppliedIndex", "hash",
+                "compact_revision", "id", "ttl", "granted-ttl", "lease", "TTL"}
 
 
 def json_shape(v: Any, key: str = "") -> Any:
@@ -197,6 +288,7 @@ def _free_port() -> int:
 def record() -> int:
     client, peer, spare, spare2 = (_free_port() for _ in range(4))
     with tempfile.TemporaryDirectory() as tmp:
+        snap = f"{tmp}/snapshot.db"
         cmd = [ETCD, "--name", "e1", "--data-dir", f"{tmp}/data",
                "--listen-client-urls", f"http://127.0.0.1:{client}", "--advertise-client-urls",
                f"http://127.0.0.1:{client}", "--listen-peer-urls", f"http://127.0.0.1:{peer}",
@@ -214,7 +306,7 @@ def record() -> int:
                 time.sleep(0.2)
             version = subprocess.run([ETCD, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
             results = run_all(endpoint, {"NEW_PEER": f"http://127.0.0.1:{spare}",
-                                         "NEW_PEER2": f"http://127.0.0.1:{spare2}"})
+                                         "NEW_PEER2": f"http://127.0.0.1:{spare2}", "SNAP": snap})
         finally:
             proc.terminate()
             proc.wait(15)

@@ -18,7 +18,8 @@ from ...server.host import NodeHost
 from ..forward import FORWARDED, Forwarder, was_forwarded
 from .levels import FORWARDED_KEYS
 
-_STUBS = {"KV": epb_grpc.KVStub, "Cluster": epb_grpc.ClusterStub, "Maintenance": epb_grpc.MaintenanceStub}
+_STUBS = {"KV": epb_grpc.KVStub, "Cluster": epb_grpc.ClusterStub, "Maintenance": epb_grpc.MaintenanceStub,
+          "Lease": epb_grpc.LeaseStub}
 
 
 def cluster_id_u64(cluster_id: bytes) -> int:

@@ -17,6 +17,7 @@ import structlog
 
 from ...core import ConfChangeRejected
 from ...server.errors import NoSpace, NotLeader, SyncTimeout
+from ...storage.errors import LeaseExists, LeaseNotFound
 from ..errors import classify
 
 log = structlog.get_logger("raftkv.api.etcd")
@@ -47,6 +48,8 @@ COMPACTED = _e(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision has been 
 FUTURE_REV = _e(Code.OUT_OF_RANGE, "etcdserver: mvcc: required revision is a future revision")
 NO_SPACE = _e(Code.RESOURCE_EXHAUSTED, "etcdserver: mvcc: database space exceeded")
 LEASE_NOT_FOUND = _e(Code.NOT_FOUND, "etcdserver: requested lease not found")
+LEASE_EXIST = _e(Code.FAILED_PRECONDITION, "etcdserver: lease already exists")
+LEASE_TTL_TOO_LARGE = _e(Code.OUT_OF_RANGE, "etcdserver: too large lease TTL")
 MEMBER_NOT_FOUND = _e(Code.NOT_FOUND, "etcdserver: member not found")
 PEER_URL_EXIST = _e(Code.FAILED_PRECONDITION, "etcdserver: Peer URLs already exists")
 NOT_ENOUGH_STARTED = _e(Code.FAILED_PRECONDITION,
@@ -82,6 +85,10 @@ def to_etcd(e: BaseException) -> EtcdError:
         return NOT_LEADER() if e.leader_id else NO_LEADER()
     if isinstance(e, NoSpace):
         return NO_SPACE()
+    if isinstance(e, LeaseNotFound):  # also an expired one being revoked
+        return LEASE_NOT_FOUND()
+    if isinstance(e, LeaseExists):
+        return LEASE_EXIST()
     if isinstance(e, ConfChangeRejected):
         text = str(e)
         if "has not caught up" in text:

@@ -5,10 +5,11 @@ default, majority); reads through the read policy (layers/read_path.py) at etcd'
 or serializable with `serializable=true`) or the one `raftkv-consistency` asks. A follower forwards
 writes, and reads it cannot serve as asked, to the leader's etcd service.
 
-History: raftkv keeps no MVCC history (only each key's latest version), so a Range at a revision is
-served only at the node's current revision; an older one is "required revision has been compacted",
-a newer one "required revision is a future revision", as etcd says for revisions outside what it keeps.
-Compact accepts any revision up to the current one and has nothing to drop."""
+History: raftkv keeps a change history (for watches) but no MVCC versions of its keys (only each key's
+latest), so a Range at a revision is served only at the node's current revision; an older one is
+"required revision has been compacted", a newer one "required revision is a future revision", as etcd
+says for revisions outside what it keeps. Compact is raftkv's CompactHistory (drops the change history
+before the revision, on every node)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from ...layers.acks import AckLevel, AckPolicy, WriteOutcome
+from ...layers.acks import AckLevel, AckPolicy, AckRequest, WriteOutcome
 from ...layers.read_path import ReadPoint
 from ...proto.etcd_stubs import rpc_pb2 as epb
 from ...proto.etcd_stubs import rpc_pb2_grpc as epb_grpc
@@ -106,7 +107,7 @@ class EtcdKV(EtcdBase, epb_grpc.KVServicer):
         return reply
 
     async def _put_ignoring(self, request: epb.PutRequest, context: grpc.aio.ServicerContext) -> epb.PutResponse:
-        """ignore_value / ignore_lease: the key must exist; its value (and its lease, always none) stays.
+        """ignore_value / ignore_lease: the key must exist; its value (or its lease) stays.
         A compare-and-put on the key's mod revision, so a concurrent change is never overwritten with
         the value it replaced."""
         put = self.t.put(request)  # the etcd checks (value provided, lease, empty key)
@@ -119,7 +120,9 @@ class EtcdKV(EtcdBase, epb_grpc.KVServicer):
                 raise E.KEY_NOT_FOUND()
             kv = cur.kvs[0]
             value = kv.value if request.ignore_value else put.value
-            txn = Txn((Compare(put.key, "mod", "=", kv.mod_revision),), (Put(put.key, value, request.prev_kv),))
+            lease = kv.lease if request.ignore_lease else put.lease
+            txn = Txn((Compare(put.key, "mod", "=", kv.mod_revision),),
+                      (Put(put.key, value, request.prev_kv, lease=lease),))
             out = await self._write(txn, context, True)
             if out.result.succeeded:
                 reply = put_to_etcd(out.result.results[0])
@@ -151,11 +154,19 @@ class EtcdKV(EtcdBase, epb_grpc.KVServicer):
     @etcd_rpc
     async def Compact(self, request: epb.CompactionRequest, context: grpc.aio.ServicerContext
                       ) -> epb.CompactionResponse:
-        """raftkv keeps no history to compact: a revision up to the current one is accepted (there is
-        nothing to drop), a later one is etcd's "future revision"."""
-        if request.revision > self.host.applied:
+        """raftkv's CompactHistory through the log: every node drops its change history before the
+        revision (watches cannot start earlier). A revision below this node's history floor is etcd's
+        "compacted", one after the current revision its "future revision". `physical` needs no wait: the
+        entry is applied (and the history trimmed) on this node before the answer."""
+        h = self.host
+        if request.revision > h.applied:
             raise E.FUTURE_REV()
-        return epb.CompactionResponse(header=self.header())
+        if request.revision < h.store.history_floor():  # type: ignore[attr-defined]
+            raise E.COMPACTED()
+        if not h.is_leader:
+            return await self.forward("KV", "Compact", request, context)
+        out = await self.acks.write(commands.encode(commands.CompactHistory(request.revision)), AckRequest())
+        return epb.CompactionResponse(header=self.header(out.index))
 
     def _size(self, request: Any) -> None:
         self.v.request_size(request)

@@ -6,25 +6,30 @@
   raises and clears NOSPACE itself (it clears once a persist succeeds again), so ACTIVATE and DEACTIVATE
   are refused with FAILED_PRECONDITION saying so.
 - Defragment does nothing and says so in trailing metadata (`raftkv-note`): LMDB reuses freed pages.
-- Hash, HashKV, Snapshot and Downgrade answer UNIMPLEMENTED naming raftkv's own command."""
+- HashKV is this member's hash from raftkv's divergence check; Snapshot streams raftkv's backup file.
+- Hash and Downgrade answer UNIMPLEMENTED naming raftkv's own command."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
 
 from ...core import StateRole
+from ...proto import maintenance_pb2 as mpb
+from ...proto import maintenance_pb2_grpc
 from ...proto.etcd_stubs import rpc_pb2 as epb
 from ...proto.etcd_stubs import rpc_pb2_grpc as epb_grpc
 from ...proto.stubs import kv_pb2 as pb
 from ...proto.stubs import kv_pb2_grpc
+from ...server.corruption import HashUnavailable
 from ...server.host import NodeHost
 from ..admin_service import StoreFacts
-from ..forward import Forwarder
+from ..forward import FORWARDED, Forwarder, was_forwarded
+from ..maintenance_service import backup_stream
 from . import errors as E
 from .base import EtcdBase
 from .errors import EtcdError, etcd_rpc
@@ -130,11 +135,63 @@ class EtcdMaintenance(EtcdBase, epb_grpc.MaintenanceServicer):
 
     @etcd_rpc
     async def HashKV(self, request: epb.HashKVRequest, context: grpc.aio.ServicerContext) -> epb.HashKVResponse:
-        raise _unimplemented("raftkv does not serve etcd's HashKV yet; compare members' state with `kv check hash`")
+        """This member's hash of its key-value state, from raftkv's divergence check (server/corruption.py).
+        Revision 0: a fresh hash entry is committed (by the leader; a follower asks it) and this member's
+        hash at that entry's revision is answered, so members asked one after another hash comparable
+        states only when nothing was written between. A revision > 0 must be the revision of a hash entry
+        this member applied recently. The hash is the first 4 bytes of raftkv's SHA-256 (not etcd's CRC32
+        over its MVCC keys): comparable between raftkv members, never with etcd's."""
+        h = self.host
+        checker = getattr(h, "corruption", None)
+        if checker is None:
+            raise _unimplemented("this node has no divergence checker")
+        wait = min(context.time_remaining() or 5.0, 10.0)
+        try:
+            if request.revision > 0:
+                if request.revision > h.applied:
+                    raise E.FUTURE_REV()
+                got = await checker.hash_at(request.revision, wait)
+            elif h.is_leader:
+                got = await checker.hash_now()
+            else:
+                got = await checker.hash_at(await self._leader_hash_revision(context), wait)
+        except HashUnavailable as e:
+            raise EtcdError(grpc.StatusCode.NOT_FOUND, f"raftkv hashes its state only at the revisions of its "
+                            f"hash entries; ask with revision 0 ({e})") from None
+        floor = h.store.history_floor()  # type: ignore[attr-defined]
+        return epb.HashKVResponse(header=self.header(got.revision), hash=int.from_bytes(got.digest[:4], "big"),
+                                  compact_revision=max(0, floor - 1), hash_revision=got.revision)
 
-    @etcd_rpc
-    async def Snapshot(self, request: epb.SnapshotRequest, context: grpc.aio.ServicerContext) -> epb.SnapshotResponse:
-        raise _unimplemented("raftkv does not stream etcd snapshots yet; back up with `kv snapshot save FILE`")
+    async def _leader_hash_revision(self, context: grpc.aio.ServicerContext) -> int:
+        """Ask the leader to commit a hash entry (raftkv.v1.Maintenance.HashKV); its revision."""
+        h = self.host
+        address = h.leader_address() if h.leader_id else ""
+        if was_forwarded(context) or not address:
+            raise h.not_leader()
+        stub = maintenance_pb2_grpc.MaintenanceStub(self.fwd.channel(address))
+        reply = await stub.HashKV(mpb.HashKVRequest(), timeout=context.time_remaining(),
+                                  metadata=((FORWARDED, str(h.cfg.id)),))
+        return int(reply.revision)
+
+    async def Snapshot(self, request: epb.SnapshotRequest, context: grpc.aio.ServicerContext
+                       ) -> AsyncIterator[epb.SnapshotResponse]:
+        """This member's consistent snapshot in raftkv's backup format (the bytes `kv snapshot save` writes),
+        not etcd's bolt database: `etcdctl snapshot save` writes the file, `kv snapshot restore` restores
+        it; `etcdctl snapshot status/restore` cannot read it."""
+        h = self.host
+        try:
+            if h.removal.removed:
+                raise h.removal.error()
+            remaining = 0
+            async for data, _, size in backup_stream(h, self.store, context.peer(),  # type: ignore[arg-type]
+                                                     etcd_size=True):
+                remaining = max(size, remaining) - len(data)
+                yield epb.SnapshotResponse(header=self.header(), remaining_bytes=max(remaining, 0), blob=data)
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure must become a status
+            err = E.to_etcd(e)
+            await context.abort(err.code, str(err))
 
     @etcd_rpc
     async def Downgrade(self, request: epb.DowngradeRequest, context: grpc.aio.ServicerContext
