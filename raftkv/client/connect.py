@@ -22,13 +22,47 @@ SETTLED = (READY, FAILED, SHUTDOWN)
 at once with gRPC's own account of why it could not connect (never sent)."""
 
 
+def _closed_channel_poll(args: threading.ExceptHookArgs) -> bool:
+    """Whether an uncaught thread exception is gRPC's connectivity poll meeting its channel closed."""
+    if not isinstance(args.exc_value, ValueError) or "Channel closed!" not in str(args.exc_value):
+        return False
+    tb = args.exc_traceback
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_poll_connectivity":
+            return True
+        tb = tb.tb_next
+    return False
+
+
+_quieted = False
+
+
+def _quiet_closed_channel_polls() -> None:
+    """gRPC's connectivity thread (behind `subscribe`) polls every 0.2 s without holding off a concurrent
+    `close()`: when a channel closes between two of its polls, the thread dies with "Channel closed!" and
+    Python prints that traceback on the application's stderr, although nothing went wrong (the channel was
+    closed on purpose). Only that exception, from that gRPC function, is dropped; any other goes to the hook
+    that was installed before."""
+    global _quieted
+    if _quieted:
+        return
+    _quieted = True
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not _closed_channel_poll(args):
+            previous(args)
+
+    threading.excepthook = hook
+
+
 class ChannelWatch:
     """The connectivity of one blocking channel, kept current by a subscription for the channel's life."""
 
     def __init__(self, channel: grpc.Channel) -> None:
+        _quiet_closed_channel_polls()
         self.channel = channel
         self.state: grpc.ChannelConnectivity | None = None
-        self._kicked = False
         self._cond = threading.Condition()
         channel.subscribe(self._on_change, try_to_connect=True)
 
@@ -45,7 +79,6 @@ class ChannelWatch:
                 return True
             if self.state == grpc.ChannelConnectivity.IDLE:
                 # An idle channel connects only when asked; subscribing again asks (gRPC's public way).
-                self._kicked = True
                 self.channel.subscribe(self._kick, try_to_connect=True)
             end = time.monotonic() + timeout
             while self.state not in SETTLED:
@@ -60,19 +93,7 @@ class ChannelWatch:
         self._on_change(state)
 
     def close(self) -> None:
-        """Stop watching; call before closing the channel. gRPC's connectivity thread polls every 0.2 s: a
-        connection attempt asked for (`_kick`) and not yet taken up when the channel closes makes that
-        thread fail on the closed channel and print a traceback. So wait, at most a poll or two, until it
-        has taken the request up; nothing is waited for in the usual case (no attempt pending)."""
         self.channel.unsubscribe(self._on_change)
-        with self._cond:
-            kicked = self._kicked
-        state = getattr(self.channel, "_connectivity_state", None)  # grpc internals; absent: nothing to wait
-        if not kicked or state is None:
-            return
-        end = time.monotonic() + 0.5
-        while getattr(state, "try_to_connect", False) and time.monotonic() < end:
-            time.sleep(0.01)
 
 
 async def wait_settled(channel: grpc.aio.Channel, timeout: float) -> bool:
