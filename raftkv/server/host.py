@@ -30,6 +30,7 @@ from ..core import (
     NONE,
     ConfChange,
     Config,
+    LogStorage,
     Message,
     MessageType,
     ProposalDropped,
@@ -79,11 +80,13 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     def __init__(self, cfg: ServerConfig, store: NodeStore, transport: PeerTransport, metrics: Metrics,
                  seed: int | None = None, *, clock: Clock | None = None, io: IOExecutor | None = None,
                  inbox: Inbox | None = None, identity: IdentityGuard | None = None,
-                 space: DiskRoom | None = None) -> None:
+                 space: DiskRoom | None = None,
+                 raft_factory: Callable[[Config, LogStorage], RaftNode] = RaftNode) -> None:
         """Everything the host touches comes from outside (ports.py): its store, its transport and the
         inbox it pulls peers' messages from (the transport's, unless given), its clock, and the executor
         its synced transactions run on, and the data directory's free space. Left out, the clock is the
-        system's, the executor a thread and the space the data directory's filesystem's."""
+        system's, the executor a thread and the space the data directory's filesystem's. `raft_factory`
+        builds the core from its Config and log (the simulator's Figure-8 settings and planted bugs)."""
         import random
 
         self.cfg = cfg
@@ -102,7 +105,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             applied=store.applied_index(),
             rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
         )
-        self.node = RaftNode(core_cfg, store.log)
+        self.node = raft_factory(core_cfg, store.log)
         # When each round of heartbeats left, on our monotonic clock: leases and our own staleness proof.
         self.lease_clock = LeaseClock(lease_seconds(cfg.tick_ms, cfg.election_ticks, cfg.lease_drift_ticks))
         # A leader-transfer request that reaches us later than the leader waits for it is dropped.
@@ -120,6 +123,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         # (answered once their Ready is written, or when the core did not take them).
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
         self._ticks_due = 0
+        self.tick_s = cfg.tick_ms / 1000
+        """The interval of the tick timer on the loop. The simulator sets it per node, with the node's clock
+        rate, to model clocks that run fast or slow (lease reads' drift bound)."""
         self._tick_handle: asyncio.TimerHandle | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -200,9 +206,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self._ticks_due += 1
             self._wake.set()
             if not self._stopping:
-                self._tick_handle = loop.call_later(self.cfg.tick_ms / 1000, fire)
+                self._tick_handle = loop.call_later(self.tick_s, fire)
 
-        self._tick_handle = loop.call_later(self.cfg.tick_ms / 1000, fire)
+        self._tick_handle = loop.call_later(self.tick_s, fire)
 
     def readiness(self) -> tuple[bool, str]:
         """Whether this node can serve now, and if not why: its loop runs, it knows a leader, it is not
@@ -580,9 +586,10 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
                                            if self.is_leader else 0)
         if self.identity is not None:
             self.identity.after_round()
+        if self.waiters.durable_waiting:
+            # A deposed leader's waits too: they end at their deadline, which wakes the loop (below).
+            self.waiters.release_durable(self.match_indexes(), now)
         if self.is_leader:
-            if self.waiters.durable_waiting:
-                self.waiters.release_durable(self.match_indexes(), now)
             for hook in self._round_hooks:
                 hook()
             if now - self._last_lag_check >= 0.5:

@@ -22,9 +22,9 @@ from raftkv.core import (
     RaftNode,
     StateRole,
 )
-from raftkv.core.quorum import quorum_index
 from raftkv.core.raft import Raft
 
+from ..planted_bugs import CountingCommitRaft
 from .harness import Net
 
 
@@ -121,17 +121,6 @@ def test_figure8_leader_does_not_commit_old_term_entry_by_counting() -> None:
     assert (idx, 3) in net.log_terms(3)
 
 
-class CountingBrokenRaft(Raft):
-    """Commits whatever a majority holds, whatever its term: the bug Figure 8 warns against."""
-
-    def maybe_commit(self) -> bool:
-        mci = quorum_index(self.conf.voters, {nid: pr.match for nid, pr in self.prs.items()})
-        if mci > self.log.committed:
-            self.log.commit_to(mci)
-            return True
-        return False
-
-
 def test_figure8_rule_is_what_stops_the_commit() -> None:
     """The same replication state, with the commit rule broken, does commit the old-term entry: the
     check above is not passing by accident."""
@@ -139,7 +128,7 @@ def test_figure8_rule_is_what_stops_the_commit() -> None:
     voters = [ConfChange(ConfChangeType.ADD_VOTER, n).encode() for n in (1, 2, 3)]
     storage.append([Entry(1, i + 1, EntryType.CONF_CHANGE, d) for i, d in enumerate(voters)] + [Entry(2, 4)])
     storage.set_hard_state(HardState(term=3, vote=1, commit=3))
-    for cls, expect_commit in ((Raft, 3), (CountingBrokenRaft, 4)):
+    for cls, expect_commit in ((Raft, 3), (CountingCommitRaft, 4)):
         r = cls(Config(id=1, rng=random.Random(1)), storage)
         r.become_candidate()
         r.become_leader()  # term 4; its empty entry (index 5) is not persisted yet

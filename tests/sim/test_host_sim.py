@@ -133,3 +133,62 @@ def test_memory_store_drops_a_torn_append_and_reports_a_flipped_bit() -> None:
     assert disk.flip_bit(last, 3)
     with pytest.raises(CorruptionError, match=f"log entry {last}"):
         MemoryNodeStore.reopen(disk, lambda: 0.0)
+
+
+# -- host behaviour found by the simulator ---------------------------------------------------------------
+
+def test_a_deposed_leaders_durability_wait_ends_at_its_deadline() -> None:
+    """A semi-sync or sync write's durability wait on a leader that loses its leadership is answered (timed
+    out) at its deadline: the loop wakes for that deadline, so it must settle the wait then rather than
+    wake again every millisecond for as long as it follows."""
+    import asyncio
+
+    import structlog
+
+    from raftkv.server.config import ServerConfig
+    from raftkv.sim.loop import SimClock, SimLoop
+    from raftkv.sim.world import SimNode, World
+
+    loop = SimLoop()
+    world = World(7, loop, lambda line: None)
+    peers = {i: f"sim-{i}:1" for i in (1, 2, 3)}
+    nodes = [SimNode(i, ServerConfig(id=i, data_dir=f"/nonexistent/{i}", peers=peers, tick_ms=10, election_ticks=10),
+                     world, SimClock(loop)) for i in peers]
+    rounds = {"n": 0}
+
+    async def main() -> None:
+        for n in nodes:
+            await n.start()
+        leader = None
+        while leader is None:
+            await asyncio.sleep(0.01)
+            leader = next((n for n in nodes if n.host is not None and n.host.is_leader), None)
+        host = leader.host
+        assert host is not None
+        fut = host.wait_durable(host.last_index() + 1000, frozenset(peers), 3, 1.0)
+        world.net.partition([{leader.id}, set(peers) - {leader.id}])
+        await asyncio.sleep(0.5)
+        assert not host.is_leader
+        after_round = host._after_round
+
+        def counted() -> None:
+            rounds["n"] += 1
+            after_round()
+
+        host._after_round = counted  # type: ignore[method-assign]
+        await asyncio.sleep(1.5)
+        assert fut.done() and fut.result().timed_out
+        assert rounds["n"] < 500, f"{rounds['n']} loop rounds in 1.5 s of following (ticks: 150)"
+        for n in nodes:
+            n.crash()
+
+    old = structlog.get_config()
+    structlog.configure(processors=[lambda *a: (_ for _ in ()).throw(structlog.DropEvent)])
+    try:
+        loop.run_until_complete(main())
+    finally:
+        structlog.configure(**old)
+        for t in asyncio.all_tasks(loop):
+            t.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
