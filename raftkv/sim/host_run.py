@@ -127,7 +127,7 @@ class HostCluster:
         self.flipped: set[int] = set()
         self.stopping = False
         self._violation: Violation | None = None
-        self._started: set[int] = set()
+        self.started: set[int] = set()
 
     def _raft_factory(self) -> Callable[[Config, LogStorage], RaftNode]:
         sw = self.swarm
@@ -255,7 +255,7 @@ class HostCluster:
         if n.up:
             return
         if await n.start():
-            self._started.add(n.id)
+            self.started.add(n.id)
             self._watch(n)
             if not quiet:
                 self.log(f"{'restart' if n.restarts else 'start'} node {n.id}")
@@ -299,9 +299,10 @@ class HostCluster:
             return
         sw = self.swarm
         if new and not self.stopping and sw.new_leader_crash and self._crash_rng.random() < sw.new_leader_crash:
-            tick = sw.tick_ms / 1000
-            when = self._crash_rng.uniform(0.1, 3.0) * tick
-            back = when + self._crash_rng.uniform(2, 30) * tick
+            # Within a few message delays: after it has sent its first appends, before their answers
+            # have all come back (the core's schedule in the paper's Figure 8, panels c and d).
+            when = self._crash_rng.uniform(0.0, 4.0) * self.world.net.faults.delay_ms[1] / 1000
+            back = when + self._crash_rng.uniform(2, 30) * sw.tick_ms / 1000
             self.loop.call_later(when, self._crash_new_leader, n, host)
             self.loop.call_later(back, self._restart_soon, n)
 
@@ -338,7 +339,7 @@ class HostCluster:
         for n in self.nodes.values():
             n.space.full = False
         for n in self.nodes.values():
-            if not n.up and not n.corrupt and n.id in self._started:
+            if not n.up and not n.corrupt and n.id in self.started:
                 await self.restart(n)
         self.log("final heal: network whole, every node that can start running")
 

@@ -49,12 +49,19 @@ class Nemesis:
                 return
             leader = c.leader()
             victim = leader if leader is not None and r.random() < 0.5 else r.choice(up)
+            assert victim.host is not None
+            # A flipped bit keeps its node down for good: only where the others still make a quorum.
+            voters = victim.host.node.conf.voters
             c.crash(victim)
-            if kind == "flip-bit" and c.swarm.nodes >= 3 and not c.flipped and victim.disk.log:
+            if kind == "flip-bit" and len(voters) >= 3 and not c.flipped and victim.disk.log:
                 idx = r.choice(sorted(victim.disk.log))
                 victim.disk.flip_bit(idx, r.randrange(64))
                 c.flipped.add(victim.id)
                 c.log(f"flip a bit of log entry {idx} on node {victim.id}'s disk")
+            down = [n for n in c.nodes.values() if not n.up and n is not victim and not n.corrupt
+                    and n.id in c.started]
+            if down and r.random() < 0.7:
+                await c.restart(r.choice(down))  # churn: a node that was down comes back meanwhile
         elif kind == "partition" and len(ids) > 1:
             shuffled = ids[:]
             r.shuffle(shuffled)

@@ -46,6 +46,8 @@ class HostSimOptions:
     """Chance that a newly elected leader crashes within a few ticks (with "crash" faults); None: drawn."""
     drift: float | None = None
     """Clock rates within this fraction of the lease drift bound (0: none; > 1: beyond it); None: drawn."""
+    rates: tuple[float, ...] | None = None
+    """Each node's clock rate, fixed (a planted drift); None: drawn within `drift`."""
     lease_reads: bool | None = None
     read_levels: tuple[str, ...] | None = None
     raft_class: type[Raft] | None = None
@@ -122,6 +124,8 @@ def draw_swarm(rng: random.Random, opts: HostSimOptions) -> Swarm:
     drift = opts.drift if opts.drift is not None else rng.choice([0.0, 0.0, rng.uniform(0.1, 0.9)])
     eps = drift * drift_bound(election)
     rates = tuple(min(3.0, max(0.3, rng.uniform(1 - eps, 1 + eps))) for _ in range(nodes + spares))
+    if opts.rates is not None:
+        rates = tuple(opts.rates[i] if i < len(opts.rates) else 1.0 for i in range(nodes + spares))
     if opts.lease_reads is not None:
         lease = opts.lease_reads
     return Swarm(nodes, spares, tick_ms, election, heartbeat, lease, snap_entries, snap_keep, size, inflight, crash,

@@ -5,20 +5,17 @@ is a bug the ack or read path could have), and that the in-memory store's faults
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
-from raftkv.core import Config, ConfState, Entry, HardState, LogStorage, RaftNode
-from raftkv.core.quorum import quorum_index
-from raftkv.core.raft import Raft
+from raftkv.core import ConfState, Entry, HardState
 from raftkv.layers import acks
-from raftkv.server import host as host_module
 from raftkv.server.host import NodeHost
 from raftkv.sim.host_run import HostSimOptions, run_host_seed, run_host_seeds
 from raftkv.storage.commands import Put, encode
 from raftkv.storage.errors import CorruptionError
 from raftkv.storage.memory_store import MemoryDisk, MemoryNodeStore
+
+from ..planted_bugs import CountingCommitRaft
 
 SEEDS = range(1, 201)
 
@@ -68,25 +65,11 @@ def test_catches_majority_writes_acknowledged_before_commit(monkeypatch: pytest.
     assert _first_violation(monkeypatch, range(1, 101)) is not None, "a write acknowledged early went unnoticed"
 
 
-class CountingCommitRaft(Raft):
-    """Commits whatever a majority holds, whatever its term (Raft §5.4.2 says: only current-term entries)."""
-
-    def maybe_commit(self) -> bool:
-        mci = quorum_index(self.conf.voters, {nid: pr.match for nid, pr in self.prs.items()})
-        if mci > self.log.committed:
-            self.log.commit_to(mci)
-            return True
-        return False
-
-
-def test_catches_a_core_that_commits_old_terms_by_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_catches_a_core_that_commits_old_terms_by_counting() -> None:
     """The paper's Figure 8 bug, under the real host: entries travel one per message, so a majority can
     hold an old-term entry without the new term's; what clients see (or the Raft invariants) betray it."""
-    def broken(cfg: Config, log: LogStorage) -> RaftNode:
-        return RaftNode(dataclasses.replace(cfg, max_size_per_msg=1, max_inflight_msgs=1), log, CountingCommitRaft)
-
-    monkeypatch.setattr(host_module, "RaftNode", broken)
-    opts = HostSimOptions(nodes=3, faults=("crash", "partition", "drop", "delay"))
+    opts = HostSimOptions(nodes=3, faults=("crash", "partition", "drop", "delay"), max_size_per_msg=1,
+                          max_inflight_msgs=1, raft_class=CountingCommitRaft)
     found = next((r for r in (run_host_seed(s, opts) for s in range(1, 151)) if r.violation is not None), None)
     assert found is not None, "the broken commit rule went unnoticed"
 
