@@ -54,7 +54,10 @@ async def run_client(c: HostCluster, cid: int, seed: int) -> None:
 async def _write(c: HostCluster, cid: int, key: bytes, value: bytes, level: str, rng: random.Random) -> _Done:
     op = c.history.add(Op(cid, "write", key, level, c.loop.time(), value=value))
     ack = AckRequest(AckLevel(level), min_replicas=1, timeout_ms=rng.choice([20, 100]))
-    target = c.leader() or rng.choice(c.up() or list(c.nodes.values()))
+    # Any node that believes it leads, as a client whose idea of the leader may be stale: a leader cut off
+    # from the others keeps taking writes (leader-level ones are answered) until it learns better.
+    leaders = [n for n in c.up() if n.host is not None and n.host.is_leader]
+    target = rng.choice(leaders) if leaders else rng.choice(c.up() or list(c.nodes.values()))
     done = _Done()
     try:
         if target.host is None:

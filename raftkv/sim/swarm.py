@@ -50,6 +50,7 @@ class HostSimOptions:
     """Each node's clock rate, fixed (a planted drift); None: drawn within `drift`."""
     lease_reads: bool | None = None
     read_levels: tuple[str, ...] | None = None
+    write_levels: tuple[str, ...] | None = None
     raft_class: type[Raft] | None = None
     """A core of another class (a planted bug), or None for the real one."""
     keep_events: frozenset[int] | None = None
@@ -110,7 +111,7 @@ def drift_bound(election_ticks: int, drift_ticks: int = LEASE_DRIFT_TICKS) -> fl
 def draw_swarm(rng: random.Random, opts: HostSimOptions) -> Swarm:
     nodes = opts.nodes or rng.choice([1, 2, 3, 3, 3, 4, 5, 5, 7])
     faults = opts.faults if opts.faults is not None else tuple(f for f in HOST_FAULTS if rng.random() < 0.5)
-    writes = tuple(w for w in WRITE_LEVELS if rng.random() < 0.6) or ("majority",)
+    writes = opts.write_levels or tuple(w for w in WRITE_LEVELS if rng.random() < 0.6) or ("majority",)
     reads = opts.read_levels or tuple(r for r in READ_LEVELS if rng.random() < 0.6) or ("linearizable",)
     tick_ms, election, heartbeat = rng.choice([5, 10, 20]), rng.choice([5, 10, 20]), rng.choice([1, 1, 2])
     lease = rng.random() < 0.5

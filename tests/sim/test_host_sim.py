@@ -5,15 +5,23 @@ is a bug the ack or read path could have), and that the in-memory store's faults
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+from collections.abc import Awaitable, Callable
 
-from raftkv.core import ConfState, Entry, HardState
+import pytest
+import structlog
+
+from raftkv.core import ConfState, Entry, HardState, Message, MessageType
 from raftkv.layers import acks
+from raftkv.server.config import ServerConfig
 from raftkv.server.host import NodeHost
 from raftkv.sim.host_run import HostSimOptions, run_host_seed, run_host_seeds
+from raftkv.sim.loop import SimClock, SimLoop
+from raftkv.sim.world import SimNode, World
 from raftkv.storage.commands import Put, encode
 from raftkv.storage.errors import CorruptionError
 from raftkv.storage.memory_store import MemoryDisk, MemoryNodeStore
+from raftkv.transport.envelope import StampedMessage
 
 from ..planted_bugs import CountingCommitRaft
 
@@ -120,58 +128,107 @@ def test_memory_store_drops_a_torn_append_and_reports_a_flipped_bit() -> None:
 
 # -- host behaviour found by the simulator ---------------------------------------------------------------
 
-def test_a_deposed_leaders_durability_wait_ends_at_its_deadline() -> None:
-    """A semi-sync or sync write's durability wait on a leader that loses its leadership is answered (timed
-    out) at its deadline: the loop wakes for that deadline, so it must settle the wait then rather than
-    wake again every millisecond for as long as it follows."""
-    import asyncio
-
-    import structlog
-
-    from raftkv.server.config import ServerConfig
-    from raftkv.sim.loop import SimClock, SimLoop
-    from raftkv.sim.world import SimNode, World
-
+def _small_cluster(size: int, main: Callable[[World, list[SimNode]], Awaitable[None]]) -> None:
+    """Run `main` over `size` real hosts on the simulated world (no clients, no faults but main's own)."""
     loop = SimLoop()
     world = World(7, loop, lambda line: None)
-    peers = {i: f"sim-{i}:1" for i in (1, 2, 3)}
+    peers = {i: f"sim-{i}:1" for i in range(1, size + 1)}
     nodes = [SimNode(i, ServerConfig(id=i, data_dir=f"/nonexistent/{i}", peers=peers, tick_ms=10, election_ticks=10),
                      world, SimClock(loop)) for i in peers]
-    rounds = {"n": 0}
 
-    async def main() -> None:
+    async def run() -> None:
         for n in nodes:
             await n.start()
-        leader = None
-        while leader is None:
-            await asyncio.sleep(0.01)
-            leader = next((n for n in nodes if n.host is not None and n.host.is_leader), None)
-        host = leader.host
-        assert host is not None
-        fut = host.wait_durable(host.last_index() + 1000, frozenset(peers), 3, 1.0)
-        world.net.partition([{leader.id}, set(peers) - {leader.id}])
-        await asyncio.sleep(0.5)
-        assert not host.is_leader
-        after_round = host._after_round
-
-        def counted() -> None:
-            rounds["n"] += 1
-            after_round()
-
-        host._after_round = counted  # type: ignore[method-assign]
-        await asyncio.sleep(1.5)
-        assert fut.done() and fut.result().timed_out
-        assert rounds["n"] < 500, f"{rounds['n']} loop rounds in 1.5 s of following (ticks: 150)"
-        for n in nodes:
-            n.crash()
+        try:
+            await main(world, nodes)
+        finally:
+            for n in nodes:
+                n.crash()
 
     old = structlog.get_config()
-    structlog.configure(processors=[lambda *a: (_ for _ in ()).throw(structlog.DropEvent)])
+    structlog.configure(processors=[_drop])
     try:
-        loop.run_until_complete(main())
+        loop.run_until_complete(run())
     finally:
         structlog.configure(**old)
         for t in asyncio.all_tasks(loop):
             t.cancel()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+def _drop(*args: object) -> dict[str, object]:
+    raise structlog.DropEvent
+
+
+async def _leader(nodes: list[SimNode]) -> SimNode:
+    while True:
+        await asyncio.sleep(0.01)
+        for n in nodes:
+            if n.host is not None and n.host.is_leader:
+                return n
+
+
+def test_a_deposed_leaders_durability_wait_ends_at_its_deadline() -> None:
+    """A semi-sync or sync write's durability wait on a leader that loses its leadership is answered (timed
+    out) at its deadline: the loop wakes for that deadline, so it must settle the wait then rather than
+    wake again every millisecond for as long as it follows."""
+    async def main(world: World, nodes: list[SimNode]) -> None:
+        leader = await _leader(nodes)
+        host = leader.host
+        assert host is not None
+        everyone = frozenset(n.id for n in nodes)
+        fut = host.wait_durable(host.last_index() + 1000, everyone, 3, 1.0)
+        world.net.partition([{leader.id}, set(everyone) - {leader.id}])
+        await asyncio.sleep(0.5)
+        assert not host.is_leader
+        rounds = 0
+        after_round = host._after_round
+
+        def counted() -> None:
+            nonlocal rounds
+            rounds += 1
+            after_round()
+
+        host._after_round = counted  # type: ignore[method-assign]
+        await asyncio.sleep(1.5)
+        assert fut.done() and fut.result().timed_out
+        assert rounds < 500, f"{rounds} loop rounds in 1.5 s of following (ticks: 150)"
+
+    _small_cluster(3, main)
+
+
+def test_follower_freshness_comes_from_confirmed_rounds_only() -> None:
+    """Bounded staleness's proof, carried in the messages' envelopes: a follower's freshness is a stamp it
+    sent itself, echoed with the leader's commit index once a quorum-confirmed round vouched for it; cut off
+    with its leader in a minority, it keeps sending newer stamps, but no round is confirmed, so none is
+    vouched for -- while the majority may already be committing writes it does not have."""
+    sent: dict[int, list[int]] = {}
+
+    async def main(world: World, nodes: list[SimNode]) -> None:
+        net_send = world.net.send
+
+        def send(m: Message) -> bool:
+            if isinstance(m, StampedMessage) and m.type in (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP):
+                sent.setdefault(m.frm, []).append(m.stamp)
+            return net_send(m)
+
+        world.net.send = send  # type: ignore[method-assign]
+        leader = await _leader(nodes)
+        await asyncio.sleep(0.1)
+        follower = next(n for n in nodes if n is not leader)
+        assert leader.host is not None and follower.host is not None
+        fresh = follower.host.stamps.freshness
+        assert fresh is not None
+        stamp, commit = fresh
+        assert commit == leader.host.node.raft_log.committed
+        assert stamp in sent[follower.id]  # a stamp the follower itself sent
+        vouched = leader.host.stamps.echo_for(follower.id)  # confirmed before the cut; on its way
+        assert vouched is not None
+        world.net.partition([{leader.id, follower.id}, {n.id for n in nodes} - {leader.id, follower.id}])
+        await asyncio.sleep(0.06)  # fewer ticks than CheckQuorum waits before deposing the leader
+        assert leader.host.is_leader
+        assert max(sent[follower.id]) > vouched[0]
+        assert follower.host.stamps.freshness == vouched
+
+    _small_cluster(5, main)
