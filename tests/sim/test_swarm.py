@@ -8,8 +8,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+import pytest
+
+from raftkv.server.host import NodeHost
 from raftkv.sim import HostSimOptions, run_host_seed, run_host_seeds
 from raftkv.sim.schedule import Event, ddmin
+from raftkv.sim.shrink import shrink
 from raftkv.sim.swarm import drift_bound
 
 MEMBERSHIP = HostSimOptions(faults=("membership", "transfer", "crash", "partition"), trace_keep=100_000)
@@ -82,3 +86,26 @@ def test_ddmin_keeps_order_and_handles_an_empty_cause() -> None:
     evs = [Event(i, i / 10, "crash", i) for i in range(5)]
     assert ddmin(evs, lambda xs: True) == []
     assert ddmin(evs, lambda xs: evs[4] in xs and evs[0] in xs) == [evs[0], evs[4]]
+
+
+def test_a_failing_seed_shrinks_to_a_smaller_schedule_that_still_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def local_barrier(self: NodeHost) -> int:  # planted: no quorum round, a deposed leader answers
+        return self.applied
+
+    monkeypatch.setattr(NodeHost, "linearizable_barrier", local_barrier)
+    failed = next(r for r in (run_host_seed(s) for s in range(1, 41)) if r.violation is not None and len(r.events) > 1)
+    assert failed.violation is not None
+    shrunk = shrink(failed)
+    assert shrunk.result.violation is not None
+    assert shrunk.result.violation.invariant == failed.violation.invariant
+    assert len(shrunk.events) < len(failed.events)
+    assert set(shrunk.events) <= set(failed.events)
+    report = shrunk.report()
+    assert report[0].startswith("shrunk in ") and "schedule:" in report
+    assert any(line.startswith("  >> ") for line in report)  # the offending operations, marked
+    replay = report[-1]
+    assert replay.startswith(f"replay: python -m raftkv.sim --seed {failed.seed} --events ")
+    # The printed command names the shrunk run: the same options fail the same way again.
+    again = run_host_seed(failed.seed, shrunk.result.opts)
+    assert again.violation is not None and str(again.violation) == str(shrunk.result.violation)
+    assert again.trace == shrunk.result.trace
