@@ -51,6 +51,26 @@ async def run_client(c: HostCluster, cid: int, seed: int) -> None:
             token = newest(token, SessionToken(index=done.index_seen, term=done.term_seen))
 
 
+async def run_pipelined_client(c: HostCluster, cid: int, seed: int, window: int = 16) -> None:
+    """A client that does not wait for one write before sending the next (up to `window` in flight), at
+    the `leader` level, to whichever node believes it leads: each leader, even one about to be cut off
+    or to crash, builds a tail of entries of its own term -- the divergent logs of the paper's Figure 8."""
+    rng = random.Random(seed)
+    in_flight: set[asyncio.Task[_Done]] = set()
+    n = 0
+    while not c.stopping:
+        await asyncio.sleep(rng.uniform(0.0002, 0.002))
+        if len(in_flight) >= window:
+            continue
+        n += 1
+        key = b"k%d" % rng.randrange(c.opts.keys)
+        task = asyncio.ensure_future(_write(c, cid, key, b"c%d-%d" % (cid, n), "leader", rng))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    if in_flight:
+        await asyncio.gather(*in_flight, return_exceptions=True)
+
+
 async def _write(c: HostCluster, cid: int, key: bytes, value: bytes, level: str, rng: random.Random) -> _Done:
     op = c.history.add(Op(cid, "write", key, level, c.loop.time(), value=value))
     ack = AckRequest(AckLevel(level), min_replicas=1, timeout_ms=rng.choice([20, 100]))

@@ -29,7 +29,7 @@ from ..layers.read_path import prepare_read
 from ..layers.reads import ReadLevel
 from ..server.config import ServerConfig
 from ..storage.commands import Put, encode
-from .clients import run_client
+from .clients import run_client, run_pipelined_client
 from .history import History, HistoryViolation, Op, check
 from .invariants import SafetyChecker, Violation
 from .loop import SimClock, SimLoop, SimulationIdle
@@ -202,6 +202,10 @@ class HostCluster:
         clients = [i for i in range(1, self.opts.clients + 1)
                    if self.opts.keep_clients is None or i in self.opts.keep_clients]
         tasks = [asyncio.create_task(run_client(self, c, self._client_seeds[c - 1])) for c in clients]
+        for p in range(self.swarm.pipelined):
+            cid = self.opts.clients + 1 + p
+            if self.opts.keep_clients is None or cid in self.opts.keep_clients:
+                tasks.append(asyncio.create_task(run_pipelined_client(self, cid, self._client_seeds[-1] + cid)))
         tasks.append(asyncio.create_task(self._run_schedule()))
         tasks.append(asyncio.create_task(self._invariants()))
         await asyncio.sleep(self.opts.duration_s)

@@ -25,7 +25,7 @@ class Shrunk:
         o, r = self.original, self.result
         assert r.violation is not None
         lines = [f"shrunk in {self.runs} runs: {len(self.events)} of {len(o.events)} events, "
-                 f"{len(self.clients)} of {o.opts.clients} clients; still: {r.violation}",
+                 f"{len(self.clients)} of {o.opts.clients + o.swarm.pipelined} clients; still: {r.violation}",
                  "schedule:"]
         lines += ["  " + e.line() for e in self.events] or ["  (no faults)"]
         if r.shrunk:
@@ -54,7 +54,8 @@ def shrink(failed: HostSimResult, max_runs: int = 120) -> Shrunk:
         return r.violation is not None and r.violation.invariant == want
 
     events = ddmin(failed.events, lambda evs: fails(evs, None), max_tests=max_runs * 2 // 3)
-    all_clients = sorted(base.keep_clients) if base.keep_clients is not None else list(range(1, base.clients + 1))
+    every = list(range(1, base.clients + 1 + failed.swarm.pipelined))
+    all_clients = sorted(base.keep_clients) if base.keep_clients is not None else every
     clients = ddmin(all_clients, lambda cs: fails(events, cs), max_tests=max(1, max_runs - runs))
     final = dataclasses.replace(base, keep_events=frozenset(e.number for e in events),
                                 keep_clients=None if clients == all_clients else frozenset(clients))

@@ -37,6 +37,8 @@ class HostSimOptions:
     faults: tuple[str, ...] | None = None
     """None: a mix drawn per seed from HOST_FAULTS."""
     clients: int = 4
+    pipelined: int | None = None
+    """Clients that keep up to 16 `leader`-level writes in flight (clients.py); None: drawn (0 or 1)."""
     keys: int = 3
     max_size_per_msg: int | None = None
     """Entry bytes per append; None: drawn (1 sends one entry per message, as in the paper's Figure 8)."""
@@ -62,7 +64,7 @@ class HostSimOptions:
 
 
 FIGURE8 = HostSimOptions(nodes=3, spares=0, faults=("crash", "drop", "partition", "isolate-leader", "delay"),
-                         max_size_per_msg=1, max_inflight_msgs=1, new_leader_crash=0.5)
+                         max_size_per_msg=1, max_inflight_msgs=1, new_leader_crash=0.5, pipelined=1)
 """Faults that make the paper's Figure 8 schedule likely: new leaders die moments after winning, and
 entries travel one per message, so a majority can hold an old-term entry without the new term's."""
 
@@ -82,6 +84,7 @@ class Swarm:
     max_size_per_msg: int
     max_inflight_msgs: int
     new_leader_crash: float
+    pipelined: int
     drift: float
     rates: tuple[float, ...]
     """Clock rate of node i+1."""
@@ -94,7 +97,7 @@ class Swarm:
         return (f"nodes={self.nodes}+{self.spares} tick={self.tick_ms}ms election={self.election_ticks} "
                 f"heartbeat={self.heartbeat_ticks} lease_reads={self.lease_reads} "
                 f"snapshot={self.snapshot_entries}/{self.snapshot_keep} msg={self.max_size_per_msg}B "
-                f"inflight={self.max_inflight_msgs} leader_crash={self.new_leader_crash} "
+                f"inflight={self.max_inflight_msgs} leader_crash={self.new_leader_crash} pipelined={self.pipelined} "
                 f"drift={self.drift:.2f} rates={rates} faults={','.join(self.faults) or 'none'} "
                 f"writes={','.join(self.write_levels)} reads={','.join(self.read_levels)}")
 
@@ -122,6 +125,7 @@ def draw_swarm(rng: random.Random, opts: HostSimOptions) -> Swarm:
     crash = opts.new_leader_crash
     if crash is None:
         crash = rng.choice([0.0, 0.3]) if "crash" in faults else 0.0
+    pipelined = opts.pipelined if opts.pipelined is not None else rng.choice([0, 0, 1])
     drift = opts.drift if opts.drift is not None else rng.choice([0.0, 0.0, rng.uniform(0.1, 0.9)])
     eps = drift * drift_bound(election)
     rates = tuple(min(3.0, max(0.3, rng.uniform(1 - eps, 1 + eps))) for _ in range(nodes + spares))
@@ -130,4 +134,4 @@ def draw_swarm(rng: random.Random, opts: HostSimOptions) -> Swarm:
     if opts.lease_reads is not None:
         lease = opts.lease_reads
     return Swarm(nodes, spares, tick_ms, election, heartbeat, lease, snap_entries, snap_keep, size, inflight, crash,
-                 drift, rates, faults, writes, reads)
+                 pipelined, drift, rates, faults, writes, reads)
