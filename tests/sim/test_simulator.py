@@ -28,7 +28,7 @@ def test_same_seed_same_run() -> None:
     assert c.trace != a.trace
 
 
-@pytest.mark.parametrize("nodes,seeds", [(3, range(1, 41)), (5, range(1001, 1031))])
+@pytest.mark.parametrize("nodes,seeds", [(3, range(1, 26)), (5, range(1001, 1016))])
 def test_host_survives_many_faulty_runs(nodes: int, seeds: range) -> None:
     """3- and 5-node clusters with every fault, each ending in a liveness check."""
     summary = run_host_seeds(seeds, HostSimOptions(nodes=nodes, faults=HOST_FAULTS))
@@ -39,7 +39,7 @@ def test_host_survives_many_faulty_runs(nodes: int, seeds: range) -> None:
 
 
 def test_host_survives_figure8_schedules() -> None:
-    summary = run_host_seeds(range(1, 41), FIGURE8)
+    summary = run_host_seeds(range(1, 21), FIGURE8)
     assert not summary.failures, [str(f.violation) for f in summary.failures]
 
 

@@ -21,7 +21,7 @@ MEMBERSHIP = HostSimOptions(faults=("membership", "transfer", "crash", "partitio
 
 def test_membership_changes_and_transfers_run_through_the_host() -> None:
     seen: collections.Counter[str] = collections.Counter()
-    for seed in range(1, 21):
+    for seed in range(1, 13):
         r = run_host_seed(seed, MEMBERSHIP)
         assert r.violation is None, (seed, str(r.violation), r.replay_command())
         for line in r.trace:
@@ -44,7 +44,7 @@ def test_drift_bound_matches_the_lease_formula() -> None:
     assert drift_bound(3, 2) == 0.0
 
 
-LEASE = HostSimOptions(nodes=3, spares=0, lease_reads=True, read_levels=("lease",),
+LEASE = HostSimOptions(nodes=3, spares=0, pipelined=0, lease_reads=True, read_levels=("lease",),
                        faults=("isolate-leader", "transfer"))
 
 
