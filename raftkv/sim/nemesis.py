@@ -125,6 +125,7 @@ class Nemesis:
             n = r.choice(outside)
             if n.disk.log or n.removed:
                 n.wipe()
+                c.flipped.discard(n.id)  # its disk, flipped bit and all, is gone
                 c.log(f"wipe removed node {n.id}; it starts again with --join")
             if not n.up:
                 await c.restart(n)

@@ -16,7 +16,8 @@ from raftkv.sim.schedule import Event, ddmin
 from raftkv.sim.shrink import shrink
 from raftkv.sim.swarm import drift_bound
 
-MEMBERSHIP = HostSimOptions(faults=("membership", "transfer", "crash", "partition"), trace_keep=100_000)
+MEMBERSHIP = HostSimOptions(nodes=3, spares=2, pipelined=0, faults=("membership", "transfer", "crash", "partition"),
+                            trace_keep=100_000)
 
 
 def test_membership_changes_and_transfers_run_through_the_host() -> None:
