@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-PROTOS := $(wildcard proto/raftkv/v1/*.proto)
+PROTOS := $(wildcard proto/raftkv/v1/*.proto) $(wildcard proto/etcd/*/*.proto)
 
 .PHONY: all venv proto run test test-long test-fast sim lint clean jepsen bench
 
@@ -82,4 +82,4 @@ lint: venv
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info raftkv/proto/*_pb2*.py
+	rm -rf $(VENV) build dist *.egg-info raftkv/proto/*_pb2*.py raftkv/proto/etcd

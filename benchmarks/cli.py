@@ -37,8 +37,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key-size", type=int, default=16)
     p.add_argument("--value-size", type=int, default=256)
     p.add_argument("--procs", type=int, default=2, help="client processes (default 2)")
-    p.add_argument("--client", choices=["unary", "batch"], default="batch",
-                   help="raftkv client path: one RPC per operation, or the client's coalescing KV.Batch path")
+    p.add_argument("--client", choices=["unary", "batch", "etcd"], default="batch",
+                   help="raftkv client path: one RPC per operation, the client's coalescing KV.Batch path, or "
+                        "etcd's v3 API with the same driver etcd gets")
     p.add_argument("--read-target", choices=["all", "leader"], default="all")
     p.add_argument("--out", default="results", help="results go to OUT/bench-<timestamp>/")
 
@@ -94,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from .hops import add_parser as add_hops
 
     add_hops(sub, _common)
+    from .overload import add_parser as add_overload
+
+    add_overload(sub, _common)
 
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)
@@ -151,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             print(compare(before, after))
             return 0
         run_hops(doc, out, a, _base(a, concurrency=1))
+    elif a.cmd == "overload":
+        from .overload import run_overload
+
+        run_overload(doc, out, a)
     elif a.cmd == "profile":
         from .profile import run_profile
 

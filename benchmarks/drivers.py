@@ -134,14 +134,34 @@ class RaftkvBatchDriver(RaftkvUnaryDriver):
 
 
 class EtcdDriver(Driver):
-    """etcd's v3 KV API: Put, and Range of one key (linearizable unless serializable=true)."""
+    """etcd's v3 KV API: Put, and Range of one key (linearizable unless serializable=true). The same
+    driver runs against etcd and, as raftkv's `--client etcd` path, against raftkv's etcd v3 services, so
+    that comparison has no client-side difference at all; raftkv's other levels then travel as the
+    `raftkv-ack` / `raftkv-consistency` / `raftkv-session-token` metadata (raftkv/api/etcd/levels.py)."""
 
     def __init__(self, spec: RunSpec) -> None:
         super().__init__(spec)
-        from .etcd_stubs import load
+        from raftkv.proto.etcd_stubs import rpc_pb2, rpc_pb2_grpc
 
-        self.pb, self.grpc = load()
+        self.pb, self.grpc = rpc_pb2, rpc_pb2_grpc
         self.serializable = spec.consistency == "serializable"
+        self.write_md: tuple[tuple[str, str], ...] | None = None
+        self.read_md: tuple[tuple[str, str], ...] | None = None
+        if spec.system == "raftkv":
+            if spec.ack != "majority":
+                self.write_md = (("raftkv-ack", spec.ack),)
+            if spec.consistency == "lease":
+                self.read_md = (("raftkv-consistency", "lease"),)
+            elif spec.consistency == "bounded_staleness":
+                self.read_md = (("raftkv-consistency", "bounded_staleness;max_staleness_ms=1000"),)
+
+    async def connect(self) -> None:
+        if self.spec.system == "raftkv" and self.spec.consistency == "session":
+            call = self.stub(self.spec.leader).Put(self.pb.PutRequest(key=b"bench-session", value=b"x"),
+                                                   timeout=self.spec.op_timeout_s)
+            await call
+            token = dict(await call.trailing_metadata())["raftkv-session-token"]
+            self.read_md = (("raftkv-session-token", token),)
 
     def stub(self, address: str) -> Any:
         st = self.stubs.get(address)
@@ -151,11 +171,11 @@ class EtcdDriver(Driver):
 
     async def put(self, i: int, slot: int) -> None:
         req = self.pb.PutRequest(key=key_bytes(i, self.spec.key_size), value=self.value)
-        await self.stub(self.spec.leader).Put(req, timeout=self.spec.op_timeout_s)
+        await self.stub(self.spec.leader).Put(req, timeout=self.spec.op_timeout_s, metadata=self.write_md)
 
     async def get(self, i: int, slot: int) -> None:
         req = self.pb.RangeRequest(key=key_bytes(i, self.spec.key_size), serializable=self.serializable)
-        await self.stub(self.read_address(slot)).Range(req, timeout=self.spec.op_timeout_s)
+        await self.stub(self.read_address(slot)).Range(req, timeout=self.spec.op_timeout_s, metadata=self.read_md)
 
     async def put_many(self, ids: range) -> None:
         pb = self.pb
@@ -165,10 +185,10 @@ class EtcdDriver(Driver):
 
 
 def make_driver(spec: RunSpec) -> Driver:
-    if spec.system == "etcd":
+    if spec.system == "etcd" or spec.client == "etcd":
         return EtcdDriver(spec)
     if spec.client == "unary":
         return RaftkvUnaryDriver(spec)
     if spec.client == "batch":
         return RaftkvBatchDriver(spec)
-    raise ValueError(f"unknown raftkv client path {spec.client!r} (unary or batch)")
+    raise ValueError(f"unknown raftkv client path {spec.client!r} (unary, batch or etcd)")

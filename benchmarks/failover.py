@@ -71,9 +71,8 @@ class Writers:
     async def _etcd_writer(self, w: int, budget: list[int]) -> None:
         import grpc
 
-        from .etcd_stubs import load
-
-        pb, pbg = load()
+        from raftkv.proto.etcd_stubs import rpc_pb2 as pb
+        from raftkv.proto.etcd_stubs import rpc_pb2_grpc as pbg
         endpoints = self.cluster.endpoints()
         at = w % len(endpoints)
         channels: dict[str, Any] = {}
@@ -109,9 +108,8 @@ def _read_back(cluster: Cluster) -> set[bytes]:
             return {kv.key for kv in c.range(PREFIX, end, keys_only=True, timeout=30).kvs}
     import grpc
 
-    from .etcd_stubs import load
-
-    pb, pbg = load()
+    from raftkv.proto.etcd_stubs import rpc_pb2 as pb
+    from raftkv.proto.etcd_stubs import rpc_pb2_grpc as pbg
     live = next(n.client_address for n in cluster.nodes.values() if n.alive())
     with grpc.insecure_channel(live, options=[("grpc.max_receive_message_length", 256 << 20)]) as ch:
         r = pbg.KVStub(ch).Range(pb.RangeRequest(key=PREFIX, range_end=end, keys_only=True), timeout=30)

@@ -144,6 +144,7 @@ def breakdown(case: str, events: dict[int, list[tuple[int, str]]], spans: list[t
     order: list[str] = []
     matched = 0
     own_sync: list[float] = []
+    own_overlap: dict[str, list[float]] = {}
     for t0, t1 in spans:
         path = _match(case, events, t0, t1, leader, server)
         if path is None:
@@ -160,6 +161,13 @@ def breakdown(case: str, events: dict[int, list[tuple[int, str]]], spans: list[t
             b = _first(evs, "sync.end", a or t0, t1) if a else None
             if a and b:
                 own_sync.append((b - a) / 1000)
+                back = _first(evs, "sync.back", b, t1)
+                sent = next((t for lbl, t in path if lbl.endswith("L send.app")), None)
+                acked = next((t for lbl, t in path if lbl.endswith("L peer.recv.Q")), None)
+                if back and sent and acked:
+                    own_overlap.setdefault("sync.start after send.app", []).append((a - sent) / 1000)
+                    own_overlap.setdefault("sync.back after the quorum answer arrived", []).append(
+                        (back - acked) / 1000)
     hops = []
     for label in sorted(order):
         d = sorted(gaps[label])
@@ -171,6 +179,12 @@ def breakdown(case: str, events: dict[int, list[tuple[int, str]]], spans: list[t
            "p99_us": round(total[int(0.99 * (len(total) - 1))], 1)}
     if own_sync:
         out["leader_sync_p50_us"] = round(statistics.median(own_sync), 1)
+    for name, d in own_overlap.items():
+        d.sort()
+        out.setdefault("leader_sync_vs_path", {})[name] = {
+            "p10_us": round(d[int(0.1 * (len(d) - 1))], 1), "p50_us": round(statistics.median(d), 1),
+            "p90_us": round(d[int(0.9 * (len(d) - 1))], 1),
+            "share_positive": round(sum(1 for x in d if x > 0) / len(d), 2)}
     return out
 
 
@@ -182,6 +196,9 @@ def hops_table(b: dict[str, Any]) -> str:
                  f"| **{b['p90_us']:.0f}** |")
     if "leader_sync_p50_us" in b:
         lines.append(f"| (beside the path: the leader's own log sync) | | {b['leader_sync_p50_us']:.0f} | |")
+    for name, d in b.get("leader_sync_vs_path", {}).items():
+        lines.append(f"| (beside the path: leader's {name}; > 0 in {d['share_positive']:.0%} of ops) | | "
+                     f"{d['p50_us']:.0f} | {d['p90_us']:.0f} |")
     return "\n".join(lines)
 
 

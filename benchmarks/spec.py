@@ -28,6 +28,7 @@ class RunSpec:
     max_ops: int = 2_000_000         # ... and in operations
     procs: int = 2                   # client processes
     client: str = "batch"            # raftkv client path: unary (one RPC per op) | batch (coalesced Batch RPC)
+    #                                  | etcd (etcd's v3 API, the driver etcd gets)
     read_target: str = "all"         # reads spread over all nodes, or sent to the leader only
     op_timeout_s: float = 5.0
     endpoints: list[str] = field(default_factory=list)

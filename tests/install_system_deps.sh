@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs (network namespaces and iptables for the
-# partition suite) when they are missing. Idempotent; quiet when everything is present.
+# partition suite, etcdctl for the etcd API tests, promtool from Debian's prometheus package for the
+# metrics and alert-rule tests) when they are missing. Idempotent; quiet when everything is present.
 set -euo pipefail
 need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
+# etcdctl 3.4 drives raftkv's etcd v3 API in tests/integration/test_etcd_api.py.
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "tests need: ${need[*]} (run as root or install them)" >&2
@@ -12,7 +16,7 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # Debian's iptables is the nf_tables variant; where the kernel lacks nf_tables the legacy variant
 # (same package) still works. The partition suite picks whichever answers (tests/jepsen/topology.py);

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 
 from ..core import ConfChange, ConfChangeType, StateRole
+from ..layers.admission import Admission
 from ..layers.lag import FollowerLag
 from ..proto.stubs import kv_pb2 as pb
-from ..proto.stubs import kv_pb2_grpc
+from ..proto.stubs import kv_pb2_grpc, overload_pb2
 from ..server.config import address_problem
 from ..server.host import NodeHost
 from ..server.members import MemberInfo
@@ -36,6 +37,15 @@ class StoreFacts(Protocol):
     def db_size(self) -> int: ...
 
     def snapshot_index(self) -> int: ...
+
+
+def pressure_fields(host: NodeHost) -> dict[str, Any]:
+    """Status's admission-control fields: the pressure level and each resource's usage (freshly read)."""
+    adm = Admission.of(host)
+    level = adm.evaluate()
+    return {"pressure": level.name,
+            "overload": [overload_pb2.ResourceUsage(resource=name, usage=max(0, wm.last), high_watermark=wm.high,
+                                       overloaded=wm.over, budget=wm.budget) for name, wm in adm.marks.items()]}
 
 
 class AdminService(kv_pb2_grpc.AdminServicer):
@@ -65,12 +75,13 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         return pb.StatusResponse(
             id=h.cfg.id, address=h.cfg.address, role=role, term=st.term,
             leader_id=leader, leader_address=h.leader_address() if leader else "", commit=st.commit,
-            applied=h.applied, alarms=[h.nospace_message()] if h.nospace else [],
+            applied=h.applied,
+            alarms=([h.nospace_message()] if h.nospace else []) + (h.corruption.lines() if h.corruption else []),
             last_index=st.last_index, members=self._members(), db_size_bytes=self.store.db_size(),
             followers=[lag_to_pb(lg) for lg in h.follower_lags()], cluster_id=self.store.cluster_id,
             snapshot_index=self.store.snapshot_index(), leader_changes=h.leader_changes,
             identity_problem=h.identity.problem if h.identity is not None else "",
-            incarnation=self.store.incarnation)
+            incarnation=self.store.incarnation, **pressure_fields(h))
 
     @rpc
     async def MemberList(self, request: pb.MemberListRequest, context: grpc.aio.ServicerContext

@@ -9,7 +9,19 @@ from ..layers.acks import AckLevel, AckRequest
 from ..layers.reads import ReadLevel, StalenessBound
 from ..proto.stubs import kv_pb2 as pb
 from ..server.config import ServerConfig
-from ..storage.commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn
+from ..storage.commands import (
+    KV,
+    SESSION_PREFIX,
+    Compare,
+    Delete,
+    DeleteResult,
+    Put,
+    PutResult,
+    Range,
+    RangeResult,
+    Txn,
+    reserved_key,
+)
 from .errors import RequestError, invalid
 
 ACK_FROM_PB = {pb.ACK_DEFAULT: AckLevel.MAJORITY, pb.ACK_LEADER: AckLevel.LEADER, pb.ACK_MAJORITY: AckLevel.MAJORITY,
@@ -58,6 +70,8 @@ class Validator:
             raise invalid(f"{what} must not be empty")
         if len(key) > self.cfg.max_key_bytes:
             raise invalid(f"{what} is {len(key)} bytes; the limit is {self.cfg.max_key_bytes}")
+        if reserved_key(key):
+            raise invalid(f"{what} starts with {SESSION_PREFIX!r}: that range holds client sessions")
         return key
 
     def value(self, value: bytes) -> bytes:
@@ -71,7 +85,9 @@ class Validator:
         return end
 
     def put(self, r: pb.PutRequest) -> Put:
-        return Put(self.key(r.key), self.value(r.value), r.prev_kv)
+        if r.lease < 0:
+            raise invalid(f"lease must not be negative, not {r.lease}")
+        return Put(self.key(r.key), self.value(r.value), r.prev_kv, r.lease)
 
     def delete(self, r: pb.DeleteRequest) -> Delete:
         return Delete(self.key(r.key), self.range_end(r.range_end), r.prev_kv)
@@ -159,7 +175,7 @@ class Validator:
 
 def kv_to_pb(kv: KV) -> pb.KeyValue:
     return pb.KeyValue(key=kv.key, value=kv.value, create_revision=kv.create_revision, mod_revision=kv.mod_revision,
-                       version=kv.version)
+                       version=kv.version, lease=kv.lease)
 
 
 def range_to_pb(r: RangeResult) -> pb.RangeResponse:

@@ -20,10 +20,28 @@ def was_forwarded(context: grpc.aio.ServicerContext) -> bool:
     return any(k == FORWARDED for k, _ in (context.invocation_metadata() or ()))
 
 
+def _stub(service: str, ch: grpc.aio.Channel) -> Any:
+    if service == "KV":
+        return kv_pb2_grpc.KVStub(ch)
+    if service == "Lease":
+        from ..proto.stubs import lease_pb2_grpc
+
+        return lease_pb2_grpc.LeaseStub(ch)
+    if service == "Watch":
+        from ..proto.stubs import watch_pb2_grpc
+
+        return watch_pb2_grpc.WatchStub(ch)
+    return kv_pb2_grpc.AdminStub(ch)
+
+
 class Forwarder:
     def __init__(self, host: NodeHost) -> None:
         self.host = host
         self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The one channel to `address`, shared by every service that forwards (raftkv.v1, etcd v3)."""
+        return self._channel(address)
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
@@ -40,7 +58,7 @@ class Forwarder:
         if not address:
             raise host.not_leader()
         ch = self._channel(address)
-        stub = kv_pb2_grpc.KVStub(ch) if service == "KV" else kv_pb2_grpc.AdminStub(ch)
+        stub = _stub(service, ch)
         remaining = context.time_remaining()
         return await getattr(stub, method)(request, timeout=remaining, metadata=((FORWARDED, str(host.cfg.id)),))
 

@@ -15,10 +15,11 @@ from ..storage import commands
 from ..storage.commands import Range
 from .batch_service import BatchExecutor
 from .convert import Validator, delete_to_pb, op_result_to_pb, put_to_pb
-from .errors import rpc
+from .errors import invalid, rpc
 from .forward import Forwarder
 from .reads import ForwardToLeader, ReadPoint, prepare_read
 from .replies import Replies
+from .session_service import SessionService
 
 
 class KVService(kv_pb2_grpc.KVServicer):
@@ -29,6 +30,8 @@ class KVService(kv_pb2_grpc.KVServicer):
         self.v = Validator(host.cfg)
         self.acks = acks or AckPolicy(host)
         self.replies = Replies(host, cluster_id)
+        self.sessions = SessionService(host, self.acks)
+        """The Sessions service (exactly-once writes), over the same ack policy."""
         self.batch = BatchExecutor(host, self.acks, self.replies, self.v, forwarder, cluster_id)
 
     def close(self) -> None:
@@ -40,6 +43,11 @@ class KVService(kv_pb2_grpc.KVServicer):
         if not self.host.is_leader:
             return await self.fwd.call("KV", method, request, context)
         ack = self.v.ack(write)
+        if write.client_session:  # exactly-once: a retried (session, sequence) gets its first result back
+            if not write.sequence:
+                raise invalid("a write in a client session needs its sequence number (>= 1)")
+            numbered = commands.SessionWrite(write.client_session, write.sequence, cmd)
+            return await self.acks.write(commands.encode(numbered), ack, needs_result=True)
         return await self.acks.write(commands.encode(cmd), ack, needs_result=needs_result or ack.level != AckLevel.LEADER)
 
     async def _read(self, method: str, request: object, context: grpc.aio.ServicerContext,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grpc
 
+from ..layers.admission import Admission
 from ..layers.read_path import ForwardToLeader, ReadPoint, ReadRefused, check_token_term
 from ..layers.read_path import prepare_read as _prepare_read
 from ..layers.reads import ReadLevel, StalenessBound
@@ -17,8 +18,10 @@ __all__ = ["ForwardToLeader", "ReadPoint", "check_token_term", "prepare_read"]
 async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound | None, token: bytes,
                        cluster_id: bytes) -> ReadPoint:
     """Wait until this node may serve the read; returns the level actually achieved (ForwardToLeader:
-    the leader can serve it; RequestError FAILED_PRECONDITION: nobody can, as asked)."""
+    the leader can serve it; RequestError FAILED_PRECONDITION: nobody can, as asked; Overloaded: too
+    many reads wait on this node already, the read budget of admission control)."""
     try:
-        return await _prepare_read(host, level, bound, token, cluster_id)
+        with Admission.of(host).read():
+            return await _prepare_read(host, level, bound, token, cluster_id)
     except ReadRefused as e:
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), e.reason) from None

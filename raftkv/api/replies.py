@@ -10,6 +10,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ..layers.acks import AckLevel, WriteOutcome
+from ..layers.admission import Admission
 from ..layers.read_path import ReadPoint
 from ..layers.session import SessionToken
 from ..proto.stubs import kv_pb2 as pb
@@ -26,6 +27,7 @@ class Replies:
     def __init__(self, host: NodeHost, cluster_id: Callable[[], bytes]) -> None:
         self.host = host
         self.cluster_id = cluster_id
+        self._admission = Admission.of(host)
         self._term_at = (-1, 0)
         self._scans = ThreadPoolExecutor(max_workers=RANGE_THREADS, thread_name_prefix=f"raftkv-range-{host.cfg.id}")
 
@@ -47,12 +49,14 @@ class Replies:
         return pb.WriteMeta(index=out.index, term=out.term, ack_achieved=ACK_TO_PB[out.ack.level],
                             degraded=out.ack.degraded, confirmed_by=out.ack.confirmed_by,
                             commit_latency_us=int(out.latency_s * 1e6), session_token=self.token(out.index, out.term),
-                            served_by=self.host.cfg.id, may_be_lost=out.ack.level == AckLevel.LEADER)
+                            served_by=self.host.cfg.id, may_be_lost=out.ack.level == AckLevel.LEADER,
+                            pressure=self._admission.level.name)
 
     def read_meta(self, point: ReadPoint, applied: int) -> pb.ReadMeta:
         return pb.ReadMeta(served_by=self.host.cfg.id, applied_index=applied,
                            consistency_achieved=READ_TO_PB[point.level],
-                           staleness_bound_ms=point.staleness_bound_ms, session_token=self.token(applied))
+                           staleness_bound_ms=point.staleness_bound_ms, session_token=self.token(applied),
+                           pressure=self._admission.level.name)
 
     def get(self, key: bytes, point: ReadPoint) -> pb.GetResponse:
         kv, applied = self.host.read(lambda s: s.get_at(key))

@@ -32,6 +32,7 @@ from .kv_args import (
     show,
     to_bytes,
 )
+from .kv_pressure import pressure_cell, status_error
 
 __all__ = ["EXIT_BAD_USAGE", "EXIT_ERROR", "EXIT_OUTCOME_UNKNOWN", "hoist_global_flags", "main"]
 
@@ -63,7 +64,7 @@ class Ctx:
             try:
                 tls = TlsFiles(*self.tls) if any(self.tls) else None
                 self._client = Client(self.endpoints, timeout=self.command_timeout, tls=tls,
-                                      connect_timeout=min(self.dial_timeout, self.command_timeout))
+                                      connect_timeout=min(self.dial_timeout, self.command_timeout), dial_bound=True)
                 if tls is not None:
                     tls.channel_credentials()  # unreadable files fail here, in one line
             except TlsError as e:
@@ -185,16 +186,28 @@ def _write_meta_lines(meta: Any) -> list[str]:
 
 @main.command()
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @click.option("--prev-kv", is_flag=True, help="Print the previous value.")
 @click.option("--print-token", is_flag=True, help="Print the session token of this write.")
+@click.option("--lease", type=str, default="0", help="Attach the key to this lease id (hex, as `kv lease grant` prints).")
+@click.option("--fence", is_flag=True,
+              help="Only while the lock of `kv lock` is still held: $KV_LOCK_KEY must still have create revision "
+                   "$KV_LOCK_TOKEN (refused otherwise).")
 @write_options
 @pass_ctx
-def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
-        timeout_ms: int) -> None:
-    """Put KEY VALUE."""
-    k, v = c.b(key), c.b(value, "VALUE")
-    r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms, prev_kv=prev_kv))
+def put(c: Ctx, key: str, value: str | None, prev_kv: bool, print_token: bool, ack: str, min_replicas: int,
+        timeout_ms: int, lease: str, fence: bool) -> None:
+    """Put KEY VALUE. Without VALUE, the value is standard input, byte for byte (with --hex, hex digits)."""
+    from .kv_lease import parse_lease_id
+    from .kv_lock import fenced_put
+
+    k, v = c.b(key), _value_arg(c, value)
+    lid = parse_lease_id(lease) if lease != "0" else 0
+    if fence:
+        r = fenced_put(c, k, v, lid, run)
+    else:
+        r = run(lambda: c.client.put(k, v, ack=ack, min_replicas=min_replicas, timeout_ms=timeout_ms,
+                                     prev_kv=prev_kv, lease=lid))
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
         return
@@ -205,6 +218,15 @@ def put(c: Ctx, key: str, value: str, prev_kv: bool, print_token: bool, ack: str
         click.echo(c.show(r.prev_kv.value))
     if print_token:
         _print_token(c, r.meta.session_token)
+
+
+def _value_arg(c: Ctx, value: str | None) -> bytes:
+    if value is not None:
+        return c.b(value, "VALUE")
+    if sys.stdin is None or sys.stdin.isatty():
+        fail("put needs a VALUE, or the value on standard input (kv put KEY < file)", EXIT_BAD_USAGE)
+    data = sys.stdin.buffer.read()
+    return c.b(data.decode("ascii", "replace").strip(), "VALUE") if c.hex else data
 
 
 def _print_token(c: Ctx, token: bytes) -> None:
@@ -412,13 +434,13 @@ def _status_rows(statuses: list[tuple[str, Any]]) -> list[list[Any]]:
     rows = []
     for ep, s in statuses:
         if s is None:
-            rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-", "-"])
+            rows.append([ep, "-", "unreachable", "-", "-", "-", "-", "-", "-", "-"])
             continue
         leader_lag = {f.id: f for f in s.followers}
         lag = ",".join(f"{f.id}:{f.lag_entries}e/{f.flush_lag_seconds:.2f}s{'!' if f.critical else ''}"
                        f"{'unreachable' if f.unreachable else ''}" for f in leader_lag.values()) or "-"
         rows.append([ep, s.id, s.role, s.term, s.leader_id, s.commit, s.applied, f"{s.db_size_bytes / 1e6:.1f} MB",
-                     lag])
+                     lag, pressure_cell(s)])
     return rows
 
 
@@ -430,19 +452,22 @@ def status(c: Ctx) -> None:
 
     out = []
     last: RaftKVError | None = None
+    errors: dict[str, RaftKVError] = {}
     for ep in c.endpoints.split(","):
         ep = ep.strip()
         try:
             out.append((ep, c.client.status(endpoint=ep, timeout=min(c.dial_timeout, c.command_timeout))))
         except RaftKVError as e:
             out.append((ep, None))
-            last = e
+            last = errors[ep] = e
     if all(s is None for _, s in out):
         fail(f"no endpoint answered ({c.endpoints}); last: {str(last).splitlines()[0] if last else '-'}")
     if c.out == "json":
-        click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else {"error": "unreachable"})} for ep, s in out]))
+        click.echo(json.dumps([{"endpoint": ep, **(to_json(s) if s else status_error(c.client, ep, errors.get(ep)))}
+                               for ep, s in out]))
         return
-    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size", "lag (follower:entries/secs, ! critical)"]
+    headers = ["endpoint", "id", "role", "term", "leader", "commit", "applied", "db size",
+               "lag (follower:entries/secs, ! critical)", "pressure"]
     rows = _status_rows(out)
     if c.out == "table":
         click.echo(table(headers, rows))
@@ -588,17 +613,34 @@ def leader() -> None:
 def leader_transfer(c: Ctx, node_id: int) -> None:
     """Hand leadership to NODE_ID."""
     r = run(lambda: c.client.transfer_leader(node_id))
-    click.echo(json.dumps(to_json(r)) if c.out == "json" else f"leader is now {r.leader_id}")
+    click.echo(json.dumps(to_json(r)) if c.out == "json" else table(["leader"], [[r.leader_id]]) if c.out == "table"
+               else f"leader is now {r.leader_id}")
 
 
-@main.command()
-@pass_ctx
-def snapshot(c: Ctx) -> None:
-    """Snapshot the first endpoint's state machine now and compact its log."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def snapshot(ctx: click.Context) -> None:
+    """Snapshot the first endpoint's state machine now and compact its log; `save` and `status` handle
+    backup files (kv_maint.py)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    c: Ctx = ctx.obj
     ep = c.endpoints.split(",")[0].strip()
     r = run(lambda: c.client.snapshot(endpoint=ep))
     click.echo(json.dumps(to_json(r)) if c.out == "json" else f"snapshot at index {r.index}")
 
+
+from .kv_ops import register as _register_ops  # noqa: E402 - after the commands it aliases
+
+_register_ops(main)
+from .kv_maint import register as _register_maint  # noqa: E402 - verbs of kv_maint.py join the group
+
+_register_maint(main)
+from . import kv_lease, kv_lock, kv_watch  # noqa: E402 - register their verbs
+
+kv_watch.register(main, sys.modules[__name__])
+kv_lease.register(main, sys.modules[__name__])
+kv_lock.register(main, sys.modules[__name__])
 
 if __name__ == "__main__":
     main(prog_name="kv")

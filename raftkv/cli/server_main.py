@@ -7,6 +7,7 @@ import re
 import socket
 import sys
 from dataclasses import fields
+from typing import Any
 
 from ..server.logging_setup import quiet_grpc_core_for_serve
 
@@ -15,7 +16,7 @@ quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core re
 import click  # noqa: E402
 
 from .. import exit_codes  # noqa: E402
-from ..server.config import ConfigError, ServerConfig, parse_peers  # noqa: E402
+from ..server.config import ConfigError, ServerConfig, address_problem, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
@@ -24,7 +25,29 @@ def _fail(msg: str) -> None:
     sys.exit(exit_codes.USAGE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
+class RaftkvGroup(click.Group):
+    """`raftkv`: what click itself refuses (an unknown flag, a value of the wrong type, a missing
+    argument) is one `Error:` line and exit 64 USAGE, as every other refusal of a command line, not
+    click's usage text and exit 2 (which a supervisor would take for a crash)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else "raftkv --help")
+            sys.exit(0)
+        except click.UsageError as e:
+            where = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            _fail(" ".join(e.format_message().split()) + where)
+        except click.ClickException as e:
+            _fail(" ".join(e.format_message().split()))
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            sys.exit(130)
+
+
+@click.group(cls=RaftkvGroup,
+             context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "RAFTKV"})
 def main() -> None:
     """raftkv: a Raft-replicated key-value store.
 
@@ -91,6 +114,36 @@ def main() -> None:
 @click.option("--initial-cluster-token",
               help="Founders derive the cluster id from --peers and this token (default: a random id "
                    "chosen by the first leader).")
+@click.option("--corruption-check-interval", type=float,
+              help="Seconds between divergence checks of every member's state machine (default 0: only "
+                   "`kv check hash`); a mismatch raises the CORRUPT alarm.")
+@click.option("--force-new-cluster", is_flag=True, default=None,
+              help="After a permanent loss of quorum: start this survivor as a one-member cluster that keeps "
+                   "its data (then re-add the others fresh). For one start only: remove it afterwards.")
+@click.option("--history-revisions", type=int,
+              help="Watch history kept, in revisions back from the newest (default 100000).")
+@click.option("--history-seconds", type=float, help="Watch history kept, in seconds (default 3600).")
+@click.option("--history-bytes", type=int, help="Watch history kept, in bytes (default 256 MiB).")
+@click.option("--watch-buffer-events", type=int,
+              help="Events queued for a slow watcher before its watch is canceled (default 10000).")
+@click.option("--watch-progress-ms", type=int, help="Progress notification interval of an idle watch (default 5000).")
+@click.option("--max-watches-per-stream", type=int, help="Watches one Watch stream may hold (default 1000).")
+@click.option("--max-lease-ttl", type=int, help="Longest lease TTL a grant may ask for, seconds (default 9e9).")
+@click.option("--overload-max-proposals", type=int,
+              help="Writes in flight (admitted, not yet applied) before new writes are refused (default 4096).")
+@click.option("--overload-max-proposal-bytes", type=int, help="Bytes of writes in flight, likewise (default 64 MiB).")
+@click.option("--overload-max-unapplied", type=int,
+              help="Committed entries not yet applied before writes are refused (default 5000, as etcd).")
+@click.option("--overload-max-follower-queue-bytes", type=int,
+              help="Entry bytes queued to one follower: its hard bound (then it is probed), and the write "
+                   "watermark for the followers a commit needs (default 64 MiB).")
+@click.option("--overload-max-ack-waiters", type=int,
+              help="Writes waiting for a semi_sync/sync acknowledgement before writes are refused (default 4096).")
+@click.option("--overload-max-read-waiters", type=int,
+              help="Reads waiting (read round, apply, staleness proof) before reads are refused (default 8192).")
+@click.option("--overload-low-ratio", type=float,
+              help="An overloaded resource accepts again below this share of its high mark (default 0.5).")
+@click.option("--overload-pushback-ms", type=int, help="Base retry-after hint of an OVERLOADED refusal (default 100).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:
@@ -118,9 +171,31 @@ def build_config(config_file: str | None, flags: dict[str, object]) -> ServerCon
         key = rename.get(k, k)
         values[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
     known = {f.name for f in fields(ServerConfig)}
+    check_types(values)
     cfg = ServerConfig(**{k: v for k, v in values.items() if k in known})
     cfg.validate()
     return cfg
+
+
+def check_types(values: dict[str, object]) -> None:
+    """A setting of the wrong type (from a config file: flags are typed by click) is a usage error in one
+    line, not a traceback from deep in validation."""
+    for f in fields(ServerConfig):
+        if f.name not in values or f.name == "peers":
+            continue
+        v, default = values[f.name], f.default
+        if isinstance(default, bool):
+            ok = isinstance(v, bool)
+        elif isinstance(default, int):
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif isinstance(default, float):
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        elif isinstance(default, str):
+            ok = isinstance(v, str)
+        else:
+            ok = True
+        if not ok:
+            raise ConfigError(f"setting {f.name!r} must be {type(default).__name__}, not {type(v).__name__} ({v!r})")
 
 
 def id_from_hostname(hostname: str) -> int:
@@ -137,11 +212,46 @@ def id_from_hostname(hostname: str) -> int:
 @click.option("--base-port", default=7001, show_default=True, help="Node i listens on base-port + i - 1.")
 @click.option("--metrics-base-port", default=9101, show_default=True, help="Node i serves /metrics on this + i - 1.")
 @click.option("--fresh", is_flag=True, help="Delete the data folder first.")
-def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, fresh: bool) -> None:
-    """Run a local cluster on 127.0.0.1 in the foreground; Ctrl-C stops every node cleanly."""
+@click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(0),
+              help="A crashed node (signal or exit 75) is restarted at most this many times in an hour.")
+@click.option("--restart-backoff", default=1.0, show_default=True, type=click.FloatRange(0.0, 30.0),
+              help="Seconds before the first restart of a crashed node; doubles with each one (at most 30).")
+def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, fresh: bool, max_restarts: int,
+        restart_backoff: float) -> None:
+    """Run a local cluster on 127.0.0.1 in the foreground; Ctrl-C stops every node cleanly.
+
+    A crashed node is restarted with backoff; one that exits 65 (needs an operator) or 64 never is.
+    `kv dev kill|stop|restart|status` (or those words typed here) drive it (see raftkv/cli/dev_cluster.py)."""
     from .dev_cluster import run_dev_cluster
 
-    sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh))
+    sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh, max_restarts, restart_backoff))
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--data-dir", required=True, help="The new member's data directory (empty or absent).")
+@click.option("--id", "node_id", required=True, type=click.IntRange(1), help="The new member's id (in --peers).")
+@click.option("--peers", required=True, help="The NEW cluster's members: 1=host:port,2=host:port,...")
+@click.option("--initial-cluster-token", default="",
+              help="Derive the new cluster id from --peers and this token (give the same to `raftkv serve`).")
+def restore(file: str, data_dir: str, node_id: int, peers: str, initial_cluster_token: str) -> None:
+    """Create one member's data directory of a NEW cluster from a backup made by `kv snapshot save`.
+
+    Run it for every member with the same FILE and --peers, then start each with `raftkv serve` and the
+    same --peers. Exit 0 done; 65 the file fails its SHA-256 or checksums (nothing written); 64 bad flags
+    or a data directory that holds data; 75 a disk error."""
+    try:
+        parsed = parse_peers(peers)
+        for addr in parsed.values():
+            problem = address_problem(addr)
+            if problem is not None:
+                raise ConfigError(f"peer address {problem}")
+    except ConfigError as e:
+        _fail(str(e))
+        return
+    from ..server.restore import restore as run_restore
+
+    sys.exit(run_restore(file, data_dir, node_id, parsed, initial_cluster_token))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from .async_client import AsyncClient
 from .errors import (
+    CircuitOpenError,
     DeadlineError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -10,6 +11,7 @@ from .errors import (
     OutcomeUnknownDeadlineError,
     OutcomeUnknownError,
     OutcomeUnknownUnavailableError,
+    OverloadedError,
     RaftKVError,
     RequestTooLargeError,
     SyncTimeoutError,
@@ -17,9 +19,11 @@ from .errors import (
     UnavailableError,
 )
 from .requests import compare, op_delete, op_get, op_put
+from .resilience import BreakerSettings, BreakerState, RetrySettings
 from .sync_client import Client
 
-__all__ = ["AsyncClient", "Client", "DeadlineError", "FailedPreconditionError", "InvalidArgumentError",
+__all__ = ["AsyncClient", "BreakerSettings", "BreakerState", "CircuitOpenError", "Client", "OverloadedError",
+           "RetrySettings", "DeadlineError", "FailedPreconditionError", "InvalidArgumentError",
            "NotFoundError", "NotLeaderError", "OutcomeUnknownDeadlineError", "OutcomeUnknownError",
            "OutcomeUnknownUnavailableError", "RaftKVError", "RequestTooLargeError", "SyncTimeoutError",
            "TlsHandshakeError",

@@ -8,23 +8,29 @@ from typing import Any
 import grpc
 
 from ..proto.stubs import kv_pb2 as pb
-from ..proto.stubs import kv_pb2_grpc
+from ..proto.stubs import kv_pb2_grpc, overload_pb2_grpc
 from ..tls import TlsFiles, aio_channel
 from .batching import Batcher
 from .connect import wait_settled
 from .errors import RaftKVError
+from .lease import service_stub
+from .numbering import Numbering
 from .policy import Attempts, Endpoints, as_error, never_sent
 from .requests import _b, prefix_end, read_options, write_options
+from .resilience import BreakerSettings, Resilience, RetrySettings
 from .sync_client import Client
 from .tls_diagnosis import diagnose, may_be_tls
+from .watch import AsyncWatchCalls
 
 # Unary methods whose operations may travel in a KV.Batch instead, and their field in BatchOp.
 BATCHABLE = {"Put": "put", "Get": "get", "Range": "range", "Delete": "delete"}
 
 
-class AsyncClient:
+class AsyncClient(AsyncWatchCalls):
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 batching: bool = False, connect_timeout: float | None = None) -> None:
+                 batching: bool = False, connect_timeout: float | None = None,
+                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
+                 exactly_once: bool = False, session_ttl_s: int = 60) -> None:
         """`batching=True`: put, get, range and delete issued concurrently from this client share KV.Batch
         RPCs (see `batching.Batcher`); each still gets its own reply or error, with the same leader
         discovery and retry rules as a unary call. Worth it under concurrency: the server's cost per RPC
@@ -32,6 +38,10 @@ class AsyncClient:
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
+        self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
+        self.numbering = Numbering(exactly_once, session_ttl_s)
+        """Exactly-once numbering of writes (as `Client`'s `exactly_once`)."""
+        self._registering: asyncio.Lock | None = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.batching = batching
@@ -39,6 +49,13 @@ class AsyncClient:
         self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._batchers: dict[tuple[str, str], Batcher] = {}
+
+    def __repr__(self) -> str:
+        return f"AsyncClient(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
+
+    def metrics(self) -> dict[str, Any]:
+        """As `Client.metrics`."""
+        return self.resilience.metrics()
 
     async def close(self) -> None:
         for ch in self._channels.values():
@@ -59,8 +76,13 @@ class AsyncClient:
             self._channels[address] = ch
         return ch
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _stub(self, address: str, admin: bool | str) -> Any:
+        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch", "sessions")."""
         ch = self._channel(address)
+        if admin == "sessions":
+            return overload_pb2_grpc.SessionsStub(ch)
+        if isinstance(admin, str):
+            return service_stub(admin, ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     _keep_token = Client._keep_token
@@ -74,17 +96,40 @@ class AsyncClient:
             self._batchers[key] = b
         return b
 
-    async def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+    async def call(self, method: str, request: Any, kind: str = "read", admin: bool | str = False,
                    timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
+        numbered = False
+        if self.numbering.wanted(method, request):
+            if self._registering is None:
+                self._registering = asyncio.Lock()
+            async with self._registering:
+                if not self.numbering.session_id:
+                    reply = await self.call("Register", self.numbering.register_request(), "txn", admin="sessions",
+                                            timeout=timeout)
+                    self.numbering.session_id = reply.session_id
+            numbered = self.numbering.number(request)
+        try:
+            return await self._call(method, request, kind, admin, timeout, endpoint, numbered)
+        except RaftKVError as e:
+            self.numbering.failed(e)
+            raise
+
+    async def _call(self, method: str, request: Any, kind: str, admin: bool | str, timeout: float | None,
+                    endpoint: str | None, numbered: bool) -> Any:
+        batchable = self.batching and not admin and method in BATCHABLE and not numbered
+        attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
+                            resilience=self.resilience, numbered=numbered)
         while True:
+            held = attempts.hold()
+            if held:
+                await asyncio.sleep(held)
             address, connect_budget = attempts.next()
             if not await wait_settled(self._channel(address), connect_budget):
                 await asyncio.sleep(attempts.not_connected(address, connect_budget))
                 continue
             budget = attempts.send()
             try:
-                if self.batching and not admin and method in BATCHABLE:
+                if batchable:
                     reply = await asyncio.wait_for(self._batcher(address, kind).submit(
                         pb.BatchOp(**{BATCHABLE[method]: request})), budget)
                 else:
@@ -96,6 +141,7 @@ class AsyncClient:
                     cause = await asyncio.to_thread(diagnose, address, self.tls, str(err), connect_budget)
                 await asyncio.sleep(attempts.failed(address, err, cause))
                 continue
+            attempts.succeeded(address)
             meta = getattr(reply, "meta", None)
             if meta is not None:
                 self._keep_token(meta.session_token)

@@ -30,6 +30,30 @@ class UnavailableError(RaftKVError):
     """No node could serve the request in time; safe to retry later."""
 
 
+class CircuitOpenError(UnavailableError):
+    """Not sent: the circuit breaker of every endpoint this call may use is open (they failed recently
+    and are cooling down), and none reopens before the call's deadline. `breakers`: address -> state."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None, reason: str = "CIRCUIT_OPEN",
+                 metadata: dict[str, str] | None = None, breakers: dict[str, str] | None = None) -> None:
+        super().__init__(message, code or grpc.StatusCode.UNAVAILABLE, reason, metadata or {})
+        self.breakers = breakers or {}
+
+
+class OverloadedError(RaftKVError):
+    """The node refused the request before doing anything (RESOURCE_EXHAUSTED, OVERLOADED): nothing was
+    applied. `resource` names what was over its high watermark, `retry_after_ms` the server's hint."""
+
+    @property
+    def resource(self) -> str:
+        return self.metadata.get("resource", "")
+
+    @property
+    def retry_after_ms(self) -> int:
+        raw = self.metadata.get("retry_after_ms", "")
+        return int(raw) if raw.isdigit() else 0
+
+
 class DeadlineError(RaftKVError):
     """The deadline passed. For a write the outcome may be unknown, except SyncTimeout below."""
 
@@ -123,6 +147,8 @@ def error_from_status(code: grpc.StatusCode | None, msg: str, reason: str, meta:
         return NotLeaderError(msg, code, reason, meta)
     if reason == "SYNC_TIMEOUT":
         return SyncTimeoutError(msg, code, reason, meta)
+    if reason == "OVERLOADED":
+        return OverloadedError(msg, code, reason, meta)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not reason and (too_large := _too_large(msg)):
         return too_large
     if reason == "REQUEST_TOO_LARGE":

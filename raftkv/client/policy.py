@@ -16,13 +16,13 @@ TCP connections) is passed over instead of swallowing every write's whole deadli
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 
 import grpc
 
 from .errors import (
+    CircuitOpenError,
     DeadlineError,
     NotLeaderError,
     OutcomeUnknownDeadlineError,
@@ -33,8 +33,10 @@ from .errors import (
     UnavailableError,
     from_rpc_error,
 )
+from .resilience import Resilience, full_jitter, pushback_seconds
 
-SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN", "MEMBER_REMOVED"}
+SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN", "MEMBER_REMOVED", "OVERLOADED"}
+"""Refused before anything was applied: any request may be retried (OVERLOADED after its pushback)."""
 WRITES = frozenset({"write", "txn"})
 # How gRPC words a call that failed before any connection carried it (no server can have seen it).
 NEVER_SENT = ("failed to connect to all addresses", "no address", "dns resolution failed")
@@ -142,8 +144,12 @@ def duration(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def backoff(attempt: int) -> float:
-    return min(0.5, 0.02 * (2 ** attempt)) * (0.5 + random.random())
+def sick(err: RaftKVError) -> bool:
+    """Does this failure say the node is sick (it counts against its circuit breaker), rather than being
+    an answer (a redirect, an error about the request)?"""
+    if err.reason in ("OVERLOADED", "TLS"):
+        return True
+    return err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not err.reason
 
 
 class Attempts:
@@ -155,8 +161,20 @@ class Attempts:
     did not get ready, else `send()` (the call's own timeout) -> the RPC -> `failed()` on an error."""
 
     def __init__(self, endpoints: Endpoints, kind: str, admin: bool, timeout: float, endpoint: str | None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, dial_bound: bool = False,
+                 resilience: Resilience | None = None, numbered: bool = False) -> None:
+        """`numbered`: the write carries a client session and sequence number (exactly-once), so one whose
+        outcome is unknown is retried: the cluster applies it at most once and answers the first result."""
+        self.numbered = numbered
+        self.in_doubt: tuple[str, RaftKVError] | None = None
+        """A try of this numbered write whose outcome was unknown (address, error), while it is retried."""
         self.endpoints = endpoints
+        self.resilience = resilience or Resilience()
+        self.resilience.budget.request()
+        # dial_bound: give up once every endpoint (or the pinned one) has failed to connect and none has
+        # carried anything, as etcdctl's --dial-timeout does, instead of retrying until the deadline.
+        self.dial_bound = dial_bound
+        self.unconnected: set[str] = set()
         self.kind = kind
         self.prefer_leader = kind != "read" or admin
         self.timeout = timeout
@@ -170,20 +188,73 @@ class Attempts:
         self.sent_any = False
         self.tls_failed: dict[str, TlsHandshakeError] = {}
 
+    def hold(self) -> float:
+        """Seconds to wait before the next try because every endpoint it may use has its circuit breaker
+        open (0: one may be tried now). CircuitOpenError, without waiting, when none reopens in time."""
+        now = time.monotonic()
+        candidates = [self.endpoint] if self.endpoint else self._candidates()
+        waits = [self.resilience.breaker(a).reopens_in(now) for a in candidates]
+        wait = min(waits)
+        if wait <= 0:
+            return 0.0
+        if now + wait < self.deadline:
+            return wait
+        for a in candidates:
+            self.resilience.breaker(a).reject()
+        raise self.circuit_open(candidates, wait)
+
+    def _candidates(self) -> list[str]:
+        first = self.endpoints.pick(self.prefer_leader)
+        addrs = self.endpoints.addresses
+        start = addrs.index(first) if first in addrs else 0
+        ordered = [first] + [addrs[(start + i) % len(addrs)] for i in range(len(addrs))]
+        return list(dict.fromkeys(ordered))
+
+    def circuit_open(self, candidates: list[str], wait: float) -> CircuitOpenError:
+        states = {a: self.resilience.breaker(a).state.value for a in candidates}
+        names = ", ".join(f"{self.endpoints.name(a)} {st}" for a, st in states.items())
+        last = f" (last: {first_line(str(self.last))})" if self.last else ""
+        return CircuitOpenError(f"not sent: circuit breaker open for every endpoint ({names}); the next probe is "
+                                f"in {duration(wait)}, after this call's deadline{last}", breakers=states)
+
     def next(self) -> tuple[str, float]:
-        """(address, seconds to wait for its connection) for the next try; DeadlineError once the time is up."""
-        remaining = self.deadline - time.monotonic()
+        """(address, seconds to wait for its connection) for the next try: the preferred endpoint, or the
+        next one whose circuit breaker lets a call through. DeadlineError once the time is up."""
+        now = time.monotonic()
+        remaining = self.deadline - now
         if remaining <= 0:
             raise self.timed_out()
-        address = self.endpoint or self.endpoints.pick(self.prefer_leader)
-        return address, min(self.connect_timeout, remaining)
+        candidates = [self.endpoint] if self.endpoint else self._candidates()
+        for address in candidates:
+            if self.resilience.breaker(address).allow(now):
+                return address, min(self.connect_timeout, remaining)
+        raise self.circuit_open(candidates, min(self.resilience.breaker(a).reopens_in(now) for a in candidates))
+
+    def succeeded(self, address: str) -> None:
+        """The try at `address` got an answer."""
+        self.resilience.breaker(address).success()
 
     def not_connected(self, address: str, waited: float) -> float:
-        """The channel was not ready in time, so nothing was sent: any request may try elsewhere."""
+        """The channel was not ready in time, so nothing was sent: any request may try elsewhere (no retry
+        token is spent: the cluster carried nothing)."""
+        self.resilience.breaker(address).failure(time.monotonic())
         self.endpoints.failed(address)
         self.last = UnavailableError(f"{self.endpoints.name(address)} did not connect within {duration(waited)}",
                                      grpc.StatusCode.UNAVAILABLE)
+        self._unconnected(address)
         return 0.0
+
+    def _unconnected(self, address: str) -> None:
+        """With `dial_bound`: `address` could not be connected to; raise once no endpoint is left to try."""
+        if not self.dial_bound or self.sent_any:
+            return
+        self.unconnected.add(address)
+        wanted = {self.endpoint} if self.endpoint is not None else set(self.endpoints.addresses)
+        if wanted <= self.unconnected:
+            each = "" if len(wanted) == 1 else " each"
+            fate = ": the write was not sent, so it was not applied" if self.kind in WRITES else ""
+            raise UnavailableError(f"no endpoint connected within the dial timeout ({duration(self.connect_timeout)}"
+                                   f"{each}){fate} (last: {self.last})", grpc.StatusCode.UNAVAILABLE) from None
 
     def send(self) -> float:
         """Seconds the call may take, now that its channel is ready; DeadlineError if no time is left (then
@@ -197,7 +268,14 @@ class Attempts:
         return self.budget
 
     def timed_out(self) -> DeadlineError:
-        """The error for a call whose time ran out between tries (so nothing is in doubt)."""
+        """The error for a call whose time ran out between tries (nothing is in doubt, unless a numbered
+        write's earlier try was: then its outcome is still unknown)."""
+        if self.in_doubt is not None:
+            address, err = self.in_doubt
+            unknown = self._unknown(address, self.endpoints.name(address), err)
+            return OutcomeUnknownDeadlineError(f"{unknown} (retried with its sequence number until the deadline)",
+                                               grpc.StatusCode.DEADLINE_EXCEEDED, err.reason, err.metadata,
+                                               address=address)
         if self.tls_failed and isinstance(self.last, TlsHandshakeError):
             return self.last
         if isinstance(self.last, DeadlineError):
@@ -217,6 +295,12 @@ class Attempts:
         timeout); returns the pause before the next one, or raises the error to give up. `tls_cause`:
         what the caller's TLS diagnosis found wrong with this connection, if anything."""
         err = as_error(e)
+        breaker = self.resilience.breaker(address)
+        if tls_cause or sick(err):
+            breaker.failure(time.monotonic())
+        else:
+            breaker.success()  # it answered: a redirect or a refusal is not a sick node
+        redirect = bool(isinstance(err, NotLeaderError) and err.leader_address and err.leader_address != address)
         self.endpoints.note_leader(address, err)
         where = self.endpoints.name(address)
         if tls_cause:
@@ -230,23 +314,51 @@ class Attempts:
             return 0.0
         if not (err.code == grpc.StatusCode.UNAVAILABLE and never_sent(err)):
             self.sent_any = True
+        numbered_retry = False
+        if self.in_doubt is not None and err.reason in ("SESSION_UNKNOWN", "SESSION_RESULT_NOT_KEPT"):
+            raise self._unknown(address, where, err) from None  # the session cannot tell any more
         if outcome_unknown(err, self.kind):
-            raise self._unknown(address, where, err) from None
+            if not self.numbered or self.endpoint is not None:
+                raise self._unknown(address, where, err) from None
+            # Numbered: the same (session, sequence) again is applied at most once. Elsewhere if the
+            # connection is what failed.
+            self.in_doubt = (address, err)
+            self.resilience.unknown_retries += 1
+            numbered_retry = True
+            if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
+                self.endpoints.failed(address)
         if err.reason == "MEMBER_REMOVED":
             self.endpoints.failed(address)  # refused before doing anything: another member may serve it
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)
             err = UnavailableError(f"{where}: {err}", err.code)
+            if never_sent(err):
+                self.last = err
+                self._unconnected(address)
         elif err.code == grpc.StatusCode.DEADLINE_EXCEEDED and not err.reason:
             if self.cut_short:
                 self.endpoints.failed(address)  # our share ran out there: try the next endpoint at once
                 self.last = UnavailableError(f"{where}: no answer within {duration(self.budget)}", err.code)
                 return 0.0
             err = DeadlineError(f"deadline exceeded after {duration(self.timeout)} at {where}", err.code)
-        if self.endpoint is not None or not retryable(err, self.kind):
+        if not numbered_retry and (self.endpoint is not None or not retryable(err, self.kind)):
+            if self.in_doubt is not None:  # an earlier try may have been applied
+                raise self._unknown(self.in_doubt[0], self.endpoints.name(self.in_doubt[0]), self.in_doubt[1]) \
+                    from None
             raise err from None
+        if err.reason == "OVERLOADED" and self.kind == "read":
+            self.endpoints.failed(address)  # another node may have room for a read
         self.last = err
-        pause = min(backoff(self.count), max(0.0, self.deadline - time.monotonic()))
+        if not redirect and not never_sent(err) and not self.resilience.budget.try_spend():
+            if self.in_doubt is not None:
+                raise self._unknown(self.in_doubt[0], self.endpoints.name(self.in_doubt[0]), self.in_doubt[1]) \
+                    from None
+            raise type(err)(f"{err} (not retried: this client's retry budget is spent; the cluster is failing "
+                            "many requests)", err.code, err.reason, err.metadata) from None
+        settings = self.resilience.retry_settings
+        hint = pushback_seconds(err.metadata, settings) if err.reason == "OVERLOADED" else None
+        wait = hint if hint is not None else full_jitter(self.count, settings)
+        pause = min(wait, max(0.0, self.deadline - time.monotonic()))
         self.count += 1
         return pause
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -9,41 +10,67 @@ import grpc
 
 from ..layers.session import SessionToken
 from ..proto.stubs import kv_pb2 as pb
-from ..proto.stubs import kv_pb2_grpc
+from ..proto.stubs import kv_pb2_grpc, overload_pb2_grpc
 from ..tls import TlsFiles, sync_channel
 from .connect import ChannelWatch
-from .errors import from_rpc_error
+from .errors import RaftKVError, from_rpc_error
+from .lease import LeaseCalls, keep_alive_once_stub, service_stub
+from .lock import LockCalls
+from .numbering import Numbering
 from .policy import Attempts, Endpoints, never_sent
 from .requests import _b, prefix_end, read_options, write_options
+from .resilience import BreakerSettings, Resilience, RetrySettings
 from .tls_diagnosis import diagnose, may_be_tls
+from .watch import WatchCalls
 
 
-class Client:
+class Client(LeaseCalls, WatchCalls, LockCalls):
     """A raftkv client over any number of endpoints. It finds the leader, retries what is safe to retry
     within `timeout` seconds, and keeps the newest session token it has seen, so `consistency="session"`
     reads see this client's own writes on any node.
 
     `connect_timeout`: how long one try waits for a node's connection before moving on to the next node
     (default: a third of `timeout`, at most 2 s). A write that was sent and then lost its answer is not
-    retried: it raises `OutcomeUnknownError`."""
+    retried: it raises `OutcomeUnknownError`. `dial_bound`: a call fails once every endpoint has failed to
+    connect (each within `connect_timeout`) rather than retrying until `timeout` (etcdctl's --dial-timeout)."""
 
     def __init__(self, endpoints: list[str] | str, timeout: float = 5.0, tls: TlsFiles | None = None,
-                 connect_timeout: float | None = None) -> None:
+                 connect_timeout: float | None = None, dial_bound: bool = False,
+                 breaker: BreakerSettings | None = None, retry: RetrySettings | None = None,
+                 exactly_once: bool = False, session_ttl_s: int = 60) -> None:
+        """`breaker`, `retry`: the circuit breaker's and the retry budget's settings (resilience.py).
+
+        `exactly_once=True`: the client registers a session (through the log, on its first write) and
+        numbers its puts, deletes and transactions; a write whose outcome is unknown (its connection broke,
+        its node died) is then retried with the same number, and the cluster applies it at most once and
+        answers the first result. Off by default: without it such a write raises OutcomeUnknownError."""
         if isinstance(endpoints, str):
             endpoints = [e.strip() for e in endpoints.split(",") if e.strip()]
         self.endpoints = Endpoints(list(endpoints))
+        self.resilience = Resilience(breaker or BreakerSettings(), retry or RetrySettings())
+        self.numbering = Numbering(exactly_once, session_ttl_s)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.dial_bound = dial_bound
         self.session_token = b""
         self.tls = tls
         self._channels: dict[str, grpc.Channel] = {}
         self._watches: dict[str, ChannelWatch] = {}
+        self._channel_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Client(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
+
+    def metrics(self) -> dict[str, Any]:
+        """Requests, retries (made, and refused by the retry budget), retry tokens left, and each
+        endpoint's circuit breaker (state, consecutive failures, times opened, calls rejected)."""
+        return self.resilience.metrics()
 
     def close(self) -> None:
-        for w in self._watches.values():
+        for w in list(self._watches.values()):
             w.close()
         self._watches.clear()
-        for ch in self._channels.values():
+        for ch in list(self._channels.values()):
             ch.close()
         self._channels.clear()
 
@@ -54,15 +81,25 @@ class Client:
         self.close()
 
     def _channel(self, address: str) -> grpc.Channel:
+        """The channel to `address`, made once: threads may share a client (a lease's keep-alive thread
+        does), so a channel is published only with its connectivity watch beside it."""
         ch = self._channels.get(address)
         if ch is None:
-            ch = sync_channel(address, self.tls)
-            self._channels[address] = ch
-            self._watches[address] = ChannelWatch(ch)
+            with self._channel_lock:
+                ch = self._channels.get(address)
+                if ch is None:
+                    ch = sync_channel(address, self.tls)
+                    self._watches[address] = ChannelWatch(ch)
+                    self._channels[address] = ch
         return ch
 
-    def _stub(self, address: str, admin: bool) -> Any:
+    def _stub(self, address: str, admin: bool | str) -> Any:
+        """KV's stub, Admin's (admin True), or the named service's ("Lease", "Watch", "sessions")."""
         ch = self._channel(address)
+        if admin == "sessions":
+            return overload_pb2_grpc.SessionsStub(ch)
+        if isinstance(admin, str):
+            return service_stub(admin, ch)
         return kv_pb2_grpc.AdminStub(ch) if admin else kv_pb2_grpc.KVStub(ch)
 
     def _keep_token(self, token: bytes) -> None:
@@ -75,21 +112,45 @@ class Client:
         if new is not None and (old is None or new > old):
             self.session_token = token
 
-    def call(self, method: str, request: Any, kind: str = "read", admin: bool = False,
+    def call(self, method: str, request: Any, kind: str = "read", admin: bool | str = False,
              timeout: float | None = None, endpoint: str | None = None) -> Any:
-        attempts = Attempts(self.endpoints, kind, admin, timeout or self.timeout, endpoint, self.connect_timeout)
+        numbered = False
+        if self.numbering.wanted(method, request):
+            with self.numbering.lock:
+                if not self.numbering.session_id:
+                    reply = self.call("Register", self.numbering.register_request(), "txn", admin="sessions",
+                                      timeout=timeout)
+                    self.numbering.session_id = reply.session_id
+                numbered = self.numbering.number(request)
+        try:
+            return self._call(method, request, kind, admin, timeout, endpoint, numbered)
+        except RaftKVError as e:
+            self.numbering.failed(e)
+            raise
+
+    def _call(self, method: str, request: Any, kind: str, admin: bool | str, timeout: float | None,
+              endpoint: str | None, numbered: bool) -> Any:
+        attempts = Attempts(self.endpoints, kind, bool(admin), timeout or self.timeout, endpoint, self.connect_timeout,
+                            self.dial_bound, resilience=self.resilience, numbered=numbered)
         while True:
+            held = attempts.hold()
+            if held:
+                time.sleep(held)
             address, connect_budget = attempts.next()
             stub = self._stub(address, admin)
             if not self._watches[address].wait(connect_budget):
                 time.sleep(attempts.not_connected(address, connect_budget))
                 continue
             try:
-                reply = getattr(stub, method)(request, timeout=attempts.send())
+                if method == "KeepAliveOnce":
+                    reply = keep_alive_once_stub(stub, request, attempts.send())
+                else:
+                    reply = getattr(stub, method)(request, timeout=attempts.send())
             except grpc.RpcError as e:
                 err = from_rpc_error(e)
                 time.sleep(attempts.failed(address, err, self._tls_cause(address, err, connect_budget)))
                 continue
+            attempts.succeeded(address)
             meta = getattr(reply, "meta", None)
             if meta is not None:
                 self._keep_token(meta.session_token)
@@ -103,8 +164,10 @@ class Client:
 
     # -- KV ------------------------------------------------------------------------------------
     def put(self, key: bytes | str, value: bytes | str, ack: str = "default", min_replicas: int = 0,
-            timeout_ms: int = 0, prev_kv: bool = False, timeout: float | None = None) -> pb.PutResponse:
-        req = pb.PutRequest(key=_b(key), value=_b(value), prev_kv=prev_kv,
+            timeout_ms: int = 0, prev_kv: bool = False, timeout: float | None = None, lease: int = 0
+            ) -> pb.PutResponse:
+        """`lease`: attach the key to this lease (Client.lease_grant): it is deleted when the lease ends."""
+        req = pb.PutRequest(key=_b(key), value=_b(value), prev_kv=prev_kv, lease=lease,
                             write=write_options(ack, min_replicas, timeout_ms))
         return self.call("Put", req, "write", timeout=timeout)
 

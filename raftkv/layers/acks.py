@@ -30,6 +30,7 @@ import structlog
 from ..server.errors import SyncTimeout
 from ..server.host import NodeHost
 from ..server.waiters import Durability, IndexWaiters, confirmed_members
+from .admission import Admission
 
 log = structlog.get_logger("raftkv.host")
 
@@ -162,12 +163,18 @@ class AckPolicy:
     def __init__(self, host: NodeHost) -> None:
         self.host = host
         self.semi_sync = SemiSyncStatus()
+        self.admission = Admission.of(host)
         host.every_round(self._check_semi_sync_recovery)
 
     async def write(self, data: bytes, ack: AckRequest, needs_result: bool = True) -> WriteOutcome:
-        """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout, NoSpace."""
+        """Propose `data` and wait as `ack` asks. Raises NotLeader, ProposalLost, SyncTimeout, NoSpace,
+        Overloaded (admission control: refused before proposing, counted in flight until answered)."""
+        self.host.admit_write(data)
+        with self.admission.writes(1, len(data)):
+            return await self._write(data, ack, needs_result)
+
+    async def _write(self, data: bytes, ack: AckRequest, needs_result: bool) -> WriteOutcome:
         host = self.host
-        host.admit_write(data)
         if ack.level == AckLevel.SEMI_SYNC:
             check_meetable(ack, host.semi_sync_members())
         started = time.monotonic()
@@ -200,6 +207,11 @@ class AckPolicy:
         if host.nospace:
             return await self._write_many_alarmed(datas)
         host.admit_write()
+        with self.admission.writes(len(datas), sum(map(len, datas))):
+            return await self._write_many(datas)
+
+    async def _write_many(self, datas: list[bytes]) -> list[WriteOutcome | BaseException]:
+        host = self.host
         started = time.monotonic()
         first, term, applied = await host.propose(datas)
         assert applied is not None

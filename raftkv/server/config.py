@@ -127,6 +127,19 @@ class ServerConfig:
     """Raft only from certificates with this Common Name (etcd's --peer-cert-allowed-cn)."""
     peer_cert_allowed_hostname: str = ""
     """Raft only from certificates whose SANs name this host (etcd's --peer-cert-allowed-hostname)."""
+    history_revisions: int = 100_000
+    """Watch history kept: at most this many revisions back (trimmed when the log is compacted)."""
+    history_seconds: float = 3600.0
+    """Watch history kept: no event older than this many seconds (trimmed when the log is compacted)."""
+    history_bytes: int = 256 << 20
+    """Watch history kept: at most about this many bytes (events carry values; trimmed at compaction)."""
+    watch_buffer_events: int = 10_000
+    """Events queued for one watch whose client reads too slowly before it is canceled (RESOURCE_EXHAUSTED)."""
+    watch_progress_ms: int = 5_000
+    """An idle watch gets a progress notification (the revision it may resume after) this often."""
+    max_watches_per_stream: int = 1_000
+    max_lease_ttl: int = 9_000_000_000
+    """Longest lease TTL in seconds a grant may ask for (etcd's MaxLeaseTTL)."""
     initial_cluster_state: str = "new"
     """`new`: found the cluster with `peers` if the data directory is empty; `existing`: refuse to start
     on an empty data directory (a member that lost its data must be removed and re-added)."""
@@ -143,6 +156,20 @@ class ServerConfig:
     one key is always returned); well under a client's default 4 MiB receive limit."""
     max_range_keys: int = 10_000
     """A Range answer holds at most this many keys (with `more` when there are others)."""
+    corruption_check_interval: float = 0.0
+    """Seconds between divergence checks on the leader (0: only on request, `kv check hash`)."""
+    force_new_cluster: bool = False
+    """Start as the only member of a one-member cluster that keeps this node's data (server/force_new.py)."""
+    # Admission control (layers/admission.py): high watermarks; each low mark is `overload_low_ratio` of it.
+    overload_max_proposals: int = 4096
+    overload_max_proposal_bytes: int = 64 << 20
+    overload_max_unapplied: int = 5000
+    overload_max_follower_queue_bytes: int = 64 << 20
+    """Also the hard bound of entry bytes queued to any one follower (beyond it the follower is probed)."""
+    overload_max_ack_waiters: int = 4096
+    overload_max_read_waiters: int = 8192
+    overload_low_ratio: float = 0.5
+    overload_pushback_ms: int = 100
 
     @property
     def address(self) -> str:
@@ -235,6 +262,7 @@ class ServerConfig:
         if self.read_wait_ms < 0:
             raise ConfigError("--read-wait-ms must be >= 0")
         self._validate_bounds()
+        self._validate_overload()
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("--log-format must be auto, json or console")
         self.validate_addresses()
@@ -262,6 +290,10 @@ class ServerConfig:
                               "(or --client-cert-auth): without it peers present no certificate to check")
         if self.initial_cluster_state not in ("new", "existing"):
             raise ConfigError("--initial-cluster-state must be new or existing")
+        if self.corruption_check_interval < 0:
+            raise ConfigError("--corruption-check-interval must be >= 0 seconds (0: off)")
+        if self.force_new_cluster and self.join:
+            raise ConfigError("--force-new-cluster keeps this node's data: it does not go with --join")
         if self.join and self.initial_cluster_token:
             raise ConfigError("--initial-cluster-token names a founding cluster: a --join node learns the "
                               "cluster id from the leader")
@@ -274,15 +306,35 @@ class ServerConfig:
                     ("--snapshot-keep-entries", self.snapshot_keep_entries, 0),
                     ("--snapshot-log-bytes", self.snapshot_log_bytes, 1), ("map_size", self.map_size, 1 << 20),
                     ("--max-range-bytes", self.max_range_bytes, 1), ("--max-range-keys", self.max_range_keys, 1),
-                    ("--disk-reserve-bytes", self.disk_reserve_bytes, 0))
+                    ("--disk-reserve-bytes", self.disk_reserve_bytes, 0),
+                    ("--history-revisions", self.history_revisions, 1),
+                    ("--history-bytes", self.history_bytes, 1),
+                    ("--watch-buffer-events", self.watch_buffer_events, 1),
+                    ("--watch-progress-ms", self.watch_progress_ms, 1),
+                    ("--max-watches-per-stream", self.max_watches_per_stream, 1),
+                    ("--max-lease-ttl", self.max_lease_ttl, 1))
         for flag, value, low in at_least:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"{flag} must be an integer >= {low}, not {value!r}")
+        if not self.history_seconds > 0:
+            raise ConfigError(f"--history-seconds must be > 0, not {self.history_seconds!r}")
         need = self.max_key_bytes + self.max_value_bytes + 1024
         if not need <= self.max_request_bytes <= MAX_REQUEST_BYTES:
             raise ConfigError(f"--max-request-bytes must be in [{need}, {MAX_REQUEST_BYTES}] (at least "
                               f"--max-key-bytes + --max-value-bytes + 1024, so the largest key and value fit in "
                               f"one request), not {self.max_request_bytes}")
+
+    def _validate_overload(self) -> None:
+        """The admission-control watermarks: positive high marks, a low ratio strictly between 0 and 1."""
+        for name in ("proposals", "proposal_bytes", "unapplied", "follower_queue_bytes", "ack_waiters",
+                     "read_waiters", "pushback_ms"):
+            value = getattr(self, f"overload_{'' if name == 'pushback_ms' else 'max_'}{name}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                flag = f"--overload-{'' if name == 'pushback_ms' else 'max-'}{name.replace('_', '-')}"
+                raise ConfigError(f"{flag} must be an integer >= 1, not {value!r}")
+        if not isinstance(self.overload_low_ratio, (int, float)) or not 0 < self.overload_low_ratio < 1:
+            raise ConfigError(f"--overload-low-ratio must be between 0 and 1 (exclusive), not "
+                              f"{self.overload_low_ratio!r}")
 
     def validate_addresses(self) -> None:
         """Every address this node listens on or dials must be HOST:PORT with a port in 1..65535."""

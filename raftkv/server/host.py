@@ -44,6 +44,7 @@ from ..storage.errors import is_storage_fault
 from ..transport.envelope import applied_of, echo_of, stamp_of, wrap
 from .compaction import Compactor
 from .config import ServerConfig
+from .corruption import CorruptionChecker
 from .errors import LeadershipLost, OutcomeUnknown, ShuttingDown
 from .host_inbox import InboxIntake
 from .host_views import HostViews
@@ -54,6 +55,7 @@ from .members import MemberInfo, MemberRegistry
 from .membership_ops import MembershipOps
 from .metrics import Metrics
 from .nospace import NoSpaceAlarm, Stopping
+from .peer_rtt import PeerRtt
 from .ports import Clock, DiskRoom, Inbox, IOExecutor, PeerTransport, SystemClock, ThreadIO
 from .proposals import Proposal, ProposalQueue
 from .read_rounds import ReadRounds
@@ -117,6 +119,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         # A leader-transfer request that reaches us later than the leader waits for it is dropped.
         self.transfer_guard = TransferGuard(cfg.election_ticks * cfg.tick_ms / 1000)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
+        self.peer_rtt = PeerRtt(metrics.observe_rtt)
         self.waiters = IndexWaiters(on_lost=metrics.proposals_failed.inc)
         self.proposals = ProposalQueue()
         self.reads = ReadRounds(cfg.id, cfg.election_ticks * cfg.tick_ms / 1000)
@@ -125,6 +128,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.inbox.set_consumer(self._wake.set, self._admit)
         self._local_ops: deque[Callable[[], None]] = deque()
         self._round_hooks: list[Callable[[], None]] = []
+        self._any_role_hooks: list[Callable[[], None]] = []
+        self.snapshot_listeners: list[Callable[[int], None]] = []
+        """Called with the index of each snapshot this node installs (the watch hub: events it skips)."""
         # Streamed snapshots handed to the core, by their data (a token naming the staged file): stepped
         # (answered once their Ready is written, or when the core did not take them).
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
@@ -156,6 +162,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         metrics.alarm.labels("nospace").set(0)
         self.removal = Removal(cfg.id, cfg.data_dir)
         self._lingering_peers = False  # transport peers kept for removed members still being told
+        self.corruption: CorruptionChecker | None = None
+        """The divergence checker and its CORRUPT alarm (corruption.py), given by the process lifecycle."""
         self.identity: IdentityGuard | None = identity
         """Peer identity and the member identity records (given by the process lifecycle; see identity.py)."""
         if identity is not None:
@@ -230,6 +238,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             return False, f"NOSPACE alarm: {self.nospace}"
         if self.identity is not None and self.identity.problem:
             return False, self.identity.problem
+        if self.corruption is not None and (corrupt := self.corruption.not_ready()):
+            return False, corrupt
         if not self.leader_id:
             return False, "no leader known"
         return True, ""
@@ -243,6 +253,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """Call `hook` after each round of the loop (a policy above that watches progress)."""
         self._round_hooks.append(hook)
 
+    def every_round_any_role(self, hook: Callable[[], None]) -> None:
+        """Call `hook` after each round of the loop whatever this node's role (`every_round` hooks run on
+        the leader only): admission control re-reads its watermarks there."""
+        self._any_role_hooks.append(hook)
+
     # ------------------------------------------------------------------------------------------
     # Primitives for the policies above (layers/acks.py, layers/read_path.py)
     # ------------------------------------------------------------------------------------------
@@ -250,6 +265,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """Raise what a write of `data` proposed now would be refused with: NoSpace (under the NOSPACE
         alarm only deletes are taken; `data` None: refused), NotLeader."""
         self._refuse_writes_without_space(data)
+        if self.corruption is not None:
+            self.corruption.refuse_writes()
         if not self.is_leader:
             raise self.not_leader()
 
@@ -305,6 +322,13 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """Read the state machine as it is now on this node (`fn` is given the store; it may run on a
         scan thread). The read policy decides beforehand whether this node may answer."""
         return fn(self.store)
+
+    async def flush_now(self) -> None:
+        """Bring the write-back buffer to LMDB now: a backup is cut from LMDB-durable state only, and
+        this makes it as new as what this node has applied."""
+        fut = self.waiters.wait_flushed()
+        self._wake.set()
+        await fut
 
     async def snapshot_now(self) -> int:
         """Record a snapshot point at the applied index and compact the log; returns the snapshot index.
@@ -363,6 +387,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             m = inbox.popleft()
             if leader and m.type in RESPONSES:
                 self.lag.heard_from(m.frm, applied_of(m), now)
+                if m.type == MessageType.HEARTBEAT_RESP:
+                    self.peer_rtt.answered(m, now)
             try:
                 node.step(m)
             except StepRejected as e:
@@ -432,6 +458,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             if self.identity is not None:
                 self.identity.members_changed([])
             log.info("installed snapshot", index=rd.snapshot.meta.index, term=rd.snapshot.meta.term)
+            for listener in self.snapshot_listeners:
+                listener(rd.snapshot.meta.index)
             self._settle_snapshots(rd.snapshot.data)
             # The round that installs a snapshot may take a while (one that came whole inside its
             # message is copied; a full disk is waited out). The ticks that fired meanwhile would be
@@ -494,7 +522,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
 
     def _apply(self, rd: Ready) -> list[Any]:
         results = self.store.apply(rd.committed_entries, rd.conf_state)
-        self.metrics.apply_seconds.observe(self.store.last_apply_seconds)
+        self.metrics.observe_apply(self.store.last_apply_seconds)
         self._arm_flush_timer()
         return results
 
@@ -572,6 +600,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             elif t in DATED:
                 echo = self.stamps.echo_for(m.to) if t in ECHOED else None
                 out.append(wrap(m, stamp, *echo) if echo is not None else wrap(m, stamp))
+                if t == MessageType.HEARTBEAT:
+                    self.peer_rtt.sent(m, stamp / 1e9)
             else:
                 out.append(m)
         return out
@@ -620,6 +650,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         if self.waiters.durable_waiting:
             # A deposed leader's waits too: they end at their deadline, which wakes the loop (below).
             self.waiters.release_durable(self.match_indexes(), now)
+        for hook in self._any_role_hooks:
+            hook()
         if self.is_leader:
             for hook in self._round_hooks:
                 hook()

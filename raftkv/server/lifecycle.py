@@ -15,16 +15,23 @@ from grpc_reflection.v1alpha import reflection
 
 from .. import exit_codes
 from ..api.admin_service import AdminService
+from ..api.coordination import Coordination
+from ..api.etcd import EtcdServices
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
+from ..api.maintenance_service import add_to_server as add_maintenance
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
-from ..storage import CorruptionError, ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
+from ..storage import ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
+from ..storage.errors import is_damage
 from ..storage.identity import has_data
 from ..tls import TlsError, check_certificate_dates
 from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
+from .corruption import CorruptionChecker
+from .force_new import ForceNewClusterRefused, force_new_cluster
+from .grpc_metrics import RequestMetrics
 from .host import NodeHost, bootstrap_store
 from .http_endpoint import HttpEndpoint
 from .identity import IdentityGuard
@@ -59,6 +66,12 @@ def run_node(cfg: ServerConfig) -> int:
         store = LmdbNodeStore(cfg.data_dir, cfg.id, None if cfg.join else cluster_id, cfg.map_size,
                               founding=None if cfg.join else cluster_id_for(cfg.peers))
         bootstrap_store(store, cfg)
+        if cfg.force_new_cluster:
+            force_new_cluster(store, cfg.id)
+    except ForceNewClusterRefused as e:
+        store.close()
+        print(f"Error: refusing to start: {e}", file=sys.stderr)
+        return exit_codes.USAGE
     except ForeignDataError as e:
         print(f"Error: refusing to start: {e}", file=sys.stderr)
         return exit_codes.NEEDS_OPERATOR
@@ -77,7 +90,7 @@ def run_node(cfg: ServerConfig) -> int:
 def exit_code_for(err: BaseException) -> int:
     """Damaged or foreign data needs an operator; anything else that stops a node (a failing disk, a
     data directory in use, a host loop that crashed) may go away when it is restarted."""
-    if isinstance(err, (CorruptionError, ForeignDataError)):
+    if isinstance(err, ForeignDataError) or is_damage(err):
         return exit_codes.NEEDS_OPERATOR
     return exit_codes.RETRY
 def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
@@ -87,6 +100,9 @@ def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
                 f"{cfg.data_dir} holds no data and --initial-cluster-state is existing: this member lost its "
                 f"data; remove and re-add it (kv members remove {cfg.id}; kv members add {cfg.id} "
                 f"{cfg.address} --learner), then start it with --join")
+    if cfg.force_new_cluster and not has_data(cfg.data_dir):
+        return (exit_codes.USAGE, f"{cfg.data_dir} holds no data: --force-new-cluster keeps a survivor's data, "
+                                  "and there is none here")
     warnings = []
     for path in dict.fromkeys(f for f in (cfg.cert_file, cfg.peer_cert_file) if f):
         try:
@@ -118,6 +134,15 @@ def _port_in_use(listen: str) -> bool:
     return False
 
 
+def _add_sessions(server: grpc.aio.Server, host: NodeHost, kv_service: KVService) -> None:
+    """Client sessions for exactly-once writes: the Sessions service and the leader's expiry of idle ones."""
+    from ..proto.stubs import overload_pb2_grpc
+    from .session_expiry import SessionKeeper
+
+    overload_pb2_grpc.add_SessionsServicer_to_server(kv_service.sessions, server)
+    SessionKeeper(host)
+
+
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     metrics = Metrics(cfg.id)
     guard = IdentityGuard(cfg.id, store, cfg.join)
@@ -131,24 +156,38 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     transport = Transport(cfg.id, cfg.address, guard.header_cluster_id, adopt_cluster_id=guard.adopt_from_leader,
                           tls=peer_tls, gate=guard, peer_auth=peer_auth,
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
-                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes))
+                          snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
+                          queue_bytes_limit=cfg.overload_max_follower_queue_bytes)
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
+    host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
     forwarder = Forwarder(host)
     if _port_in_use(cfg.listen):
         print(f"Error: cannot listen on {cfg.listen}: the address is in use (is another raftkv serve running?)",
               file=sys.stderr)
         return exit_codes.RETRY
     # No SO_REUSEPORT: a second process on the same port would otherwise silently share its traffic.
-    server = grpc.aio.server(options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[RequestMetrics(metrics.registry)],
+                             options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
+    transport.events = metrics
+    metrics.watch_node(lambda: host.node.term, lambda: host.node.raft_log.committed, lambda: host.applied,
+                       lambda: host.node.raft_log.last_index(), store.db_size, store.db_in_use)
     transport.register(server)
     kv_service = KVService(host, lambda: store.cluster_id, forwarder)
     kv_pb2_grpc.add_KVServicer_to_server(kv_service, server)
     kv_pb2_grpc.add_AdminServicer_to_server(AdminService(host, store, forwarder), server)
+    _add_sessions(server, host, kv_service)
+    coordination = Coordination(host, store, forwarder, kv_service)
+    coordination_names = coordination.register(server)
+    # etcd's v3 API beside raftkv.v1, sharing the write-ack policy (its semi-sync state) with KV.
+    etcd = EtcdServices(host, store, forwarder, kv_service.acks)
+    etcd_names = etcd.register(server)
+    maintenance = add_maintenance(server, host, store, forwarder)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (kv_pb2.DESCRIPTOR.services_by_name["KV"].full_name, kv_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, health.SERVICE_NAME, reflection.SERVICE_NAME)
+             raft_pb2.DESCRIPTOR.services_by_name["Raft"].full_name, maintenance, health.SERVICE_NAME,
+             reflection.SERVICE_NAME, *coordination_names, *etcd_names)
     reflection.enable_server_reflection(names, server)
     try:
         tls = cfg.server_tls
@@ -167,6 +206,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         return exit_codes.RETRY
     await server.start()
     await host.start()
+    host.corruption.start()
+    coordination.start()
     guard.members_changed([])  # a cluster id recorded in the registry but not yet in meta (a crash between)
     if tls is not None and not peer_auth.enabled:
         log.warning("peers are not authenticated: any client that completes TLS may speak Raft to this node",
@@ -199,8 +240,11 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     leave.cancel()
     log.info("shutting down")
     readiness.cancel()
+    await host.corruption.stop()
+    await coordination.stop()
     await server.stop(grace=1.0)
     kv_service.close()
+    etcd.close()
     await host.stop()
     await transport.stop()
     await forwarder.close()
@@ -236,7 +280,8 @@ def _health(host: NodeHost) -> dict[str, object]:
     ready, why = host.readiness()
     out: dict[str, object] = {"id": host.cfg.id, "ready": ready, "not_ready_because": why,
                               "has_leader": bool(host.leader_id), "leader": host.leader_id, "applied": host.applied,
-                              "term": host.node.term, "alarms": ["nospace"] if host.nospace else [],
+                              "term": host.node.term, "alarms": (["nospace"] if host.nospace else [])
+                              + (["corrupt"] if host.corruption is not None and host.corruption.raised else []),
                               "removed": host.removal.removed}
     problem = _identity_problem(host)
     if problem:

@@ -11,8 +11,22 @@ from typing import Any
 
 import msgpack
 
+from . import sessions
+from .sessions import MAX_TTL_S as MAX_SESSION_TTL_S  # noqa: F401
+from .sessions import PREFIX as SESSION_PREFIX  # noqa: F401
+from .sessions import (  # noqa: F401 - the session commands are part of the command vocabulary
+    ExpireSession,
+    KeepAliveSession,
+    RegisterSession,
+    SessionCommand,
+    SessionRegistered,
+    SessionWrite,
+)
+from .sessions import reserved as reserved_key  # noqa: F401
+
 TARGETS = ("value", "version", "create", "mod", "exists")
 RESULTS = ("=", "!=", "<", ">")
+MAX_LEASE_ID = (1 << 63) - 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -20,6 +34,8 @@ class Put:
     key: bytes
     value: bytes
     prev_kv: bool = False
+    lease: int = 0
+    """The lease the key is attached to (0: none); the key is deleted when the lease ends."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -48,12 +64,40 @@ class Compare:
 
 @dataclass(slots=True, frozen=True)
 class Txn:
+    """Compares, then the operations of the branch they choose. An operation may itself be a Txn (etcd's
+    nested transaction): every compare on the chosen path is evaluated against the state before any
+    operation of the whole transaction applies, as etcd does."""
+
     compares: tuple[Compare, ...] = ()
-    success: tuple[Put | Delete | Range, ...] = ()
-    failure: tuple[Put | Delete | Range, ...] = ()
+    success: tuple[Put | Delete | Range | Txn, ...] = ()
+    failure: tuple[Put | Delete | Range | Txn, ...] = ()
 
 
-Command = Put | Delete | Txn
+@dataclass(slots=True, frozen=True)
+class LeaseGrant:
+    """A lease of `ttl` seconds; `lease_id` 0: the lease's id is the revision that grants it."""
+
+    lease_id: int
+    ttl: int
+
+
+@dataclass(slots=True, frozen=True)
+class LeaseRevoke:
+    """End a lease and delete its keys; `expired`: the leader decided its TTL ran out (not a client)."""
+
+    lease_id: int
+    expired: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class CompactHistory:
+    """Discard the change history before `revision` on every node (`kv compact REV`)."""
+
+    revision: int
+
+
+LeaseCommand = LeaseGrant | LeaseRevoke | CompactHistory
+Command = Put | Delete | Txn | LeaseGrant | LeaseRevoke | CompactHistory
 
 
 @dataclass(slots=True)
@@ -63,6 +107,7 @@ class KV:
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
 
 
 @dataclass(slots=True)
@@ -89,7 +134,7 @@ class RangeResult:
 class TxnResult:
     revision: int
     succeeded: bool
-    results: list[PutResult | DeleteResult | RangeResult]
+    results: list[PutResult | DeleteResult | RangeResult | TxnResult]
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -103,18 +148,36 @@ def prefix_end(prefix: bytes) -> bytes:
     return b"\0"
 
 
-def _op_to_wire(op: Put | Delete | Range) -> list[Any]:
+def _txn_to_wire(cmd: Txn) -> list[Any]:
+    return ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
+            [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
+
+
+def _txn_from_wire(w: list[Any]) -> Txn:
+    compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
+    for c in compares:
+        if c.target not in TARGETS or c.result not in RESULTS:
+            raise ValueError(f"bad compare {c.target} {c.result}")
+    return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
+
+
+def _op_to_wire(op: Put | Delete | Range | Txn) -> list[Any]:
+    if isinstance(op, Txn):
+        return _txn_to_wire(op)
     if isinstance(op, Put):
-        return ["p", op.key, op.value, op.prev_kv]
+        # The lease is an optional trailing element: a put without one encodes as before.
+        return ["p", op.key, op.value, op.prev_kv] + ([op.lease] if op.lease else [])
     if isinstance(op, Delete):
         return ["d", op.key, op.range_end, op.prev_kv]
     return ["r", op.key, op.range_end, op.limit, op.keys_only, op.count_only]
 
 
-def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
+def _op_from_wire(w: list[Any]) -> Put | Delete | Range | Txn:
     kind = w[0]
+    if kind == "t":
+        return _txn_from_wire(w)
     if kind == "p":
-        return Put(w[1], w[2], bool(w[3]))
+        return Put(w[1], w[2], bool(w[3]), int(w[4]) if len(w) > 4 else 0)
     if kind == "d":
         return Delete(w[1], w[2], bool(w[3]))
     if kind == "r":
@@ -122,38 +185,68 @@ def _op_from_wire(w: list[Any]) -> Put | Delete | Range:
     raise ValueError(f"unknown operation {kind!r}")
 
 
-def encode(cmd: Command) -> bytes:
-    if isinstance(cmd, Txn):
-        body = ["t", [[c.key, c.target, c.result, c.operand] for c in cmd.compares],
-                [_op_to_wire(o) for o in cmd.success], [_op_to_wire(o) for o in cmd.failure]]
-    else:
-        body = _op_to_wire(cmd)
+def _lease_to_wire(cmd: LeaseCommand) -> list[Any]:
+    if isinstance(cmd, LeaseGrant):
+        return ["lg", cmd.lease_id, cmd.ttl]
+    if isinstance(cmd, LeaseRevoke):
+        return ["lr", cmd.lease_id, cmd.expired]
+    return ["lk", cmd.revision]
+
+
+def _lease_from_wire(w: list[Any]) -> LeaseCommand:
+    if w[0] == "lg":
+        return LeaseGrant(int(w[1]), int(w[2]))
+    if w[0] == "lr":
+        return LeaseRevoke(int(w[1]), bool(w[2]))
+    if w[0] == "lk":
+        return CompactHistory(int(w[1]))
+    raise ValueError(f"unknown lease command {w[0]!r}")
+
+
+def encode(cmd: Command | sessions.SessionCommand) -> bytes:
+    if isinstance(cmd, sessions.SessionCommand):
+        return msgpack.packb(sessions.to_wire(cmd, _op_to_wire), use_bin_type=True)
+    if isinstance(cmd, (LeaseGrant, LeaseRevoke, CompactHistory)):
+        return msgpack.packb(_lease_to_wire(cmd), use_bin_type=True)
+    body = _op_to_wire(cmd)
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(data: bytes) -> Command:
+def decode(data: bytes) -> Command | sessions.SessionCommand:
     try:
         w = msgpack.unpackb(data, raw=False)
     except (ValueError, msgpack.UnpackException) as e:
         raise ValueError(f"undecodable command: {e}") from None
     if not isinstance(w, list) or not w:
         raise ValueError("malformed command")
-    if w[0] == "t":
-        compares = tuple(Compare(c[0], c[1], c[2], c[3]) for c in w[1])
-        for c in compares:
-            if c.target not in TARGETS or c.result not in RESULTS:
-                raise ValueError(f"bad compare {c.target} {c.result}")
-        return Txn(compares, tuple(_op_from_wire(o) for o in w[2]), tuple(_op_from_wire(o) for o in w[3]))
+    if isinstance(w[0], str) and w[0].startswith("s"):  # client sessions (sessions.py)
+        return sessions.from_wire(w, _cmd_from_wire)
+    if isinstance(w[0], str) and w[0].startswith("h"):  # high-availability operations (ha_commands.py)
+        from .ha_commands import from_wire
+
+        return from_wire(w)  # type: ignore[return-value]
+    if isinstance(w[0], str) and w[0].startswith("l"):
+        return _lease_from_wire(w)
+    return _cmd_from_wire(w)
+
+
+def _cmd_from_wire(w: list[Any]) -> Command:
+    if not isinstance(w, list) or not w:
+        raise ValueError("malformed command")
     op = _op_from_wire(w)
     if isinstance(op, Range):
         raise ValueError("a range is a read, not a command")
     return op
 
 
-def adds_bytes(cmd: Command) -> bool:
+def adds_bytes(cmd: Command | sessions.SessionCommand) -> bool:
     """Whether applying `cmd` may store more than it removes: any put in it. A command of deletes only
     (DeleteRange, or a Txn whose branches hold deletes and ranges alone) is what a node under the NOSPACE
     alarm still takes, as etcd does: it is how space is freed."""
+    if isinstance(cmd, sessions.SessionWrite):
+        return adds_bytes(cmd.command)
+    if isinstance(cmd, sessions.RegisterSession):
+        return True
     if isinstance(cmd, Txn):
-        return any(isinstance(op, Put) for op in cmd.success + cmd.failure)
-    return isinstance(cmd, Put)
+        return any(adds_bytes(op) for op in cmd.success + cmd.failure if isinstance(op, (Put, Txn)))
+    return isinstance(cmd, (Put, LeaseGrant))

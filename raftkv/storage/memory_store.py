@@ -35,12 +35,12 @@ from ..core import (
     HardState,
     Snapshot,
     SnapshotMeta,
-    UnavailableError,
     bootstrap_entries,
 )
 from . import commands, state_machine
 from .commands import KV, Range, RangeResult
 from .errors import CommandFailed, CorruptionError
+from .log_bounds import LogBounds
 from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
 
 
@@ -113,7 +113,7 @@ class _DictRecords:
             yield k, self._records[k]
 
 
-class MemoryNodeStore:
+class MemoryNodeStore(LogBounds):
     """A node store over a MemoryDisk; `clock` dates the write-back buffer (the simulator's clock)."""
 
     def __init__(self, disk: MemoryDisk, clock: Callable[[], float]) -> None:
@@ -164,30 +164,10 @@ class MemoryNodeStore:
     def log(self) -> MemoryNodeStore:
         return self
 
-    def initial_state(self) -> tuple[HardState, ConfState]:
-        return self._hard, self._compacted[2]
-
-    def first_index(self) -> int:
-        return self._compacted[0] + 1
-
-    def last_index(self) -> int:
-        return self._last_index
-
-    def term(self, index: int) -> int:
-        c_idx, c_term, _ = self._compacted
-        if index < c_idx:
-            raise CompactedError(index)
-        if index == c_idx:
-            return c_term
-        if index > self._last_index:
-            raise UnavailableError(index)
+    def _stored_term(self, index: int) -> int:
         return self._decode(index).term
 
-    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        if lo < self.first_index():
-            raise CompactedError(lo)
-        if hi > self._last_index + 1:
-            raise UnavailableError(hi)
+    def _stored_entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         if max_bytes is None:
             return [self._decode(i) for i in range(lo, hi)]
         out: list[Entry] = []

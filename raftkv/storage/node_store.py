@@ -9,7 +9,9 @@
 - `kv~1`, `members~1`: the other generation of those two: a snapshot from a leader is staged there and
   installed by switching generations (snapshots.py), so either pair may be the live one: use `kv_db` and
   `members_db`, never the names;
-- `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py).
+- `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py);
+- `leases` (and `leases~1`): the lease table (leases.py), part of the state machine and of snapshots;
+- `history`: the change events that serve watches (history.py); this node's own, not in snapshots.
 
 A write costs one synced commit, its log append (DESIGN.md §4). The host `apply`s committed entries
 into a write-back buffer over `kv` (write_back.py), which reads see first, and `persist`s each Ready in
@@ -43,15 +45,19 @@ from ..core import (
     HardState,
     Snapshot,
     SnapshotMeta,
-    UnavailableError,
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from . import commands, identity, kv_records, snapshots, state_machine
-from .commands import KV, Range, RangeResult
+from . import commands, history, identity, kv_records, sessions, snapshots, state_machine
+from .alarms import AlarmTable, RecentHashes, hash_state
+from .commands import KV, CompactHistory, LeaseGrant, LeaseRevoke, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
-from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError
+from .errors import CommandFailed, CorruptionError, ForeignDataError, StorageError, opening_error
+from .ha_commands import AlarmDisarm, AlarmRaise, HashKV
+from .history import Event, HistoryOutOfRange, Retention
 from .kv_records import BUCKET_THRESHOLD
+from .leases import LeaseTable, RevokeResult
+from .log_bounds import LogBounds
 from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
 
 FORMAT = b"raftkv-2"
@@ -61,7 +67,7 @@ _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
 
 
-_STATE_HANDLES = {b"kv": "kv_db", b"members": "members_db"}
+_STATE_HANDLES = {b"kv": "kv_db", b"members": "members_db", b"leases": "leases_db"}
 """The attribute holding the live handle of each sub-database of the state machine (snapshots.SNAPSHOT_DBS):
 a sub-database added to the state machine goes in both."""
 
@@ -96,11 +102,14 @@ def _conf_from_wire(w: list[list[int]]) -> ConfState:
     return ConfState(frozenset(w[0]), frozenset(w[1]))
 
 
-class LmdbNodeStore:
+class LmdbNodeStore(LogBounds):
     def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
                  map_size: int = 4 << 30, founding: bytes | None = None) -> None:
         self.path = Path(data_dir)
-        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a missing mount, a file in the way: one line, and the node may retry
+            raise StorageError(f"cannot create the data directory {self.path}: {e.strerror or e}") from None
         self.file = str(self.path / "data.mdb")
         self.node_id = node_id
         self.where = f"node {node_id}: {self.file}"
@@ -117,11 +126,18 @@ class LmdbNodeStore:
         except BaseException:
             self._dir_lock.release()
             raise
-        self.log_db = self.env.open_db(b"log")
-        self.meta_db = self.env.open_db(b"meta")
-        self.kv_db = self.env.open_db(b"kv")
-        self.members_db = self.env.open_db(b"members")
-        self.snap_db = self.env.open_db(b"snap")
+        try:
+            self.log_db = self.env.open_db(b"log")
+            self.meta_db = self.env.open_db(b"meta")
+            self.kv_db = self.env.open_db(b"kv")
+            self.members_db = self.env.open_db(b"members")
+            self.snap_db = self.env.open_db(b"snap")
+            self.history_db = self.env.open_db(b"history")
+            self.leases_db = self.env.open_db(b"leases")
+        except lmdb.Error as e:  # the main database's pages do not hold together, or a failing disk
+            self.env.close()
+            self._dir_lock.release()
+            raise opening_error(self.where, e) from None
         self._lock = threading.Lock()
         self.last_apply_seconds = 0.0
         """Time the last `apply` took."""
@@ -132,11 +148,21 @@ class LmdbNodeStore:
         self._hard_dirty = False  # `_hard` has a commit index LMDB does not have yet
         self._install_gen = 0  # odd while a snapshot install replaces `kv` and the buffer
         self._install_lock = threading.Lock()  # held by the install meanwhile
+        self._hist_pending: list[tuple[bytes, bytes]] = []
+        """History rows of the write-back buffer's entries (history.py), written beside it."""
+        self._floor_dirty = False
+        self.event_sink: Any = None
+        """Called on the applying thread after each `apply` with (events, applied index): the watch hub."""
+        self.history_retention = Retention()
         try:
             self._init_meta(node_id, cluster_id, founding)
             self._open_generations()
             self._load_cache()
+            self._load_history_and_leases()
             self._verify_tail()
+        except lmdb.Error as e:  # LMDB's own refusal of the file (damaged pages) or a failing disk
+            self.close()
+            raise opening_error(self.where, e) from None
         except BaseException:  # refused: let the directory go, so that it may be opened again
             self.close()
             raise
@@ -224,6 +250,26 @@ class LmdbNodeStore:
                 idx, conf = msgpack.unpackb(ap)
                 self._applied, self._applied_conf = idx, _conf_from_wire(conf)
             self._durable_applied, self._durable_conf = self._applied, self._applied_conf
+            self.alarms = AlarmTable(txn.get(b"alarms", db=self.meta_db))
+            """The cluster's alarms as applied here (alarms.py), written beside the applied index."""
+            self.hashes = RecentHashes()
+            """Hashes of the state at revisions a HashKV entry asked for (alarms.py)."""
+
+    def _load_history_and_leases(self) -> None:
+        """The history's floor (a directory from before the history existed has none before its applied
+        index) and the lease table of the live generation."""
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(history.FLOOR_KEY, db=self.meta_db)
+            if raw is None:
+                self._history_floor = self._durable_applied + 1
+                txn.put(history.FLOOR_KEY, _U64.pack(self._history_floor), db=self.meta_db)
+            else:
+                self._history_floor = _U64.unpack(raw)[0]
+        self._reload_leases()
+
+    def _reload_leases(self) -> None:
+        with self.env.begin() as txn:
+            self.leases = LeaseTable.load(txn.cursor(db=self._live_in(txn)[b"leases"]))
 
     def _verify_tail(self) -> None:
         lo = max(self.first_index(), self._last_index - VERIFY_TAIL + 1)
@@ -242,38 +288,14 @@ class LmdbNodeStore:
     # ------------------------------------------------------------------------------------------
     # LogStorage (read by the core)
     # ------------------------------------------------------------------------------------------
-    def initial_state(self) -> tuple[HardState, ConfState]:
-        return self._hard, self._compacted[2]
-
-    def first_index(self) -> int:
-        return self._compacted[0] + 1
-
-    def last_index(self) -> int:
-        return self._last_index
-
-    def term(self, index: int) -> int:
-        c_idx, c_term, _ = self._compacted
-        if index < c_idx:
-            raise CompactedError(index)
-        if index == c_idx:
-            return c_term
-        if index > self._last_index:
-            raise UnavailableError(index)
-        if index == self._last_index:
-            return self._last_term
+    def _stored_term(self, index: int) -> int:
         with self.env.begin(db=self.log_db) as txn:
             raw = txn.get(_key(index))
         if raw is None:
             raise CompactedError(index)
         return self._decode(index, raw).term
 
-    def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
-        if lo < self.first_index():
-            raise CompactedError(lo)
-        if hi > self._last_index + 1:
-            raise UnavailableError(hi)
-        if lo >= hi:
-            return []
+    def _stored_entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         out: list[Entry] = []
         size = 0
         with self.env.begin(db=self.log_db) as txn:
@@ -419,6 +441,7 @@ class LmdbNodeStore:
         Called on one thread (the host's loop), never while a `persist` or `flush` runs."""
         applied = self._applied
         results: list[Any] = []
+        events: list[Event] = []
         t0 = time.perf_counter()
         with self.env.begin(db=self.kv_db) as txn:
             base = Overlay(self._view(txn), self._buf)
@@ -426,11 +449,14 @@ class LmdbNodeStore:
                 if e.index <= applied:
                     results.append(None)
                     continue
-                results.append(self._apply_one(base, e))
+                results.append(self._apply_one(base, e, events))
                 applied = e.index
                 self._applied = applied
                 self._buf_entries += 1
+        self._record_history(events)
         self.last_apply_seconds = time.perf_counter() - t0
+        if self.event_sink is not None and applied > 0:
+            self.event_sink(events, self._applied)
         if conf is not None:
             self._applied_conf = conf
         if self._dirty_since is None and self.dirty():
@@ -505,6 +531,8 @@ class LmdbNodeStore:
                     self._install_lock.release()
             if switch:  # readers go on meanwhile: each resolves the generation from its own transaction
                 self._switched_generation()
+            if snapshot is not None:
+                self._reload_leases()
 
     def _write_buffer(self, txn: lmdb.Transaction, applied: int, conf: ConfState) -> None:
         buf = self._buf
@@ -520,6 +548,18 @@ class LmdbNodeStore:
                         view.put_record(k, v)
         if applied != self._durable_applied or buf:
             txn.put(b"applied", self._applied_record(applied, conf), db=self.meta_db)
+        if self.alarms.dirty:
+            txn.put(b"alarms", self.alarms.encode(), db=self.meta_db)
+        self._write_history_and_leases(txn)
+
+    def _write_history_and_leases(self, txn: lmdb.Transaction) -> None:
+        """The history rows and lease rows of the buffer's entries, in the buffer's transaction."""
+        if self._hist_pending:
+            txn.cursor(db=self.history_db).putmulti(self._hist_pending)
+        if self.leases.dirty:
+            self.leases.write(txn, self._live_in(txn)[b"leases"])
+        if self._floor_dirty:
+            txn.put(history.FLOOR_KEY, _U64.pack(self._history_floor), db=self.meta_db)
 
     def _append(self, txn: lmdb.Transaction, entries: list[Entry],
                 records: list[tuple[bytes, bytes]] | None) -> None:
@@ -553,11 +593,17 @@ class LmdbNodeStore:
             self._applied, self._applied_conf = m.index, m.conf
             self._durable_applied, self._durable_conf = m.index, m.conf
             self._snap_point = m.index
+            self._history_floor = m.index + 1
         else:
             self._durable_applied, self._durable_conf = applied, conf
+        self._hist_pending = []
+        self._floor_dirty = False
+        self.leases.written()
         self._buf = {}
         self._buf_entries = 0
         self._dirty_since = None
+        if snapshot is None:
+            self.alarms.dirty = False
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
         if hard_state is not None:
@@ -576,19 +622,80 @@ class LmdbNodeStore:
         except ValueError as err:
             return err  # a bad command fails alone; the entry still counts as applied
 
-    def _apply_one(self, base: Overlay, e: Entry) -> Any:
+    def _apply_one(self, base: Overlay, e: Entry, events: list[Event] | None = None) -> Any:
         """Apply one entry over `base` (the buffer over LMDB): a command that fails is undone whole and
-        fails alone (see `_failed`), and the entry still counts as applied."""
+        fails alone (see `_failed`), and the entry still counts as applied. The change events it makes
+        are added to `events`, and the lease table follows the keys' lease ids."""
         cmd = self._command(e)
         if cmd is None or isinstance(cmd, ValueError):
             return cmd
+        if isinstance(cmd, (HashKV, AlarmRaise, AlarmDisarm)):
+            return self._apply_ha(base, e.index, cmd)
         child = base.child()
         try:
-            result = state_machine.apply_command(child, cmd, e.index)
+            result = self._apply_command(child, cmd, e.index)
         except Exception as err:  # noqa: BLE001 - classified by _failed
             return self._failed(e, err)
+        made = self._events_of(child, e.index)
         base.merge(child)
+        if self.leases.leases:  # no lease: no key is attached to one
+            for ev in made:
+                self.leases.changed(ev.key, history.lease_of(ev.prev_body), history.lease_of(ev.body))
+        if isinstance(cmd, LeaseRevoke):
+            self.leases.remove(cmd.lease_id)
+        if events is not None:
+            events.extend(made)
         return result
+
+    def _apply_ha(self, base: Overlay, index: int, cmd: HashKV | AlarmRaise | AlarmDisarm) -> Any:
+        """A high-availability command (ha_commands.py): the state's hash at this revision, or an alarm."""
+        if isinstance(cmd, HashKV):
+            h = hash_state(base.scan(b""), index)
+            self.hashes.note(h)
+            return h
+        self.alarms.apply(cmd)
+        return None
+
+    def _apply_command(self, view: Overlay, cmd: commands.Command, index: int) -> Any:
+        if isinstance(cmd, LeaseGrant):
+            return self.leases.grant(cmd, index)
+        if isinstance(cmd, LeaseRevoke):
+            keys = self.leases.keys_of(cmd)
+            for k in keys:
+                view.delete(k)
+            return RevokeResult(cmd.lease_id, index, len(keys))
+        if isinstance(cmd, CompactHistory):
+            return self._compact_history_to(cmd.revision, index)
+        return state_machine.apply_command(view, cmd, index, self.leases.__contains__)
+
+    @staticmethod
+    def _events_of(child: Overlay, revision: int) -> list[Event]:
+        """The change events of one command: each key it changed, its record before and after (bodies
+        taken from the sealed records as they are, not decoded: see history.Event)."""
+        out: list[Event] = []
+        before = child.before or {}
+        s = kv_records.SEAL_BYTES
+        for k, rec in child.changes.items():
+            if sessions.reserved(k):  # client sessions' records are no client's keys: never watched
+                continue
+            prev = before.get(k)
+            if rec is None:
+                if prev is not None:
+                    out.append(Event(revision, history.DELETE, k, None, bytes(prev[s:])))
+            else:
+                out.append(Event(revision, history.PUT, k, rec[s:], None if prev is None else bytes(prev[s:])))
+        return out
+
+    def _record_history(self, events: list[Event]) -> None:
+        if not events:
+            return
+        now = time.time()
+        seq = 0
+        last = -1
+        for ev in events:
+            seq = seq + 1 if ev.revision == last else 0
+            last = ev.revision
+            self._hist_pending.append(history.encode_row(ev, seq, now))
 
     def _failed(self, e: Entry, err: Exception) -> CommandFailed:
         """A command that raised: if every node would fail it the same way (it is the command's fault,
@@ -597,6 +704,8 @@ class LmdbNodeStore:
         applying past it would make this node's state differ from its peers'."""
         if _local_fault(err):
             raise err
+        if isinstance(err, CommandFailed):  # a lease command's own refusal: its message says it all
+            return err
         return CommandFailed(f"the command at index {e.index} cannot be applied: {type(err).__name__}: {err}")
 
     def _write_members(self, txn: lmdb.Transaction, members: dict[int, bytes]) -> None:
@@ -618,6 +727,9 @@ class LmdbNodeStore:
         else:
             self._install_whole(txn, snap)
         txn.drop(self.log_db, delete=False)
+        # The history before the snapshot is not here (nor are the events it skips): it starts after it.
+        txn.drop(self.history_db, delete=False)
+        txn.put(history.FLOOR_KEY, _U64.pack(m.index + 1), db=self.meta_db)
         txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
         txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
         txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), None]), db=self.meta_db)
@@ -647,6 +759,7 @@ class LmdbNodeStore:
         for k, r in records:  # every record as it arrives
             kv_records.check(k, r, where)
         txn.drop(self.kv_db, delete=False)
+        txn.drop(self.leases_db, delete=False)  # a snapshot of an earlier version carries no leases
         self._view(txn).load_sorted(records)
         self._write_members(txn, {int(k): v for k, v in members.items()})
 
@@ -694,9 +807,73 @@ class LmdbNodeStore:
                 new_compacted = (compact_to, c_term, compact_conf)
             else:
                 new_compacted = self._compacted
+            floor = self._trim_history(txn, applied)
         self._compacted = new_compacted
         self._snap_point = applied
+        self._history_floor = max(self._history_floor, floor)
         return applied
+
+    # ------------------------------------------------------------------------------------------
+    # Change history (history.py)
+    # ------------------------------------------------------------------------------------------
+    def _trim_history(self, txn: lmdb.Transaction, applied: int) -> int:
+        """Retention, with the log's compaction: rows below the floor (`kv compact`), too many revisions
+        back or too old go. Only rows LMDB holds (at most `applied`, its applied index) are touched."""
+        below, older_than = self.history_retention.bounds(applied)
+        st = txn.stat(self.history_db)
+        size = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+        excess = max(0, size - self.history_retention.max_bytes)
+        floor = history.trim(txn, self.history_db, max(below, self._history_floor), older_than, applied, excess)
+        floor = max(floor, self._history_floor)
+        if floor != self._history_floor:
+            txn.put(history.FLOOR_KEY, _U64.pack(floor), db=self.meta_db)
+        return floor
+
+    def _compact_history_to(self, revision: int, index: int) -> int:
+        """`kv compact REV` applied: the floor moves to REV (at most this entry's index); the rows below
+        it go with the next compaction (reads refuse them from now on). Returns the floor."""
+        target = min(revision, index)
+        if target > self._history_floor:
+            self._history_floor = target
+            self._floor_dirty = True
+        return self._history_floor
+
+    def history_floor(self) -> int:
+        """The oldest revision whose events are all in this node's history."""
+        return self._history_floor
+
+    def history_events(self, start: int, end: int, limit: int = 1000) -> list[Event]:
+        """Events with start <= revision <= end, in order, at most about `limit` (never a revision cut
+        in two); raises HistoryOutOfRange when `start` is below the floor. Safe on any thread: the
+        pending rows are taken before the LMDB transaction, so the two together miss nothing."""
+        pending = list(self._hist_pending)
+        floor = self._history_floor
+        if start < floor:
+            raise HistoryOutOfRange(start, floor)
+        rows: dict[bytes, bytes] = {}
+        hi = history.row_key(end + 1)
+        last = b""
+        with self.env.begin() as txn:
+            for k, v in history.read_rows(txn, self.history_db, start, end):
+                if len(rows) >= limit and k[:8] != last[:8]:
+                    hi = history.row_key(_U64.unpack(k[:8])[0])  # cut before this revision
+                    break
+                rows[k] = v
+                last = k
+            raw_floor = txn.get(history.FLOOR_KEY, db=self.meta_db)
+        if raw_floor is not None and _U64.unpack(raw_floor)[0] > start:
+            raise HistoryOutOfRange(start, _U64.unpack(raw_floor)[0])
+        lo = history.row_key(start)
+        for k, v in pending:
+            if lo <= k < hi:
+                rows[k] = v
+        out: list[Event] = []
+        for k in sorted(rows):
+            ev = history.decode_row(k, rows[k])[1]
+            if len(out) >= limit and ev.revision != out[-1].revision:
+                break
+            out.append(ev)
+        return out
 
     # ------------------------------------------------------------------------------------------
     # Reads for the host and clients
@@ -770,6 +947,12 @@ class LmdbNodeStore:
             result = state_machine.range_read(Overlay(self._view(txn), buf.copy()), op, limit_bytes)
             return result, max(self._applied, self._applied_in(txn))
 
+    def session_records(self) -> list[tuple[int, sessions.SessionRecord]]:
+        """Every client session (sessions.py) as this node has applied them. Safe on any thread."""
+        buf, txn = self._read_txn()
+        with txn:
+            return sessions.records(Overlay(self._view(txn), buf.copy()))
+
     def _applied_in(self, txn: lmdb.Transaction) -> int:
         raw = txn.get(b"applied", db=self.meta_db)
         return int(msgpack.unpackb(raw)[0]) if raw is not None else 0
@@ -785,6 +968,16 @@ class LmdbNodeStore:
             return os.path.getsize(self.file)
         except OSError:
             return 0
+
+    def db_in_use(self) -> int:
+        """Bytes of the data file its databases occupy: the main database and every named one this store
+        holds a handle of (pages LMDB freed and will reuse are not counted; db_size() minus this is free)."""
+        found = [v for v in vars(self).values() if isinstance(v, lmdb._Database)]
+        found += [db for gen in getattr(self, "_generations", None) or () for db in gen]
+        handles = list({id(db): db for db in found}.values())  # kv_db is one of a generation's handles
+        with self.env.begin() as txn:
+            stats = [self.env.stat()] + [txn.stat(db) for db in handles]
+        return sum(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) for st in stats)
 
     def close(self) -> None:
         self.env.close()

@@ -34,8 +34,9 @@ from ..core import SnapshotMeta
 from . import kv_records
 from .errors import CorruptionError
 
-SNAPSHOT_DBS = (b"members", b"kv")
-"""The sub-databases a snapshot carries, in stream order. Each record travels as [db index, key, value]."""
+SNAPSHOT_DBS = (b"members", b"kv", b"leases")
+"""The sub-databases a snapshot carries, in stream order. Each record travels as [db index, key, value].
+`leases` (leases.py) was added last, so the indexes of the others did not change."""
 TOKEN_PREFIX = b"raftkv-staged-snapshot:"
 
 

@@ -4,15 +4,16 @@ sub-database as an LMDB transaction sees it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import lmdb
 import msgpack
 
-from . import kv_records
+from . import kv_records, sessions
 from .commands import KV, Compare, Delete, DeleteResult, Put, PutResult, Range, RangeResult, Txn, TxnResult
 from .kv_records import BUCKET_THRESHOLD
+from .leases import LeaseNotFound
 
 
 class KVView(Protocol):
@@ -128,8 +129,18 @@ class TxnView:
 
 
 def _decode_kv(key: bytes, raw: bytes) -> KV:
-    value, create, mod, version = msgpack.unpackb(raw)
-    return KV(bytes(key), value, create, mod, version)
+    rec = msgpack.unpackb(raw)
+    # [value, create, mod, version] and, for a key attached to a lease, its lease id.
+    return KV(bytes(key), rec[0], rec[1], rec[2], rec[3], rec[4] if len(rec) > 4 else 0)
+
+
+def decode_record(key: bytes, raw: bytes) -> KV:
+    """A record body (as a KVView holds it) as a KV."""
+    return _decode_kv(key, raw)
+
+
+LeaseCheck = Callable[[int], bool]
+"""Whether a lease id exists, as of the command being applied."""
 
 
 def get(view: KVView, key: bytes) -> KV | None:
@@ -163,6 +174,8 @@ def range_read(view: KVView, op: Range, limit_bytes: int = 0) -> RangeResult:
     for k, raw in view.scan(op.key):
         if not _in_range(k, op.key, op.range_end):
             break
+        if sessions.reserved(k):  # client sessions' records: never a client's key
+            continue
         count += 1
         if op.count_only or more:
             continue
@@ -181,12 +194,16 @@ def range_read(view: KVView, op: Range, limit_bytes: int = 0) -> RangeResult:
     return RangeResult(kvs, count, more)
 
 
-def _put(view: KVView, op: Put, revision: int) -> PutResult:
+def _put(view: KVView, op: Put, revision: int, leases: LeaseCheck | None = None) -> PutResult:
+    if op.lease and (leases is None or not leases(op.lease)):
+        raise LeaseNotFound(op.lease)
     prev = get(view, op.key)
     if prev is None:
         rec = [op.value, revision, revision, 1]
     else:
         rec = [op.value, prev.create_revision, revision, prev.version + 1]
+    if op.lease:
+        rec.append(op.lease)
     view.put(op.key, msgpack.packb(rec, use_bin_type=True))
     return PutResult(revision, prev if op.prev_kv else None)
 
@@ -215,20 +232,42 @@ def _compare(view: KVView, c: Compare) -> bool:
     return {"=": actual == want, "!=": actual != want, "<": actual < want, ">": actual > want}[c.result]
 
 
-def _op(view: KVView, op: Put | Delete | Range, revision: int) -> PutResult | DeleteResult | RangeResult:
+def _op(view: KVView, op: Put | Delete | Range | Txn, revision: int, path: Iterator[bool], leases: LeaseCheck | None
+        ) -> PutResult | DeleteResult | RangeResult | TxnResult:
+    if isinstance(op, Txn):
+        return _apply_txn(view, op, revision, path, leases)
     if isinstance(op, Put):
-        return _put(view, op, revision)
+        return _put(view, op, revision, leases)
     if isinstance(op, Delete):
         return _delete(view, op, revision)
     return range_read(view, op)
 
 
-def apply_command(view: KVView, cmd: Put | Delete | Txn, revision: int
-                  ) -> PutResult | DeleteResult | TxnResult:
+def apply_command(view: KVView, cmd: Put | Delete | Txn | sessions.SessionCommand, revision: int,
+                  leases: LeaseCheck | None = None) -> Any:
+    """`leases`: which lease ids exist (a put naming another fails alone); None: no lease exists."""
     if isinstance(cmd, Put):
-        return _put(view, cmd, revision)
+        return _put(view, cmd, revision, leases)
     if isinstance(cmd, Delete):
         return _delete(view, cmd, revision)
-    ok = all(_compare(view, c) for c in cmd.compares)
-    ops = cmd.success if ok else cmd.failure
-    return TxnResult(revision, ok, [_op(view, o, revision) for o in ops])
+    if isinstance(cmd, sessions.SessionCommand):  # a client session's command (sessions.py)
+        return sessions.apply(view, cmd, revision, lambda v, c, i: apply_command(v, c, i, leases))
+    return _apply_txn(view, cmd, revision, iter(_path(view, cmd)), leases)
+
+
+def _path(view: KVView, txn: Txn) -> list[bool]:
+    """The outcome of every compare list on the chosen path, in order, before anything applies (etcd's
+    compareToPath): a nested transaction's compares see the state its parent's compares saw."""
+    ok = all(_compare(view, c) for c in txn.compares)
+    path = [ok]
+    for op in txn.success if ok else txn.failure:
+        if isinstance(op, Txn):
+            path += _path(view, op)
+    return path
+
+
+def _apply_txn(view: KVView, txn: Txn, revision: int, path: Iterator[bool], leases: LeaseCheck | None
+               ) -> TxnResult:
+    ok = next(path)
+    ops = txn.success if ok else txn.failure
+    return TxnResult(revision, ok, [_op(view, o, revision, path, leases) for o in ops])

@@ -41,16 +41,20 @@ _MISSING = object()
 class Overlay:
     """`changes` (full key -> sealed record, None: deleted) over `base`. Writes go to `changes` only."""
 
-    __slots__ = ("base", "changes", "where")
+    __slots__ = ("base", "changes", "where", "before")
 
-    def __init__(self, base: RecordView, changes: dict[bytes, bytes | None] | None = None) -> None:
+    def __init__(self, base: RecordView, changes: dict[bytes, bytes | None] | None = None,
+                 before: dict[bytes, bytes | None] | None = None) -> None:
         self.base = base
         self.changes: dict[bytes, bytes | None] = {} if changes is None else changes
         self.where = base.where
+        self.before = before
+        """For a command's view: each changed key's sealed record in the base before the command (the
+        change history's previous values), taken at the key's first write."""
 
     def child(self) -> Overlay:
         """A view for one command: merge its changes with `merge` once it applied whole."""
-        return Overlay(self)
+        return Overlay(self, before={})
 
     def merge(self, child: Overlay) -> None:
         self.changes.update(child.changes)  # one C call: a reader on another thread sees all or none
@@ -89,9 +93,13 @@ class Overlay:
     def put(self, key: bytes, body: bytes) -> None:
         if not key:
             raise ValueError("an empty key cannot be stored")
+        if self.before is not None and key not in self.before:
+            self.before[key] = self.base.get_record(key)
         self.changes[key] = kv_records.seal(key, body)
 
     def delete(self, key: bytes) -> None:
+        if self.before is not None and key not in self.before:
+            self.before[key] = self.base.get_record(key)
         self.changes[key] = None
 
     def scan(self, start: bytes) -> Iterator[tuple[bytes, bytes]]:

@@ -125,13 +125,16 @@ class SnapshotSender:
     async def _run(self, m: Message, address: str) -> None:
         assert m.snapshot is not None
         self._indexes[m.to] = m.snapshot.meta.index
+        started = time.monotonic()
         try:
             await self._stream(m, address)
         except asyncio.CancelledError:
+            self.owner.events.snapshot_sent(m.to, False, time.monotonic() - started)
             if not self.owner.stopping:
                 self._report(m.to, False)
             raise
         except Exception as e:  # noqa: BLE001 - any failure is reported to the core, which retries
+            self.owner.events.snapshot_sent(m.to, False, time.monotonic() - started)
             failures = self._failures[m.to] = self._failures.get(m.to, 0) + 1
             delay = min(RETRY_MAX_S, RETRY_MIN_S * 2 ** (failures - 1))
             remote = isinstance(e, grpc.aio.AioRpcError)
@@ -145,6 +148,7 @@ class SnapshotSender:
             await asyncio.sleep(delay)
             self._report(m.to, False)
         else:
+            self.owner.events.snapshot_sent(m.to, True, time.monotonic() - started)
             self._failures.pop(m.to, None)
             self._report(m.to, True)
         finally:
@@ -199,6 +203,7 @@ async def receive(owner: Transport, msg: Message, request_iterator: AsyncIterato
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"node {owner.node_id} is receiving {owner.receiving} snapshots already")
     owner.receiving += 1
+    started, ok = time.monotonic(), False
     try:
         meta = msg.snapshot.meta
         token = await _stage(owner, store, meta, msg.frm, request_iterator, context)
@@ -215,9 +220,11 @@ async def receive(owner: Transport, msg: Message, request_iterator: AsyncIterato
         except TimeoutError:
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
                                 f"node {owner.node_id} has not installed the snapshot at index {meta.index} yet")
+        ok = True
         return pb.InstallSnapshotResponse(installed=installed)
     finally:
         owner.receiving -= 1
+        owner.events.snapshot_received(msg.frm, ok, time.monotonic() - started)
 
 
 async def _stage(owner: Transport, store: SnapshotStore, meta: SnapshotMeta, sender: int,

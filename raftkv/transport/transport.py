@@ -29,6 +29,7 @@ from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
 from .codec import from_proto, to_proto
+from .events import NoEvents, TransportEvents
 from .inbox import Inbox
 from .snapshot_stream import SNAPSHOT_STREAM_CHUNK, InstallHook, SnapshotSender, SnapshotStore, receive
 
@@ -117,22 +118,47 @@ class _OnceLog:
         return True
 
 
+def entry_bytes(m: Message) -> int:
+    """The bytes of entry data a message carries (what a follower's queue is bounded by)."""
+    return sum(len(e.data) for e in m.entries) if m.entries else 0
+
+
 class _Peer:
     def __init__(self, owner: Transport, node_id: int, address: str) -> None:
         self.owner = owner
         self.id = node_id
         self.address = address
         self.queue: deque[Message] = deque()
+        self.queued_bytes = 0
+        """Entry bytes in `queue` (appends' data), bounded by the transport's `queue_bytes_limit`."""
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
 
     def push(self, m: Message) -> bool:
+        """Queue `m`, or refuse it (False) when the queue holds `queue_limit` messages or its entries
+        would pass `queue_bytes_limit` bytes: the follower is then reported unreachable, the leader
+        probes it instead of streaming, and it catches up from the log once it answers again. Memory
+        queued per follower stays bounded whatever the offered load. (A message alone over the byte
+        bound still goes when the queue is empty, so a maximal entry is never stuck.)"""
         if len(self.queue) >= self.owner.queue_limit:
             return False
+        size = entry_bytes(m)
+        if size and self.queue and self.queued_bytes + size > self.owner.queue_bytes_limit:
+            return False
         self.queue.append(m)
+        self.queued_bytes += size
         self.ready.set()
         return True
+
+    def pop(self) -> Message:
+        m = self.queue.popleft()
+        self.queued_bytes -= entry_bytes(m)
+        return m
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
 
     def _batch(self, msgs: list[pb.RaftMessage], chunk: bytes = b"") -> pb.MessageBatch:
         incarnation, to_incarnation = self.owner.gate.outgoing(self.id)
@@ -149,7 +175,7 @@ class _Peer:
             msgs: list[pb.RaftMessage] = []
             batch_bytes = 0
             while self.queue and len(msgs) < MAX_BATCH:
-                m = self.queue.popleft()
+                m = self.pop()
                 size = len(m.snapshot.data) if m.snapshot is not None else 0
                 if size <= chunk_size:
                     p = to_proto(m)
@@ -203,7 +229,9 @@ class _Peer:
             if self.owner.stopping:
                 return
             # The stream broke: what was queued may be stale; Raft will resend what matters.
-            self.queue.clear()
+            beats = sum(1 for m in self.queue if m.type == MessageType.HEARTBEAT)
+            self.owner.events.send_failed(self.id, max(1, len(self.queue)), beats)
+            self.clear()
             self.owner.on_unreachable(self.id)
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, 1.0)
@@ -314,7 +342,8 @@ class Transport:
                  gate: PeerGate | None = None, peer_auth: PeerAuth | None = None,
                  snapshot_store: SnapshotStore | None = None, on_snapshot: InstallHook | None = None,
                  on_snapshot_status: Callable[[int, bool], None] | None = None,
-                 snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK, inbox: Inbox | None = None) -> None:
+                 snapshot_stream_chunk: int = SNAPSHOT_STREAM_CHUNK, inbox: Inbox | None = None,
+                 queue_bytes_limit: int = 64 << 20) -> None:
         """What peers send goes into `inbox` (inbox.py), which the host pulls from: the transport never
         calls the host. The `on_*` hooks replace the inbox's matching part, for tools and tests that
         watch the traffic themselves.
@@ -344,9 +373,13 @@ class Transport:
         self.on_unreachable: Callable[[int], None] = on_unreachable or self.inbox.unreachable
         self.adopt_cluster_id = adopt_cluster_id
         self.queue_limit = queue_limit
+        self.queue_bytes_limit = queue_bytes_limit
+        """Most entry bytes queued to one peer (see `_Peer.push`)."""
         self.peers: dict[int, _Peer] = {}
         self.stopping = False
         self.dropped = 0
+        self.events: TransportEvents = NoEvents()
+        """Told of failed sends and of snapshot streams (the node's metrics set it)."""
         self.snapshot_store = snapshot_store
         self.on_snapshot: InstallHook | None = on_snapshot or (self.inbox.snapshot if snapshot_store is not None
                                                               else None)
@@ -383,6 +416,11 @@ class Transport:
     def peer_ids(self) -> list[int]:
         return list(self.peers)
 
+    def queued_bytes(self, node_id: int) -> int:
+        """Entry bytes queued to peer `node_id` and not yet handed to its stream (0 for an unknown peer)."""
+        p = self.peers.get(node_id)
+        return p.queued_bytes if p is not None else 0
+
     def send(self, msgs: list[Message]) -> None:
         if hop_trace.ON:
             for m in msgs:
@@ -398,6 +436,7 @@ class Transport:
                 continue
             if not p.push(m):
                 self.dropped += 1
+                self.events.send_failed(m.to, 1, 1 if m.type == MessageType.HEARTBEAT else 0)
                 self.on_unreachable(m.to)
                 if m.type == MessageType.SNAP:
                     self._snapshot_status(m.to, False)

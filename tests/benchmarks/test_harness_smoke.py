@@ -37,3 +37,21 @@ def test_harness_runs_end_to_end_and_writes_results(tmp_path: Path) -> None:
     assert runs[0]["writes"] == runs[0]["ops"] and runs[1]["reads"] == runs[1]["ops"]
     md = (out / "results.md").read_text()
     assert "raftkv[batch] write-majority" in md and "p99.9 ms" in md
+
+
+def test_raftkv_through_the_etcd_client_path(tmp_path: Path) -> None:
+    """`--client etcd`: raftkv driven by the very driver etcd gets (etcd's v3 API, its preload Txns too),
+    a session read level as metadata with the token from a Put's trailing metadata; every operation
+    answered."""
+    cmd = [sys.executable, "-m", "benchmarks", "run", "--systems", "raftkv", "--client", "etcd", "--modes",
+           "read-session", "--concurrency", "2", "--duration", "1", "--keys", "50",
+           "--procs", "1", "--unary-modes", "", "--out", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (out,) = list(tmp_path.glob("bench-*"))
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["preload"]["raftkv"]["keys_loaded"] == 50
+    runs = doc["runs"]
+    assert [r["spec"]["label"] for r in runs] == ["raftkv[etcd] read-session"]
+    for r in runs:
+        assert r["ops"] > 0 and r["errors"] == {}

@@ -40,7 +40,6 @@ USAGE = [
     ("--dial-timeout", "0", "get", "k"),
     ("--dial-timeout", "-0.5", "put", "k", "v"),
     ("get", "k", "--dial-timeout", "0"),
-    ("put", "k"),
     ("nosuchcommand",),
     ("range", "k", "--limit", "-1"),
     ("range", "k", "--limit", str(2 ** 70)),
@@ -66,6 +65,20 @@ def test_bad_usage_is_one_line_and_exit_2(args: tuple[str, ...]) -> None:
     r = kv(*args)
     one_error_line(r)
     assert r.returncode == 2
+
+
+def test_put_without_a_value_on_a_terminal_is_bad_usage() -> None:
+    """Without VALUE, `kv put KEY` reads the value from stdin; from a terminal it says so instead of waiting."""
+    import pty
+
+    parent, child = pty.openpty()
+    try:
+        r = subprocess.run([sys.executable, "-m", "raftkv.cli.kv", "--endpoints", DEAD, "put", "k"], stdin=child,
+                           capture_output=True, timeout=60, env=dict(os.environ))
+    finally:
+        os.close(child)
+        os.close(parent)
+    assert r.returncode == 2 and "standard input" in one_error_line(r)
 
 
 def test_binary_and_odd_keys_reach_the_network_and_fail_in_one_line() -> None:

@@ -235,6 +235,21 @@ def _heal(env: Env, args: list[str], opts: dict[str, str]) -> None:
     env.cluster.heal()
 
 
+@command("hold")
+def _hold(env: Env, args: list[str], opts: dict[str, str]) -> None:
+    """hold ID: the node's next Ready is handed over as a host does while its fsync runs: the messages
+    that may leave before persisting leave, the rest of the Ready waits for `persist ID`. Meanwhile the
+    node is stepped as usual (a leader hears its followers' acknowledgements) but has no other Ready."""
+    env.cluster.nodes[int(args[0])].hold_next = True
+
+
+@command("persist")
+def _persist(env: Env, args: list[str], opts: dict[str, str]) -> None:
+    """persist ID: the held Ready became durable: written, its persisted messages sent, advanced."""
+    env.cluster.persist(int(args[0]))
+    env.cluster.process_all()
+
+
 @command("crash")
 def _crash(env: Env, args: list[str], opts: dict[str, str]) -> None:
     """crash ID: restart the node from its storage; messages to and from it in flight are lost."""

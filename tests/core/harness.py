@@ -36,6 +36,10 @@ class SimNode:
     applied: list[Entry] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     rounds_sent: list[tuple[int, int]] = field(default_factory=list)  # Ready.round_sent, in order
+    hold_next: bool = False
+    """Hand over the next Ready's messages but keep its persistence pending (an fsync still running)."""
+    held: Ready | None = None
+    """That Ready, until `Net.persist` finishes it: meanwhile the node is stepped, but has no Ready."""
 
 
 def _entry(e: Entry) -> str:
@@ -155,23 +159,46 @@ class Net:
             return False
         rd = n.ready()
         if self.trace is not None:
-            self.trace.append(f"> {nid} handling Ready")
+            self.trace.append(f"> {nid} handling Ready" + (" (its persistence held)" if sn.hold_next else ""))
             self.trace.extend("  " + line for line in describe_ready(rd))
+        if sn.hold_next:
+            # As a host whose fsync is still running: what may leave before persisting has left.
+            sn.hold_next, sn.held = False, rd
+            self._send(rd.messages)
+            return True
+        self._finish(sn, rd, rd.messages + rd.persisted_messages)
+        return True
+
+    def persist(self, nid: int) -> None:
+        """The held Ready of `nid` became durable: write it, send what waited for that, advance."""
+        sn = self.nodes[nid]
+        rd = sn.held
+        if rd is None:
+            raise AssertionError(f"node {nid} holds no Ready")
+        sn.held = None
+        if self.trace is not None:
+            self.trace.append(f"> {nid} persisted its held Ready")
+        self._finish(sn, rd, rd.persisted_messages)
+
+    def _send(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            self.queue.append(m)
+            self.sent_log.append(m)
+
+    def _finish(self, sn: SimNode, rd: Ready, msgs: list[Message]) -> None:
+        n = sn.node
         if rd.snapshot is not None:
             sn.storage.apply_snapshot(rd.snapshot)
             sn.applied = [Entry(rd.snapshot.meta.term, rd.snapshot.meta.index, EntryType.NORMAL, b"<snapshot>")]
         sn.storage.append(rd.entries)
         if rd.hard_state is not None:
             sn.storage.set_hard_state(rd.hard_state)
-        for m in rd.messages + rd.persisted_messages:
-            self.queue.append(m)
-            self.sent_log.append(m)
+        self._send(msgs)
         sn.applied.extend(rd.committed_entries)
         sn.read_states.extend(rd.read_states)
         if rd.round_sent is not None:
             sn.rounds_sent.append(rd.round_sent)
         n.advance(rd)
-        return True
 
     def process_all(self) -> None:
         while any([self.process(nid) for nid in list(self.nodes)]):
@@ -245,7 +272,8 @@ class Net:
         self.cut.clear()
 
     def crash(self, nid: int) -> None:
-        """Restart `nid` from its storage (everything it processed was durable: persistence is instant)."""
+        """Restart `nid` from its storage (everything it processed was durable: persistence is instant,
+        except for a held Ready's, which is lost)."""
         sn = self.nodes[nid]
         self.queue = [m for m in self.queue if m.to != nid and m.frm != nid]
         applied = sn.applied[-1].index if sn.applied else 0

@@ -395,3 +395,54 @@ def test_a_single_voter_reports_its_rounds_although_it_sends_no_heartbeats() -> 
     net.process_all()
     assert net.nodes[1].rounds_sent == [(2, 1), (2, 2), (2, 4)]
     assert net.node(1).confirmed_round().number == 4
+
+
+class EagerSelfCountRaft(Raft):
+    """Counts the leader's own entries the moment they are appended, before its host made them durable."""
+
+    def append_entries(self, datas: list[bytes], types: list[EntryType] | None = None) -> tuple[int, int]:
+        first, last = super().append_entries(datas, types)
+        me = self.prs.get(self.id)  # absent while a leader replicates its own removal
+        if self.role == StateRole.LEADER and me is not None:
+            me.maybe_update(last)
+        return first, last
+
+
+@pytest.mark.parametrize(("raft_class", "commit_on_one_ack"), [(Raft, 4), (EagerSelfCountRaft, 5)])
+def test_leader_counts_its_own_append_only_once_durable(raft_class: type[Raft], commit_on_one_ack: int) -> None:
+    """The leader's appends leave while its own fsync runs (thesis §10.2.1); a follower's acknowledgement
+    arriving meanwhile makes 1 durable copy of 3, not a quorum: commit waits for the leader's own persist.
+    The eager variant (the rule broken) commits on that lone acknowledgement: the check is not vacuous."""
+    net = Net([1, 2, 3], raft_class=raft_class)
+    elect(net, 1)
+    assert net.node(1).raft_log.committed == 4
+    net.nodes[1].hold_next = True
+    index = net.node(1).propose(b"w")
+    net.process_all()
+    held = net.nodes[1].held
+    assert held is not None and [e.index for e in held.entries] == [index] == [5]
+    assert {m.to for m in held.messages if m.type == MessageType.APP} == {2, 3}  # sent before persisting
+    net.deliver(1, 2)
+    net.deliver(2, 1)
+    assert net.node(1).status().progress[2].match == 5
+    assert net.node(1).raft_log.committed == commit_on_one_ack
+    net.persist(1)
+    assert net.node(1).raft_log.committed == 5
+    net.stabilize()
+    assert [e.data for e in net.nodes[3].applied][-1:] == [b"w"]
+
+
+def test_an_unpersisted_leader_entry_lost_in_a_crash_was_never_committed() -> None:
+    """The leader crashes before its fsync ends, with one follower holding the entry: nothing counted it
+    as committed, and a new leader's term may replace or keep it; no node has applied it either way."""
+    net = Net([1, 2, 3])
+    elect(net, 1)
+    net.nodes[1].hold_next = True
+    net.node(1).propose(b"w")
+    net.process_all()
+    net.deliver(1, 2)
+    net.deliver(2, 1)
+    net.crash(1)  # the held Ready is lost with the leader's memory
+    assert net.nodes[1].storage.last_index() == 4
+    assert all(e.data != b"w" for sn in net.nodes.values() for e in sn.applied)
+    assert net.node(2).raft_log.committed == 4

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -29,24 +28,10 @@ from raftkv.client import Client, RaftKVError, op_delete, op_put
 from raftkv.storage.disk_space import RESERVE_FILE
 
 from .local_cluster import LocalCluster
-from .test_storage_faults import fill, http_get, wait_for
+from .loop_disk import fill, small_disk
+from .test_storage_faults import http_get, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a loop filesystem needs root")
-
-
-@contextlib.contextmanager
-def small_disk(image: Path, mnt: Path, size: str = "64M") -> Iterator[Path]:
-    """A real ext4 filesystem of `size`, loop-mounted at `mnt`."""
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", size, str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def on_small_disk(tmp_path: Path, stack: contextlib.ExitStack, node: int) -> Path:

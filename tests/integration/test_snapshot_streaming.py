@@ -24,7 +24,7 @@ from raftkv.client import AsyncClient, Client, RaftKVError
 from raftkv.storage import LmdbNodeStore
 
 from .local_cluster import LocalCluster
-from .observe import events_named, wait_for
+from .observe import events_named, sample, scrape, wait_for
 
 MB = 1 << 20
 DATA_MB = int(os.environ.get("RAFTKV_SNAPSHOT_TEST_MB", "40"))
@@ -225,6 +225,13 @@ def test_a_stream_broken_midway_leaves_the_follower_untouched_and_is_retried(tmp
         c.wait_applied(lagger, commit, timeout=120)
         assert events_named(c, lagger, "installed snapshot")
         assert len(events_named(c, leader, "snapshot sent")) >= 1
+        # /metrics counts both streams: the broken one failed, the next one installed.
+        sent = wait_for("the leader's snapshot metrics", lambda: (m := scrape(c, leader))
+                        and sample(m, "raftkv_snapshot_send_total", peer=str(lagger), outcome="ok") >= 1 and m)
+        assert sample(sent, "raftkv_snapshot_send_total", peer=str(lagger), outcome="failed") >= 1
+        assert sample(sent, "raftkv_snapshot_send_duration_seconds_count", peer=str(lagger)) >= 2
+        wait_for("the follower's snapshot metrics", lambda: sample(
+            scrape(c, lagger), "raftkv_snapshot_receive_total", peer=str(leader), outcome="ok") >= 1)
     finally:
         c.stop_all()
     assert _records(tmp_path / f"node{lagger}", lagger) == _records(tmp_path / f"node{leader}", leader)

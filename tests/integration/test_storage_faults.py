@@ -28,7 +28,9 @@ from raftkv import exit_codes
 from raftkv.client import Client, RaftKVError, compare, op_get, op_put
 from raftkv.storage.commands import prefix_end
 
+from . import loop_disk
 from .local_cluster import LocalCluster
+from .loop_disk import fill
 
 K600 = b"k" * 600
 K4096 = b"q" * 4096
@@ -170,32 +172,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 64 MiB ext4 filesystem, loop-mounted (root only)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a loop filesystem needs root")
-    image, mnt = tmp_path / "disk.img", tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    try:
+    with loop_disk.small_disk(tmp_path / "disk.img", tmp_path / "mnt") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    """Write a filler file until the filesystem refuses another byte."""
-    with open(path, "wb", buffering=0) as f:
-        for chunk in (1 << 20, 4096, 512):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError:
-                pass
-        try:
-            os.fsync(f.fileno())
-        except OSError:
-            pass
 
 
 def http_get(port: int, path: str) -> tuple[int, str]:

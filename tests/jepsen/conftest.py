@@ -34,10 +34,11 @@ def namespaces() -> Iterator[None]:
         yield
 
 
-@pytest.fixture
-def ns_cluster(namespaces: None, tmp_path: Path) -> Iterator[Cluster]:
-    topo = Topology(PREFIX, 5, NET).setup()
-    cluster = Cluster(topo, tmp_path / "nodes")
+def running_cluster(tmp_path: Path, size: int, extra: list[str] | None = None) -> Iterator[Cluster]:
+    """`size` real nodes in their own namespaces, started with a leader elected; stopped and the namespaces
+    torn down afterwards. Call only under the `namespaces` fixture (it holds the lock)."""
+    topo = Topology(PREFIX, size, NET).setup()
+    cluster = Cluster(topo, tmp_path / "nodes", extra=extra)
     try:
         cluster.start_all()
         cluster.wait_leader(60)
@@ -45,3 +46,8 @@ def ns_cluster(namespaces: None, tmp_path: Path) -> Iterator[Cluster]:
     finally:
         cluster.stop_all()
         topo.teardown()
+
+
+@pytest.fixture
+def ns_cluster(namespaces: None, tmp_path: Path) -> Iterator[Cluster]:
+    yield from running_cluster(tmp_path, 5)

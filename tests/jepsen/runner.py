@@ -170,7 +170,7 @@ def _drive(cfg: RunConfig, cluster: Cluster, workload: Any, nemesis: Nemesis, hi
 
     def worker(p: int) -> None:
         rng = random.Random(f"{cfg.seed}-{p}")
-        with Client(endpoints, timeout=cfg.op_timeout) as client:
+        with Client(endpoints, timeout=cfg.op_timeout, **workload.client_options) as client:
             while not stop.is_set():
                 try:
                     workload.step(p, client, history, rng, endpoints)

@@ -17,9 +17,8 @@ import pytest
 
 from raftkv.client import Client, FailedPreconditionError, RaftKVError
 
-from .conftest import NET, PREFIX
+from .conftest import running_cluster
 from .nodes import PORT, Cluster, Node
-from .topology import Topology
 
 READ_WAIT_MS = 1500
 FLAGS = ["--election-ticks", "400", "--read-wait-ms", str(READ_WAIT_MS)]  # an 8 s election timeout
@@ -27,15 +26,7 @@ FLAGS = ["--election-ticks", "400", "--read-wait-ms", str(READ_WAIT_MS)]  # an 8
 
 @pytest.fixture
 def cluster3(namespaces: None, tmp_path: Path) -> Iterator[Cluster]:
-    topo = Topology(PREFIX, 3, NET).setup()
-    cluster = Cluster(topo, tmp_path / "nodes", extra=FLAGS)
-    try:
-        cluster.start_all()
-        cluster.wait_leader(60)
-        yield cluster
-    finally:
-        cluster.stop_all()
-        topo.teardown()
+    yield from running_cluster(tmp_path, 3, FLAGS)
 
 
 def _cut(cluster: Cluster, leader: Node, follower: Node) -> None:

@@ -55,6 +55,8 @@ class Workload:
     """Extra `raftkv serve` flags the nodes of this workload's runs are started with."""
     matrix_nemeses: tuple[str, ...] | None = None
     """The nemeses the matrix pairs this workload with (None: every one)."""
+    client_options: dict[str, Any] = {}
+    """Extra `Client` arguments of the workers (e.g. exactly_once)."""
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
@@ -184,6 +186,16 @@ class Register(Workload):
                 v.anomalies.append({"type": "no-final-read", "key": key,
                                     "message": "the cluster did not answer a final read after every fault healed"})
         return [v]
+
+
+class RetryingRegister(Register):
+    """The register with exactly-once writes on (`Client(exactly_once=True)`): a put or cas whose outcome
+    became unknown (its leader killed, its connection cut) is retried with its sequence number, so the
+    history holds far fewer indeterminate writes, and must stay linearizable: a retry applied twice would
+    write its value again after another client's write."""
+
+    name = "register-retries"
+    client_options: dict[str, Any] = {"exactly_once": True}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -409,4 +421,8 @@ class Staleness(Workload):
 
 
 WORKLOADS: dict[str, type[Workload]] = {w.name: w for w in (Register, Append, AckLevels, Bank, Session, Staleness,
-                                                             LeaseRegister)}
+                                                             LeaseRegister, RetryingRegister)}
+
+from .coordination import COORDINATION_WORKLOADS  # noqa: E402 - they build on Workload, defined above
+
+WORKLOADS.update(COORDINATION_WORKLOADS)

@@ -17,6 +17,8 @@ BASE = {"node_id": 1, "data_dir": "/tmp/unused-raftkv-config-test"}
     ("snapshot_keep_entries", -1), ("snapshot_entries", 0), ("snapshot_entries", -5), ("snapshot_log_bytes", 0),
     ("heartbeat_ticks", 0), ("max_txn_ops", 0), ("max_range_bytes", 0), ("max_range_keys", -1),
     ("max_request_bytes", 0), ("max_request_bytes", 2 << 30),
+    ("history_revisions", 0), ("history_bytes", 0), ("history_seconds", 0.0), ("watch_buffer_events", 0),
+    ("watch_progress_ms", 0), ("max_watches_per_stream", 0), ("max_lease_ttl", 0),
 ])
 def test_nonsense_numbers_are_refused(flag: str, value: int) -> None:
     with pytest.raises(ConfigError, match="--" + flag.replace("_", "-")):
