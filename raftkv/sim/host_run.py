@@ -353,6 +353,13 @@ class HostCluster:
         sw = self.swarm
         slowest = min(sw.rates)
         limit = self.loop.time() + 200 * sw.election_ticks * sw.tick_ms / 1000 / slowest
+        if sw.max_size_per_msg < 1024:
+            # Entries travel one per message: a log far ahead of the others takes a round trip per entry
+            # to replicate before the new leader can commit (and so serve) anything.
+            logs = [n.host.node.raft_log for n in self.up() if n.host is not None]
+            if logs:
+                backlog = max(g.last_index() for g in logs) - min(g.committed for g in logs)
+                limit += backlog * 4 * self.world.net.faults.delay_ms[1] / 1000
         final: dict[bytes, int] = {}
         keys = [b"k%d" % i for i in range(self.opts.keys)]
         while self.loop.time() < limit and len(final) < len(keys):
