@@ -29,11 +29,12 @@ proto: $(STAMP) $(PROTOS)
 run: venv
 	$(VENV)/bin/raftkv dev
 
-# The core alone (Raft invariants, Figure 8 schedules), then the real host and layers with client
-# histories checked (1,000 seeds each; a failing seed prints its replay command).
+# The simulator: the real host and layers over simulated time, network and disks, Raft's invariants and
+# the clients' histories checked; 1,000 seeds each drawing its own swarm, then 200 of the Figure 8
+# profile. A failing seed is shrunk and prints the command that replays it.
 sim: venv
-	$(PY) -m raftkv.sim --nodes 5 --seeds 1000 --faults all
-	$(PY) -m raftkv.sim --host --seeds 1000
+	$(PY) -m raftkv.sim --seeds 1000
+	$(PY) -m raftkv.sim --figure8 --seeds 200
 
 # The suite mostly waits on real processes (elections, restarts, timeouts), so it runs on TEST_WORKERS
 # pytest-xdist workers; the network-namespace tests form one group and run one after another

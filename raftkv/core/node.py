@@ -240,9 +240,6 @@ class RaftNode:
         """On a leader, removed members it is still telling so (the host keeps their connections meanwhile)."""
         return frozenset(self.raft.departing)
 
-    def freshness(self) -> tuple[int, int] | None:
-        return self.raft.freshness
-
     def hard_state(self) -> HardState:
         return self.raft.hard_state()
 

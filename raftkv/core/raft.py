@@ -81,9 +81,6 @@ class Raft:
         self.lease_revoked = False
         self.rounds = Rounds()
         self.waiting_reads: list[PendingRead] = []
-        self.stamps: dict[int, int] = {}  # leader: newest stamp seen from each follower
-        self.fresh_for: dict[int, tuple[int, int]] = {}  # leader: confirmed (stamp, commit) per follower
-        self.freshness: tuple[int, int] | None = None  # follower: latest (echo_stamp, echo_commit)
         self.departing: dict[int, int] = {}  # leader: removed members still to be told, and notices left
         self.removed_at = 0  # index of the committed configuration a leader said we are not in (0: none)
         self.ticks = 0
@@ -149,8 +146,6 @@ class Raft:
         for nid in list(self.prs):
             if nid not in members:
                 del self.prs[nid]
-                self.stamps.pop(nid, None)
-                self.fresh_for.pop(nid, None)
                 if self.role == StateRole.LEADER and nid != self.id:
                     self.departing[nid] = self._departing_notices()
         for nid in list(self.departing):
@@ -179,8 +174,6 @@ class Raft:
         fresh = Progress(match=0, next=self.log.last_index() + 1, max_inflight=self.cfg.max_inflight_msgs)
         fresh.is_learner = pr.is_learner
         self.prs[nid] = fresh
-        self.stamps.pop(nid, None)
-        self.fresh_for.pop(nid, None)
 
     def _append_to_log(self, ents: list[Entry]) -> None:
         """Append and keep the configuration in step with the log (append-time membership)."""
@@ -242,8 +235,6 @@ class Raft:
         self.votes = {}
         self.rounds = Rounds()
         self.waiting_reads = []
-        self.stamps = {}
-        self.fresh_for = {}
         self.departing = {}
         last = self.log.last_index()
         for nid, pr in self.prs.items():
@@ -530,13 +521,8 @@ class Raft:
             if pr.state == ProgressState.REPLICATE:
                 pr.become_probe()
 
-    def _note_stamp(self, m: Message) -> None:
-        if m.stamp > self.stamps.get(m.frm, 0):
-            self.stamps[m.frm] = m.stamp
-
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
-        self._note_stamp(m)
         if m.reject:
             hint = m.reject_hint
             if m.log_term > 0:
@@ -570,7 +556,6 @@ class Raft:
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         pr.probe_sent = False
-        self._note_stamp(m)
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first_one()
         if pr.match < self.log.last_index():
@@ -583,11 +568,6 @@ class Raft:
     def _round_confirmed(self, rnd: Round) -> None:
         for req in rnd.reads:
             self._serve_read(req)
-        if rnd.commit_valid:
-            for nid, stamp in rnd.stamps.items():
-                prev = self.fresh_for.get(nid)
-                if prev is None or stamp > prev[0]:
-                    self.fresh_for[nid] = (stamp, rnd.commit)
 
     def _handle_transfer(self, target: int) -> None:
         if target not in self.conf.voters:
@@ -676,12 +656,7 @@ class Raft:
         elif t == MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(m.index, m.context))
 
-    def _note_freshness(self, m: Message) -> None:
-        if m.echo_stamp and (self.freshness is None or m.echo_stamp > self.freshness[0]):
-            self.freshness = (m.echo_stamp, m.echo_commit)
-
     def _handle_append(self, m: Message) -> None:
-        self._note_freshness(m)
         if m.index < self.log.committed:
             self.send(Message(MT.APP_RESP, to=m.frm, index=self.log.committed))
             return
@@ -700,7 +675,6 @@ class Raft:
         self.send(Message(MT.APP_RESP, to=m.frm, index=last_new))
 
     def _handle_heartbeat(self, m: Message) -> None:
-        self._note_freshness(m)
         # The leader sends min(our match, its commit), so this never points past what we hold.
         self.log.commit_to(min(m.commit, self.log.last_index()))
         self.send(Message(MT.HEARTBEAT_RESP, to=m.frm, context=m.context))
@@ -736,11 +710,6 @@ class Raft:
     # ------------------------------------------------------------------------------------------
     # Sending
     # ------------------------------------------------------------------------------------------
-    def _echo(self, m: Message, to: int) -> None:
-        fresh = self.fresh_for.get(to)
-        if fresh is not None:
-            m.echo_stamp, m.echo_commit = fresh
-
     def send_append(self, to: int, send_if_empty: bool = True) -> bool:
         """Send `to` the entries it lacks (or a snapshot if they are compacted). False if nothing was sent."""
         pr = self.prs.get(to)
@@ -755,7 +724,6 @@ class Raft:
         if not ents and not send_if_empty:
             return False
         m = Message(MT.APP, to=to, index=prev_index, log_term=prev_term, entries=ents, commit=self.log.committed)
-        self._echo(m, to)
         pr.sent_entries(ents[-1].index if ents else None)
         self.send(m)
         return True
@@ -780,14 +748,12 @@ class Raft:
 
     def bcast_heartbeat(self) -> Round:
         """Open a new leadership round and send it to every member."""
-        rnd = self.rounds.open(self.log.committed, self.committed_in_term(), self.stamps)
+        rnd = self.rounds.open(self.log.committed, self.committed_in_term())
         ctx = _round_bytes(rnd.number)
         for nid, pr in self.prs.items():
             if nid == self.id:
                 continue
-            m = Message(MT.HEARTBEAT, to=nid, commit=min(pr.match, self.log.committed), context=ctx)
-            self._echo(m, nid)
-            self.send(m)
+            self.send(Message(MT.HEARTBEAT, to=nid, commit=min(pr.match, self.log.committed), context=ctx))
         if self.conf.voters == {self.id}:
             for confirmed in self.rounds.confirm_alone():
                 self._round_confirmed(confirmed)

@@ -11,8 +11,9 @@ quorum of voters has acknowledged round r (or a later one), we know that when ro
   The core counts no time: it reports which round a quorum confirmed (`Rounds.proof`) and, in each Ready,
   the newest round whose heartbeats leave with it; the host notes when it sends them on its monotonic
   clock and times the lease from there. Ticks are no clock for this: they stop while a process is paused;
-- a follower stamp received before the round was sent is covered by that round's commit index: echoing
-  (stamp, commit) lets the follower bound its own staleness with only its own clock.
+- a follower's stamp (its host's time, in the envelope of its answer) received before the round was sent
+  is covered by the leader's commit index then: the leader's host echoes (stamp, commit) so the follower
+  bounds its own staleness with only its own clock (server/stamps.py).
 Many concurrent reads join the round whose heartbeat has not yet left, so they share one quorum round.
 """
 
@@ -46,7 +47,6 @@ class Round:
     number: int
     commit: int
     commit_valid: bool  # our commit index is trustworthy (an entry of our term is committed)
-    stamps: dict[int, int]
     reads: list[PendingRead] = field(default_factory=list)
 
 
@@ -60,9 +60,9 @@ class Rounds:
         self._open: deque[Round] = deque()
         self._acked: dict[int, int] = {}
 
-    def open(self, commit: int, commit_valid: bool, stamps: dict[int, int]) -> Round:
+    def open(self, commit: int, commit_valid: bool) -> Round:
         self.last += 1
-        r = Round(self.last, commit, commit_valid, dict(stamps))
+        r = Round(self.last, commit, commit_valid)
         self._open.append(r)
         return r
 

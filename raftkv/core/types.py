@@ -186,16 +186,8 @@ class Message:
     leadership round by round (a quorum answered a heartbeat sent at round r), and that one mechanism serves
     ReadIndex, lease reads and staleness proofs. On READ_INDEX / READ_INDEX_RESP it is the reader's context.
 
-    `stamp`, `echo_stamp` and `echo_commit` exist for bounded-staleness reads and are opaque to the core: a
-    follower's host stamps each APP_RESP / HEARTBEAT_RESP with its own monotonic time (`stamp`); once the
-    leader has confirmed a round sent after receiving that stamp, it echoes it back (`echo_stamp`) with its
-    commit index as of that round (`echo_commit`). Every write acknowledged before the follower's local time
-    `echo_stamp` then has an index <= `echo_commit`.
-    On HEARTBEAT, APP and TIMEOUT_NOW the leader's host puts its own send time in `stamp`, so the target of
-    a transfer can tell a TimeoutNow that sat in a buffer for longer than the leader waited for it.
-
-    `applied` is the sender's applied index, filled in by its host on responses; the leader's host reads it
-    for replication-lag monitoring (replay lag). The core neither sets nor reads it.
+    Only Raft's fields: what the hosts put beside a message for themselves (staleness stamps, the
+    sender's applied index) travels in the host's envelope (transport/envelope.py), not here.
     """
 
     type: MessageType
@@ -210,10 +202,6 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
-    stamp: int = 0
-    echo_stamp: int = 0
-    echo_commit: int = 0
-    applied: int = 0
 
 
 class StateRole(IntEnum):

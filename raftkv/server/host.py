@@ -30,6 +30,7 @@ from ..core import (
     NONE,
     ConfChange,
     Config,
+    LogStorage,
     Message,
     MessageType,
     ProposalDropped,
@@ -40,6 +41,7 @@ from ..core import (
 )
 from ..storage.disk_space import DiskSpace
 from ..storage.errors import is_storage_fault
+from ..transport.envelope import applied_of, echo_of, stamp_of, wrap
 from .compaction import Compactor
 from .config import ServerConfig
 from .corruption import CorruptionChecker
@@ -58,6 +60,7 @@ from .ports import Clock, DiskRoom, Inbox, IOExecutor, PeerTransport, SystemCloc
 from .proposals import Proposal, ProposalQueue
 from .read_rounds import ReadRounds
 from .removal import Removal
+from .stamps import StalenessStamps
 from .store import NodeStore
 from .transfer_guard import DATED, TransferGuard
 from .waiters import Durability, IndexWaiters
@@ -65,6 +68,8 @@ from .waiters import Durability, IndexWaiters
 log = structlog.get_logger("raftkv.host")
 
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
+ECHOED = (MessageType.APP, MessageType.HEARTBEAT)
+"""A leader's messages that carry, in their envelope, the newest stamp of the target it vouches for."""
 INLINE_SYNC_ENTRIES = 1
 INLINE_SYNC_BYTES = 64 << 10
 """A follower's append of at most this many entries and bytes (a lone writer's) is synced on the loop's
@@ -81,11 +86,13 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     def __init__(self, cfg: ServerConfig, store: NodeStore, transport: PeerTransport, metrics: Metrics,
                  seed: int | None = None, *, clock: Clock | None = None, io: IOExecutor | None = None,
                  inbox: Inbox | None = None, identity: IdentityGuard | None = None,
-                 space: DiskRoom | None = None) -> None:
+                 space: DiskRoom | None = None,
+                 raft_factory: Callable[[Config, LogStorage], RaftNode] = RaftNode) -> None:
         """Everything the host touches comes from outside (ports.py): its store, its transport and the
         inbox it pulls peers' messages from (the transport's, unless given), its clock, and the executor
         its synced transactions run on, and the data directory's free space. Left out, the clock is the
-        system's, the executor a thread and the space the data directory's filesystem's."""
+        system's, the executor a thread and the space the data directory's filesystem's. `raft_factory`
+        builds the core from its Config and log (the simulator's Figure-8 settings and planted bugs)."""
         import random
 
         self.cfg = cfg
@@ -104,9 +111,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             applied=store.applied_index(),
             rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
         )
-        self.node = RaftNode(core_cfg, store.log)
+        self.node = raft_factory(core_cfg, store.log)
         # When each round of heartbeats left, on our monotonic clock: leases and our own staleness proof.
         self.lease_clock = LeaseClock(lease_seconds(cfg.tick_ms, cfg.election_ticks, cfg.lease_drift_ticks))
+        # Followers' stamps and the leader's echoes of them, in the messages' envelopes: staleness proofs.
+        self.stamps = StalenessStamps()
         # A leader-transfer request that reaches us later than the leader waits for it is dropped.
         self.transfer_guard = TransferGuard(cfg.election_ticks * cfg.tick_ms / 1000)
         self.lag = LagMonitor(LagThresholds(cfg.lag_critical_entries, cfg.lag_critical_seconds))
@@ -126,6 +135,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         # (answered once their Ready is written, or when the core did not take them).
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
         self._ticks_due = 0
+        self.tick_s = cfg.tick_ms / 1000
+        """The interval of the tick timer on the loop. The simulator sets it per node, with the node's clock
+        rate, to model clocks that run fast or slow (lease reads' drift bound)."""
         self._tick_handle: asyncio.TimerHandle | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -208,9 +220,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self._ticks_due += 1
             self._wake.set()
             if not self._stopping:
-                self._tick_handle = loop.call_later(self.cfg.tick_ms / 1000, fire)
+                self._tick_handle = loop.call_later(self.tick_s, fire)
 
-        self._tick_handle = loop.call_later(self.cfg.tick_ms / 1000, fire)
+        self._tick_handle = loop.call_later(self.tick_s, fire)
 
     def readiness(self) -> tuple[bool, str]:
         """Whether this node can serve now, and if not why: its loop runs, it knows a leader, it is not
@@ -374,13 +386,17 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         while inbox:
             m = inbox.popleft()
             if leader and m.type in RESPONSES:
-                self.lag.heard_from(m.frm, m.applied, now)
+                self.lag.heard_from(m.frm, applied_of(m), now)
                 if m.type == MessageType.HEARTBEAT_RESP:
                     self.peer_rtt.answered(m, now)
             try:
                 node.step(m)
             except StepRejected as e:
                 log.warning("dropped a message no peer may send", reason=str(e))
+                continue
+            self._take_envelope(m)
+        if self.is_leader:
+            self.stamps.confirm(node.confirmed_round())
         if self.inbox.snapshots:
             self._take_snapshot_arrivals()
         if self.inbox.reports:
@@ -410,11 +426,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         if rd.soft_state is not None:
             self._on_soft_state(rd)
         self.lease_clock.note_sent(rd.round_sent, self.clock.monotonic_ns())
+        self.stamps.round_sent(rd.round_sent, self.node.raft_log.committed)
         member_changes = self.members.changes_in(rd.committed_entries)
         must_sync = self._must_sync(rd, member_changes)
         if rd.messages and must_sync:  # they leave during this Ready's fsync
-            self._stamp(rd.messages)
-            self.transport.send(rd.messages)
+            self.transport.send(self._envelopes(rd.messages))
         if self.is_leader and rd.entries:
             self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
         committed = rd.committed_entries
@@ -460,11 +476,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             # answered, their tasks run before the peer senders (a lone write's answer does not wait
             # for two peer batches of commit notices to be encoded and written). Order kept: these
             # still go before the messages that had to wait for durability.
-            self._stamp(rd.messages)
-            self.transport.send(rd.messages)
+            self.transport.send(self._envelopes(rd.messages))
         if rd.persisted_messages:
-            self._stamp(rd.persisted_messages)
-            self.transport.send(rd.persisted_messages)
+            self.transport.send(self._envelopes(rd.persisted_messages))
         if committed and (rd.snapshot is not None or member_changes):
             # After an install (the entries follow the snapshot), or once a membership change is
             # durable with the registry it makes (answered only then).
@@ -517,6 +531,9 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.applied = entries[-1].index
         if member_changes:
             self.members.apply(member_changes, self.node.conf)
+            for cc in member_changes:
+                if cc.node_id not in self.node.conf.members():
+                    self.stamps.forget(cc.node_id)
             self._sync_transport_peers()
             if self.identity is not None:
                 self.identity.members_changed(member_changes)
@@ -569,17 +586,37 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.store.flush()
         self.metrics.backend_commit_seconds.observe(time.perf_counter() - t0)
 
-    def _stamp(self, msgs: list[Message]) -> None:
+    def _envelopes(self, msgs: list[Message]) -> list[Message]:
+        """The core's messages in their envelopes (transport/envelope.py): a response carries our time
+        and applied index; a leader's heartbeat, append or TimeoutNow its send time (the target dates a
+        TimeoutNow by it), and a heartbeat or append the newest stamp of the target we vouch for."""
         stamp = self.clock.monotonic_ns()
         applied = self.applied
+        out: list[Message] = []
         for m in msgs:
-            if m.type in RESPONSES:
-                m.stamp = stamp
-                m.applied = applied
-            elif m.type in DATED:  # a leader's send time: lets the target date a TimeoutNow
-                m.stamp = stamp
-                if m.type == MessageType.HEARTBEAT:
+            t = m.type
+            if t in RESPONSES:
+                out.append(wrap(m, stamp, applied=applied))
+            elif t in DATED:
+                echo = self.stamps.echo_for(m.to) if t in ECHOED else None
+                out.append(wrap(m, stamp, *echo) if echo is not None else wrap(m, stamp))
+                if t == MessageType.HEARTBEAT:
                     self.peer_rtt.sent(m, stamp / 1e9)
+            else:
+                out.append(m)
+        return out
+
+    def _take_envelope(self, m: Message) -> None:
+        """What a stepped message's envelope says, kept as the core would have: a response's stamp on
+        the leader it answered, a leader's echo on the follower of that leader."""
+        node = self.node
+        if m.term != node.term:
+            return
+        if m.type in RESPONSES:
+            if node.role == StateRole.LEADER:
+                self.stamps.heard(m.term, m.frm, stamp_of(m))
+        elif m.type in ECHOED and node.leader_id == m.frm:
+            self.stamps.note_echo(echo_of(m))
 
     def _on_soft_state(self, rd: Ready) -> None:
         ss = rd.soft_state
@@ -610,11 +647,12 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
                                            if self.is_leader else 0)
         if self.identity is not None:
             self.identity.after_round()
+        if self.waiters.durable_waiting:
+            # A deposed leader's waits too: they end at their deadline, which wakes the loop (below).
+            self.waiters.release_durable(self.match_indexes(), now)
         for hook in self._any_role_hooks:
             hook()
         if self.is_leader:
-            if self.waiters.durable_waiting:
-                self.waiters.release_durable(self.match_indexes(), now)
             for hook in self._round_hooks:
                 hook()
             if now - self._last_lag_check >= 0.5:

@@ -14,6 +14,7 @@ from .members import MemberInfo, MemberRegistry
 from .metrics import Metrics
 from .ports import Clock
 from .staleness import StalenessProof, prove_staleness
+from .stamps import StalenessStamps
 
 log = structlog.get_logger("raftkv.host")
 
@@ -27,6 +28,7 @@ class HostViews:
     members: MemberRegistry
     metrics: Metrics
     lease_clock: LeaseClock
+    stamps: StalenessStamps
     lag: LagMonitor
     applied: int
     _persisted_index: int
@@ -56,7 +58,7 @@ class HostViews:
         now = self.clock.monotonic_ns()
         if self.is_leader:
             return self.lease_clock.proof(self.node.confirmed_round(), self.applied, now)
-        return prove_staleness(self.node.freshness(), self.applied, now)
+        return prove_staleness(self.stamps.freshness, self.applied, now)
 
     def lease_valid(self) -> bool:
         """May a `lease` read be answered from this node's state now (see lease_clock.py)?"""

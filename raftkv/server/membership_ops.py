@@ -15,6 +15,7 @@ from .ports import Clock, PeerTransport
 from .proposals import ConfRequest, ProposalQueue
 from .reconfig_check import ClusterView, MemberHealth, check_change, check_transfer
 from .removal import Removal
+from .stamps import StalenessStamps
 
 
 class MembershipOps:
@@ -28,6 +29,7 @@ class MembershipOps:
     transport: PeerTransport
     proposals: ProposalQueue
     removal: Removal
+    stamps: StalenessStamps
     _wake: asyncio.Event
     _lingering_peers: bool
 
@@ -83,6 +85,7 @@ class MembershipOps:
         """A member's data was replaced: drop what this leader knew of its log and of its lag."""
         self.node.forget_progress(node_id)
         self.forget_member_lag(node_id)
+        self.stamps.forget(node_id)
 
     def forget_member_lag(self, node_id: int) -> None:
         """Drop what was heard from a member (applied index, last contact): it was removed, re-added or

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..core import Message, MessageType
+from ..transport.envelope import stamp_of
 
 DATED = frozenset({MessageType.HEARTBEAT, MessageType.APP, MessageType.TIMEOUT_NOW})
 """What a leader's host stamps with its send time."""
@@ -45,10 +46,11 @@ class TransferGuard:
     def check(self, m: Message, now_ns: int) -> float | None:
         """Observe `m`, arriving at `now_ns`. For a TimeoutNow that came too late, return by how much
         longer than the fastest delivery it took, in seconds (the caller drops it); otherwise None."""
-        if m.stamp <= 0 or m.type not in DATED:
+        stamp = stamp_of(m)
+        if stamp <= 0 or m.type not in DATED:
             return None
         key = (m.frm, m.term)
-        took = now_ns - m.stamp
+        took = now_ns - stamp
         off = self._offsets.get(key)
         if m.type == MessageType.TIMEOUT_NOW:
             if off is None:
@@ -61,9 +63,9 @@ class TransferGuard:
         if off is None:
             if len(self._offsets) > 64:  # old terms and members are never asked about again
                 self._offsets.clear()
-            self._offsets[key] = _Offset(took, m.stamp)
+            self._offsets[key] = _Offset(took, stamp)
             return None
-        allowance = int(DRIFT_RATE * max(0, m.stamp - off.last_stamp))
+        allowance = int(DRIFT_RATE * max(0, stamp - off.last_stamp))
         off.least_ns = min(took, off.least_ns + allowance)
-        off.last_stamp = max(off.last_stamp, m.stamp)
+        off.last_stamp = max(off.last_stamp, stamp)
         return None

@@ -8,8 +8,9 @@ checks below are exact for per-key registers:
   invoked after it returned; never misses a write acknowledged before it was invoked; two reads in
   real-time order see revisions in that order; a write acknowledged before another was invoked has the
   lower revision;
-- session: a session read sees at least the client's own acknowledged writes and what the client read
-  before (read-your-writes, monotonic reads), on whichever node serves it;
+- session: a session read sees at least the client's own acknowledged writes (a `leader`-level one only
+  if it was not lost) and what the client read before (read-your-writes, monotonic reads), on whichever
+  node serves it;
 - bounded staleness: a read with bound B misses no write acknowledged more than B before it was invoked
   (in simulated real time);
 - no acknowledged majority write is lost: after the final heal, a linearizable read of every key sees at
@@ -41,6 +42,9 @@ class Op:
     node: int = 0
     bound_ms: float = 0.0
     error: str = ""
+    lost: bool = False
+    """An acknowledged `leader`-level write whose entry no node ever applied (it was lost, as such a write
+    can be): it promises nothing, not even to its own session."""
 
     def line(self) -> str:
         t = f"{self.invoked * 1000:9.2f}..{self.completed * 1000:9.2f} ms"
@@ -139,7 +143,7 @@ def _check_key(key: bytes, ops: list[Op], final: int | None) -> None:
 def _check_sessions(history: History) -> None:
     seen: dict[tuple[int, bytes], tuple[int, Op]] = {}
     for o in sorted(history.ops, key=lambda o: o.completed):
-        if not o.ok:
+        if not o.ok or o.lost:
             continue
         k = (o.client, o.key)
         floor = seen.get(k)

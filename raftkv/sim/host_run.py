@@ -1,12 +1,13 @@
-"""One run of the host simulator: real NodeHosts, the real ack and read policies (layers/), over the
-simulated world (world.py) and simulated time (loop.py).
+"""One run of the simulator: real NodeHosts, the real ack and read policies (layers/), over the simulated
+world (world.py) and simulated time (loop.py).
 
-Swarm testing: each seed draws its own cluster size, tick and election settings, lease reads,
-compaction thresholds, fault mix (crashes, partitions, message loss, duplication and delay, slow fsyncs,
-torn writes, a flipped bit on a stopped node's disk) and client mix (ack levels, read levels, sessions).
-Simulated clients issue writes and reads and record a history (history.py), checked after the run,
-besides Raft's invariants checked as it goes (invariants.py). A failing seed replays exactly:
-`python -m raftkv.sim --host --seed S`, which prints a shrunk history of the keys involved."""
+Each seed draws its swarm (swarm.py) and a fault schedule (schedule.py): crashes (a newly elected leader's
+too, for the paper's Figure 8), partitions, message loss, duplication and delay, slow fsyncs, torn writes,
+a flipped bit on a stopped node's disk, a full disk, membership changes (learners added, caught up and
+promoted; voters removed and, wiped, added back) and leadership transfers, on clocks that drift apart.
+Simulated clients (clients.py) record a history (history.py), checked after the run; Raft's invariants
+(invariants.py) are checked after every round of every leader's loop, at every apply, and periodically
+over all logs. A failing seed replays exactly (`python -m raftkv.sim --seed S`) and shrinks (shrink.py)."""
 
 from __future__ import annotations
 
@@ -21,84 +22,70 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from ..core import Entry, StateRole
-from ..layers.acks import AckLevel, AckPolicy, AckRequest
-from ..layers.read_path import ForwardToLeader, prepare_read
-from ..layers.reads import ReadLevel, StalenessBound
-from ..layers.session import SessionToken, newest
+from ..core import Config, Entry, LogStorage, RaftNode, StateRole
+from ..core.raft import Raft
+from ..layers.acks import AckPolicy
+from ..layers.read_path import prepare_read
+from ..layers.reads import ReadLevel
 from ..server.config import ServerConfig
 from ..storage.commands import Put, encode
+from .clients import run_client, run_pipelined_client
 from .history import History, HistoryViolation, Op, check
 from .invariants import SafetyChecker, Violation
-from .loop import SimLoop, SimulationIdle
+from .loop import SimClock, SimLoop, SimulationIdle
+from .nemesis import Nemesis
+from .schedule import Event, draw_schedule
+from .swarm import FIGURE8, HostSimOptions, Swarm, draw_swarm
 from .world import CLUSTER_ID, DiskFaults, LinkFaults, SimNode, World
 
-HOST_FAULTS = ("crash", "partition", "drop", "duplicate", "delay", "slow-fsync", "torn-write", "flip-bit",
-               "disk-full")
-WRITE_LEVELS = ("leader", "majority", "semi_sync", "sync")
-READ_LEVELS = ("linearizable", "lease", "serializable", "bounded_staleness", "session")
+__all__ = ["FIGURE8", "HostCluster", "HostSimOptions", "HostSimResult", "HostSummary", "run_host_seed",
+           "run_host_seeds"]
 
-
-@dataclass(slots=True)
-class HostSimOptions:
-    seed: int = 1
-    duration_s: float = 2.0
-    """Simulated seconds of faulty operation before the final heal."""
-    nodes: int | None = None
-    """None: drawn per seed (1-7)."""
-    faults: tuple[str, ...] | None = None
-    """None: a mix drawn per seed from HOST_FAULTS."""
-    clients: int = 4
-    keys: int = 3
-    trace: bool = False
-    trace_keep: int = 200
-
-
-@dataclass(slots=True)
-class Swarm:
-    """What one seed drew."""
-
-    nodes: int
-    tick_ms: int
-    election_ticks: int
-    heartbeat_ticks: int
-    lease_reads: bool
-    snapshot_entries: int
-    snapshot_keep: int
-    faults: tuple[str, ...]
-    write_levels: tuple[str, ...]
-    read_levels: tuple[str, ...]
-
-    def line(self) -> str:
-        return (f"nodes={self.nodes} tick={self.tick_ms}ms election={self.election_ticks} "
-                f"heartbeat={self.heartbeat_ticks} lease_reads={self.lease_reads} "
-                f"snapshot={self.snapshot_entries}/{self.snapshot_keep} faults={','.join(self.faults) or 'none'} "
-                f"writes={','.join(self.write_levels)} reads={','.join(self.read_levels)}")
-
-
-def draw_swarm(rng: random.Random, opts: HostSimOptions) -> Swarm:
-    nodes = opts.nodes or rng.choice([1, 2, 3, 3, 3, 4, 5, 5, 7])
-    faults = opts.faults if opts.faults is not None else tuple(f for f in HOST_FAULTS if rng.random() < 0.5)
-    writes = tuple(w for w in WRITE_LEVELS if rng.random() < 0.6) or ("majority",)
-    reads = tuple(r for r in READ_LEVELS if rng.random() < 0.6) or ("linearizable",)
-    return Swarm(nodes, rng.choice([5, 10, 20]), rng.choice([5, 10, 20]), rng.choice([1, 1, 2]),
-                 rng.random() < 0.5, rng.choice([20, 100, 100_000]), rng.choice([2, 10, 50]), faults, writes, reads)
+LOG_MATCHING_EVERY_S = 0.25
 
 
 @dataclass
 class HostSimResult:
     seed: int
+    opts: HostSimOptions
     swarm: Swarm
+    events: list[Event]
+    """The schedule this run followed (after keep_events)."""
     ops: int
     acked_writes: int
     reads: int
     crashes: int
+    elections: int
+    commits: int
+    faults: int
+    messages: int
     violation: Violation | None
+    offending: list[Op] = field(default_factory=list)
     shrunk: list[str] = field(default_factory=list)
+    """The history of the keys involved in the violation (>> marks the offending operations)."""
     trace: list[str] = field(default_factory=list)
 
     def replay_command(self) -> str:
-        return f"python -m raftkv.sim --host --seed {self.seed}"
+        return replay_command(self.opts)
+
+
+def replay_command(opts: HostSimOptions) -> str:
+    cmd = f"python -m raftkv.sim --seed {opts.seed}"
+    base = HostSimOptions()
+    if opts.faults == FIGURE8.faults and opts.max_size_per_msg == 1 and opts.new_leader_crash == 0.5:
+        cmd += " --figure8"
+    else:
+        if opts.nodes is not None:
+            cmd += f" --nodes {opts.nodes}"
+        if opts.faults is not None:
+            cmd += f" --faults {','.join(opts.faults) or 'none'}"
+    if opts.duration_s != base.duration_s:
+        cmd += f" --duration {opts.duration_s:g}"
+    if opts.keep_events is not None:
+        cmd += f" --events {','.join(str(i) for i in sorted(opts.keep_events)) or 'none'}"
+    if opts.keep_clients is not None:
+        cmd += f" --clients-kept {','.join(str(i) for i in sorted(opts.keep_clients)) or 'none'}"
+    return cmd
 
 
 class HostCluster:
@@ -115,21 +102,42 @@ class HostCluster:
                                    slow_fsync=0.02 if "slow-fsync" in sw.faults else 0.0,
                                    torn_write=0.7 if "torn-write" in sw.faults else 0.0)
         w.net.faults = LinkFaults(delay_ms=(0.1, rng.choice([1.0, 3.0])))
-        peers = {i: f"sim-{i}:1" for i in range(1, sw.nodes + 1)}
+        self.schedule = draw_schedule(random.Random(rng.getrandbits(64)), sw.faults, opts.duration_s)
+        if opts.keep_events is not None:
+            self.schedule = [e for e in self.schedule if e.number in opts.keep_events]
+        self._client_seeds = [rng.getrandbits(64) for _ in range(opts.clients)]
+        self._crash_rng = random.Random(rng.getrandbits(64))
+        founders = {i: f"sim-{i}:1" for i in range(1, sw.nodes + 1)}
+        factory = self._raft_factory()
         self.nodes: dict[int, SimNode] = {}
-        for i in peers:
-            cfg = ServerConfig(id=i, data_dir=f"/nonexistent/raftkv-sim/{i}", peers=peers, tick_ms=sw.tick_ms,
-                               election_ticks=sw.election_ticks, heartbeat_ticks=sw.heartbeat_ticks,
-                               lease_reads=sw.lease_reads, snapshot_entries=sw.snapshot_entries,
-                               snapshot_keep_entries=sw.snapshot_keep, read_wait_ms=4 * sw.election_ticks * sw.tick_ms)
-            self.nodes[i] = SimNode(i, cfg, w)
+        for i in range(1, sw.nodes + sw.spares + 1):
+            founder = i in founders
+            cfg = ServerConfig(id=i, data_dir=f"/nonexistent/raftkv-sim/{i}", peers=founders if founder else {},
+                               join=not founder, tick_ms=sw.tick_ms, election_ticks=sw.election_ticks,
+                               heartbeat_ticks=sw.heartbeat_ticks, lease_reads=sw.lease_reads,
+                               snapshot_entries=sw.snapshot_entries, snapshot_keep_entries=sw.snapshot_keep,
+                               read_wait_ms=4 * sw.election_ticks * sw.tick_ms)
+            clock = SimClock(self.loop, offset_s=rng.uniform(0, 1000), rate=sw.rates[i - 1])
+            self.nodes[i] = SimNode(i, cfg, w, clock, factory)
         self.checker = SafetyChecker()
         self.history = History()
         self.policies: dict[int, AckPolicy] = {}
+        self.nemesis = Nemesis(self)
         self.crashes = 0
-        self._flipped: set[int] = set()
-        self._stop = False
-        self._seq = 0
+        self.flipped: set[int] = set()
+        self.stopping = False
+        self._violation: Violation | None = None
+        self.started: set[int] = set()
+
+    def _raft_factory(self) -> Callable[[Config, LogStorage], RaftNode]:
+        sw = self.swarm
+        cls = self.opts.raft_class or Raft
+
+        def build(cfg: Config, log: LogStorage) -> RaftNode:
+            return RaftNode(dataclasses.replace(cfg, max_size_per_msg=sw.max_size_per_msg,
+                                                max_inflight_msgs=sw.max_inflight_msgs), log, cls)
+
+        return build
 
     # -- tracing ---------------------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -141,6 +149,7 @@ class HostCluster:
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> HostSimResult:
         violation: Violation | None = None
+        offending: list[Op] = []
         shrunk: list[str] = []
         old = structlog.get_config()
         structlog.configure(processors=[_quiet], cache_logger_on_first_use=False)
@@ -148,6 +157,7 @@ class HostCluster:
             self.loop.run_until_complete(self._main())
         except HistoryViolation as v:
             violation = Violation(v.check, v.detail)
+            offending = v.ops
             shrunk = [(">> " if o in v.ops else "   ") + o.line() for o in self.history.relevant(v.ops)]
         except Violation as v:
             violation = v
@@ -159,13 +169,16 @@ class HostCluster:
         finally:
             structlog.configure(**old)
             self._close()
+        if violation is None and self._violation is not None:
+            violation = self._violation
         if violation is not None:
             self.log(f"VIOLATION {violation}")
         ops = self.history.ops
-        return HostSimResult(self.opts.seed, self.swarm, len(ops),
+        return HostSimResult(self.opts.seed, self.opts, self.swarm, self.schedule, len(ops),
                              sum(1 for o in ops if o.kind == "write" and o.ok),
-                             sum(1 for o in ops if o.kind == "read" and o.ok), self.crashes, violation, shrunk,
-                             list(self._trace))
+                             sum(1 for o in ops if o.kind == "read" and o.ok), self.crashes, self.checker.elections,
+                             self.checker.max_applied, self.nemesis.applied, self.world.net.sent, violation,
+                             offending, shrunk, list(self._trace))
 
     def _close(self) -> None:
         loop = self.loop
@@ -183,185 +196,143 @@ class HostCluster:
 
     async def _main(self) -> None:
         for n in self.nodes.values():
-            await n.start()
-            self._watch(n)
+            if not n.cfg.join:
+                await self.restart(n, quiet=True)
         self.log(f"swarm: {self.swarm.line()}")
-        tasks = [asyncio.create_task(self._client(c)) for c in range(1, self.opts.clients + 1)]
-        tasks.append(asyncio.create_task(self._nemesis()))
+        clients = [i for i in range(1, self.opts.clients + 1)
+                   if self.opts.keep_clients is None or i in self.opts.keep_clients]
+        tasks = [asyncio.create_task(run_client(self, c, self._client_seeds[c - 1])) for c in clients]
+        for p in range(self.swarm.pipelined):
+            cid = self.opts.clients + 1 + p
+            if self.opts.keep_clients is None or cid in self.opts.keep_clients:
+                tasks.append(asyncio.create_task(run_pipelined_client(self, cid, self._client_seeds[-1] + cid)))
+        tasks.append(asyncio.create_task(self._run_schedule()))
         tasks.append(asyncio.create_task(self._invariants()))
         await asyncio.sleep(self.opts.duration_s)
-        self._stop = True
+        self.stopping = True
         await asyncio.gather(*tasks)
+        await self.nemesis.settle()
+        self._raise_recorded()
         await self._heal()
         final = await self._final_reads()
+        self._raise_recorded()
+        self.checker.check_log_matching([n.host.node for n in self.up() if n.host is not None])
         self._check_flips()
+        self._mark_lost_writes()
         check(self.history, final)
 
-    def _watch(self, n: SimNode) -> None:
-        if n.host is None:
-            return
-        store = n.host.store
-        nid = n.id
+    def _mark_lost_writes(self) -> None:
+        """A `leader`-level write is acknowledged before it commits and may be lost; one whose entry was
+        never applied anywhere was (session checks leave it out)."""
+        applied = self.checker.applied_at
+        for o in self.history.ops:
+            if o.kind == "write" and o.ok and o.level == "leader":
+                seen = applied.get(o.revision)
+                o.lost = seen is None or seen.data != encode(Put(o.key, o.value))
 
-        def applied(e: Entry) -> None:
-            self.checker.on_apply(nid, e)
+    async def _run_schedule(self) -> None:
+        t0 = self.loop.time()
+        for ev in self.schedule:
+            await asyncio.sleep(max(0.0, t0 + ev.at_s - self.loop.time()))
+            if self.stopping:
+                return
+            await self.nemesis.apply(ev)
 
-        store.on_apply = applied  # type: ignore[attr-defined]
-        self.policies[nid] = AckPolicy(n.host)
-
-    def _up(self) -> list[SimNode]:
+    # -- nodes -------------------------------------------------------------------------------------------
+    def up(self) -> list[SimNode]:
         return [n for n in self.nodes.values() if n.up]
 
-    def _leader(self) -> SimNode | None:
+    def leader(self) -> SimNode | None:
         best = None
-        for n in self._up():
+        for n in self.up():
             assert n.host is not None
             if n.host.is_leader and (best is None or n.host.node.term > best.host.node.term):  # type: ignore[union-attr]
                 best = n
         return best
 
+    def crash(self, n: SimNode, why: str = "") -> None:
+        n.crash()
+        self.crashes += 1
+        self.log(f"crash node {n.id}{why}")
+
+    async def restart(self, n: SimNode, quiet: bool = False) -> None:
+        if n.up:
+            return
+        if await n.start():
+            self.started.add(n.id)
+            self._watch(n)
+            if not quiet:
+                self.log(f"{'restart' if n.restarts else 'start'} node {n.id}")
+
+    def _watch(self, n: SimNode) -> None:
+        host = n.host
+        if host is None:
+            return
+        nid = n.id
+
+        def applied(e: Entry) -> None:
+            try:
+                self.checker.on_apply(nid, e)
+            except Violation as v:
+                self._record(v)
+
+        host.store.on_apply = applied  # type: ignore[attr-defined]
+        host.every_round(lambda: self._leader_round(n, host))
+        self.policies[nid] = AckPolicy(host)
+
+    def _record(self, v: Violation) -> None:
+        """A violation seen inside a host's loop: kept (raising there would only stop that host) and raised
+        by the invariants task."""
+        if self._violation is None:
+            self._violation = v
+            self.log(f"VIOLATION {v}")
+
+    def _raise_recorded(self) -> None:
+        if self._violation is not None:
+            raise self._violation
+
+    def _leader_round(self, n: SimNode, host: object) -> None:
+        """After every round of a leader's loop: election safety and leader completeness; and, for the
+        paper's Figure 8, a leader that crashes moments after winning (leaving a half-replicated log)."""
+        if n.host is not host or n.host is None:
+            return
+        try:
+            new = self.checker.observe_leader(n.host.node)
+        except Violation as v:
+            self._record(v)
+            return
+        sw = self.swarm
+        if new and not self.stopping and sw.new_leader_crash and self._crash_rng.random() < sw.new_leader_crash:
+            # Within a few message delays: after it has sent its first appends, before their answers
+            # have all come back (the core's schedule in the paper's Figure 8, panels c and d).
+            when = self._crash_rng.uniform(0.0, 4.0) * self.world.net.faults.delay_ms[1] / 1000
+            back = when + self._crash_rng.uniform(2, 30) * sw.tick_ms / 1000
+            self.loop.call_later(when, self._crash_new_leader, n, host)
+            self.loop.call_later(back, self._restart_soon, n)
+
+    def _crash_new_leader(self, n: SimNode, host: object) -> None:
+        if n.host is host and not self.stopping:
+            self.crash(n, " right after it won an election")
+
+    def _restart_soon(self, n: SimNode) -> None:
+        if not n.up and not n.corrupt and not self.stopping:
+            asyncio.ensure_future(self.restart(n))
+
     async def _invariants(self) -> None:
-        while not self._stop:
+        every = max(1, round(LOG_MATCHING_EVERY_S / 0.005))
+        i = 0
+        while not self.stopping:
             await asyncio.sleep(0.005)
-            leaders = [n.host.node for n in self._up() if n.host is not None and n.host.node.role == StateRole.LEADER]
+            self._raise_recorded()
+            leaders = [n.host.node for n in self.up() if n.host is not None and n.host.node.role == StateRole.LEADER]
             if leaders:
                 self.checker.leaders(leaders)
-
-    # -- clients -------------------------------------------------------------------------------------------
-    async def _client(self, cid: int) -> None:
-        rng = random.Random(self.world.rng.getrandbits(64))
-        sw = self.swarm
-        token: SessionToken | None = None
-        n = 0
-        while not self._stop:
-            await asyncio.sleep(rng.uniform(0.0005, 0.02))
-            key = b"k%d" % rng.randrange(self.opts.keys)
-            if rng.random() < 0.5:
-                n += 1
-                done = await self._write(cid, key, b"c%d-%d" % (cid, n), rng.choice(sw.write_levels), rng)
-            else:
-                done = await self._read(cid, key, rng.choice(sw.read_levels), token, rng)
-            if done.ok and done.index_seen:
-                token = newest(token, SessionToken(index=done.index_seen, term=done.term_seen))
-
-    async def _write(self, cid: int, key: bytes, value: bytes, level: str, rng: random.Random) -> _Done:
-        op = self.history.add(Op(cid, "write", key, level, self.loop.time(), value=value))
-        ack = AckRequest(AckLevel(level), min_replicas=1, timeout_ms=rng.choice([20, 100]))
-        target = self._leader() or rng.choice(self._up() or list(self.nodes.values()))
-        done = _Done()
-        try:
-            if target.host is None:
-                raise ConnectionError("node down")
-            op.node = target.id
-            out = await asyncio.wait_for(self.policies[target.id].write(encode(Put(key, value)), ack,
-                                                                         needs_result=level != "leader"), 1.0)
-            op.ok, op.revision = True, out.index
-            done.set(True, out.index, out.term)
-            if out.ack.degraded:
-                op.level = "majority"  # answered DEGRADED: it promises what a majority write does
-            if level == "leader":
-                op.level = "leader"
-        except Exception as e:  # noqa: BLE001 - any failure: the write may or may not have happened
-            op.error = type(e).__name__
-        op.completed = self.loop.time()
-        return done
-
-    async def _read(self, cid: int, key: bytes, level: str, token: SessionToken | None, rng: random.Random) -> _Done:
-        op = self.history.add(Op(cid, "read", key, level, self.loop.time()))
-        done = _Done()
-        bound = None
-        if level == "bounded_staleness":
-            bound = StalenessBound(max_staleness_ms=rng.choice([20, 100, 500]), strict=rng.random() < 0.5)
-            op.bound_ms = float(bound.max_staleness_ms or 0)
-        tok = token.encode(CLUSTER_ID) if token is not None and level == "session" else b""
-        if level == "session" and token is None:
-            op.level = level = "serializable"
-        target = rng.choice(self._up() or list(self.nodes.values()))
-        try:
-            for _ in range(3):
-                if target.host is None:
-                    raise ConnectionError("node down")
-                host = target.host
-                try:
-                    await asyncio.wait_for(prepare_read(host, ReadLevel(level), bound, tok, CLUSTER_ID), 1.0)
-                except ForwardToLeader:
-                    target = self._leader() or target  # as the api forwards to the leader it knows
-                    continue
-                op.node = target.id
-                kv, applied = host.read(lambda s: s.get_at(key))
-                op.ok = True
-                op.revision = kv.mod_revision if kv is not None else 0
-                op.value = kv.value if kv is not None else b""
-                done.set(True, applied, host.node.raft_log.term_or_zero(applied))
-                break
-        except Exception as e:  # noqa: BLE001 - a failed read promises nothing
-            op.error = type(e).__name__
-        op.completed = self.loop.time()
-        return done
-
-    # -- faults --------------------------------------------------------------------------------------------
-    async def _nemesis(self) -> None:
-        rng = random.Random(self.world.rng.getrandbits(64))
-        faults = self.swarm.faults
-        net = self.world.net
-        while not self._stop and faults:
-            await asyncio.sleep(rng.uniform(0.05, 0.3))
-            if self._stop:
-                break
-            kind = rng.choice(faults + ("heal",))
-            ids = sorted(self.nodes)
-            if kind == "heal":
-                net.heal()
-                for n in self.nodes.values():
-                    n.space.full = False
-                for n in self.nodes.values():
-                    if not n.up and not n.corrupt:
-                        await self._restart(n)
-                self.log("heal")
-            elif kind == "crash" or (kind in ("torn-write", "flip-bit") and self._up()):
-                up = self._up()
-                if not up:
-                    continue
-                leader = self._leader()
-                victim = leader if leader is not None and rng.random() < 0.5 else rng.choice(up)
-                victim.crash()
-                self.crashes += 1
-                self.log(f"crash node {victim.id}")
-                if kind == "flip-bit" and len(self.nodes) >= 3 and not self._flipped and victim.disk.log:
-                    idx = rng.choice(sorted(victim.disk.log))
-                    victim.disk.flip_bit(idx, rng.randrange(64))
-                    self._flipped.add(victim.id)
-                    self.log(f"flip a bit of log entry {idx} on node {victim.id}'s disk")
-            elif kind == "partition" and len(ids) > 1:
-                shuffled = ids[:]
-                rng.shuffle(shuffled)
-                cut = rng.randint(1, len(ids) - 1)
-                groups = [set(shuffled[:cut]), set(shuffled[cut:])]
-                net.partition(groups, one_way=rng.random() < 0.3)
-                self.log(f"partition {sorted(groups[0])} | {sorted(groups[1])}")
-            elif kind == "drop":
-                net.faults.drop = rng.uniform(0.05, 0.3)
-                self.log(f"drop {net.faults.drop:.2f}")
-            elif kind == "duplicate":
-                net.faults.duplicate = rng.uniform(0.05, 0.3)
-                self.log(f"duplicate {net.faults.duplicate:.2f}")
-            elif kind == "delay":
-                net.faults.delay_ms = (0.1, rng.choice([5.0, 20.0]))
-                self.log(f"delay up to {net.faults.delay_ms[1]} ms")
-            elif kind == "disk-full":
-                n = rng.choice(list(self.nodes.values()))
-                n.space.full = True
-                self.log(f"node {n.id}'s disk is full")
-            elif kind == "slow-fsync":
-                pass  # drawn per transaction (DiskFaults.slow_fsync)
-
-    async def _restart(self, n: SimNode) -> None:
-        if await n.start():
-            self._watch(n)
-            self.log(f"restart node {n.id}")
+            i += 1
+            if i % every == 0:
+                self.checker.check_log_matching([n.host.node for n in self.up() if n.host is not None])
 
     def _check_flips(self) -> None:
-        for nid in self._flipped:
+        for nid in self.flipped:
             n = self.nodes[nid]
             if not n.corrupt:
                 raise Violation("flipped bit detected", f"node {nid} restarted over a flipped bit without noticing")
@@ -372,20 +343,28 @@ class HostCluster:
         for n in self.nodes.values():
             n.space.full = False
         for n in self.nodes.values():
-            if not n.up and not n.corrupt:
-                await self._restart(n)
+            if not n.up and not n.corrupt and n.id in self.started:
+                await self.restart(n)
         self.log("final heal: network whole, every node that can start running")
 
     async def _final_reads(self) -> dict[bytes, int]:
         """After the heal: a leader must emerge and serve a linearizable read of every key (liveness);
         what it reads is the final state the history is checked against."""
         sw = self.swarm
-        limit = self.loop.time() + 200 * sw.election_ticks * sw.tick_ms / 1000
+        slowest = min(sw.rates)
+        limit = self.loop.time() + 200 * sw.election_ticks * sw.tick_ms / 1000 / slowest
+        if sw.max_size_per_msg < 1024:
+            # Entries travel one per message: a log far ahead of the others takes a round trip per entry
+            # to replicate before the new leader can commit (and so serve) anything.
+            logs = [n.host.node.raft_log for n in self.up() if n.host is not None]
+            if logs:
+                backlog = max(g.last_index() for g in logs) - min(g.committed for g in logs)
+                limit += backlog * 4 * self.world.net.faults.delay_ms[1] / 1000
         final: dict[bytes, int] = {}
         keys = [b"k%d" % i for i in range(self.opts.keys)]
         while self.loop.time() < limit and len(final) < len(keys):
             await asyncio.sleep(0.01)
-            leader = self._leader()
+            leader = self.leader()
             if leader is None or leader.host is None:
                 continue
             host = leader.host
@@ -397,7 +376,7 @@ class HostCluster:
                 kv, _ = host.read(lambda s, k=k: s.get_at(k))
                 final[k] = kv.mod_revision if kv is not None else 0
         if len(final) < len(keys):
-            who = self._leader()
+            who = self.leader()
             raise Violation("liveness", f"no linearizable read served within 200 election timeouts after the "
                             f"heal (leader: {who.id if who else 'none'})")
         return final
@@ -406,20 +385,6 @@ class HostCluster:
 def _quiet(logger: object, name: str, event: dict[str, object]) -> dict[str, object]:
     """The nodes' logs are dropped in the simulator: the trace says what happened."""
     raise structlog.DropEvent
-
-
-class _Done:
-    """What a client learns from a reply for its session token."""
-
-    __slots__ = ("ok", "index_seen", "term_seen")
-
-    def __init__(self) -> None:
-        self.ok = False
-        self.index_seen = 0
-        self.term_seen = 0
-
-    def set(self, ok: bool, index: int, term: int) -> None:
-        self.ok, self.index_seen, self.term_seen = ok, index, term
 
 
 def run_host_seed(seed: int, base: HostSimOptions | None = None) -> HostSimResult:
@@ -433,6 +398,10 @@ class HostSummary:
     acked_writes: int = 0
     reads: int = 0
     crashes: int = 0
+    elections: int = 0
+    commits: int = 0
+    faults: int = 0
+    messages: int = 0
     failures: list[HostSimResult] = field(default_factory=list)
     elapsed: float = 0.0
 
@@ -442,13 +411,18 @@ class HostSummary:
         self.acked_writes += r.acked_writes
         self.reads += r.reads
         self.crashes += r.crashes
+        self.elections += r.elections
+        self.commits += r.commits
+        self.faults += r.faults
+        self.messages += r.messages
         if r.violation is not None:
             self.failures.append(r)
 
     def line(self) -> str:
         rate = self.seeds / self.elapsed if self.elapsed else 0.0
-        return (f"host seeds={self.seeds} ops={self.ops} acked_writes={self.acked_writes} reads={self.reads} "
-                f"crashes={self.crashes} violations={len(self.failures)} elapsed={self.elapsed:.1f}s "
+        return (f"seeds={self.seeds} ops={self.ops} acked_writes={self.acked_writes} reads={self.reads} "
+                f"elections={self.elections} commits={self.commits} faults={self.faults} crashes={self.crashes} "
+                f"messages={self.messages} violations={len(self.failures)} elapsed={self.elapsed:.1f}s "
                 f"({rate:.1f} seeds/s)")
 
 

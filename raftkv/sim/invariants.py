@@ -5,7 +5,7 @@
 - leader completeness: every entry applied anywhere (so committed) is in the log of every later leader;
 - state-machine safety: no two nodes apply different entries at one index;
 - no committed entry is ever lost (the two above, across crashes that lose unsynced writes);
-- liveness (checked by the cluster): once faults heal, a leader emerges and new writes commit."""
+- liveness (checked by the run, host_run.py): once faults heal, a leader emerges and serves."""
 
 from __future__ import annotations
 
@@ -48,15 +48,18 @@ class SafetyChecker:
                 f"{seen.node} applied (term {seen.term}, {seen.data[:24]!r}) there",
             )
 
-    def observe_leader(self, node: RaftNode) -> None:
+    def observe_leader(self, node: RaftNode) -> bool:
+        """Check a node seen leading; True if it is the first sighting of this term's leader."""
         term = node.term
         holder = self.leader_of_term.get(term)
         if holder is None:
             self.leader_of_term[term] = node.id
             self.elections += 1
             self._check_completeness(node)
-        elif holder != node.id:
+            return True
+        if holder != node.id:
             raise Violation("election safety", f"nodes {holder} and {node.id} are both leaders of term {term}")
+        return False
 
     def _check_completeness(self, node: RaftNode) -> None:
         log = node.raft_log

@@ -59,14 +59,17 @@ class SimLoop(asyncio.SelectorEventLoop):
 
 
 class SimClock:
-    """The host's monotonic clock, read from the simulated loop's time (plus a fixed offset per node)."""
+    """A node's monotonic clock on the simulated loop's time: `offset + rate * t`. A rate other than 1 is a
+    clock running fast or slow (the host's tick timer is skewed with it, NodeHost.tick_s), which lease
+    reads tolerate only within their drift margin."""
 
-    def __init__(self, loop: SimLoop, offset_s: float = 0.0) -> None:
+    def __init__(self, loop: SimLoop, offset_s: float = 0.0, rate: float = 1.0) -> None:
         self._loop = loop
         self._offset = offset_s
+        self.rate = rate
 
     def monotonic(self) -> float:
-        return self._loop.time() + self._offset
+        return self._offset + self.rate * self._loop.time()
 
     def monotonic_ns(self) -> int:
-        return int((self._loop.time() + self._offset) * 1e9)
+        return int(self.monotonic() * 1e9)

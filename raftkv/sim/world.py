@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from ..core import Message, MessageType
+from ..core import Config, LogStorage, Message, MessageType, RaftNode
 from ..server.config import ServerConfig
 from ..server.host import NodeHost, bootstrap_store
 from ..server.metrics import Metrics
@@ -117,6 +117,13 @@ class SimTransport:
         self.inbox = Inbox()
         self._peers: dict[int, str] = {}
 
+    def receive(self, m: Message) -> None:
+        """A message off the simulated wire. An unknown sender is learned, as the gRPC transport learns
+        one from its batch's `from_address` (a node started with --join answers the leader that way)."""
+        if m.frm not in self._peers:
+            self._peers[m.frm] = f"sim-{m.frm}:1"
+        self.inbox.message(m)
+
     def send(self, msgs: list[Message]) -> None:
         for m in msgs:
             sent = m.to in self._peers and self.net.send(m)
@@ -144,7 +151,7 @@ class SimNetwork:
         self.rng = rng
         self.faults = LinkFaults()
         self.blocked: set[tuple[int, int]] = set()
-        self.inboxes: dict[int, Inbox] = {}
+        self.transports: dict[int, SimTransport] = {}
         self.sent = 0
         self.dropped = 0
 
@@ -165,9 +172,9 @@ class SimNetwork:
         if (m.frm, m.to) in self.blocked:  # cut while in flight
             self.dropped += 1
             return
-        inbox = self.inboxes.get(m.to)
-        if inbox is not None:
-            inbox.message(m)
+        transport = self.transports.get(m.to)
+        if transport is not None:
+            transport.receive(m)
 
     def partition(self, groups: list[set[int]], one_way: bool = False) -> None:
         self.blocked.clear()
@@ -182,13 +189,18 @@ class SimNetwork:
         self.faults = LinkFaults(delay_ms=self.faults.delay_ms)
 
 
+RaftFactory = Callable[[Config, LogStorage], RaftNode]
+
+
 @dataclass
 class SimNode:
-    """One node: its disk survives crashes, its store, host, transport and I/O do not."""
+    """One node: its disk and its clock survive crashes, its store, host, transport and I/O do not."""
 
     id: int
     cfg: ServerConfig
     world: World
+    clock: SimClock
+    raft_factory: RaftFactory = RaftNode
     disk: MemoryDisk = field(init=False)
     host: NodeHost | None = None
     io: SimIO | None = None
@@ -204,10 +216,14 @@ class SimNode:
     def up(self) -> bool:
         return self.host is not None
 
+    @property
+    def removed(self) -> bool:
+        return self.host is not None and self.host.removal.removed
+
     async def start(self) -> bool:
         w = self.world
         try:
-            store = MemoryNodeStore.reopen(self.disk, w.clock.monotonic)
+            store = MemoryNodeStore.reopen(self.disk, self.clock.monotonic)
         except CorruptionError as e:
             self.corrupt = str(e)
             w.log(f"node {self.id} refuses to start: {e}")
@@ -216,11 +232,20 @@ class SimNode:
         transport = SimTransport(w.net, self.id)
         self.io = SimIO(w.rng, w.disk_faults, self.disk)
         self.host = NodeHost(self.cfg, store, transport, Metrics(self.id),
-                             seed=w.seed * 1_000_003 + self.id * 1009 + self.restarts, clock=w.clock, io=self.io,
-                             inbox=transport.inbox, space=self.space)
-        w.net.inboxes[self.id] = transport.inbox
+                             seed=w.seed * 1_000_003 + self.id * 1009 + self.restarts, clock=self.clock, io=self.io,
+                             inbox=transport.inbox, space=self.space, raft_factory=self.raft_factory)
+        self.host.tick_s = self.cfg.tick_ms / 1000 / self.clock.rate
+        w.net.transports[self.id] = transport
         await self.host.start()
         return True
+
+    def wipe(self) -> None:
+        """An operator's answer to a removed member (removal.py's marker text): stop it, wipe its data
+        directory, and start it again later with --join once it has been added back."""
+        self.crash()
+        self.disk = MemoryDisk(self.id, CLUSTER_ID)
+        self.cfg = dataclasses.replace(self.cfg, join=True, peers={})
+        self.corrupt = ""
 
     def crash(self) -> None:
         """kill -9: the loop stops where it is, memory is gone, the disk keeps what was synced."""
@@ -229,7 +254,7 @@ class SimNode:
             return
         assert self.io is not None
         self.io.crash()
-        self.world.net.inboxes.pop(self.id, None)
+        self.world.net.transports.pop(self.id, None)
         host._stopping = True
         if host._tick_handle is not None:
             host._tick_handle.cancel()
@@ -247,7 +272,6 @@ class World:
         self.seed = seed
         self.loop = loop
         self.rng = random.Random(seed)
-        self.clock = SimClock(loop)
         self.net = SimNetwork(loop, random.Random(self.rng.getrandbits(64)))
         self.disk_faults = DiskFaults()
         self.log = trace

@@ -37,7 +37,6 @@ from ..core import (
     SnapshotMeta,
     bootstrap_entries,
 )
-from ..core.storage import limit_size
 from . import commands, state_machine
 from .commands import KV, Range, RangeResult
 from .errors import CommandFailed, CorruptionError
@@ -169,7 +168,17 @@ class MemoryNodeStore(LogBounds):
         return self._decode(index).term
 
     def _stored_entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
-        return limit_size([self._decode(i) for i in range(lo, hi)], max_bytes)
+        if max_bytes is None:
+            return [self._decode(i) for i in range(lo, hi)]
+        out: list[Entry] = []
+        total = 0
+        for i in range(lo, hi):  # decoded only as far as the size limit reaches (as LMDB's cursor reads)
+            e = self._decode(i)
+            total += e.size()
+            if total > max_bytes and out:
+                break
+            out.append(e)
+        return out
 
     def snapshot(self) -> Snapshot:
         """The durable state machine, whole, inside the message (the simulated network carries it)."""

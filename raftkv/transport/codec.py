@@ -1,9 +1,11 @@
-"""Core messages <-> protobuf, losslessly."""
+"""Core messages in their host envelope (envelope.py) <-> protobuf, losslessly: the Raft fields, and the
+envelope's stamps in fields 13-16 of the same RaftMessage (zero for a message sent without them)."""
 
 from __future__ import annotations
 
 from ..core import ConfState, Entry, EntryType, Message, MessageType, Snapshot, SnapshotMeta
 from ..proto.stubs import raft_pb2 as pb
+from .envelope import StampedMessage
 
 
 def to_proto(m: Message, snapshot_tail: int | None = None) -> pb.RaftMessage:
@@ -11,10 +13,11 @@ def to_proto(m: Message, snapshot_tail: int | None = None) -> pb.RaftMessage:
     `chunked` (the rest went ahead as chunks)."""
     out = pb.RaftMessage(
         type=int(m.type), to=m.to, **{"from": m.frm}, term=m.term, log_term=m.log_term, index=m.index,
-        commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, stamp=m.stamp,
-        echo_stamp=m.echo_stamp, echo_commit=m.echo_commit, applied=m.applied,
+        commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context,
         entries=[pb.Entry(term=e.term, index=e.index, type=int(e.type), data=e.data) for e in m.entries],
     )
+    if isinstance(m, StampedMessage):
+        out.stamp, out.echo_stamp, out.echo_commit, out.applied = m.stamp, m.echo_stamp, m.echo_commit, m.applied
     if m.snapshot is not None:
         meta = m.snapshot.meta
         data = m.snapshot.data
@@ -27,7 +30,7 @@ def to_proto(m: Message, snapshot_tail: int | None = None) -> pb.RaftMessage:
     return out
 
 
-def from_proto(p: pb.RaftMessage, snapshot_head: bytes = b"") -> Message:
+def from_proto(p: pb.RaftMessage, snapshot_head: bytes = b"") -> StampedMessage:
     """`snapshot_head`: the chunks that went ahead of a `chunked` snapshot, joined."""
     snap = None
     if p.HasField("snapshot"):
@@ -35,7 +38,7 @@ def from_proto(p: pb.RaftMessage, snapshot_head: bytes = b"") -> Message:
         data = snapshot_head + s.data if s.chunked else s.data
         snap = Snapshot(SnapshotMeta(s.index, s.term, ConfState(frozenset(s.conf.voters), frozenset(s.conf.learners))),
                         data)
-    return Message(
+    return StampedMessage(
         type=MessageType(p.type), to=p.to, frm=getattr(p, "from"), term=p.term, log_term=p.log_term, index=p.index,
         entries=[Entry(e.term, e.index, EntryType(e.type), e.data) for e in p.entries], commit=p.commit,
         reject=p.reject, reject_hint=p.reject_hint, snapshot=snap, context=p.context, stamp=p.stamp,

@@ -63,8 +63,7 @@ def _conf(cs: ConfState) -> str:
 
 
 def describe_message(m: Message) -> str:
-    """One line per message: its Raft fields that differ from their defaults. The host's own fields
-    (stamp, echo_stamp, echo_commit, applied) are left out: the core does not decide them."""
+    """One line per message: its Raft fields that differ from their defaults."""
     t = m.type
     parts = [f"{m.frm}->{m.to} {t.name}"]
     if m.term:
@@ -137,7 +136,6 @@ class Net:
         self.queue: list[Message] = []
         self.cut: set[tuple[int, int]] = set()
         self.sent_log: list[Message] = []
-        self.stamp_clock = 0
         self.trace: list[str] | None = None
         for nid in list(voters) + list(learners):
             self.nodes[nid] = self._new(nid, MemoryStorage(self.conf))
@@ -184,9 +182,6 @@ class Net:
 
     def _send(self, msgs: list[Message]) -> None:
         for m in msgs:
-            if m.type in (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP):
-                self.stamp_clock += 1
-                m.stamp = self.stamp_clock
             self.queue.append(m)
             self.sent_log.append(m)
 

@@ -22,9 +22,9 @@ from raftkv.core import (
     RaftNode,
     StateRole,
 )
-from raftkv.core.quorum import quorum_index
 from raftkv.core.raft import Raft
 
+from ..planted_bugs import CountingCommitRaft
 from .harness import Net
 
 
@@ -121,17 +121,6 @@ def test_figure8_leader_does_not_commit_old_term_entry_by_counting() -> None:
     assert (idx, 3) in net.log_terms(3)
 
 
-class CountingBrokenRaft(Raft):
-    """Commits whatever a majority holds, whatever its term: the bug Figure 8 warns against."""
-
-    def maybe_commit(self) -> bool:
-        mci = quorum_index(self.conf.voters, {nid: pr.match for nid, pr in self.prs.items()})
-        if mci > self.log.committed:
-            self.log.commit_to(mci)
-            return True
-        return False
-
-
 def test_figure8_rule_is_what_stops_the_commit() -> None:
     """The same replication state, with the commit rule broken, does commit the old-term entry: the
     check above is not passing by accident."""
@@ -139,7 +128,7 @@ def test_figure8_rule_is_what_stops_the_commit() -> None:
     voters = [ConfChange(ConfChangeType.ADD_VOTER, n).encode() for n in (1, 2, 3)]
     storage.append([Entry(1, i + 1, EntryType.CONF_CHANGE, d) for i, d in enumerate(voters)] + [Entry(2, 4)])
     storage.set_hard_state(HardState(term=3, vote=1, commit=3))
-    for cls, expect_commit in ((Raft, 3), (CountingBrokenRaft, 4)):
+    for cls, expect_commit in ((Raft, 3), (CountingCommitRaft, 4)):
         r = cls(Config(id=1, rng=random.Random(1)), storage)
         r.become_candidate()
         r.become_leader()  # term 4; its empty entry (index 5) is not persisted yet
@@ -280,31 +269,6 @@ def test_read_index_waits_for_first_commit_in_term() -> None:
     net.tick_all(1)
     assert [rs.context for rs in net.nodes[1].read_states] == [b"early"]
     assert net.nodes[1].read_states[0].index >= n1.raft_log.first_index()
-
-
-def test_follower_freshness_comes_from_confirmed_rounds_only() -> None:
-    net = Net([1, 2, 3, 4, 5])
-    elect(net, 1)
-    net.tick_all(3)
-    fresh = net.node(2).freshness()
-    assert fresh is not None
-    stamp, commit = fresh
-    assert commit == net.node(1).raft_log.committed
-    # The stamp echoed is one that node 2 itself sent (the harness numbers stamps increasingly).
-    assert stamp in {m.stamp for m in net.sent_log if m.frm == 2}
-    # Leader 1 and follower 2 cut off in a minority: they keep talking (until CheckQuorum deposes 1),
-    # node 2 keeps sending newer stamps, but no round is confirmed, so none is vouched for -- while the
-    # majority may already be committing writes node 2 does not have.
-    vouched = net.node(1).raft.fresh_for[2]  # confirmed before the cut; on its way to node 2
-    net.partition([1, 2], [3, 4, 5])
-    for _ in range(8):
-        net.tick(1, 1)
-        net.tick(2, 1)
-        net.stabilize()
-    assert net.node(1).role == StateRole.LEADER
-    newest_sent = max(m.stamp for m in net.sent_log if m.frm == 2)
-    assert newest_sent > vouched[0]
-    assert net.node(2).freshness() == vouched
 
 
 def test_restart_keeps_log_and_term() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from ..planted_bugs import CountingCommitRaft
 from .datadriven import ScenarioError, run_file
-from .test_core_behaviour import CountingBrokenRaft
 
 SCENARIOS = sorted((Path(__file__).parent / "scenarios").glob("*.txt"))
 
@@ -29,7 +29,7 @@ def test_figure8_scenario_catches_a_commit_by_counting(tmp_path: Path) -> None:
     copy = tmp_path / "figure8.txt"
     copy.write_text((Path(__file__).parent / "scenarios" / "figure8.txt").read_text())
     with pytest.raises(ScenarioError, match=r"expect commit 1 6: node 1 commit is 7, expected 6"):
-        run_file(copy, rewrite=True, raft_class=CountingBrokenRaft)
+        run_file(copy, rewrite=True, raft_class=CountingCommitRaft)
 
 
 def test_output_that_differs_fails_and_rewrite_accepts_it(tmp_path: Path) -> None:

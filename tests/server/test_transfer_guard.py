@@ -3,16 +3,17 @@ than the leader waits for a transfer is dropped, whatever the offset between the
 
 from __future__ import annotations
 
-from raftkv.core import Message, MessageType
+from raftkv.core import MessageType
 from raftkv.server.transfer_guard import TransferGuard
+from raftkv.transport.envelope import StampedMessage
 
 MS = 1_000_000
 OFFSET = -7_000_000 * MS  # the target's monotonic clock reads 7000 s less than the leader's
 LEADER, TERM = 1, 4
 
 
-def _msg(kind: MessageType, sent_ns: int, term: int = TERM) -> Message:
-    return Message(kind, frm=LEADER, to=2, term=term, stamp=sent_ns)
+def _msg(kind: MessageType, sent_ns: int, term: int = TERM) -> StampedMessage:
+    return StampedMessage(kind, frm=LEADER, to=2, term=term, stamp=sent_ns)
 
 
 def _heartbeats(guard: TransferGuard, start_ns: int, count: int, delay_ns: int, every_ns: int = 50 * MS) -> int:
@@ -53,7 +54,7 @@ def test_the_offset_estimate_is_per_leader_and_term_and_allows_for_clock_rate_dr
     guard = TransferGuard(max_delay_s=0.2)
     t = _heartbeats(guard, 10_000 * MS, 5, delay_ns=1 * MS)
     # A new term (maybe a leader restarted on another machine, another offset): judged on its own.
-    other = Message(MessageType.TIMEOUT_NOW, frm=LEADER, to=2, term=TERM + 1, stamp=t)
+    other = StampedMessage(MessageType.TIMEOUT_NOW, frm=LEADER, to=2, term=TERM + 1, stamp=t)
     assert guard.check(other, t + OFFSET + 5_000 * MS) is None  # nothing known of term 5: passed on
     # An hour later the clocks' rates have drifted apart by 50 ppm (180 ms): still a prompt TimeoutNow.
     hour = 3_600_000 * MS

@@ -1,71 +1,54 @@
-"""The simulator: deterministic, its checks can fail, and the core passes hundreds of faulty runs."""
+"""The simulator's Raft invariants and its command line: a seed names a run exactly, the invariant
+checks can fail, the real host passes many faulty runs (3 and 5 nodes, every fault) and the paper's
+Figure 8 schedules, and a core with Figure 8's commit bug planted in it is caught."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
 from raftkv.core import Config, Entry, MemoryStorage, RaftNode
-from raftkv.core.quorum import quorum_index
-from raftkv.core.raft import Raft
-from raftkv.sim import Cluster, SimOptions, Violation
-from raftkv.sim.cluster import ALL_FAULTS
+from raftkv.sim import HostSimOptions, Violation, run_host_seed, run_host_seeds
 from raftkv.sim.invariants import SafetyChecker
-from raftkv.sim.runner import run_seeds
+from raftkv.sim.swarm import FIGURE8, HOST_FAULTS
 
-# Faults that make the paper's Figure 8 schedule likely: new leaders die moments after winning, and
-# entries travel one per message, so a majority can hold an old-term entry without the new term's.
-FIGURE8 = SimOptions(nodes=3, faults=("crash", "drop", "partition", "isolate-leader", "delay"),
-                     max_size_per_msg=1, max_inflight_msgs=1, new_leader_crash=0.5, new_leader_crash_within=30,
-                     duration=3000)
-
-
-class CountingCommitRaft(Raft):
-    """Commits whatever a majority holds, whatever its term (Raft §5.4.2 says: only current-term entries)."""
-
-    def maybe_commit(self) -> bool:
-        mci = quorum_index(self.conf.voters, {nid: pr.match for nid, pr in self.prs.items()})
-        if mci > self.log.committed:
-            self.log.commit_to(mci)
-            return True
-        return False
-
-
-def broken_factory(cfg: Config, storage: MemoryStorage) -> RaftNode:
-    return RaftNode(cfg, storage, CountingCommitRaft)
+from ..planted_bugs import CountingCommitRaft
 
 
 def test_same_seed_same_run() -> None:
-    a = Cluster(SimOptions(nodes=5, seed=77)).run()
-    b = Cluster(SimOptions(nodes=5, seed=77)).run()
+    a = run_host_seed(77, HostSimOptions(nodes=5))
+    b = run_host_seed(77, HostSimOptions(nodes=5))
     assert a.trace == b.trace and a.trace
-    assert (a.steps, a.elections, a.commits, a.faults, a.messages) == (b.steps, b.elections, b.commits, b.faults,
-                                                                        b.messages)
-    c = Cluster(SimOptions(nodes=5, seed=78)).run()
+    assert (a.ops, a.elections, a.commits, a.faults, a.messages) == (b.ops, b.elections, b.commits, b.faults,
+                                                                      b.messages)
+    c = run_host_seed(78, HostSimOptions(nodes=5))
     assert c.trace != a.trace
 
 
-@pytest.mark.parametrize("nodes,seeds", [(3, range(1, 301)), (5, range(1001, 1201))])
-def test_core_survives_many_faulty_runs(nodes: int, seeds: range) -> None:
-    """500 seeds across 3- and 5-node clusters with every fault, each ending in a liveness check."""
-    summary = run_seeds(seeds, SimOptions(nodes=nodes, faults=ALL_FAULTS))
-    print(summary.line(nodes))
-    failures = [f"seed {f.seed}: {f.violation} -- replay: {f.replay_command(ALL_FAULTS)}" for f in summary.failures]
+@pytest.mark.parametrize("nodes,seeds", [(3, range(1, 26)), (5, range(1001, 1016))])
+def test_host_survives_many_faulty_runs(nodes: int, seeds: range) -> None:
+    """3- and 5-node clusters with every fault, each ending in a liveness check."""
+    summary = run_host_seeds(seeds, HostSimOptions(nodes=nodes, faults=HOST_FAULTS))
+    print(summary.line())
+    failures = [f"seed {f.seed}: {f.violation} -- replay: {f.replay_command()}" for f in summary.failures]
     assert not failures, "\n".join(failures)
     assert summary.elections > len(seeds) and summary.commits > 10 * len(seeds) and summary.faults > 0
 
 
-def test_core_survives_figure8_schedules() -> None:
-    summary = run_seeds(range(1, 101), FIGURE8)
+def test_host_survives_figure8_schedules() -> None:
+    summary = run_host_seeds(range(1, 21), FIGURE8)
     assert not summary.failures, [str(f.violation) for f in summary.failures]
 
 
 def test_simulator_catches_old_term_commit_by_counting() -> None:
-    """A core with the Figure 8 bug must be caught. Seeds are searched in order, so the result is the same
-    on every run; the cap is generous so unrelated changes to the schedule do not hide the bug."""
-    summary = run_seeds(range(1, 2001), FIGURE8, factory=broken_factory, stop_at_first=True)
+    """A core with the Figure 8 bug must be caught by the Raft invariants. Seeds are searched in order, so
+    the result is the same on every run; the cap is generous so unrelated changes to the schedule do not
+    hide the bug."""
+    summary = run_host_seeds(range(1, 2001), dataclasses.replace(FIGURE8, raft_class=CountingCommitRaft),
+                             stop_at_first=True)
     assert summary.failures, f"the broken commit rule went unnoticed in {summary.seeds} seeds"
     v = summary.failures[0].violation
     assert v is not None and v.invariant in ("leader completeness", "state-machine safety", "log matching")
@@ -115,12 +98,17 @@ def test_cli_summary_and_exit_code() -> None:
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     line = out.stdout.strip().splitlines()[-1]
-    assert line.startswith("seeds=3 nodes=3 ") and "violations=0" in line and "seeds/s" in line
+    assert line.startswith("seeds=3 ") and "violations=0" in line and "seeds/s" in line
+    alias = subprocess.run([sys.executable, "-m", "raftkv.sim", "--host", "--seeds", "1"], capture_output=True,
+                           text=True, timeout=120)
+    assert alias.returncode == 0 and alias.stdout.strip().splitlines()[-1].startswith("seeds=1 "), alias.stderr
     bad = subprocess.run([sys.executable, "-m", "raftkv.sim", "--faults", "bogus"], capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == 2 and "unknown fault" in bad.stderr
 
 
 def test_replay_command_names_the_run() -> None:
-    r = Cluster(SimOptions(nodes=5, seed=9, duration=200)).run()
-    assert r.replay_command(ALL_FAULTS) == "python -m raftkv.sim --nodes 5 --seed 9 --faults all --trace"
+    r = run_host_seed(9, HostSimOptions(nodes=5, duration_s=0.2))
+    assert r.replay_command() == "python -m raftkv.sim --seed 9 --nodes 5 --duration 0.2"
+    f = run_host_seed(9, dataclasses.replace(FIGURE8, duration_s=0.2, keep_events=frozenset({0, 2})))
+    assert f.replay_command() == "python -m raftkv.sim --seed 9 --figure8 --duration 0.2 --events 0,2"
