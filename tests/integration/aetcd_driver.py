@@ -47,6 +47,23 @@ async def drive(host: str, port: int) -> dict[str, Any]:
             out["lease_error"] = ""
         except aetcd.exceptions.ClientError as e:
             out["lease_error"] = type(e).__name__ + ": " + str(e)
+        # Leases, a key attached to one, keep-alive, revoke; a watch; a lock (aetcd's recipes over them).
+        lease = await c.lease(ttl=30)
+        await c.put(b"lib/leased", b"v", lease=lease)
+        info = await c.get_lease_info(lease.id)
+        refreshed = await c.refresh_lease(lease.id)
+        out["lease"] = [info.grantedTTL, [k.decode() for k in info.keys], refreshed.TTL]
+        await c.revoke_lease(lease.id)
+        out["leased_after_revoke"] = await c.get(b"lib/leased")
+        start = (await c.put(b"lib/w", b"0")).header.revision
+        await c.put(b"lib/w", b"1")
+        ev = await c.watch_once(b"lib/w", timeout=10, start_revision=start + 1)
+        out["watch"] = [ev.kv.value.decode(), ev.kv.mod_revision > start]
+        lock = c.lock(b"lib-lock", ttl=10)
+        await lock.acquire()
+        out["lock"] = [await lock.is_acquired()]
+        await lock.release()
+        out["lock"].append(await lock.is_acquired())
         # raftkv's levels with an unmodified library: its per-call metadata carries them.
         c.metadata = (("raftkv-ack", "semi_sync;min_replicas=1;timeout_ms=2000"),)
         await c.put(b"lib/semi", b"s")

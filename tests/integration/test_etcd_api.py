@@ -393,6 +393,9 @@ def test_aetcd_library_drives_raftkv(cluster: LocalCluster) -> None:
     assert out["prev_kv"] == "1"
     assert out["txn_succeeded"] is True
     assert out["txn_failed_get"] == [False, ["3"]]
+    assert out["lease"] == [30, ["lib/leased"], 30] and out["leased_after_revoke"] is None
+    assert out["watch"] == ["1", True]
+    assert out["lock"] == [True, False]
     assert out["deleted"] == 3
     assert out["members"] == sorted(out["members"]) and len(out["members"]) >= 3
     assert out["status"][0] == "3.4.0" and out["status"][1] > 0 and out["status"][2]
