@@ -24,7 +24,7 @@ from .sessions import (  # noqa: F401 - the session commands are part of the com
 )
 from .sessions import reserved as reserved_key  # noqa: F401
 
-TARGETS = ("value", "version", "create", "mod", "exists")
+TARGETS = ("value", "version", "create", "mod", "lease", "exists")
 RESULTS = ("=", "!=", "<", ">")
 MAX_LEASE_ID = (1 << 63) - 1
 

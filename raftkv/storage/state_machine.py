@@ -226,8 +226,10 @@ def _compare(view: KVView, c: Compare) -> bool:
             return c.result == "!="
         actual, want = kv.value, bytes(c.operand)
     else:
-        # A missing key has version, create and mod revision 0 (as in etcd), so "version = 0" means absent.
-        field_of = {"version": "version", "create": "create_revision", "mod": "mod_revision"}[c.target]
+        # A missing key has version, create and mod revision 0 (as in etcd), so "version = 0" means absent;
+        # its lease is 0 too, as a key's without one.
+        field_of = {"version": "version", "create": "create_revision", "mod": "mod_revision",
+                    "lease": "lease"}[c.target]
         actual, want = (getattr(kv, field_of) if kv is not None else 0), int(c.operand)
     return {"=": actual == want, "!=": actual != want, "<": actual < want, ">": actual > want}[c.result]
 

@@ -65,6 +65,22 @@ def test_compares_follow_etcd(compare: epb.Compare, want: bool) -> None:
     assert apply_command(view, txn, 6).succeeded is want
 
 
+@pytest.mark.parametrize(("compare", "want"), [
+    (_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"k", lease=7), True),
+    (_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"k", lease=8), False),
+    (_cmp(epb.Compare.LEASE, epb.Compare.GREATER, b"k", lease=0), True),
+    (_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"plain", lease=0), True),  # a key without a lease: 0
+    (_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"missing", lease=0), True),  # a missing key: 0, as etcd
+    (_cmp(epb.Compare.LEASE, epb.Compare.NOT_EQUAL, b"missing", lease=7), True),
+])
+def test_lease_compares_follow_etcd(compare: epb.Compare, want: bool) -> None:
+    view = DictView()
+    apply_command(view, T.put(epb.PutRequest(key=b"k", value=b"v", lease=7)), 5, lambda lease: lease == 7)
+    apply_command(view, T.put(epb.PutRequest(key=b"plain", value=b"v")), 6)
+    txn = T.txn(epb.TxnRequest(compare=[compare]))
+    assert apply_command(view, txn, 7).succeeded is want
+
+
 @pytest.mark.parametrize("ops", [
     [epb.RequestOp(request_put=epb.PutRequest(key=b"a", value=b"1")),
      epb.RequestOp(request_put=epb.PutRequest(key=b"a", value=b"2"))],
@@ -79,8 +95,6 @@ def test_a_key_written_twice_in_a_branch_is_refused(ops: list[epb.RequestOp]) ->
 def test_refusals_are_etcds() -> None:
     cases = [(lambda: T.put(epb.PutRequest(key=b"k", lease=-7)), grpc.StatusCode.NOT_FOUND,
               "etcdserver: requested lease not found"),
-             (lambda: T.txn(epb.TxnRequest(compare=[_cmp(epb.Compare.LEASE, epb.Compare.EQUAL, b"k", lease=0)])),
-              grpc.StatusCode.UNIMPLEMENTED, "compares on a key's lease"),
              (lambda: T.put(epb.PutRequest(key=b"", value=b"v")), grpc.StatusCode.INVALID_ARGUMENT,
               "etcdserver: key is not provided"),
              (lambda: T.put(epb.PutRequest(key=b"k", value=b"v", ignore_value=True)),

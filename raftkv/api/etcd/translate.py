@@ -105,8 +105,7 @@ class Translator:
             raise EtcdError(grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: unknown compare result {c.result}")
         key = self.v.key(c.key, "compare key")
         if c.target == epb.Compare.LEASE:
-            # raftkv's compares cannot name a key's lease yet (keys carry leases now, so a constant would lie)
-            raise unimplemented("raftkv does not support compares on a key's lease (Compare target LEASE) yet")
+            return [Compare(key, "lease", result, c.lease)]
         target = _TARGET.get(c.target)
         if target is None:
             raise EtcdError(grpc.StatusCode.INVALID_ARGUMENT, f"etcdserver: unknown compare target {c.target}")
