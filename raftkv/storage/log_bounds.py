@@ -8,10 +8,12 @@ own (`_stored_term`, `_stored_entries`)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from ..core import CompactedError, ConfState, Entry, HardState, UnavailableError
 
 
-class LogBounds:
+class LogBounds(ABC):
     """`LogStorage` over a store that sets `_compacted`, `_last_index`, `_last_term` and `_hard`."""
 
     _compacted: tuple[int, int, ConfState]
@@ -49,10 +51,10 @@ class LogBounds:
             return []
         return self._stored_entries(lo, hi, max_bytes)
 
+    @abstractmethod
     def _stored_term(self, index: int) -> int:
         """The term of entry `index`, first_index <= index < last_index, read from the records."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _stored_entries(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         """Entries [lo, hi) within the log's bounds, at most `max_bytes` (at least one), from the records."""
-        raise NotImplementedError
