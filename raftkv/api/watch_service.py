@@ -27,6 +27,7 @@ from ..storage.errors import HistoryOutOfRange
 from .convert import Validator, kv_to_pb
 from .errors import RequestError, invalid, rpc
 from .forward import Forwarder
+from .watch_stream import send_loop
 
 MAX_EVENTS_PER_MESSAGE = 1000
 
@@ -157,30 +158,9 @@ class WatchService(watch_pb2_grpc.WatchServicer):
         if self.host.removal.removed:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(self.host.removal.error()))
         st = _Stream(self)
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, st))
-        try:
-            while True:
-                # Cleared before collecting: an event queued from here on (even while a message below is
-                # handed to gRPC) sets it again, so the wait below never sleeps through it.
-                st.wake.clear()
-                try:
-                    due = st.collect()
-                except _SlowClient as e:
-                    await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
-                out, st.out = st.out, []
-                for msg in out:
-                    yield msg
-                if st.client_done and not st.watches:
-                    return
-                if st.out:
-                    continue
-                try:
-                    await asyncio.wait_for(st.wake.wait(), timeout=max(0.01, due))
-                except TimeoutError:
-                    pass
-        finally:
-            reader.cancel()
-            st.close()
+        async for msg in send_loop(st, self._read(request_iterator, st), context, _SlowClient,
+                                   grpc.StatusCode.RESOURCE_EXHAUSTED):
+            yield msg
 
     @staticmethod
     async def _read(requests: AsyncIterator[wpb.WatchRequest], st: _Stream) -> None:

@@ -33,6 +33,7 @@ from ...server.host import NodeHost
 from ...server.watch_hub import DELETE, Event, Watch, WatchHub
 from ...storage.errors import HistoryOutOfRange
 from ..forward import Forwarder
+from ..watch_stream import send_loop
 from .base import EtcdBase
 from .translate import kv_to_etcd
 
@@ -204,28 +205,9 @@ class EtcdWatch(EtcdBase, epb_grpc.WatchServicer):
         if self.host.removal.removed:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(self.host.removal.error()))
         st = _Stream(self)
-        reader = asyncio.get_running_loop().create_task(self._read(request_iterator, st))
-        try:
-            while True:
-                st.wake.clear()  # before collecting: a notify while we yield below is not lost
-                try:
-                    due = st.collect()
-                except _Resume as e:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
-                out, st.out = st.out, []
-                for msg in out:
-                    yield msg
-                if st.client_done and not st.watches:
-                    return
-                if st.out:
-                    continue
-                try:
-                    await asyncio.wait_for(st.wake.wait(), timeout=max(0.01, due))
-                except TimeoutError:
-                    pass
-        finally:
-            reader.cancel()
-            st.close()
+        async for msg in send_loop(st, self._read(request_iterator, st), context, _Resume,
+                                   grpc.StatusCode.UNAVAILABLE):
+            yield msg
 
     @staticmethod
     async def _read(requests: AsyncIterator[epb.WatchRequest], st: _Stream) -> None:
