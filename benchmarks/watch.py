@@ -111,7 +111,9 @@ def measure_watch(system: str, c: Cluster, watchers: int, rate: float, seconds: 
         client_cpu_cores=round(sum(r["cpu_s"] for r in results) / window, 2),
         server_cpu_cores=round(sum(cpu1.get(i, 0) - cpu0.get(i, 0) for i in cpu1) / window, 2),
         leader_cpu_cores=round((cpu1.get(leader, 0) - cpu0.get(leader, 0)) / window, 2),
-        watcher_procs=len(plans), loadavg_end=loadavg().split(" ")[0])
+        client_cpu_us_per_event=round(sum(r["cpu_s"] for r in results) / max(1, events) * 1e6, 1),
+        server_cpu_us_per_event=round(sum(cpu1.get(i, 0) - cpu0.get(i, 0) for i in cpu1) / max(1, events) * 1e6, 1),
+        window_s=round(window, 2), watcher_procs=len(plans), loadavg_end=loadavg().split(" ")[0])
     return row
 
 
@@ -135,7 +137,8 @@ def run_watch(doc: dict[str, Any], out: Path, a: argparse.Namespace) -> None:
         ("events/s delivered", "events_s"), ("events", "events"), ("expected", "expected_events"),
         ("delay p50 ms", "delay_p50_ms"), ("delay p99 ms", "delay_p99_ms"), ("delay max ms", "delay_max_ms"),
         ("events/message", "events_per_message"), ("exactly once, in order", "exactly_once_in_order"), ("put p99 ms", "write_p99_ms"),
-        ("watcher CPU cores", "client_cpu_cores"), ("server CPU cores", "server_cpu_cores"),
+        ("watcher CPU cores", "client_cpu_cores"), ("watcher CPU µs/event", "client_cpu_us_per_event"),
+        ("server CPU cores", "server_cpu_cores"), ("servers CPU µs/event", "server_cpu_us_per_event"),
         ("loadavg", "loadavg")])
     finish(doc, out)
 
