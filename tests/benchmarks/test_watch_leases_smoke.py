@@ -1,4 +1,4 @@
-"""`python -m benchmarks watch` and `leases` run end to end on tiny sizes (raftkv only, so no etcd is needed)
+"""`python -m benchmarks watch` and `leases` run end to end on tiny sizes (raftkv only, one node, so no etcd is needed)
 and write the figures they promise. Speed is never asserted; correctness of what the watchers received is
 (every acknowledged put delivered once, in order, to every watch), because the benchmark reports it."""
 
@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(tmp_path: Path, *args: str) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks", *args, "--systems", "raftkv", "--procs", "1", "--out", str(tmp_path)]
+    cmd = [sys.executable, "-m", "benchmarks", *args, "--systems", "raftkv", "--nodes", "1", "--procs", "1", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out,) = list(tmp_path.glob("bench-*"))
