@@ -6,6 +6,8 @@
     failover  kill -9 the leader under writes: election, write outage, catch-up, lost writes
     profile   a run with py-spy attached to the leader, a follower or a client, to see what bounds it
     hops      where a lone (c=1) write's and read's time goes, hop by hop, from the nodes' own timestamps
+    watch     watch fan-out to 1..1000 watchers of one prefix: events/s, delay from ack to delivery
+    leases    keep-alives/s a cluster sustains; memory and CPU of 10,000 live leases on the leader
 """
 
 from __future__ import annotations
@@ -98,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     from .overload import add_parser as add_overload
 
     add_overload(sub, _common)
+    from .leases import add_parser as add_leases
+    from .watch import add_parser as add_watch
+
+    add_watch(sub, _common)
+    add_leases(sub, _common)
 
     pr = sub.add_parser("profile", help="one run with a profiler attached to the leader")
     _common(pr)
@@ -159,6 +166,14 @@ def main(argv: list[str] | None = None) -> int:
         from .overload import run_overload
 
         run_overload(doc, out, a)
+    elif a.cmd == "watch":
+        from .watch import run_watch
+
+        run_watch(doc, out, a)
+    elif a.cmd == "leases":
+        from .leases import run_leases
+
+        run_leases(doc, out, a)
     elif a.cmd == "profile":
         from .profile import run_profile
 
