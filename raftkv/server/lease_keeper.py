@@ -42,6 +42,7 @@ class LeaseKeeper:
         self.deadlines: dict[int, float] = {}
         self.revoking: set[int] = set()
         self._term = 0
+        self._synced: tuple[LeaseTable, int] | None = None  # the table (and its version) the deadlines follow
         self.interval_s = interval_s if interval_s is not None else max(0.02, host.cfg.tick_ms / 1000)
         self.election_s = host.cfg.election_ticks * host.cfg.tick_ms / 1000
         self._task: asyncio.Task[None] | None = None
@@ -60,9 +61,15 @@ class LeaseKeeper:
             if self.deadlines or self._term:
                 self.deadlines.clear()
                 self._term = 0
+                self._synced = None
             return False
+        table = self.table
+        synced = self._synced
+        if host.node.term == self._term and synced is not None and synced[0] is table and synced[1] == table.version:
+            return True  # no grant or revoke since the last look: the deadlines already follow the table
         now = self._now()
-        leases = self.table.leases
+        leases = table.leases
+        self._synced = (table, table.version)
         if host.node.term != self._term:
             # A new leadership: every lease afresh, at least an election timeout.
             self._term = host.node.term

@@ -55,6 +55,9 @@ class LeaseTable:
     def __init__(self) -> None:
         self.leases: dict[int, Lease] = {}
         self.dirty: dict[bytes, bytes | None] = {}
+        self.version = 0
+        """Counts grants and removals: a reader that kept a view of the set of leases (the lease keeper's
+        deadlines) re-reads the table only when this moved."""
 
     def __contains__(self, lease_id: int) -> bool:
         return lease_id in self.leases
@@ -68,6 +71,7 @@ class LeaseTable:
         if lease_id in self.leases:
             raise LeaseExists(lease_id)
         self.leases[lease_id] = Lease(lease_id, cmd.ttl, revision)
+        self.version += 1
         self.dirty[_ID.pack(lease_id)] = msgpack.packb([cmd.ttl, revision])
         return GrantResult(lease_id, cmd.ttl, revision)
 
@@ -80,6 +84,7 @@ class LeaseTable:
 
     def remove(self, lease_id: int) -> None:
         lease = self.leases.pop(lease_id)
+        self.version += 1
         head = _ID.pack(lease_id)
         self.dirty[head] = None
         for k in lease.keys:
