@@ -23,7 +23,7 @@ from raftkv.storage.errors import CorruptionError
 from raftkv.storage.memory_store import MemoryDisk, MemoryNodeStore
 from raftkv.transport.envelope import StampedMessage
 
-SEEDS = range(1, 151)
+SEEDS = range(1, 101)
 
 
 def test_a_few_hundred_seeds_keep_every_guarantee() -> None:
