@@ -71,7 +71,34 @@ async def _load(endpoints: list[str], stop: threading.Event) -> None:
                     pass
                 await asyncio.sleep(0.01)
 
+        async def watcher() -> None:  # one watch on the writers' keys, so the watch panel has traffic
+            try:
+                async for _ in c.watch(b"k", prefix=True):
+                    if stop.is_set():
+                        return
+            except RaftKVError:
+                pass
+
+        watching = asyncio.create_task(watcher())
         await asyncio.gather(*(writer(w) for w in range(8)))
+        watching.cancel()
+
+
+def _leases(endpoints: list[str], stop: threading.Event) -> None:
+    """One lease kept alive the whole run, and every 4 s a 2 s lease left to expire (the lease panel)."""
+    from raftkv.client import Client, RaftKVError
+
+    with Client(endpoints, timeout=5.0) as c:
+        kept = c.keep_alive(c.lease_grant(3).id, interval=1.0)
+        try:
+            while not stop.wait(4.0):
+                try:
+                    lid = c.lease_grant(2).id
+                    c.put(b"session/%d" % lid, b"up", lease=lid)
+                except RaftKVError:
+                    pass
+        finally:
+            kept.stop()
 
 
 def record(duration: float, interval: float) -> list[Scrape]:
@@ -85,8 +112,10 @@ def record(duration: float, interval: float) -> list[Scrape]:
         cluster = RaftkvCluster(Path(tmp), 3, ["--lag-critical-seconds", "2"]).start()
         stop = threading.Event()
         load = threading.Thread(target=lambda: asyncio.run(_load(cluster.endpoints(), stop)), daemon=True)
+        leases = threading.Thread(target=_leases, args=(cluster.endpoints(), stop), daemon=True)
         t0 = time.monotonic()
         load.start()
+        leases.start()
         stopped: int | None = None
         moved = False
         try:
@@ -115,6 +144,7 @@ def record(duration: float, interval: float) -> list[Scrape]:
                 os.kill(cluster.nodes[stopped].pid, signal.SIGCONT)
             stop.set()
             load.join(10)
+            leases.join(10)
             cluster.stop()
     return scrapes
 
@@ -260,6 +290,15 @@ def panels(s: Series) -> dict[str, tuple[list[dict[str, list]], str]]:
                                    s.gauge("raftkv_alarm").items()},
                                   _per_node(s, "raftkv_semi_sync_degraded", "semi-sync degraded ")], "short"),
         "Pressure (0 GREEN, 1 YELLOW, 2 RED)": ([_per_node(s, "raftkv_pressure_level")], "level"),
+        "Watches": ([_per_node(s, "raftkv_watches", "open "),
+                     {f"sent/s {k}": v for k, v in s.rate("raftkv_watch_events_sent_total",
+                                                          lambda n, _: f"node {n}").items()},
+                     _per_node(s, "raftkv_watch_events_queued", "queued ")], "short"),
+        "Leases": ([_per_node(s, "raftkv_leases", "live "),
+                    {f"keep-alives/s {k}": v for k, v in s.rate("raftkv_lease_keepalives_total",
+                                                                lambda n, _: f"node {n}").items()},
+                    {f"expired/s {k}": v for k, v in s.rate("raftkv_lease_expired_total",
+                                                            lambda n, _: f"node {n}").items()}], "short"),
     }
 
 
