@@ -164,9 +164,10 @@ def test_session_reads_see_own_writes_and_never_go_back_across_nodes(cluster: Lo
 
 def test_concurrent_linearizable_reads_share_quorum_rounds(tmp_path: Path) -> None:
     """300 linearizable reads arrive while the leader's quorum round cannot complete (both followers paused
-    for a moment, well inside a 1 s election timeout): they all wait for, and then share, the next rounds.
+    until every read waits at the leader, well inside a 2 s election timeout): they all wait for, and then
+    share, the next rounds.
     Counted by the leader's raftkv_read_index_rounds_total against raftkv_linearizable_reads_total."""
-    cluster = LocalCluster(tmp_path, extra=["--election-ticks", "50"]).start_all()
+    cluster = LocalCluster(tmp_path, extra=["--election-ticks", "100"]).start_all()  # a 2 s election timeout
     try:
         leader, f1, f2 = _roles(cluster)
         addr = cluster.address(leader)
@@ -182,7 +183,14 @@ def test_concurrent_linearizable_reads_share_quorum_rounds(tmp_path: Path) -> No
                     cluster.signal(f, signal.SIGSTOP)
                 try:
                     pending = asyncio.gather(*(ac.get("shared", endpoint=addr) for _ in range(reads)))
-                    await asyncio.sleep(0.4)
+                    # Until every read waits at the leader (on a loaded machine they take a while to arrive),
+                    # well inside the election timeout.
+                    deadline = time.monotonic() + 1.2
+                    while time.monotonic() < deadline:
+                        m = await asyncio.to_thread(scrape, cluster, leader)
+                        if sample(m, "raftkv_overload_usage", resource="read_waiters") >= reads:
+                            break
+                        await asyncio.sleep(0.05)
                 finally:
                     for f in (f1, f2):
                         cluster.signal(f, signal.SIGCONT)
