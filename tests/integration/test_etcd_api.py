@@ -149,7 +149,8 @@ def test_watch_and_lease_services_on_a_follower(cluster: LocalCluster) -> None:
         assert compacted.canceled and compacted.compact_revision > 1
         # fragment: one revision's events over several responses when they exceed --max-request-bytes
         for i in range(3):
-            kv.Put(epb.PutRequest(key=b"fr/%d" % i, value=b"x" * 2000), timeout=10)
+            last = kv.Put(epb.PutRequest(key=b"fr/%d" % i, value=b"x" * 2000), timeout=10).header.revision
+        cluster.wait_applied(follower, last)  # the watch starts after the puts, on this follower too
         q.put(_create(key=b"fr/", range_end=b"fr0", prev_kv=True, fragment=True, watch_id=7))
         assert next(responses).created
         kv.DeleteRange(epb.DeleteRangeRequest(key=b"fr/", range_end=b"fr0"), timeout=10)
