@@ -54,7 +54,11 @@ class LocalCluster:
     def start_all(self) -> LocalCluster:
         for i in sorted(self.ports):
             self.start(i)
-        self.wait_leader()
+        try:
+            self.wait_leader()
+        except BaseException:  # no leader: the caller gets no cluster to stop, so stop its nodes here
+            self.stop_all()
+            raise
         return self
 
     def add_node(self, i: int) -> None:
