@@ -40,6 +40,22 @@ def pump(it: Iterator[wpb.WatchResponse], q: queue.Queue) -> None:
         pass
 
 
+def revisions_seen(got: queue.Queue[wpb.WatchResponse], count: int, timeout: float = 30) -> tuple[list[int], set[int]]:
+    """The mod revisions of the events a pumped watch delivered, until `count` arrived (or `timeout` s), and
+    the nodes that served them."""
+    seen: list[int] = []
+    served_by: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(seen) < count and time.monotonic() < deadline:
+        try:
+            r = got.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        served_by.add(r.served_by)
+        seen += [e.kv.mod_revision for e in r.events]
+    return seen, served_by
+
+
 def collect(it: Iterator[wpb.WatchResponse], want: int, timeout: float = 20.0) -> list[wpb.Event]:
     """Events from `it` (read on a thread) until `want` of them came, or the timeout."""
     out: queue.Queue[wpb.Event] = queue.Queue()
@@ -286,16 +302,7 @@ def test_watch_resumes_on_another_node_without_loss_or_repeat(cluster: LocalClus
                     break
                 except Exception:  # noqa: BLE001 - a failover: try again
                     time.sleep(0.1)
-        seen: list[int] = []
-        served_by: set[int] = set()
-        deadline = time.monotonic() + 30
-        while len(seen) < len(written) and time.monotonic() < deadline:
-            try:
-                r = got.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            served_by.add(r.served_by)
-            seen += [e.kv.mod_revision for e in r.events]
+        seen, served_by = revisions_seen(got, len(written))
         assert seen == written  # every acknowledged write once, in order
         assert 3 in served_by and len(served_by) >= 2
 

@@ -20,7 +20,7 @@ from raftkv.client.watch import WatchCanceledError
 from raftkv.proto.stubs import watch_pb2 as wpb
 
 from .local_cluster import LocalCluster
-from .test_watch import pump
+from .test_watch import pump, revisions_seen
 
 FLAGS = ["--snapshot-entries", "100", "--snapshot-keep-entries", "10"]
 
@@ -61,16 +61,7 @@ def test_snapshot_carries_leases_and_starts_the_history(cluster: LocalCluster) -
             last = c.put("snap/watched", "end").meta.index
             written.append(last)
             cluster.wait_applied(lagger, last)
-            seen: list[int] = []
-            servers: set[int] = set()
-            deadline = time.monotonic() + 30
-            while len(seen) < len(written) and time.monotonic() < deadline:
-                try:
-                    r = got.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                servers.add(r.served_by)
-                seen += [e.kv.mod_revision for e in r.events]
+            seen, servers = revisions_seen(got, len(written))
             assert seen == written
         assert "installed snapshot" in cluster.log_text(lagger)
         assert len(servers) >= 2  # the lagging node could not go on after its snapshot: another took over
