@@ -41,7 +41,7 @@ from . import commands, state_machine
 from .commands import KV, Range, RangeResult
 from .errors import CommandFailed, CorruptionError
 from .log_bounds import LogBounds
-from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
+from .write_back import FlushSchedule, Overlay
 
 
 def _crc(index: int, term: int, etype: int, data: bytes) -> int:
@@ -113,7 +113,7 @@ class _DictRecords:
             yield k, self._records[k]
 
 
-class MemoryNodeStore(LogBounds):
+class MemoryNodeStore(LogBounds, FlushSchedule):
     """A node store over a MemoryDisk; `clock` dates the write-back buffer (the simulator's clock)."""
 
     def __init__(self, disk: MemoryDisk, clock: Callable[[], float]) -> None:
@@ -220,12 +220,6 @@ class MemoryNodeStore(LogBounds):
     def hard_state(self) -> HardState:
         return self._hard
 
-    def note_hard_state(self, hard_state: HardState) -> None:
-        self._hard = hard_state
-        self._hard_dirty = True
-        if self._dirty_since is None:
-            self._dirty_since = self._clock()
-
     # -- StateMachine -------------------------------------------------------------------------------
     def _base(self) -> Overlay:
         return Overlay(_DictRecords(self.disk.kv, self.where), self._buf)
@@ -244,8 +238,7 @@ class MemoryNodeStore(LogBounds):
                 self.on_apply(e)
         if conf is not None:
             self._applied_conf = conf
-        if self._dirty_since is None and self.dirty():
-            self._dirty_since = self._clock()
+        self._mark_dirty()
         return results
 
     @staticmethod
@@ -267,18 +260,8 @@ class MemoryNodeStore(LogBounds):
     def dirty(self) -> bool:
         return self._applied > self.disk.applied or self._hard_dirty
 
-    def flush_due(self, now: float | None = None) -> bool:
-        if self._buf_entries >= FLUSH_MAX_ENTRIES:
-            return True
-        since = self._dirty_since
-        return since is not None and (self._clock() if now is None else now) - since >= FLUSH_MAX_SECONDS
-
-    def flush_deadline(self) -> float | None:
-        return None if self._dirty_since is None else self._dirty_since + FLUSH_MAX_SECONDS
-
-    def flush(self) -> None:
-        if self.dirty() or self._buf:
-            self.persist(None, [], None, None)
+    def _now(self) -> float:
+        return self._clock()
 
     def persist(self, hard_state: HardState | None, entries: list[Entry], snapshot: Snapshot | None,
                 members: dict[int, bytes] | None, records: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -58,7 +58,7 @@ from .history import Event, HistoryOutOfRange, Retention
 from .kv_records import BUCKET_THRESHOLD
 from .leases import LeaseTable, RevokeResult
 from .log_bounds import LogBounds
-from .write_back import FLUSH_MAX_ENTRIES, FLUSH_MAX_SECONDS, Overlay
+from .write_back import FlushSchedule, Overlay
 
 FORMAT = b"raftkv-2"
 """raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py)."""
@@ -102,7 +102,7 @@ def _conf_from_wire(w: list[list[int]]) -> ConfState:
     return ConfState(frozenset(w[0]), frozenset(w[1]))
 
 
-class LmdbNodeStore(LogBounds):
+class LmdbNodeStore(LogBounds, FlushSchedule):
     def __init__(self, data_dir: str | Path, node_id: int, cluster_id: bytes | None = None,
                  map_size: int = 4 << 30, founding: bytes | None = None) -> None:
         self.path = Path(data_dir)
@@ -459,37 +459,15 @@ class LmdbNodeStore(LogBounds):
             self.event_sink(events, self._applied)
         if conf is not None:
             self._applied_conf = conf
-        if self._dirty_since is None and self.dirty():
-            self._dirty_since = time.monotonic()
+        self._mark_dirty()
         return results
-
-    def note_hard_state(self, hard_state: HardState) -> None:
-        """A hard state that changed only its commit index: no fsync is owed for it (Raft recovers the
-        commit index from its peers); it is written with the next synced transaction."""
-        self._hard = hard_state
-        self._hard_dirty = True
-        if self._dirty_since is None:
-            self._dirty_since = time.monotonic()
 
     def dirty(self) -> bool:
         """Whether memory holds what LMDB does not: applied entries or a commit index."""
         return self._applied > self._durable_applied or self._hard_dirty
 
-    def flush_due(self, now: float | None = None) -> bool:
-        """The buffer is FLUSH_MAX_ENTRIES entries or FLUSH_MAX_SECONDS behind LMDB: `flush` it now."""
-        if self._buf_entries >= FLUSH_MAX_ENTRIES:
-            return True
-        since = self._dirty_since
-        return since is not None and (time.monotonic() if now is None else now) - since >= FLUSH_MAX_SECONDS
-
-    def flush_deadline(self) -> float | None:
-        """When (time.monotonic) the buffer must be flushed at the latest, if it holds anything."""
-        return None if self._dirty_since is None else self._dirty_since + FLUSH_MAX_SECONDS
-
-    def flush(self) -> None:
-        """Write the buffer and its applied index (and a pending commit index) in one synced transaction."""
-        if self.dirty() or self._buf:
-            self.persist(None, [], None, None)
+    def _now(self) -> float:
+        return time.monotonic()
 
     def encode_entries(self, entries: list[Entry]) -> list[tuple[bytes, bytes]]:
         """The log records of `entries`, for `persist`: encoded by the caller (the host's loop), the I/O

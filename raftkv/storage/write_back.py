@@ -15,14 +15,67 @@ LMDB transaction would be). Reads merge the two in key order, so a range scan se
 from __future__ import annotations
 
 import bisect
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from . import kv_records
 
 FLUSH_MAX_ENTRIES = 10_000
 FLUSH_MAX_SECONDS = 0.1
 """How far the write-back buffer may run ahead of the store before it is flushed on its own (DESIGN.md §4)."""
+
+
+class FlushSchedule(ABC):
+    """When a store's write-back buffer must reach LMDB (DESIGN.md §4: at most FLUSH_MAX_ENTRIES entries and
+    FLUSH_MAX_SECONDS behind), shared by the LMDB store and its in-memory twin. The store keeps
+    `_buf_entries`, `_dirty_since` (on its clock, `_now`) and `_buf`, and says what `dirty` and `persist` are."""
+
+    _buf_entries: int
+    _dirty_since: float | None
+    _buf: dict[bytes, bytes | None]
+    _hard: Any
+    _hard_dirty: bool
+
+    @abstractmethod
+    def _now(self) -> float:
+        """The store's clock (time.monotonic, or the simulator's)."""
+
+    @abstractmethod
+    def dirty(self) -> bool:
+        """Whether memory holds applied entries or a commit index that LMDB does not."""
+
+    @abstractmethod
+    def persist(self, hard_state: Any, entries: list[Any], snapshot: Any, members: Any) -> None:
+        """One synced transaction (the store's own)."""
+
+    def note_hard_state(self, hard_state: Any) -> None:
+        """A hard state that changed only its commit index: no fsync is owed for it (Raft recovers the
+        commit index from its peers); it is written with the next synced transaction."""
+        self._hard = hard_state
+        self._hard_dirty = True
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        """Start the age clock of the buffer when it first holds something LMDB does not."""
+        if self._dirty_since is None and self.dirty():
+            self._dirty_since = self._now()
+
+    def flush_due(self, now: float | None = None) -> bool:
+        """The buffer is FLUSH_MAX_ENTRIES entries or FLUSH_MAX_SECONDS behind LMDB: `flush` it now."""
+        if self._buf_entries >= FLUSH_MAX_ENTRIES:
+            return True
+        since = self._dirty_since
+        return since is not None and (self._now() if now is None else now) - since >= FLUSH_MAX_SECONDS
+
+    def flush_deadline(self) -> float | None:
+        """When (on the store's clock) the buffer must be flushed at the latest, if it holds anything."""
+        return None if self._dirty_since is None else self._dirty_since + FLUSH_MAX_SECONDS
+
+    def flush(self) -> None:
+        """Write the buffer and its applied index (and a pending commit index) in one synced transaction."""
+        if self.dirty() or self._buf:
+            self.persist(None, [], None, None)
 
 
 class RecordView(Protocol):
