@@ -100,7 +100,9 @@ def check_everywhere(c: LocalCluster, acked: dict[bytes, bytes], deleted: list[b
 def test_deletes_commit_under_the_nospace_alarm_with_the_leader_and_a_follower_full(tmp_path: Path) -> None:
     with contextlib.ExitStack() as stack:
         disks = {i: on_small_disk(tmp_path, stack, i) for i in (1, 2)}
-        c = LocalCluster(tmp_path, n=3).start_all()
+        # The test is about a full leader that goes on leading; a 1 s election timeout (not the harness's
+        # 200 ms) keeps a loaded machine's scheduling stalls from moving leadership while its disk fills.
+        c = LocalCluster(tmp_path, n=3, extra=["--election-ticks", "50"]).start_all()
         stack.callback(c.stop_all)
         lead_with(c, 1)
         acked: dict[bytes, bytes] = {}
