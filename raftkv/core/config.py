@@ -22,6 +22,10 @@ class Config:
     """How many APP messages may be unacknowledged per follower while replicating (the pipeline window)."""
     max_committed_size_per_ready: int = 4 << 20
     """Upper bound on the bytes of committed entries handed out in one Ready."""
+    witness_payload_after_ticks: int = 2
+    """A leader sends a witness only the indices and terms of entries every data voter durably holds. An
+    entry beyond that goes to the witness with its payload once the oldest uncommitted entry has waited
+    this many ticks: then the witness's vote commits it while a data voter is down or slow."""
     applied: int = 0
     """The state machine's applied index on restart; committed entries after it are handed out again."""
     rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -34,5 +38,7 @@ class Config:
             raise ValueError("heartbeat_tick must be > 0")
         if self.election_tick <= self.heartbeat_tick:
             raise ValueError("election_tick must be greater than heartbeat_tick")
+        if self.witness_payload_after_ticks < 0:
+            raise ValueError("witness_payload_after_ticks must be >= 0")
         if self.max_inflight_msgs <= 0:
             raise ValueError("max_inflight_msgs must be > 0")

@@ -68,7 +68,9 @@ def bootstrap_entries(conf: ConfState, contexts: dict[int, bytes] | None = None)
     founding membership (and, through `contexts`, e.g. addresses) by replaying them like any other part
     of the log (as etcd does)."""
     ctx = contexts or {}
-    changes = [ConfChange(ConfChangeType.ADD_VOTER, n, ctx.get(n, b"")) for n in sorted(conf.voters)]
+    # Data voters first: a witness may not be the only voter at any point of the log.
+    changes = [ConfChange(ConfChangeType.ADD_VOTER, n, ctx.get(n, b"")) for n in sorted(conf.data_voters())]
+    changes += [ConfChange(ConfChangeType.ADD_WITNESS, n, ctx.get(n, b"")) for n in sorted(conf.witnesses)]
     changes += [ConfChange(ConfChangeType.ADD_LEARNER, n, ctx.get(n, b"")) for n in sorted(conf.learners)]
     entries = [Entry(1, i + 1, EntryType.CONF_CHANGE, cc.encode()) for i, cc in enumerate(changes)]
     return entries, HardState(term=1, vote=0, commit=len(entries))

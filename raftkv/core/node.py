@@ -65,6 +65,7 @@ class RaftNode:
         self._prev_soft = self.raft.soft_state()
         self._prev_hard = self.raft.hard_state()
         self._in_flight: Ready | None = None
+        self._prev_strip = 0
 
     # -- identity and views ----------------------------------------------------------------------
     @property
@@ -174,6 +175,7 @@ class RaftNode:
             or r.msgs
             or r.read_states
             or r.rounds.last > r.rounds.sent
+            or r.data_floor > self._prev_strip
         )
 
     def ready(self) -> Ready:
@@ -203,6 +205,8 @@ class RaftNode:
             rd.round_sent = (r.term, newest_round)
         rd.read_states = r.read_states
         r.read_states = []
+        if r.data_floor > self._prev_strip:
+            rd.strip_to = r.data_floor
         self._in_flight = rd
         return rd
 
@@ -215,6 +219,8 @@ class RaftNode:
             self._prev_soft = rd.soft_state
         if rd.hard_state is not None:
             self._prev_hard = rd.hard_state
+        if rd.strip_to:
+            self._prev_strip = max(self._prev_strip, rd.strip_to)
         if rd.snapshot is not None:
             r.log.stable_snap_to(rd.snapshot.meta.index)
             r.log.applied_to(rd.snapshot.meta.index)
@@ -231,6 +237,10 @@ class RaftNode:
     def confirmed_round(self) -> ConfirmedRound | None:
         """The newest quorum-confirmed round sent with a trustworthy commit index (leader only)."""
         return self.raft.confirmed_round()
+
+    def is_witness(self) -> bool:
+        """This node is a witness in its configuration: it holds the log's indices and terms, no data."""
+        return self.raft.is_witness
 
     def removed_at(self) -> int:
         """Non-zero once a leader told this node it is not in the committed configuration at that index."""

@@ -34,6 +34,7 @@ from .types import (
     SoftState,
     StateRole,
 )
+from .witness import data_floor, for_data_node, for_witness, strip_held
 
 MT = MessageType
 
@@ -84,6 +85,9 @@ class Raft:
         self.departing: dict[int, int] = {}  # leader: removed members still to be told, and notices left
         self.removed_at = 0  # index of the committed configuration a leader said we are not in (0: none)
         self.ticks = 0
+        self.data_floor = 0  # witness: the highest index a leader said every data voter durably holds
+        self.hold_index = 0  # leader: the oldest uncommitted entry (0: none), and the tick it began waiting
+        self.hold_since = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = cfg.election_tick
@@ -97,6 +101,10 @@ class Raft:
     @property
     def conf(self) -> ConfState:
         return self.confs.current
+
+    @property
+    def is_witness(self) -> bool:
+        return self.id in self.conf.witnesses
 
     def promotable(self) -> bool:
         """Only a voter in our own configuration may campaign, and never one told it was removed."""
@@ -117,7 +125,8 @@ class Raft:
         """The conditions of a lease that need no clock: we lead, have committed an entry of our term, and
         have not started handing leadership over (a transfer target may be elected despite our lease).
         How long the lease lasts is the host's to measure, from the send time of `confirmed_round()`."""
-        return self.role == StateRole.LEADER and not self.lease_revoked and self.committed_in_term()
+        return (self.role == StateRole.LEADER and not self.lease_revoked and self.committed_in_term()
+                and not self.is_witness)
 
     def confirmed_round(self) -> ConfirmedRound | None:
         """The newest leadership round of ours that a quorum confirmed and that was sent once our commit
@@ -230,6 +239,10 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = self.cfg.election_tick + self.rng.randrange(self.cfg.election_tick)
+        if self.is_witness:
+            # Campaign later than any data voter, so that one wins whenever it can.
+            self.randomized_election_timeout += self.cfg.election_tick
+        self.hold_index = 0
         self.abort_leader_transfer()
         self.lease_revoked = False
         self.votes = {}
@@ -313,6 +326,13 @@ class Raft:
             self.step(Message(MT.BEAT, frm=self.id))
             if self.departing and self.role == StateRole.LEADER:
                 self._notify_departing()
+        if self.role == StateRole.LEADER:
+            self._track_hold()
+            if self._payload_released():
+                for nid in self.conf.witnesses:
+                    if nid != self.id:
+                        self.send_append(nid, send_if_empty=False)
+            self._caretaker_handover()
 
     def _quorum_active(self) -> bool:
         """CheckQuorum: did a majority of voters talk to us during the last election timeout?"""
@@ -331,11 +351,14 @@ class Raft:
             Entry(self.term, li + 1 + i, types[i] if types else EntryType.NORMAL, d) for i, d in enumerate(datas)
         ]
         self._append_to_log(ents)
+        self._track_hold()
         return li + 1, li + len(ents)
 
     def propose(self, datas: list[bytes]) -> tuple[int, int]:
         if self.role != StateRole.LEADER:
             raise ProposalDropped(self.lead, "not the leader")
+        if self.is_witness:
+            raise ProposalDropped(NONE, "this leader is a witness: it hands leadership to a data voter")
         if self.lead_transferee != NONE:
             raise ProposalDropped(self.lead_transferee, "leadership transfer in progress")
         if self.id not in self.conf.voters:
@@ -347,6 +370,8 @@ class Raft:
     def propose_conf_change(self, cc: ConfChange) -> int:
         if self.role != StateRole.LEADER:
             raise ProposalDropped(self.lead, "not the leader")
+        if self.is_witness:
+            raise ProposalDropped(NONE, "this leader is a witness: it hands leadership to a data voter")
         if self.lead_transferee != NONE:
             raise ProposalDropped(self.lead_transferee, "leadership transfer in progress")
         if not self.committed_in_term():
@@ -363,6 +388,8 @@ class Raft:
 
     def read_index(self, context: bytes) -> None:
         """Ask for a linearizable read point; a ReadState with `context` is produced when it is known."""
+        if self.is_witness:
+            raise ProposalDropped(self.lead, "a witness holds no data to read")
         if self.role == StateRole.LEADER:
             self._leader_read(PendingRead(0, context, self.id))
         elif self.lead != NONE:
@@ -533,6 +560,7 @@ class Raft:
                 self.send_append(m.frm)
             return
         old_paused = pr.is_paused()
+        floor_before = self._data_floor()
         if not pr.maybe_update(m.index):
             return
         if pr.state == ProgressState.PROBE:
@@ -552,13 +580,18 @@ class Raft:
             pass
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self.send(Message(MT.TIMEOUT_NOW, to=m.frm))
+        if self.conf.witnesses and self._data_floor() > floor_before:
+            for nid in self.conf.witnesses:
+                if nid != self.id and nid != m.frm:
+                    self.send_append(nid, send_if_empty=False)
+        self._caretaker_handover()
 
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         pr.probe_sent = False
         if pr.state == ProgressState.REPLICATE and pr.inflights.full():
             pr.inflights.free_first_one()
-        if pr.match < self.log.last_index():
+        if pr.match < self._send_limit(m.frm):
             self.send_append(m.frm)
         rnd = _round_number(m.context)
         if rnd and not pr.is_learner:
@@ -596,7 +629,52 @@ class Raft:
         of the current term (Raft §5.4.2, the paper's Figure 8). Kept as one method so the simulator's
         tests can substitute a broken rule and watch it being caught."""
         mci = quorum_index(self.conf.voters, {nid: pr.match for nid, pr in self.prs.items()})
-        return self.log.maybe_commit(mci, self.term)
+        if self.log.maybe_commit(mci, self.term):
+            self._track_hold()
+            return True
+        return False
+
+    # -- witnesses (witness.py) ------------------------------------------------------------------
+    def _data_floor(self) -> int:
+        """Leader: the highest index every data voter durably holds."""
+        return data_floor(self.conf, {nid: pr.match for nid, pr in self.prs.items()})
+
+    def _track_hold(self) -> None:
+        """Leader: note since when the oldest uncommitted entry has been waiting (in ticks)."""
+        if self.log.committed >= self.log.last_index():
+            self.hold_index = 0
+        elif self.hold_index <= self.log.committed:
+            self.hold_index = self.log.committed + 1
+            self.hold_since = self.ticks
+
+    def _payload_released(self) -> bool:
+        """Leader: has the oldest uncommitted entry waited long enough to be sent to witnesses whole?"""
+        return bool(self.hold_index) and self.ticks - self.hold_since >= self.cfg.witness_payload_after_ticks
+
+    def _send_limit(self, to: int) -> int:
+        """The last index we would send `to` now: a witness gets entries beyond the data floor only once
+        they are released."""
+        if to in self.conf.witnesses and not self._payload_released():
+            return min(self.log.last_index(), self._data_floor())
+        return self.log.last_index()
+
+    def _caretaker_handover(self) -> None:
+        """A witness that leads hands over to the first data voter holding its whole log (thesis §3.10)."""
+        if self.role != StateRole.LEADER or not self.is_witness or self.lead_transferee != NONE:
+            return
+        last = self.log.last_index()
+        for nid in sorted(self.conf.data_voters()):
+            pr = self.prs.get(nid)
+            if pr is not None and pr.match == last:
+                self._handle_transfer(nid)
+                return
+
+    def _learn_floor(self, floor: int) -> None:
+        """Witness: a leader says every data voter durably holds our log up to `floor`."""
+        if not self.is_witness or floor <= self.data_floor:
+            return
+        self.data_floor = floor
+        strip_held(self.log.unstable.entries, floor)
 
     def _after_commit(self) -> None:
         """Work that waits for the commit index to move."""
@@ -667,16 +745,22 @@ class Raft:
                               log_term=hint_term))
             return
         ents = m.entries
+        if not self.is_witness and for_data_node(ents) is not ents:
+            # A payload-less entry meant for a witness: a data node must never hold one. Drop what
+            # follows it; the leader sends the rest again.
+            ents = for_data_node(ents)
         ci = self.log.find_conflict(ents)
         if ci:
             self._append_to_log(ents[ci - (m.index + 1):])
         last_new = m.index + len(ents)
         self.log.commit_to(min(m.commit, last_new))
+        self._learn_floor(min(m.data_floor, last_new))
         self.send(Message(MT.APP_RESP, to=m.frm, index=last_new))
 
     def _handle_heartbeat(self, m: Message) -> None:
         # The leader sends min(our match, its commit), so this never points past what we hold.
         self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._learn_floor(min(m.data_floor, self.log.last_index()))
         self.send(Message(MT.HEARTBEAT_RESP, to=m.frm, context=m.context))
 
     def _handle_snapshot(self, m: Message) -> None:
@@ -721,9 +805,17 @@ class Raft:
             ents = self.log.entries(pr.next, None, self.cfg.max_size_per_msg)
         except (CompactedError, UnavailableError):
             return self._send_snapshot(to, pr)
+        floor = 0
+        if to in self.conf.witnesses:
+            floor = self._data_floor()
+            ents = for_witness(ents, floor, self._send_limit(to))
+            floor = min(floor, prev_index + len(ents))
+        elif self.is_witness:
+            ents = for_data_node(ents)
         if not ents and not send_if_empty:
             return False
-        m = Message(MT.APP, to=to, index=prev_index, log_term=prev_term, entries=ents, commit=self.log.committed)
+        m = Message(MT.APP, to=to, index=prev_index, log_term=prev_term, entries=ents, commit=self.log.committed,
+                    data_floor=floor)
         pr.sent_entries(ents[-1].index if ents else None)
         self.send(m)
         return True
@@ -731,12 +823,16 @@ class Raft:
     def _send_snapshot(self, to: int, pr: Progress) -> bool:
         if not pr.recent_active:
             return False  # do not ship a snapshot to a follower that may well be down
+        if self.is_witness and to not in self.conf.witnesses:
+            return False  # a witness has no data to give a data node
         try:
             snap = self.log.snapshot()
         except SnapshotTemporarilyUnavailable:
             return False
         if snap.meta.index == 0:
             return False
+        if to in self.conf.witnesses:
+            snap = Snapshot(snap.meta)  # a witness takes the snapshot's place in the log, never its data
         pr.become_snapshot(snap.meta.index)
         self.send(Message(MT.SNAP, to=to, snapshot=snap))
         return True
@@ -753,7 +849,9 @@ class Raft:
         for nid, pr in self.prs.items():
             if nid == self.id:
                 continue
-            self.send(Message(MT.HEARTBEAT, to=nid, commit=min(pr.match, self.log.committed), context=ctx))
+            floor = min(pr.match, self._data_floor()) if nid in self.conf.witnesses else 0
+            self.send(Message(MT.HEARTBEAT, to=nid, commit=min(pr.match, self.log.committed), context=ctx,
+                              data_floor=floor))
         if self.conf.voters == {self.id}:
             for confirmed in self.rounds.confirm_alone():
                 self._round_confirmed(confirmed)

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .membership import bootstrap_entries
 from .types import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from .witness import strip_held
 
 
 class StorageError(Exception):
@@ -132,6 +133,13 @@ class MemoryStorage:
             raise ValueError(f"gap in log: append at {entries[0].index}, last {self.last_index()}")
         del self.entries_[offset:]
         self.entries_.extend(entries)
+
+    def strip_payloads(self, to: int) -> int:
+        """Witness: drop the payloads of the normal entries up to `to` (every data voter holds them)."""
+        held = self.entries_[1:]
+        n = strip_held(held, to)
+        self.entries_[1:] = held
+        return n
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Replace the log with a snapshot received from the leader."""

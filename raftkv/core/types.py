@@ -17,6 +17,10 @@ NONE = 0
 class EntryType(IntEnum):
     NORMAL = 0
     CONF_CHANGE = 1
+    STRIPPED = 2
+    """A NORMAL entry whose payload was left out: what a witness holds of an entry every data voter has
+    durably (index and term kept for election safety and log matching). Never applied, never sent to a
+    data node."""
 
 
 @dataclass(slots=True)
@@ -43,6 +47,9 @@ class ConfChangeType(IntEnum):
     DEMOTE_VOTER = 5
     """A voter becomes a learner: it keeps receiving the log but no longer votes or counts for commit.
     For quorum purposes it is a voter's removal (one voter fewer), so it is as safe as one."""
+    ADD_WITNESS = 6
+    """A non-member (or a learner) becomes a witness: a voter that keeps the log's indices and terms but no
+    data (DESIGN.md §7). For quorum purposes it is a voter's addition, so it is as safe as one."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -70,19 +77,35 @@ class ConfChange:
 
 @dataclass(slots=True, frozen=True)
 class ConfState:
-    """Cluster membership: who votes and who only receives the log."""
+    """Cluster membership: who votes and who only receives the log.
+
+    `witnesses` is a subset of `voters`: they vote and count for commit like any voter, but hold no data.
+    """
 
     voters: frozenset[int] = frozenset()
     learners: frozenset[int] = frozenset()
+    witnesses: frozenset[int] = frozenset()
 
     def members(self) -> frozenset[int]:
         return self.voters | self.learners
 
+    def data_voters(self) -> frozenset[int]:
+        """The voters that hold the data (every voter but the witnesses)."""
+        return self.voters - self.witnesses
+
     def apply(self, cc: ConfChange) -> ConfState:
         """The membership after `cc`; raises ValueError for a change that makes no sense here."""
-        v, lr = set(self.voters), set(self.learners)
+        v, lr, w = set(self.voters), set(self.learners), set(self.witnesses)
         n = cc.node_id
-        if cc.type == ConfChangeType.ADD_VOTER:
+        if cc.type in (ConfChangeType.DEMOTE_VOTER, ConfChangeType.ADD_VOTER) and n in w:
+            raise ValueError(f"node {n} is a witness (it holds no data): remove it instead")
+        if cc.type == ConfChangeType.ADD_WITNESS:
+            if n in v:
+                raise ValueError(f"node {n} is already a voter")
+            lr.discard(n)
+            v.add(n)
+            w.add(n)
+        elif cc.type == ConfChangeType.ADD_VOTER:
             if n in v:
                 raise ValueError(f"node {n} is already a voter")
             lr.discard(n)
@@ -109,9 +132,12 @@ class ConfState:
                 raise ValueError(f"node {n} is not a member")
             v.discard(n)
             lr.discard(n)
+            w.discard(n)
         if not v:
             raise ValueError("a cluster needs at least one voter")
-        return ConfState(frozenset(v), frozenset(lr))
+        if not v - w:
+            raise ValueError("a cluster needs at least one data voter (a witness holds no data)")
+        return ConfState(frozenset(v), frozenset(lr), frozenset(w))
 
 
 @dataclass(slots=True, frozen=True)
@@ -202,6 +228,9 @@ class Message:
     reject_hint: int = 0
     snapshot: Snapshot | None = None
     context: bytes = b""
+    data_floor: int = 0
+    """On APP / HEARTBEAT to a witness: the highest index every data voter durably holds, as far as the
+    witness's log matches the leader's. The witness drops the payloads it holds up to there."""
 
 
 class StateRole(IntEnum):
@@ -259,3 +288,6 @@ class Ready:
     """(term, number) of the newest leadership round whose heartbeats are in `messages`. The host notes
     when it sends them, on its monotonic clock: leases and the leader's staleness proof are timed from
     the send time of the round `RaftNode.confirmed_round()` names."""
+    strip_to: int = 0
+    """Witness only: once this Ready is persisted, rewrite the stored NORMAL entries up to this index as
+    STRIPPED (no payload): every data voter holds them durably. 0: nothing to do."""

@@ -127,11 +127,12 @@ def describe_ready(rd: Ready) -> list[str]:
 
 class Net:
     def __init__(self, voters: list[int], learners: list[int] = (), raft_class: type[Raft] = Raft,
-                 **cfg: object) -> None:
-        """`cfg`: Config options; `raft_class`: a deliberately altered protocol, to show a test catches it."""
+                 witnesses: list[int] = (), **cfg: object) -> None:
+        """`cfg`: Config options; `raft_class`: a deliberately altered protocol, to show a test catches it;
+        `witnesses`: voters (listed in `voters` too) that hold no data."""
         self.raft_class = raft_class
         self.cfg = cfg
-        self.conf = ConfState(frozenset(voters), frozenset(learners))
+        self.conf = ConfState(frozenset(voters), frozenset(learners), frozenset(witnesses))
         self.nodes: dict[int, SimNode] = {}
         self.queue: list[Message] = []
         self.cut: set[tuple[int, int]] = set()
@@ -193,6 +194,8 @@ class Net:
         sn.storage.append(rd.entries)
         if rd.hard_state is not None:
             sn.storage.set_hard_state(rd.hard_state)
+        if rd.strip_to:
+            sn.storage.strip_payloads(rd.strip_to)
         self._send(msgs)
         sn.applied.extend(rd.committed_entries)
         sn.read_states.extend(rd.read_states)
