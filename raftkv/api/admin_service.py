@@ -62,7 +62,8 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             m = info.get(nid, MemberInfo())
             out.append(pb.Member(id=nid, address=m.address, learner=nid in conf.learners, sync=m.sync,
                                  semi_sync=m.semi_sync, incarnation=m.incarnation,
-                                 spare=m.spare and nid in conf.learners, replaces=m.replaces))
+                                 spare=m.spare and nid in conf.learners, replaces=m.replaces,
+                                 witness=nid in conf.witnesses))
         return out
 
     @rpc
@@ -107,6 +108,11 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         if problem is not None:
             raise invalid(f"member address {problem}")
         kind = ConfChangeType.ADD_LEARNER if request.learner else ConfChangeType.ADD_VOTER
+        if request.witness:
+            if request.learner or request.spare or request.sync or request.semi_sync:
+                raise invalid("a witness is a voter that holds no data: --witness goes without --learner, "
+                              "--spare, --sync and --semi-sync")
+            kind = ConfChangeType.ADD_WITNESS
         if request.spare and not request.learner:
             raise invalid("a spare is a learner: add it with --learner --spare")
         ctx = MemberInfo(request.address, request.sync, request.semi_sync, spare=request.spare).encode()

@@ -484,6 +484,9 @@ def status(c: Ctx) -> None:
     spares = [str(m.id) for m in view.members if m.spare]
     if spares:
         click.echo(f"spares (hot spare learners, promoted in place of a dead voter): {', '.join(spares)}")
+    witnesses = [str(m.id) for m in view.members if m.witness]
+    if witnesses:
+        click.echo(f"witnesses (vote, hold no data, serve no client): {', '.join(witnesses)}")
 
 
 def _lag_rows(r: Any) -> list[list[Any]]:
@@ -554,7 +557,7 @@ def _print_members(c: Ctx, r: Any) -> None:
     if c.out == "json":
         click.echo(json.dumps(to_json(r)))
         return
-    rows = [[m.id, m.address, "learner" if m.learner else "voter", "sync" if m.sync else "",
+    rows = [[m.id, m.address, "learner" if m.learner else "witness" if m.witness else "voter", "sync" if m.sync else "",
              "semi_sync" if m.semi_sync else "", "spare" if m.spare else ""] for m in r.members]
     if c.out == "table":
         click.echo(table(["id", "address", "role", "sync", "semi-sync", "spare"], rows))
@@ -576,11 +579,13 @@ def members_list(c: Ctx) -> None:
 @click.option("--sync", "sync_mark", is_flag=True, help="Count it in the sync set.")
 @click.option("--semi-sync", is_flag=True, help="Count it in the semi-sync set.")
 @click.option("--spare", is_flag=True, help="With --learner: a hot spare, promoted in place of a dead voter.")
+@click.option("--witness", is_flag=True, help="A witness: a voter that holds no data (start it with --witness).")
 @pass_ctx
 def members_add(c: Ctx, node_id: int, address: str, learner: bool, sync_mark: bool, semi_sync: bool,
-                spare: bool) -> None:
+                spare: bool, witness: bool) -> None:
     """Add NODE_ID at ADDRESS (then start it with `raftkv serve --join`)."""
-    _print_members(c, run(lambda: c.client.member_add(node_id, address, learner, sync_mark, semi_sync, spare)))
+    _print_members(c, run(lambda: c.client.member_add(node_id, address, learner, sync_mark, semi_sync, spare,
+                                                      witness)))
 
 
 @members.command(name="remove")

@@ -120,6 +120,14 @@ def main() -> None:
 @click.option("--spare-promote-after", type=float,
               help="Seconds a voter may stay unreachable before the leader promotes a caught-up spare "
                    "learner in its place and demotes it to a learner (default 30; 0: off).")
+@click.option("--witnesses", help="Founding members that are witnesses (ids in --peers, e.g. 3): voters that "
+                                   "hold no data. Give every founder the same value, as --peers.")
+@click.option("--witness", is_flag=True, default=None,
+              help="This node is a witness: it votes and keeps the log's indices and terms, holds no data and "
+                   "serves no client. Its configuration (--witnesses, or `kv members add --witness`) must agree.")
+@click.option("--witness-payload-after-ms", type=int,
+              help="How long the oldest uncommitted write waits before the leader sends witnesses its payload, "
+                   "so that their votes commit it while a data node is down (default 100).")
 @click.option("--force-new-cluster", is_flag=True, default=None,
               help="After a permanent loss of quorum: start this survivor as a one-member cluster that keeps "
                    "its data (then re-add the others fresh). For one start only: remove it afterwards.")

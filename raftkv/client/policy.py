@@ -90,6 +90,8 @@ class Endpoints:
                 self.addresses.append(err.leader_address)
         else:
             self.failed(address)
+        if err.metadata.get("witness"):
+            self.failed(address)  # a witness serves no request (reads neither): move on from it
 
 
 def retryable(err: RaftKVError, kind: str) -> bool:

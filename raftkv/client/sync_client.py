@@ -213,9 +213,10 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         return self.call("MemberList", pb.MemberListRequest(), "read", admin=True)
 
     def member_add(self, node_id: int, address: str, learner: bool = False, sync: bool = False,
-                   semi_sync: bool = False, spare: bool = False) -> pb.MemberResponse:
+                   semi_sync: bool = False, spare: bool = False, witness: bool = False) -> pb.MemberResponse:
         return self.call("MemberAdd", pb.MemberAddRequest(id=node_id, address=address, learner=learner, sync=sync,
-                                                          semi_sync=semi_sync, spare=spare), "txn", admin=True)
+                                                          semi_sync=semi_sync, spare=spare, witness=witness),
+                         "txn", admin=True)
 
     def member_remove(self, node_id: int) -> pb.MemberResponse:
         return self.call("MemberRemove", pb.MemberRemoveRequest(id=node_id), "txn", admin=True)

@@ -34,7 +34,7 @@ from .types import (
     SoftState,
     StateRole,
 )
-from .witness import data_floor, for_data_node, for_witness, strip_held
+from .witness import META_ONLY, data_floor, for_data_node, for_witness, strip_held
 
 MT = MessageType
 
@@ -603,8 +603,8 @@ class Raft:
             self._serve_read(req)
 
     def _handle_transfer(self, target: int) -> None:
-        if target not in self.conf.voters:
-            return  # learners and strangers cannot lead
+        if target not in self.conf.voters or target in self.conf.witnesses:
+            return  # learners, witnesses and strangers cannot lead
         if self.lead_transferee != NONE:
             if self.lead_transferee == target:
                 return
@@ -834,7 +834,7 @@ class Raft:
         if to in self.conf.witnesses:
             snap = Snapshot(snap.meta)  # a witness takes the snapshot's place in the log, never its data
         pr.become_snapshot(snap.meta.index)
-        self.send(Message(MT.SNAP, to=to, snapshot=snap))
+        self.send(Message(MT.SNAP, to=to, snapshot=snap, context=META_ONLY if to in self.conf.witnesses else b""))
         return True
 
     def bcast_append(self) -> None:

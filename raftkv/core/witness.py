@@ -22,6 +22,10 @@ from collections.abc import Mapping
 
 from .types import ConfState, Entry, EntryType
 
+META_ONLY = b"meta-only"
+"""Context of a SNAP message to a witness: its snapshot is metadata only (index, term, membership), so the
+host sends it as it is, never streaming a state machine image after it."""
+
 
 def data_floor(conf: ConfState, matches: Mapping[int, int]) -> int:
     """The highest index every data voter durably holds (0 while any is unknown)."""

@@ -39,6 +39,16 @@ def parse_peers(spec: str) -> dict[int, str]:
     return peers
 
 
+def parse_witnesses(spec: str) -> frozenset[int]:
+    """`3` or `3,5` -> {3, 5}."""
+    out: set[int] = set()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if not part.isdigit() or int(part) <= 0:
+            raise ConfigError(f"witness id {part!r} must be a positive integer")
+        out.add(int(part))
+    return frozenset(out)
+
+
 MIN_MAP_SIZE = 1 << 20
 MAX_MAP_SIZE = 1 << 40
 
@@ -161,6 +171,14 @@ class ServerConfig:
     spare_promote_after: float = 30.0
     """Seconds a voter must stay unreachable before the leader replaces it with a caught-up hot spare
     (a learner marked spare): promote the spare, then demote the dead voter (spares.py). 0: off."""
+    witnesses: str = ""
+    """Founding members (ids in `peers`, comma-separated) that are witnesses: voters holding no data. Every
+    founder must be given the same list, as `peers` (the founding log is the same on every node)."""
+    witness: bool = False
+    """This node is a witness; its configuration (`witnesses`, or the log) must say so too."""
+    witness_payload_after_ms: int = 100
+    """How long the oldest uncommitted write waits before the leader sends witnesses payloads (so their
+    votes commit while a data node is down); rounded up to whole ticks."""
     force_new_cluster: bool = False
     """Start as the only member of a one-member cluster that keeps this node's data (server/force_new.py)."""
     # Admission control (layers/admission.py): high watermarks; each low mark is `overload_low_ratio` of it.
@@ -297,6 +315,7 @@ class ServerConfig:
             raise ConfigError("--initial-cluster-state must be new or existing")
         if self.corruption_check_interval < 0:
             raise ConfigError("--corruption-check-interval must be >= 0 seconds (0: off)")
+        self._validate_witnesses()
         if self.spare_promote_after < 0:
             raise ConfigError("--spare-promote-after must be >= 0 seconds (0: off)")
         if self.force_new_cluster and self.join:
@@ -304,6 +323,29 @@ class ServerConfig:
         if self.join and self.initial_cluster_token:
             raise ConfigError("--initial-cluster-token names a founding cluster: a --join node learns the "
                               "cluster id from the leader")
+
+    def witness_ids(self) -> frozenset[int]:
+        """The founding witnesses named by `witnesses` (validated by `validate`)."""
+        return parse_witnesses(self.witnesses)
+
+    def _validate_witnesses(self) -> None:
+        ids = self.witness_ids()
+        if self.witness_payload_after_ms < 0:
+            raise ConfigError("--witness-payload-after-ms must be >= 0")
+        if self.join:
+            if ids:
+                raise ConfigError("--witnesses names founding members: a joining node is added with "
+                                  "`kv members add ID ADDR --witness` and started with --witness")
+            return
+        if not ids <= set(self.peers):
+            raise ConfigError(f"--witnesses names node(s) {sorted(ids - set(self.peers))} not in --peers")
+        if not set(self.peers) - ids:
+            raise ConfigError("--witnesses names every member: a cluster needs at least one data node")
+        if self.witness and self.id not in ids:
+            raise ConfigError(f"node {self.id} is started with --witness, but --witnesses "
+                              f"({self.witnesses or 'none'}) does not name it")
+        if not self.witness and self.id in ids:
+            raise ConfigError(f"--witnesses names node {self.id}: start it with --witness (it holds no data)")
 
     def _validate_bounds(self) -> None:
         """Numeric settings that are zero or negative where that makes no sense, and request limits that

@@ -39,6 +39,7 @@ from ..core import (
     StateRole,
     StepRejected,
 )
+from ..core.witness import stripped
 from ..storage.disk_space import DiskSpace
 from ..storage.errors import is_storage_fault
 from ..transport.envelope import applied_of, echo_of, stamp_of, wrap
@@ -109,6 +110,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             election_tick=cfg.election_ticks,
             heartbeat_tick=cfg.heartbeat_ticks,
             applied=store.applied_index(),
+            witness_payload_after_ticks=-(-cfg.witness_payload_after_ms // cfg.tick_ms),
             rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
         )
         self.node = raft_factory(core_cfg, store.log)
@@ -451,6 +453,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
                 hop_trace.mark("sync.back")
         elif rd.hard_state is not None:
             self.store.note_hard_state(rd.hard_state)
+        if rd.strip_to and self.node.is_witness():
+            self.store.strip_payloads(rd.strip_to)
         if rd.snapshot is not None:
             self.applied = rd.snapshot.meta.index
             self.members.replace_from_snapshot(self.store.snapshot_members())
@@ -521,7 +525,12 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         return False
 
     def _apply(self, rd: Ready) -> list[Any]:
-        results = self.store.apply(rd.committed_entries, rd.conf_state)
+        entries = rd.committed_entries
+        if self.node.is_witness():
+            # A witness applies membership only: a payload it holds (sent while a data node was down)
+            # is there for a data node's sake, never for a state machine of its own.
+            entries = [stripped(e) for e in entries]
+        results = self.store.apply(entries, rd.conf_state)
         self.metrics.observe_apply(self.store.last_apply_seconds)
         self._arm_flush_timer()
         return results
@@ -546,7 +555,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.metrics.proposals_committed.inc(len(entries))
         self.metrics.proposals_applied.inc(len(entries))
         self.waiters.release_applied(self.applied)
-        self.compactor.maybe_start()
+        if not self.node.is_witness():  # a witness cuts no snapshot: it has no data to cut one of
+            self.compactor.maybe_start()
 
     def _arm_flush_timer(self) -> None:
         """Wake the loop when the write-back buffer must reach the store, should no Ready take it first."""
@@ -676,6 +686,6 @@ def bootstrap_store(store: NodeStore, cfg: ServerConfig) -> None:
 
     if cfg.join or store.log.last_index() > 0:
         return
-    conf = ConfState(frozenset(cfg.peers), frozenset())
+    conf = ConfState(frozenset(cfg.peers), frozenset(), cfg.witness_ids())
     contexts = {nid: MemberInfo(addr).encode() for nid, addr in cfg.peers.items()}
     store.bootstrap(conf, contexts)

@@ -20,6 +20,7 @@ from ..api.etcd import EtcdServices
 from ..api.forward import Forwarder
 from ..api.kv_service import KVService
 from ..api.maintenance_service import add_to_server as add_maintenance
+from ..api.witness_guard import WitnessGuard
 from ..proto.stubs import kv_pb2, kv_pb2_grpc, raft_pb2
 from ..storage import ForeignDataError, LmdbNodeStore, StorageError, cluster_id_for
 from ..storage.errors import is_damage
@@ -40,6 +41,7 @@ from .metrics import Metrics
 from .ports import SystemClock, ThreadIO
 from .removal import GRACE_SECONDS, marker_text
 from .spares import SparePromoter
+from .witness_role import witness_mismatch
 
 log = structlog.get_logger("raftkv.server")
 
@@ -161,6 +163,10 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
                           queue_bytes_limit=cfg.overload_max_follower_queue_bytes)
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
+    mismatch = witness_mismatch(cfg.id, cfg.witness, host.node.conf)
+    if mismatch is not None:
+        print(f"Error: refusing to start: {mismatch}", file=sys.stderr)
+        return exit_codes.USAGE
     host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
     spares = SparePromoter(host, cfg.spare_promote_after)
     forwarder = Forwarder(host)
@@ -169,7 +175,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
               file=sys.stderr)
         return exit_codes.RETRY
     # No SO_REUSEPORT: a second process on the same port would otherwise silently share its traffic.
-    server = grpc.aio.server(interceptors=[RequestMetrics(metrics.registry)],
+    server = grpc.aio.server(interceptors=[RequestMetrics(metrics.registry), WitnessGuard(host)],
                              options=[*server_options(cfg.grpc_receive_limit), ("grpc.so_reuseport", 0)])
     transport.events = metrics
     metrics.watch_node(lambda: host.node.term, lambda: host.node.raft_log.committed, lambda: host.applied,

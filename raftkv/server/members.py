@@ -195,13 +195,16 @@ class MemberRegistry:
             self._take(saved)
 
     def sync_set(self, conf: ConfState) -> frozenset[int]:
-        """Who a `sync` write waits for: every voter, plus learners marked sync."""
-        return frozenset(conf.voters) | frozenset(n for n in conf.learners if self._mark(n, "sync"))
+        """Who a `sync` write waits for: every data voter, plus learners marked sync. Never a witness: one
+        holding an entry without its payload is no replica of the write."""
+        return conf.data_voters() | frozenset(n for n in conf.learners if self._mark(n, "sync"))
 
     def semi_sync_set(self, conf: ConfState, leader: int) -> frozenset[int]:
-        """Who counts for a `semi_sync` write: members marked semi_sync, or, if none is, every other voter."""
-        marked = frozenset(n for n in conf.members() if n != leader and self._mark(n, "semi_sync"))
-        return marked or frozenset(n for n in conf.voters if n != leader)
+        """Who counts for a `semi_sync` write: members marked semi_sync, or, if none is, every other data
+        voter (a witness holds no replica of a write)."""
+        data = conf.members() - conf.witnesses
+        marked = frozenset(n for n in data if n != leader and self._mark(n, "semi_sync"))
+        return marked or frozenset(n for n in conf.data_voters() if n != leader)
 
     def spares(self, conf: ConfState) -> frozenset[int]:
         """Learners marked as hot spares (a voter's spare mark means nothing)."""

@@ -77,6 +77,8 @@ class MembershipOps:
     async def transfer_leader(self, target: int) -> None:
         if target not in self.node.conf.voters:
             raise ConfChangeRejected(f"node {target} is not a voter")
+        if target in self.node.conf.witnesses:
+            raise ConfChangeRejected(f"node {target} is a witness: it holds no data and cannot lead")
         if self.is_leader:
             check_transfer(target, self.reconfig_view())
         self.run_in_loop(lambda: self.node.transfer_leader(target))

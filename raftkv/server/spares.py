@@ -86,7 +86,8 @@ def plan(view: ClusterView, members: dict[int, MemberInfo], silent_s: dict[int, 
             return Demote(replaced, nid)  # a promotion done, its demotion still to do
     if after_s <= 0:
         return None
-    dead = sorted(n for n in conf.voters if n != view.leader and silent_s.get(n, 0.0) > after_s)
+    # A dead witness is not replaced by a spare (a spare holds data; demoting a witness makes no sense).
+    dead = sorted(n for n in conf.data_voters() if n != view.leader and silent_s.get(n, 0.0) > after_s)
     if not dead:
         return None
     victim = dead[0]

@@ -121,6 +121,7 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
         self.node_id = disk.node_id
         self.cluster_id = disk.cluster_id
         self.where = f"node {disk.node_id} (memory)"
+        self._stripped_to = 0  # witness: no payload stored up to here (strip_payloads)
         self._clock = clock
         self.last_apply_seconds = 0.0
         self.on_apply: Callable[[Entry], None] | None = None
@@ -271,9 +272,12 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
         hs = hard_state if hard_state is not None else (self._hard if self._hard_dirty else None)
         if snapshot is not None:
             m = snapshot.meta
-            body = msgpack.unpackb(snapshot.data, strict_map_key=False)
-            d.kv = {bytes(k): bytes(r) for k, r in body["kv"]}
-            d.members = {int(k): bytes(v) for k, v in body["members"].items()}
+            if self.disk.node_id in m.conf.witnesses and not snapshot.data:
+                d.kv = {}  # a witness's snapshot is metadata only: it holds no state machine
+            else:
+                body = msgpack.unpackb(snapshot.data, strict_map_key=False)
+                d.kv = {bytes(k): bytes(r) for k, r in body["kv"]}
+                d.members = {int(k): bytes(v) for k, v in body["members"].items()}
             d.log.clear()
             d.compacted = self._compacted = (m.index, m.term, m.conf)
             self._last_index, self._last_term = m.index, m.term
@@ -297,12 +301,26 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
             for e in entries:
                 d.log[e.index] = _Record(e.term, int(e.type), e.data, _crc(e.index, e.term, int(e.type), e.data))
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
+            self._stripped_to = min(self._stripped_to, first - 1)
         if hs is not None:
             d.hard = self._hard = hs
         self._hard_dirty = False
         if members is not None:
             d.members = dict(members)
         d.syncs += 1
+
+    def strip_payloads(self, to: int) -> int:
+        """Witness: rewrite the stored normal entries up to `to` without their payload."""
+        n = 0
+        st = int(EntryType.STRIPPED)
+        hi = min(to, self._last_index)
+        for idx in range(max(self._stripped_to + 1, self.first_index()), hi + 1):
+            rec = self.disk.log.get(idx)
+            if rec is not None and rec.etype == int(EntryType.NORMAL) and rec.data and rec.committed:
+                self.disk.log[idx] = _Record(rec.term, st, b"", _crc(idx, rec.term, st, b""))
+                n += 1
+        self._stripped_to = max(self._stripped_to, hi)
+        return n
 
     def applied_index(self) -> int:
         return self._applied

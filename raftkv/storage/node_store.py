@@ -48,6 +48,7 @@ from ..core import (
     bootstrap_entries,
 )
 from ..core.storage import limit_size
+from ..core.witness import stripped
 from . import commands, history, identity, kv_records, sessions, snapshots, state_machine
 from .alarms import AlarmTable, RecentHashes, hash_state
 from .commands import KV, CompactHistory, LeaseGrant, LeaseRevoke, Range, RangeResult
@@ -95,11 +96,15 @@ def _crc(index: int, term: int, etype: int, data: bytes) -> int:
 
 
 def _conf_to_wire(c: ConfState) -> list[list[int]]:
-    return [sorted(c.voters), sorted(c.learners)]
+    """[voters, learners] as before witnesses existed; [voters, learners, witnesses] with any."""
+    out = [sorted(c.voters), sorted(c.learners)]
+    if c.witnesses:
+        out.append(sorted(c.witnesses))
+    return out
 
 
 def _conf_from_wire(w: list[list[int]]) -> ConfState:
-    return ConfState(frozenset(w[0]), frozenset(w[1]))
+    return ConfState(frozenset(w[0]), frozenset(w[1]), frozenset(w[2]) if len(w) > 2 else frozenset())
 
 
 class LmdbNodeStore(LogBounds, FlushSchedule):
@@ -112,6 +117,8 @@ class LmdbNodeStore(LogBounds, FlushSchedule):
             raise StorageError(f"cannot create the data directory {self.path}: {e.strerror or e}") from None
         self.file = str(self.path / "data.mdb")
         self.node_id = node_id
+        self._stripped_to = 0
+        """Witness: the log holds no payload up to here (strip_payloads); 0 after opening (look again)."""
         self.where = f"node {node_id}: {self.file}"
         """Names this node and its file in a corruption report."""
         # Before LMDB touches anything: one process per directory, and no truncated file mapped (SIGBUS).
@@ -584,6 +591,7 @@ class LmdbNodeStore(LogBounds, FlushSchedule):
             self.alarms.dirty = False
         if entries:
             self._last_index, self._last_term = entries[-1].index, entries[-1].term
+            self._stripped_to = min(self._stripped_to, entries[0].index - 1)  # a replaced suffix: look again
         if hard_state is not None:
             self._hard = hard_state
         self._hard_dirty = False
@@ -697,7 +705,10 @@ class LmdbNodeStore(LogBounds, FlushSchedule):
         move after the commit, so nothing else in this transaction may touch the state machine), or data
         that came whole inside the message (from a node of an earlier version)."""
         m = snap.meta
-        if snapshots.is_staged(snap.data):
+        if self.node_id in m.conf.witnesses and not snap.data:
+            # A witness's snapshot is metadata only: it holds no state machine to replace.
+            self._install_witness_point(txn)
+        elif snapshots.is_staged(snap.data):
             with self._stage_lock:
                 if self._stage_owner != snap.data:
                     raise StorageError(f"{self.file}: the snapshot at index {m.index} is not the one staged here")
@@ -712,6 +723,38 @@ class LmdbNodeStore(LogBounds, FlushSchedule):
         txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
         txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), None]), db=self.meta_db)
         txn.delete(b"data", db=self.snap_db)
+
+    def _install_witness_point(self, txn: lmdb.Transaction) -> None:
+        """A witness takes a snapshot's place in the log only: no key-value data, leases or history."""
+        for db in (self.kv_db, self.leases_db):
+            txn.drop(db, delete=False)
+
+    def strip_payloads(self, to: int) -> int:
+        """Witness: rewrite the stored normal entries up to `to` without their payload (every data voter
+        holds them durably); how many were rewritten. Each entry is looked at once: a scan resumes where
+        the last one ended, and nothing is written when there is nothing to strip (the usual case, as
+        the leader sends a healthy cluster's witness no payload)."""
+        lo = max(self._stripped_to + 1, self.first_index())
+        hi = min(to, self._last_index)
+        if hi < lo:
+            return 0
+        found: list[Entry] = []
+        with self.env.begin(db=self.log_db) as txn:
+            cur = txn.cursor()
+            if cur.set_range(_key(lo)):
+                for k, v in cur:
+                    idx = _U64.unpack(k)[0]
+                    if idx > hi:
+                        break
+                    e = self._decode(idx, v)
+                    if e.type == EntryType.NORMAL and e.data:
+                        found.append(stripped(e))
+        if found:
+            with self._lock, self.env.begin(write=True, db=self.log_db) as txn:
+                for e in found:
+                    txn.put(_key(e.index), self._record(e))
+        self._stripped_to = hi
+        return len(found)
 
     def _switched_generation(self) -> None:
         """After the install's commit: the staged generation is live; the old one is emptied (in a

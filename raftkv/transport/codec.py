@@ -13,7 +13,7 @@ def to_proto(m: Message, snapshot_tail: int | None = None) -> pb.RaftMessage:
     `chunked` (the rest went ahead as chunks)."""
     out = pb.RaftMessage(
         type=int(m.type), to=m.to, **{"from": m.frm}, term=m.term, log_term=m.log_term, index=m.index,
-        commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context,
+        commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, data_floor=m.data_floor,
         entries=[pb.Entry(term=e.term, index=e.index, type=int(e.type), data=e.data) for e in m.entries],
     )
     if isinstance(m, StampedMessage):
@@ -26,7 +26,8 @@ def to_proto(m: Message, snapshot_tail: int | None = None) -> pb.RaftMessage:
         out.snapshot.CopyFrom(pb.Snapshot(index=meta.index, term=meta.term, data=data,
                                           chunked=snapshot_tail is not None,
                                           conf=pb.ConfState(voters=sorted(meta.conf.voters),
-                                                            learners=sorted(meta.conf.learners))))
+                                                            learners=sorted(meta.conf.learners),
+                                                            witnesses=sorted(meta.conf.witnesses))))
     return out
 
 
@@ -36,11 +37,13 @@ def from_proto(p: pb.RaftMessage, snapshot_head: bytes = b"") -> StampedMessage:
     if p.HasField("snapshot"):
         s = p.snapshot
         data = snapshot_head + s.data if s.chunked else s.data
-        snap = Snapshot(SnapshotMeta(s.index, s.term, ConfState(frozenset(s.conf.voters), frozenset(s.conf.learners))),
+        snap = Snapshot(SnapshotMeta(s.index, s.term, ConfState(frozenset(s.conf.voters), frozenset(s.conf.learners),
+                                                            frozenset(s.conf.witnesses))),
                         data)
     return StampedMessage(
         type=MessageType(p.type), to=p.to, frm=getattr(p, "from"), term=p.term, log_term=p.log_term, index=p.index,
         entries=[Entry(e.term, e.index, EntryType(e.type), e.data) for e in p.entries], commit=p.commit,
-        reject=p.reject, reject_hint=p.reject_hint, snapshot=snap, context=p.context, stamp=p.stamp,
+        reject=p.reject, reject_hint=p.reject_hint, snapshot=snap, context=p.context, data_floor=p.data_floor,
+        stamp=p.stamp,
         echo_stamp=p.echo_stamp, echo_commit=p.echo_commit, applied=p.applied,
     )

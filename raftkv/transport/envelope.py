@@ -31,7 +31,8 @@ class StampedMessage(Message):
 def wrap(m: Message, stamp: int = 0, echo_stamp: int = 0, echo_commit: int = 0, applied: int = 0) -> StampedMessage:
     """`m` in an envelope with these stamps (its Raft fields shared, not copied)."""
     return StampedMessage(m.type, m.to, m.frm, m.term, m.log_term, m.index, m.entries, m.commit, m.reject,
-                          m.reject_hint, m.snapshot, m.context, stamp, echo_stamp, echo_commit, applied)
+                          m.reject_hint, m.snapshot, m.context, m.data_floor, stamp, echo_stamp, echo_commit,
+                          applied)
 
 
 def stamp_of(m: Message) -> int:

@@ -25,6 +25,7 @@ import structlog
 
 from .. import hop_trace
 from ..core import Message, MessageType
+from ..core.witness import META_ONLY
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
 from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
@@ -431,7 +432,8 @@ class Transport:
                 if m.type == MessageType.SNAP:
                     self._snapshot_status(m.to, False)
                 continue
-            if m.type == MessageType.SNAP and self.snapshots is not None:
+            # A witness's snapshot is metadata only (META_ONLY): it goes inline, like any message.
+            if m.type == MessageType.SNAP and self.snapshots is not None and m.context != META_ONLY:
                 self.snapshots.send(m, p.address)
                 continue
             if not p.push(m):

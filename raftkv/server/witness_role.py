@@ -1,0 +1,23 @@
+"""Whether a node's `--witness` flag agrees with what its log says it is.
+
+A witness holds no data: a data node started as a witness would serve nothing and its data would rot,
+and a witness started as a data node would serve reads from an empty state machine. Either refuses to
+start (exit USAGE) with one line naming the node and what to change."""
+
+from __future__ import annotations
+
+from ..core import ConfState
+
+
+def witness_mismatch(node_id: int, witness_flag: bool, conf: ConfState) -> str | None:
+    """The refusal's line, or None when the flag agrees with `conf` (or `conf` does not name the node yet:
+    a joining node learns its role from the leader)."""
+    if node_id not in conf.members():
+        return None
+    is_witness = node_id in conf.witnesses
+    if witness_flag and not is_witness:
+        return (f"node {node_id} is started with --witness, but its configuration makes it a data member "
+                f"(witnesses: {sorted(conf.witnesses) or 'none'}); start it without --witness")
+    if is_witness and not witness_flag:
+        return (f"node {node_id} is a witness in its configuration (it holds no data): start it with --witness")
+    return None
