@@ -75,6 +75,7 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("server/lifecycle.py", "raftkv.api.kv_service"): _COMPOSITION,
     ("server/lifecycle.py", "raftkv.api.maintenance_service"): _COMPOSITION,
     ("server/lifecycle.py", "raftkv.api.coordination"): _COMPOSITION,
+    ("server/lifecycle.py", "raftkv.api.witness_guard"): _COMPOSITION,
     ("server/lifecycle.py", "raftkv.proto.stubs"): _COMPOSITION,
     ("server/identity.py", "raftkv.proto.stubs"): "checks peer batches in their wire form; belongs in transport/",
     # api -> core: the api names core types and errors.
