@@ -31,10 +31,13 @@ run: venv
 
 # The simulator: the real host and layers over simulated time, network and disks, Raft's invariants and
 # the clients' histories checked; 1,000 seeds each drawing its own swarm, then 200 of the Figure 8
-# profile. A failing seed is shrunk and prints the command that replays it.
+# profile, then witness configurations (2 data + 1 witness, 4 data + 1 witness). A failing seed is shrunk
+# and prints the command that replays it.
 sim: venv
 	$(PY) -m raftkv.sim --seeds 1000
 	$(PY) -m raftkv.sim --figure8 --seeds 200
+	$(PY) -m raftkv.sim --nodes 3 --witnesses 1 --seeds 200
+	$(PY) -m raftkv.sim --nodes 5 --witnesses 1 --seeds 100
 
 # The suite mostly waits on real processes (elections, restarts, timeouts), so it runs on TEST_WORKERS
 # pytest-xdist workers; the network-namespace tests form one group and run one after another

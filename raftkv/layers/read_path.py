@@ -46,6 +46,8 @@ async def prepare_read(host: NodeHost, level: ReadLevel, bound: StalenessBound |
                        cluster_id: bytes) -> ReadPoint:
     """Wait until this node may serve the read; returns the level actually achieved."""
     cfg = host.cfg
+    if host.node.is_witness():
+        raise ForwardToLeader()  # a witness holds no data: not even a serializable read is served here
     # Whatever the level, a read on this node sees every write this node has already answered: a writer
     # is answered once its entry is applied into the store's write-back buffer, which reads see first.
     if level == ReadLevel.SERIALIZABLE:

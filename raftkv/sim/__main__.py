@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-seed", type=int, default=1)
     p.add_argument("--seed", type=int, help="run just this seed")
     p.add_argument("--nodes", type=int, help="founding voters (default: drawn per seed, 1-7)")
+    p.add_argument("--witnesses", type=int, default=0,
+                   help="how many founding voters (the highest ids) are witnesses; with --nodes")
     p.add_argument("--faults", type=parse_faults, help=f"all, none, or a list of {', '.join(HOST_FAULTS)} "
                    "(default: a mix drawn per seed)")
     p.add_argument("--figure8", action="store_true", help="the Figure 8 profile (3 nodes, its faults)")
@@ -62,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     base = FIGURE8 if a.figure8 else HostSimOptions()
     base = dataclasses.replace(base, duration_s=a.duration, trace=a.trace, keep_events=a.events,
                                keep_clients=a.clients_kept)
+    if a.witnesses and (a.nodes is None or not 0 < a.witnesses < a.nodes):
+        p.error("--witnesses needs --nodes, and fewer witnesses than nodes")
     if a.nodes is not None:
-        base = dataclasses.replace(base, nodes=a.nodes)
+        base = dataclasses.replace(base, nodes=a.nodes, witnesses=a.witnesses)
     if a.faults is not None:
         base = dataclasses.replace(base, faults=a.faults)
     seeds = [a.seed] if a.seed is not None else range(a.first_seed, a.first_seed + a.seeds)

@@ -77,6 +77,8 @@ def replay_command(opts: HostSimOptions) -> str:
     else:
         if opts.nodes is not None:
             cmd += f" --nodes {opts.nodes}"
+        if opts.witnesses:
+            cmd += f" --witnesses {opts.witnesses}"
         if opts.faults is not None:
             cmd += f" --faults {','.join(opts.faults) or 'none'}"
     if opts.duration_s != base.duration_s:
@@ -110,10 +112,12 @@ class HostCluster:
         founders = {i: f"sim-{i}:1" for i in range(1, sw.nodes + 1)}
         factory = self._raft_factory()
         self.nodes: dict[int, SimNode] = {}
+        witnesses = sw.witness_ids()
         for i in range(1, sw.nodes + sw.spares + 1):
             founder = i in founders
             cfg = ServerConfig(id=i, data_dir=f"/nonexistent/raftkv-sim/{i}", peers=founders if founder else {},
-                               join=not founder, tick_ms=sw.tick_ms, election_ticks=sw.election_ticks,
+                               witnesses=",".join(map(str, sorted(witnesses))) if founder else "",
+                               witness=i in witnesses, join=not founder, tick_ms=sw.tick_ms, election_ticks=sw.election_ticks,
                                heartbeat_ticks=sw.heartbeat_ticks, lease_reads=sw.lease_reads,
                                snapshot_entries=sw.snapshot_entries, snapshot_keep_entries=sw.snapshot_keep,
                                read_wait_ms=4 * sw.election_ticks * sw.tick_ms)
@@ -271,6 +275,8 @@ class HostCluster:
         nid = n.id
 
         def applied(e: Entry) -> None:
+            if host.node.is_witness():
+                return  # a witness applies no data (membership only): nothing to compare
             try:
                 self.checker.on_apply(nid, e)
             except Violation as v:

@@ -32,6 +32,8 @@ class HostSimOptions:
     """Simulated seconds of faulty operation before the final heal."""
     nodes: int | None = None
     """Founding voters; None: drawn per seed (1-7)."""
+    witnesses: int = 0
+    """How many of the founding voters (the highest ids) are witnesses: voters that hold no data."""
     spares: int | None = None
     """Nodes outside the cluster that membership changes may add (as learners, then promote); None: drawn."""
     faults: tuple[str, ...] | None = None
@@ -92,10 +94,16 @@ class Swarm:
     faults: tuple[str, ...]
     write_levels: tuple[str, ...]
     read_levels: tuple[str, ...]
+    witnesses: int = 0
+    """Founding voters that are witnesses (the highest ids); fixed by the options, never drawn."""
+
+    def witness_ids(self) -> frozenset[int]:
+        return frozenset(range(self.nodes - self.witnesses + 1, self.nodes + 1))
 
     def line(self) -> str:
         rates = ",".join(f"{r:.3f}" for r in self.rates)
-        return (f"nodes={self.nodes}+{self.spares} tick={self.tick_ms}ms election={self.election_ticks} "
+        witnesses = f" witnesses={self.witnesses}" if self.witnesses else ""
+        return (f"nodes={self.nodes}+{self.spares}{witnesses} tick={self.tick_ms}ms election={self.election_ticks} "
                 f"heartbeat={self.heartbeat_ticks} lease_reads={self.lease_reads} "
                 f"snapshot={self.snapshot_entries}/{self.snapshot_keep} msg={self.max_size_per_msg}B "
                 f"inflight={self.max_inflight_msgs} leader_crash={self.new_leader_crash} pipelined={self.pipelined} "
@@ -134,5 +142,7 @@ def draw_swarm(rng: random.Random, opts: HostSimOptions) -> Swarm:
         rates = tuple(opts.rates[i] if i < len(opts.rates) else 1.0 for i in range(nodes + spares))
     if opts.lease_reads is not None:
         lease = opts.lease_reads
+    if opts.witnesses and opts.witnesses >= nodes:
+        raise ValueError(f"{opts.witnesses} witness(es) among {nodes} founding voters leaves no data voter")
     return Swarm(nodes, spares, tick_ms, election, heartbeat, lease, snap_entries, snap_keep, size, inflight, crash,
-                 pipelined, drift, rates, faults, writes, reads)
+                 pipelined, drift, rates, faults, writes, reads, opts.witnesses)
