@@ -8,7 +8,7 @@ PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard proto/raftkv/v1/*.proto) $(wildcard proto/etcd/*/*.proto)
 
-.PHONY: all venv proto run test test-long test-fast sim lint clean jepsen bench
+.PHONY: all venv proto run test test-long test-fast sim lint clean jepsen jepsen-witness bench
 
 all: venv
 
@@ -67,6 +67,16 @@ JEPSEN_ARGS ?= --time-limit 15
 jepsen: venv
 	bash tests/install_system_deps.sh
 	$(PY) -m tests.jepsen --matrix $(JEPSEN_ARGS) --out results/matrix-$$(date +%Y%m%d-%H%M%S)
+
+# Witness topologies (2 data + 1 witness, 4 data + 1 witness) under kill -9 of any data node, kills,
+# pauses and partitions, checked for lost acknowledged writes; apart from `make jepsen` (~15 minutes).
+WITNESS_NEMESES ?= kill-data,kill,pause,partition-halves
+jepsen-witness: venv
+	bash tests/install_system_deps.sh
+	for t in 2+1 4+1; do \
+	  $(PY) -m tests.jepsen --matrix --topology $$t --workloads register,ack-levels --nemeses $(WITNESS_NEMESES) \
+	    $(JEPSEN_ARGS) --out results/witness-$$t-$$(date +%Y%m%d-%H%M%S) || exit 1; \
+	done
 
 # Benchmarks against a local raftkv cluster and a local etcd (installed from Debian when missing).
 # Never part of `make test`. BENCH_ARGS passes options, e.g. make bench BENCH_ARGS="run --duration 20".

@@ -14,9 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-from .nemesis import NEMESES
+from .nemesis import NEMESES, WITNESS_NEMESES
 from .runner import RunConfig, run_one, write_matrix_summary
 from .topology import Topology, TopologyError, check_environment
+from .witness_topology import TOPOLOGIES
 from .workloads import WORKLOADS
 
 
@@ -24,10 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.jepsen", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="register")
-    ap.add_argument("--nemesis", choices=NEMESES, default="mixed")
+    ap.add_argument("--nemesis", choices=NEMESES + WITNESS_NEMESES, default="mixed")
     ap.add_argument("--seed", type=int, default=1, help="seeds the fault schedule and the clients' choices")
     ap.add_argument("--time-limit", type=float, default=20.0, help="seconds of load and faults per run")
     ap.add_argument("--nodes", type=int, default=5)
+    ap.add_argument("--topology", choices=TOPOLOGIES,
+                    help="a witness topology: 2+1 (2 data nodes + 1 witness) or 4+1; sets the number of nodes")
     ap.add_argument("--matrix", action="store_true", help="run every nemesis × every workload")
     ap.add_argument("--workloads", help="matrix: comma-separated subset of workloads")
     ap.add_argument("--nemeses", help="matrix: comma-separated subset of nemeses")
@@ -53,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.matrix:
         workloads = _subset(args.workloads, sorted(WORKLOADS), "workload")
-        nemeses = _subset(args.nemeses, NEMESES, "nemesis")
+        nemeses = _subset(args.nemeses, NEMESES, "nemesis", NEMESES + WITNESS_NEMESES)
         configs = [RunConfig(w, n, args.seed + i, args.time_limit, args.nodes, prefix=args.prefix,
-                             net=args.net)
+                             net=args.net, topology=args.topology or "")
                    for i, (n, w) in enumerate(_matrix_pairs(nemeses, workloads))]
     else:
         configs = [RunConfig(args.workload, args.nemesis, args.seed, args.time_limit, args.nodes, prefix=args.prefix,
-                             net=args.net)]
+                             net=args.net, topology=args.topology or "")]
     results = []
     for i, cfg in enumerate(configs, 1):
         res = run_one(cfg, out)
@@ -104,9 +107,11 @@ def _matrix_pairs(nemeses: list[str], workloads: list[str]) -> list[tuple[str, s
             + [(n, w) for w in chosen for n in nemeses if n in (WORKLOADS[w].matrix_nemeses or ())])
 
 
-def _subset(raw: str | None, allowed: list[str], what: str) -> list[str]:
+def _subset(raw: str | None, default: list[str], what: str, allowed: list[str] | None = None) -> list[str]:
+    """The items named in `raw` (each one of `allowed`, default: `default`), or `default` when none is."""
     if not raw:
-        return list(allowed)
+        return list(default)
+    allowed = allowed if allowed is not None else default
     items = [x.strip() for x in raw.split(",") if x.strip()]
     bad = [x for x in items if x not in allowed]
     if bad:

@@ -38,6 +38,9 @@ PROCESS = ["kill", "kill-leader", "pause", "pause-leader"]
 OTHER = ["membership", "transfer"]
 KINDS = NETWORK + PROCESS + OTHER
 NEMESES = ["none", *KINDS, "mixed", *DATA, "mixed-data"]
+WITNESS_NEMESES = ["kill-data"]
+"""For witness topologies (witness_topology.py): kill -9 any one data node, restart it at the heal. Not in
+NEMESES, so that the default matrix and the `mixed` picks stay as they are."""
 NEEDS_DISKS = {"disk-full", "mixed-data"}
 """Nemeses that need every node's data on a small filesystem of its own."""
 
@@ -264,8 +267,8 @@ class Nemesis:
 
     def __init__(self, cluster: Cluster, history: History, kind: str, seed: int, quiet: tuple[float, float] = (1.0, 2.0),
                  hold: tuple[float, float] = (2.0, 4.0), disks: Disks | None = None) -> None:
-        if kind not in NEMESES:
-            raise ValueError(f"unknown nemesis {kind!r}; choose from {', '.join(NEMESES)}")
+        if kind not in NEMESES + WITNESS_NEMESES:
+            raise ValueError(f"unknown nemesis {kind!r}; choose from {', '.join(NEMESES + WITNESS_NEMESES)}")
         self.cluster, self.history, self.kind = cluster, history, kind
         self.rng = random.Random(seed)
         self.faults = Faults(cluster, self.rng, disks)
@@ -298,6 +301,9 @@ class Nemesis:
         if kind in DATA:
             d = self.data.inject(kind)
             return Fault(kind, d.detail, d.heal, ok=d.ok)
+        if kind == "kill-data":
+            slot = self.rng.choice(self.cluster.data_slots)
+            return Fault(kind, {"node": slot}, f.kill(slot))
         if kind in ("kill", "pause"):
             slot = self.rng.choice(f.slots)
         elif kind in ("kill-leader", "pause-leader"):

@@ -15,6 +15,7 @@ from pathlib import Path
 from raftkv.client import Client, RaftKVError
 
 from .topology import Topology
+from .witness_topology import WitnessTopology
 
 PORT = 7001
 TIMING = ["--tick-ms", "20", "--election-ticks", "15", "--heartbeat-ticks", "1"]
@@ -24,8 +25,12 @@ class Node:
     """The node living in namespace slot `slot`. Its member id is `slot` until it is removed and added
     back, which gives it a fresh id (a removed id is never reused)."""
 
-    def __init__(self, topo: Topology, slot: int, root: Path, extra: list[str]) -> None:
+    def __init__(self, topo: Topology, slot: int, root: Path, extra: list[str],
+                 founding_flags: list[str] | None = None) -> None:
         self.topo, self.slot, self.root, self.extra = topo, slot, root, extra
+        self.founding_flags = founding_flags or []
+        """Flags of the founding member only (a witness topology's --witnesses/--witness): a node that
+        rejoins under a new id is a plain data node."""
         self.id = slot
         self.proc: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -51,11 +56,17 @@ class Node:
         """How the last process of this node ended (None: never started, or still running)."""
         return None if self.proc is None else self.proc.poll()
 
-    def start(self, peers: str | None) -> None:
+    def command(self, peers: str | None) -> list[str]:
+        """The `raftkv serve` command line: founding (`peers`) or joining (None)."""
         cmd = [*self.topo.exec_prefix(self.slot), sys.executable, "-m", "raftkv.cli.server_main", "serve",
                "--id", str(self.id), "--data-dir", str(self.data_dir), "--listen", self.address,
                "--log-format", "json", *TIMING, *self.extra]
-        cmd += ["--peers", peers] if peers else ["--join"]
+        if peers is None:
+            return cmd + ["--join"]
+        return cmd + ["--peers", peers] + (self.founding_flags if self.id == self.slot else [])
+
+    def start(self, peers: str | None) -> None:
+        cmd = self.command(peers)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.paused = False
@@ -102,11 +113,14 @@ class Node:
 
 
 class Cluster:
-    def __init__(self, topo: Topology, root: Path, extra: list[str] | None = None) -> None:
+    def __init__(self, topo: Topology, root: Path, extra: list[str] | None = None,
+                 witnesses: WitnessTopology | None = None) -> None:
         self.topo = topo
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        self.nodes = {s: Node(topo, s, root, extra or []) for s in range(1, topo.n + 1)}
+        self.witnesses = witnesses
+        self.nodes = {s: Node(topo, s, root, extra or [], witnesses.flags(s) if witnesses else None)
+                      for s in range(1, topo.n + 1)}
         self.next_id = topo.n + 1
         self.founding_peers_original = self.founding_peers
         self._clients: dict[str, Client] = {}
@@ -114,6 +128,11 @@ class Cluster:
     @property
     def founding_peers(self) -> str:
         return ",".join(f"{n.id}={n.address}" for n in self.nodes.values())
+
+    @property
+    def data_slots(self) -> list[int]:
+        """Slots of the nodes that hold data (every slot, but a witness topology's witnesses)."""
+        return self.witnesses.data_slots if self.witnesses else sorted(self.nodes)
 
     @property
     def endpoints(self) -> list[str]:

@@ -21,6 +21,7 @@ from .nemesis import NEEDS_DISKS, Nemesis
 from .nodes import Cluster
 from .report import write_report
 from .topology import Topology
+from .witness_topology import WitnessTopology, parse_topology
 from .workloads import WORKLOADS
 
 
@@ -36,10 +37,22 @@ class RunConfig:
     net: int = 1
     quiet: tuple[float, float] = (1.0, 2.0)
     hold: tuple[float, float] = (2.0, 4.0)
+    topology: str = ""
+    """"" (every node a data node), or a witness topology such as "2+1" (witness_topology.py), which sets
+    the number of nodes."""
+
+    def __post_init__(self) -> None:
+        if self.topology:
+            self.nodes = parse_topology(self.topology).nodes
+
+    @property
+    def witnesses(self) -> WitnessTopology | None:
+        return parse_topology(self.topology) if self.topology else None
 
     @property
     def name(self) -> str:
-        return f"{self.workload}--{self.nemesis}--s{self.seed}"
+        topo = f"--w{self.topology.replace('+', 'p')}" if self.topology else ""
+        return f"{self.workload}--{self.nemesis}--s{self.seed}{topo}"
 
 
 @dataclass
@@ -91,7 +104,7 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
     disks: Disks | None = None
     try:
         topo.setup()
-        cluster = Cluster(topo, out / "nodes", extra=list(workload.server_flags))
+        cluster = Cluster(topo, out / "nodes", extra=list(workload.server_flags), witnesses=cfg.witnesses)
         if cfg.nemesis in NEEDS_DISKS:
             disks = Disks(out / "disks", sorted(cluster.nodes)).setup()
             for slot, node in cluster.nodes.items():
