@@ -669,6 +669,18 @@ class Raft:
                 self._handle_transfer(nid)
                 return
 
+    def _holds_data_after(self, ents: list[Entry]) -> bool:
+        """Would we be a data member once `ents` are in our log? (A node joining as a witness learns that
+        it is one from the log it is being sent: until then it is no member, and holds no data.)"""
+        conf = self.conf
+        for e in ents:
+            if e.type == EntryType.CONF_CHANGE:
+                try:
+                    conf = conf.apply(ConfChange.decode(e.data))
+                except ValueError:
+                    pass
+        return self.id in conf.members() and self.id not in conf.witnesses
+
     def _learn_floor(self, floor: int) -> None:
         """Witness: a leader says every data voter durably holds our log up to `floor`."""
         if not self.is_witness or floor <= self.data_floor:
@@ -745,7 +757,7 @@ class Raft:
                               log_term=hint_term))
             return
         ents = m.entries
-        if not self.is_witness and for_data_node(ents) is not ents:
+        if for_data_node(ents) is not ents and self._holds_data_after(ents):
             # A payload-less entry meant for a witness: a data node must never hold one. Drop what
             # follows it; the leader sends the rest again.
             ents = for_data_node(ents)
@@ -832,7 +844,7 @@ class Raft:
         if snap.meta.index == 0:
             return False
         if to in self.conf.witnesses:
-            snap = Snapshot(snap.meta)  # a witness takes the snapshot's place in the log, never its data
+            snap = Snapshot(snap.meta, META_ONLY)  # a witness takes the snapshot's place in the log only
         pr.become_snapshot(snap.meta.index)
         self.send(Message(MT.SNAP, to=to, snapshot=snap, context=META_ONLY if to in self.conf.witnesses else b""))
         return True

@@ -23,8 +23,9 @@ from collections.abc import Mapping
 from .types import ConfState, Entry, EntryType
 
 META_ONLY = b"meta-only"
-"""Context of a SNAP message to a witness: its snapshot is metadata only (index, term, membership), so the
-host sends it as it is, never streaming a state machine image after it."""
+"""Data and context of a snapshot message to a witness: the snapshot is metadata only (index, term,
+membership), so the host sends it as it is, never streaming a state machine image after it, and the
+witness's store installs no state machine (the snapshot's membership may predate the witness)."""
 
 
 def data_floor(conf: ConfState, matches: Mapping[int, int]) -> int:

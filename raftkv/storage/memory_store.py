@@ -37,6 +37,7 @@ from ..core import (
     SnapshotMeta,
     bootstrap_entries,
 )
+from ..core.witness import META_ONLY
 from . import commands, state_machine
 from .commands import KV, Range, RangeResult
 from .errors import CommandFailed, CorruptionError
@@ -272,7 +273,7 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
         hs = hard_state if hard_state is not None else (self._hard if self._hard_dirty else None)
         if snapshot is not None:
             m = snapshot.meta
-            if self.disk.node_id in m.conf.witnesses and not snapshot.data:
+            if snapshot.data == META_ONLY:
                 d.kv = {}  # a witness's snapshot is metadata only: it holds no state machine
             else:
                 body = msgpack.unpackb(snapshot.data, strict_map_key=False)

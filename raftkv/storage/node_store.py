@@ -48,7 +48,7 @@ from ..core import (
     bootstrap_entries,
 )
 from ..core.storage import limit_size
-from ..core.witness import stripped
+from ..core.witness import META_ONLY, stripped
 from . import commands, history, identity, kv_records, sessions, snapshots, state_machine
 from .alarms import AlarmTable, RecentHashes, hash_state
 from .commands import KV, CompactHistory, LeaseGrant, LeaseRevoke, Range, RangeResult
@@ -705,7 +705,7 @@ class LmdbNodeStore(LogBounds, FlushSchedule):
         move after the commit, so nothing else in this transaction may touch the state machine), or data
         that came whole inside the message (from a node of an earlier version)."""
         m = snap.meta
-        if self.node_id in m.conf.witnesses and not snap.data:
+        if snap.data == META_ONLY:
             # A witness's snapshot is metadata only: it holds no state machine to replace.
             self._install_witness_point(txn)
         elif snapshots.is_staged(snap.data):

@@ -21,6 +21,7 @@ from raftkv.core import (
     bootstrap_entries,
 )
 from raftkv.core.raft import Raft
+from raftkv.core.witness import META_ONLY
 
 from .harness import Net
 
@@ -203,7 +204,7 @@ def test_witness_behind_the_compacted_log_gets_a_snapshot_without_data() -> None
     net.heal()
     net.tick_all(3)
     snaps = [m for m in net.sent_log if m.type == MessageType.SNAP and m.to == W]
-    assert snaps and all(m.snapshot is not None and m.snapshot.data == b"" for m in snaps)
+    assert snaps and all(m.snapshot is not None and m.snapshot.data == META_ONLY for m in snaps)
     assert net.node(W).raft_log.last_index() == net.node(1).raft_log.last_index()
 
 
@@ -223,3 +224,20 @@ def test_the_hold_back_is_what_keeps_values_off_the_witness() -> None:
     net.node(1).propose(b"secret")
     net.stabilize()
     assert sent_payloads_to(net, W) == [b"secret"]
+
+
+def test_a_witness_added_at_runtime_catches_up_without_payloads_and_then_counts() -> None:
+    net = Net([1, 2])
+    elect(net, 1)
+    net.node(1).propose(b"before-the-witness")
+    net.stabilize()
+    net.add_node(W)
+    net.node(1).propose_conf_change(ConfChange(ConfChangeType.ADD_WITNESS, W))
+    net.tick_all(3)
+    assert net.node(W).is_witness() and net.node(1).conf.witnesses == {W}
+    assert net.log_terms(W) == net.log_terms(1)
+    assert payloads(net, W) == []  # the value written before it joined came without its payload
+    net.isolate(2)
+    net.node(1).propose(b"with-the-witness")
+    net.tick_all(3)
+    assert applied_data(net, 1)[-1] == b"with-the-witness"
