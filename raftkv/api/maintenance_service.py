@@ -97,7 +97,8 @@ class MaintenanceService(maintenance_pb2_grpc.MaintenanceServicer):
         """Every other member's hash at `revision`, asked over gRPC at once (the checker compares them)."""
         h = self.host
         info = h.member_info()
-        others = sorted(n for n in h.node.conf.members() if n != h.cfg.id)
+        conf = h.node.conf
+        others = sorted(n for n in conf.members() - conf.witnesses if n != h.cfg.id)  # a witness holds no state
 
         async def ask(nid: int) -> MemberHash:
             address = info[nid].address if nid in info else ""
