@@ -89,7 +89,8 @@ def _nodes(ids: set[int] | frozenset[int]) -> str:
 def check_change(cc: ConfChange, view: ClusterView, address: str = "") -> None:
     """Raise ConfChangeRejected (FAILED_PRECONDITION to the client) if `cc` would weaken the cluster.
     `address` is the member address the change records (adds and updates)."""
-    if cc.type in (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER, ConfChangeType.UPDATE_NODE) and address:
+    if cc.type in (ConfChangeType.ADD_VOTER, ConfChangeType.ADD_LEARNER, ConfChangeType.UPDATE_NODE,
+                   ConfChangeType.ADD_WITNESS) and address:
         _check_address(cc.node_id, address, view)
     conf = view.conf
     try:
@@ -115,7 +116,11 @@ def check_change(cc: ConfChange, view: ClusterView, address: str = "") -> None:
                 f"{_nodes(unhealthy)} first, or remove one that is down")
         return
     if after < 0 or after < before:
-        if n not in conf.members():
+        if cc.type == ConfChangeType.ADD_WITNESS:
+            down = unhealthy - {n}
+            hint = ("a witness is added as a voter directly (a learner would receive data): add it where it raises "
+                    "the voter count from even to odd" + (f", or bring back {_nodes(down)} first" if down else ""))
+        elif n not in conf.members():
             hint = (f"node {n} is not a member yet, so it holds none of the log and cannot help commit: "
                     f"add it as a learner (kv members add {n} ADDR --learner), start it with `raftkv serve "
                     f"--join`, and promote it once it has caught up (kv members promote {n})")

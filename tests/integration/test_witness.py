@@ -199,3 +199,32 @@ def test_witness_flag_that_disagrees_with_the_configuration_refuses_to_start(tmp
         assert r.returncode == exit_codes.USAGE, r.stderr
         assert r.stderr.strip().count("\n") == 0 and want in r.stderr, r.stderr
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow  # ~17 s of process starts: `make test-long`
+def test_witness_added_with_kv_members_add_counts_for_writes(tmp_path: Path) -> None:
+    """`kv members add --witness`, then `raftkv serve --join --witness`: it catches up without payloads
+    (no byte of a value written before it joined) and its vote commits writes while a data node is down."""
+    from .test_cli import kv
+
+    cl = LocalCluster(tmp_path, 2).start_all()
+    try:
+        with cl.client() as c:
+            c.put("before", "witness-free")
+        cl.add_node(W)
+        r = kv(cl, "members", "add", str(W), cl.address(W), "--witness")
+        assert r.returncode == 0, r.stderr
+        cl.extra = [*cl.extra, "--witness"]
+        cl.start(W, join=True)
+        r = kv(cl, "members", "list")
+        assert f"{W}, {cl.address(W)}, witness" in r.stdout, r.stdout
+        leader = cl.wait_leader([1, 2])
+        cl.wait_applied(W, cl.status(leader).commit)
+        cl.kill(3 - leader)  # the other data node: the leader commits with the witness alone
+        with Client(f"{cl.address(leader)},{cl.address(W)}") as c:
+            c.put("with-witness", "ok")
+            assert c.get("with-witness").kv.value == b"ok" and c.get("before").kv.value == b"witness-free"
+        assert cl.status(W).members and not any(p.is_file() and b"witness-free" in p.read_bytes()
+                                                for p in (tmp_path / f"node{W}").rglob("*"))
+    finally:
+        cl.stop_all()
