@@ -66,6 +66,11 @@ class Compactor:
         floor = self.transport.snapshot_floor()
         if floor is not None:  # a follower installing that snapshot will need the entries after it
             compact_to = min(compact_to, floor)
+        node = self._node()
+        if node.is_witness():
+            # A witness drops only what every data voter durably holds: the rest it may have to hand a
+            # data node as caretaker. Its snapshot point carries no data (index, term, membership).
+            compact_to = min(compact_to, node.raft.data_floor)
         index = await self.io.run(self.store.compact, compact_to, self._node().conf_as_of(compact_to))
         log.info("log compacted", snapshot_index=index, compacted_through=compact_to)
         return int(index)

@@ -555,8 +555,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.metrics.proposals_committed.inc(len(entries))
         self.metrics.proposals_applied.inc(len(entries))
         self.waiters.release_applied(self.applied)
-        if not self.node.is_witness():  # a witness cuts no snapshot: it has no data to cut one of
-            self.compactor.maybe_start()
+        self.compactor.maybe_start()
 
     def _arm_flush_timer(self) -> None:
         """Wake the loop when the write-back buffer must reach the store, should no Ready take it first."""
