@@ -183,6 +183,10 @@ def test_witness_refuses_reads_and_writes_naming_the_leader(healthy: WitnessClus
         with pytest.raises(grpc.RpcError) as e:
             rpc_pb2_grpc.KVStub(ch).Range(rpc_pb2.RangeRequest(key=b"k", serializable=True), timeout=5)
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE and e.value.details() == want
+        create = rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"k"))
+        with pytest.raises(grpc.RpcError) as e:  # a stream too
+            next(iter(rpc_pb2_grpc.WatchStub(ch).Watch(iter([create]), timeout=5)))
+        assert e.value.code() == grpc.StatusCode.UNAVAILABLE and e.value.details() == want
         status = kv_pb2_grpc.AdminStub(ch).Status(kv_pb2.StatusRequest(), timeout=5)  # still served
         assert status.id == W and status.leader_id == leader
         assert [m.id for m in status.members if m.witness] == [W]
