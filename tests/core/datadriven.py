@@ -123,10 +123,12 @@ def _value(v: str) -> object:
 
 @command("cluster")
 def _cluster(env: Env, args: list[str], opts: dict[str, str]) -> None:
-    """cluster N [learner-ids] [option=value ...]: voters 1..N (and learners), Config options as given."""
+    """cluster N [learner-ids] [witnesses=IDS] [option=value ...]: voters 1..N (and learners; the voters
+    named by `witnesses` hold no data), Config options as given."""
     learners = [int(x) for x in args[1].split(",")] if len(args) > 1 else []
+    witnesses = [int(x) for x in opts.pop("witnesses", "").split(",") if x]
     cfg = dict(env.cfg) | {k: _value(v) for k, v in opts.items()}
-    env.net = Net(list(range(1, int(args[0]) + 1)), learners, **cfg)
+    env.net = Net(list(range(1, int(args[0]) + 1)), learners, witnesses=witnesses, **cfg)
 
 
 @command("add-node")
@@ -148,7 +150,8 @@ def _propose(env: Env, args: list[str], opts: dict[str, str]) -> None:
 
 
 _CONF_KINDS = {"add": ConfChangeType.ADD_VOTER, "remove": ConfChangeType.REMOVE_NODE,
-               "learner": ConfChangeType.ADD_LEARNER, "promote": ConfChangeType.PROMOTE_LEARNER}
+               "learner": ConfChangeType.ADD_LEARNER, "promote": ConfChangeType.PROMOTE_LEARNER,
+               "witness": ConfChangeType.ADD_WITNESS}
 
 
 @command("conf-change")
@@ -306,6 +309,10 @@ def _expect(env: Env, args: list[str], opts: dict[str, str]) -> None:
         elif what == "learners":
             got = sorted(n.conf.learners)
             exp = [int(x) for x in want[0].split(",")] if want else []
+        elif what == "payloads":  # the payloads of the normal entries stored on the node
+            got = [e.data.decode() for e in net.nodes[nid].storage.entries_[1:] if e.type == EntryType.NORMAL
+                   and e.data]
+            exp = want
         elif what == "read-states":
             got = [(rs.index, rs.context.decode()) for rs in net.nodes[nid].read_states]
             exp = [(int(p.split(":")[0]), p.split(":")[1]) for p in want]

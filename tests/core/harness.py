@@ -47,6 +47,8 @@ def _entry(e: Entry) -> str:
     if e.type == EntryType.CONF_CHANGE:
         cc = ConfChange.decode(e.data)
         return out + f" conf({cc.type.name.lower().replace('_', '-')} {cc.node_id})"
+    if e.type == EntryType.STRIPPED:
+        return out + " (no payload)"
     return out + (f" {e.data.decode(errors='replace')!r}" if e.data else "")
 
 
@@ -59,7 +61,8 @@ def _ids_text(ids: frozenset[int]) -> str:
 
 
 def _conf(cs: ConfState) -> str:
-    return f"voters={_ids_text(cs.voters)}" + (f" learners={_ids_text(cs.learners)}" if cs.learners else "")
+    return (f"voters={_ids_text(cs.voters)}" + (f" learners={_ids_text(cs.learners)}" if cs.learners else "")
+            + (f" witnesses={_ids_text(cs.witnesses)}" if cs.witnesses else ""))
 
 
 def describe_message(m: Message) -> str:
@@ -83,6 +86,8 @@ def describe_message(m: Message) -> str:
         parts.append(f"hint={m.reject_hint}")
     if m.entries:
         parts.append(f"entries=[{describe_entries(m.entries)}]")
+    if m.data_floor:
+        parts.append(f"floor={m.data_floor}")
     if m.snapshot is not None:
         meta = m.snapshot.meta
         parts.append(f"snapshot={meta.term}/{meta.index} {_conf(meta.conf)}")
@@ -119,6 +124,8 @@ def describe_ready(rd: Ready) -> list[str]:
         out.append(f"Committed: {describe_entries(rd.committed_entries)}")
     if rd.conf_state is not None:
         out.append(f"ConfState: {_conf(rd.conf_state)}")
+    if rd.strip_to:
+        out.append(f"StripTo: {rd.strip_to}")
     if rd.read_states:
         out.append("ReadStates: " + ", ".join(f"{rs.index}:{rs.context.decode(errors='replace')!r}"
                                                for rs in rd.read_states))
