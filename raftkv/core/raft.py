@@ -560,7 +560,7 @@ class Raft:
                 self.send_append(m.frm)
             return
         old_paused = pr.is_paused()
-        floor_before = self._data_floor()
+        floor_before = self._data_floor() if self.conf.witnesses else 0
         if not pr.maybe_update(m.index):
             return
         if pr.state == ProgressState.PROBE:
