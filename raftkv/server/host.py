@@ -41,7 +41,7 @@ from ..core import (
 )
 from ..core.witness import stripped
 from ..storage.disk_space import DiskSpace
-from ..storage.errors import is_storage_fault
+from ..storage.errors import CorruptionError, is_storage_fault
 from ..transport.envelope import applied_of, echo_of, stamp_of, wrap
 from .compaction import Compactor
 from .config import ServerConfig
@@ -65,6 +65,7 @@ from .stamps import StalenessStamps
 from .store import NodeStore
 from .transfer_guard import DATED, TransferGuard
 from .waiters import Durability, IndexWaiters
+from .witness_role import payload_missing
 
 log = structlog.get_logger("raftkv.host")
 
@@ -530,6 +531,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             # A witness applies membership only: a payload it holds (sent while a data node was down)
             # is there for a data node's sake, never for a state machine of its own.
             entries = [stripped(e) for e in entries]
+        elif (missing := payload_missing(self.cfg.id, self.node.conf, entries)) is not None:
+            raise CorruptionError(missing)
         results = self.store.apply(entries, rd.conf_state)
         self.metrics.observe_apply(self.store.last_apply_seconds)
         self._arm_flush_timer()

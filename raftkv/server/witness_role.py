@@ -6,7 +6,21 @@ start (exit USAGE) with one line naming the node and what to change."""
 
 from __future__ import annotations
 
-from ..core import ConfState
+from ..core import ConfState, Entry, EntryType
+
+
+def payload_missing(node_id: int, conf: ConfState, committed: list[Entry]) -> str | None:
+    """Why a data member cannot apply `committed`: an entry in it is a witness's copy, without its payload
+    (the node was a witness, then made a data member without wiping its data directory). Applying past
+    it would leave its state machine silently behind its peers'. None: nothing wrong (a witness, or a
+    node that is no member yet and learns its role from this very log)."""
+    if node_id not in conf.members() or node_id in conf.witnesses:
+        return None
+    for e in committed:
+        if e.type == EntryType.STRIPPED:
+            return (f"node {node_id} holds data but its log entry {e.index} has no payload (it was a witness): "
+                    f"remove it, wipe its data directory and add it again")
+    return None
 
 
 def witness_mismatch(node_id: int, witness_flag: bool, conf: ConfState) -> str | None:
