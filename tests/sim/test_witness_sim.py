@@ -49,7 +49,7 @@ def test_a_witness_dropping_payloads_a_data_voter_lacks_is_caught(monkeypatch: p
     the other data node up to date, and no data node ever serves again."""
     monkeypatch.setattr(raft_module, "data_floor",
                         lambda conf, m: max((m.get(n, 0) for n in conf.data_voters()), default=0))
-    for seed in range(5, 35):  # (seed 7 is the first of these to catch it today)
+    for seed in range(7, 37):  # (seed 7 catches it today; the others are there should the seeds shift)
         r = _run(TWO_PLUS_ONE, seed).result  # type: ignore[attr-defined]
         if r.violation is not None:
             assert r.violation.invariant == "liveness"
