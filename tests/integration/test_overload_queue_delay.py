@@ -62,3 +62,40 @@ def test_a_lone_write_or_a_few_at_once_are_never_refused(cluster: LocalCluster) 
     for wave in range(5):
         outcomes = asyncio.run(burst(addr, 8, put(f"few{wave}-")))
         assert all(isinstance(o, dict) for o in outcomes), [o for o in outcomes if not isinstance(o, dict)]
+
+
+def test_a_batch_of_writes_is_refused_whole_and_none_of_it_applied(cluster: LocalCluster) -> None:
+    """While the leader refuses writes, a KV.Batch of writes gets the one OVERLOADED error for each of its
+    operations (refused before any is validated or proposed), and none of them is applied."""
+    from raftkv.proto.stubs import kv_pb2 as pb
+    from raftkv.proto.stubs import kv_pb2_grpc
+
+    addr = cluster.address(cluster.wait_leader())
+
+    async def wave(w: int) -> list[tuple[int, pb.BatchResponse]]:
+        async with grpc.aio.insecure_channel(addr) as ch:
+            stub = kv_pb2_grpc.KVStub(ch)
+
+            async def batch(b: int) -> tuple[int, pb.BatchResponse]:
+                ops = [pb.BatchOp(put=pb.PutRequest(key=f"wb{w}-{b}-{j}".encode(), value=b"v")) for j in range(20)]
+                return b, await stub.Batch(pb.BatchRequest(ops=ops), timeout=20)
+
+            return list(await asyncio.gather(*(batch(b) for b in range(60))))
+
+    refused: list[tuple[int, int]] = []
+    for w in range(4):  # bounded: until a wave holds a refused batch
+        for b, reply in asyncio.run(wave(w)):
+            errors = [r.error for r in reply.results if r.HasField("error")]
+            if errors:
+                assert len(errors) == len(reply.results) == 20  # refused whole
+                assert {(e.reason, e.metadata["resource"]) for e in errors} == {("OVERLOADED", "queue_delay_ms")}
+                assert all(e.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0] for e in errors)
+                refused.append((w, b))
+        if refused:
+            break
+    assert refused, "no batch was refused"
+    with grpc.insecure_channel(addr) as ch:
+        kv = kv_pb2_grpc.KVStub(ch)
+        for w, b in refused[:5]:
+            for j in (0, 19):
+                assert not kv.Get(pb.GetRequest(key=f"wb{w}-{b}-{j}".encode()), timeout=10).found
