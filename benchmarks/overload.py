@@ -1,6 +1,6 @@
 """Overload: offered load from 1x to 8x a cluster's peak, raftkv (admission control) and etcd (none).
 
-Per system, value size and client path (unary: one Put per call; batch: `--batch` puts per KV.Batch, or
+Per system (raftkv; raftkv-nodelay, raftkv without the queue-delay mark; etcd), value size and client path (unary: one Put per call; batch: `--batch` puts per KV.Batch, or
 per etcd Txn), on a fresh 3-node cluster:
 1. the peak: a closed loop at each of `--peak-concurrency` (batch: `--batch-concurrency`) calls outstanding
    for `--duration`. The *peak* is the best goodput; *p99 at peak* is the p99 of the smallest concurrency
@@ -30,6 +30,9 @@ from typing import Any
 from .overload_load import RssSampler, Target, closed_loop, idle_latency_ms, open_loop
 from .runner import finish, running_cluster
 from .scale import _table, note
+
+NO_DELAY = "raftkv-nodelay"
+"""raftkv with the queue-delay mark off (`--overload-max-queue-delay-ms=0`): only the count and byte marks."""
 
 
 def _leader_changes(c: Any, system: str, among: list[int]) -> int:
@@ -93,10 +96,13 @@ def _peak(target: Target, address: str, concurrencies: list[int], seconds: float
 def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: str, client: str, size: int) -> None:
     rows: list[dict[str, Any]] = doc.setdefault("overload", [])
     batch = 1 if client == "unary" else max(1, min(a.batch, a.max_batch_bytes // max(1, size)))
-    target = Target(system, client, size, batch)
-    extra = a.raftkv_flag if system == "raftkv" else None
     label = f"{system} {client}{f' x{batch}' if batch > 1 else ''} {size} B"
-    with running_cluster(system, out / "data" / f"overload-{system}-{client}-{size}", a.nodes, extra) as c:
+    extra = None
+    if system.startswith("raftkv"):
+        extra = list(a.raftkv_flag) + (["--overload-max-queue-delay-ms=0"] if system == NO_DELAY else [])
+    kind = "raftkv" if system.startswith("raftkv") else system
+    target = Target(kind, client, size, batch)
+    with running_cluster(kind, out / "data" / f"overload-{system}-{client}-{size}", a.nodes, extra) as c:
         leader = c.leader_id()
         address = c.nodes[leader].client_address
         pid = c.nodes[leader].pid
@@ -115,7 +121,7 @@ def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: st
             phases.append((max(a.factors), next(i for i in members if i != leader)))
         for factor, stopped in phases:
             running = [i for i in members if i != stopped]
-            changes0 = _leader_changes(c, system, running)
+            changes0 = _leader_changes(c, kind, running)
             seconds = a.stop_follower if stopped is not None else a.duration
             rss = RssSampler(pid, time.monotonic())
             if stopped is not None:
@@ -127,14 +133,14 @@ def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: st
                 if stopped is not None:
                     os.kill(c.nodes[stopped].pid, signal.SIGCONT)
             if stopped is not None:
-                row["follower_catchup_s"] = _caught_up(c, system, leader, stopped)
+                row["follower_catchup_s"] = _caught_up(c, kind, leader, stopped)
             series = rss.series
             row.update(base, factor=factor, follower_stopped=stopped is not None,
                        goodput_of_peak=round(row["goodput_ops_s"] / peak["peak_ops_s"], 2) if peak["peak_ops_s"] else None,
                        p99_of_peak=round(row["p99_ms"] / peak["peak_p99_ms"], 2) if row["p99_ms"] and peak["peak_p99_ms"] else None,
                        rss_max_mb=round(max(s for _, s in series) / 1e6, 1) if series else None,
                        rss_end_mb=round(series[-1][1] / 1e6, 1) if series else None, rss_series=series,
-                       leader_changes=_leader_changes(c, system, members) - changes0,
+                       leader_changes=_leader_changes(c, kind, members) - changes0,
                        crashed=[i for i in members if not c.nodes[i].alive()])
             if row["crashed"]:
                 note(doc, f"{label}: node(s) {row['crashed']} died at {factor}x")
@@ -211,7 +217,8 @@ def add_parser(sub: Any, common: Any) -> None:
         return [x.strip() for x in s.split(",") if x.strip()]
 
     ov.add_argument("--factors", type=floats, default=[1.0, 2.0, 4.0, 8.0])
-    ov.add_argument("--systems", type=strs, default=["raftkv", "etcd"], help="raftkv,etcd")
+    ov.add_argument("--systems", type=strs, default=["raftkv", "etcd"],
+                    help=f"raftkv,{NO_DELAY},etcd ({NO_DELAY}: raftkv without the queue-delay mark)")
     ov.add_argument("--clients", type=strs, default=["unary", "batch"], help="unary,batch")
     ov.add_argument("--value-sizes", type=ints, default=None, help="e.g. 256,65536 (default: --value-size)")
     ov.add_argument("--batch", type=int, default=64, help="puts per batch call (fewer for large values)")

@@ -154,7 +154,8 @@ class Admission:
         self.add_resource("ack_waiters", lambda: host.waiters.durable_waiting, limits.ack_waiters)
         self.add_resource("read_waiters", lambda: self.read_waiters, limits.read_waiters, budget="read")
         if limits.queue_delay_ms > 0:
-            self.add_resource("queue_delay_ms", self._queue_delay, limits.queue_delay_ms)
+            delay = self.delay
+            self.add_resource("queue_delay_ms", lambda: delay.usage_ms(self.proposals), limits.queue_delay_ms)
         if hasattr(host, "every_round_any_role"):
             host.every_round_any_role(self.evaluate)
         metrics = getattr(host, "metrics", None)
@@ -172,9 +173,6 @@ class Admission:
         return wm
 
     # -- usage read from the host ------------------------------------------------------------------
-    def _queue_delay(self) -> int:
-        return self.delay.usage_ms(self.proposals)
-
     def _unapplied(self) -> int:
         return max(0, self.host.node.raft_log.committed - self.host.applied)
 

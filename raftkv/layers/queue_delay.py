@@ -33,22 +33,23 @@ class QueueDelay:
     """The answer-rate estimate behind the `queue_delay_ms` resource. The hot path costs one integer add
     per admitted request (`answered`); the rate is re-estimated after host rounds (`on_round`)."""
 
-    __slots__ = ("answered", "rate", "_window_start", "_window_answered", "_window_min")
+    __slots__ = ("answered", "rate", "_ms_per_write", "_window_start", "_window_answered", "_window_min")
 
     def __init__(self) -> None:
         self.answered = 0
         """Writes answered (applied, failed or abandoned) since start; bumped by Admission.writes."""
         self.rate = 0.0
         """Smoothed writes answered per second while busy (0: not measured yet)."""
+        self._ms_per_write = 0.0
         self._window_start = time.monotonic()
         self._window_answered = 0
         self._window_min = 0
 
     def usage_ms(self, in_flight: int) -> int:
         """The expected wait of a write admitted now, in milliseconds (0 when idle or not yet measured)."""
-        if in_flight < MIN_IN_FLIGHT or self.rate <= 0.0:
+        if in_flight < MIN_IN_FLIGHT:
             return 0
-        return int(in_flight * 1000.0 / self.rate)
+        return int(in_flight * self._ms_per_write)
 
     def on_round(self, in_flight: int) -> None:
         """After a host round: note the fewest writes in flight seen this window; once the window is
@@ -63,6 +64,7 @@ class QueueDelay:
         if self._window_min >= MIN_IN_FLIGHT and done > 0:
             sample = done / elapsed
             self.rate = sample if self.rate <= 0.0 else self.rate + EWMA_ALPHA * (sample - self.rate)
+            self._ms_per_write = 1000.0 / self.rate
         self._window_start = now
         self._window_answered = self.answered
         self._window_min = in_flight
