@@ -1,7 +1,8 @@
 """Overload: offered load from 1x to 8x a cluster's peak, raftkv (admission control) and etcd (none).
 
-Per system (raftkv; raftkv-nodelay, raftkv without the queue-delay mark; etcd), value size and client path (unary: one Put per call; batch: `--batch` puts per KV.Batch, or
-per etcd Txn), on a fresh 3-node cluster:
+Per system (raftkv; raftkv-nodelay, raftkv without the queue-delay mark; etcd), value size and client
+path (unary: one Put per call; batch: `--batch` puts per KV.Batch, or per etcd Txn), on a fresh 3-node
+cluster:
 1. the peak: a closed loop at each of `--peak-concurrency` (batch: `--batch-concurrency`) calls outstanding
    for `--duration`. The *peak* is the best goodput; *p99 at peak* is the p99 of the smallest concurrency
    that reaches 90 % of it (the knee: the peak rate with the least queueing);
