@@ -169,3 +169,32 @@ def test_queue_delay_never_refuses_a_lone_write_nor_learns_from_idle_windows(mon
     adm.proposals = 0
     adm.check_write()
     assert Admission(_host(), Limits(queue_delay_ms=0)).marks.keys().isdisjoint({"queue_delay_ms"})
+
+
+def test_queue_delay_rate_is_per_busy_second_even_when_the_pipeline_empties_for_instants(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leader that commits many batches in one round drains to 0 in flight for an instant under load:
+    such a window still counts (rate per busy second); a window mostly idle does not."""
+    from raftkv.layers import queue_delay
+
+    clock = _Clock()
+    monkeypatch.setattr(queue_delay.time, "monotonic", clock)
+    adm = Admission(_host(), Limits(queue_delay_ms=100))
+    clock.now += 0.2
+    adm.evaluate()  # a fresh window
+    for in_flight, seconds, answered in ((500, 0.03, 0), (0, 0.01, 40), (500, 0.03, 0), (0, 0.01, 40),
+                                         (500, 0.03, 0)):
+        adm.proposals = in_flight
+        adm.evaluate()
+        clock.now += seconds
+        adm.delay.answered += answered
+    adm.proposals = 0
+    adm.evaluate()  # 0.11 s, 0.09 s of it busy, 80 answered
+    assert adm.delay.rate == pytest.approx(80 / 0.09, rel=0.01)
+    for in_flight, seconds in ((500, 0.03), (0, 0.09)):  # busy a quarter of the window: not taken
+        adm.proposals = in_flight
+        adm.evaluate()
+        clock.now += seconds
+        adm.delay.answered += 1000
+    adm.evaluate()
+    assert adm.delay.rate == pytest.approx(80 / 0.09, rel=0.01)
