@@ -59,6 +59,31 @@ def _leader_changes(c: Any, system: str, among: list[int]) -> int:
     return best
 
 
+def _handled_ok(c: Any, leader: int, method: str) -> dict[float, float]:
+    """The leader's cumulative histogram of handler time of `method` calls answered OK
+    (grpc_server_handling_seconds: from the handler's start, so the time a call waits before it is not in)."""
+    want = f'grpc_code="OK",grpc_method="{method}"'
+    out: dict[float, float] = {}
+    try:
+        with urllib.request.urlopen(c.nodes[leader].metrics_url, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("grpc_server_handling_seconds_bucket") and want in line:
+                    le = line.split('le="')[1].split('"')[0]
+                    out[float("inf") if le == "+Inf" else float(le)] = float(line.split()[-1])
+    except OSError:
+        pass
+    return out
+
+
+def _server_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The bucket bound under which 99 % of the calls between the two scrapes were handled (None: none)."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    if not delta or delta[-1][1] <= 0:
+        return None
+    need = 0.99 * delta[-1][1]
+    return next(le * 1000 for le, n in delta if n >= need)
+
+
 def _caught_up(c: Any, system: str, leader: int, follower: int, timeout: float = 120) -> float | None:
     """Seconds until `follower` has applied what `leader` had committed when asked (None: not in time)."""
     t0 = time.monotonic()
@@ -125,6 +150,7 @@ def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: st
             changes0 = _leader_changes(c, kind, running)
             seconds = a.stop_follower if stopped is not None else a.duration
             rss = RssSampler(pid, time.monotonic())
+            handled0 = _handled_ok(c, leader, "Put") if kind == "raftkv" and client == "unary" else {}
             if stopped is not None:
                 os.kill(c.nodes[stopped].pid, signal.SIGSTOP)
             try:
@@ -136,6 +162,8 @@ def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: st
             if stopped is not None:
                 row["follower_catchup_s"] = _caught_up(c, kind, leader, stopped)
             series = rss.series
+            if handled0:
+                row["server_p99_ms"] = _server_p99_ms(handled0, _handled_ok(c, leader, "Put"))
             row.update(base, factor=factor, follower_stopped=stopped is not None,
                        goodput_of_peak=round(row["goodput_ops_s"] / peak["peak_ops_s"], 2) if peak["peak_ops_s"] else None,
                        p99_of_peak=round(row["p99_ms"] / peak["peak_p99_ms"], 2) if row["p99_ms"] and peak["peak_p99_ms"] else None,
@@ -170,7 +198,8 @@ def _report(doc: dict[str, Any], out: Path) -> None:
         ("config", "config"), ("factor", "factor"), ("follower stopped", "follower_stopped"),
         ("offered ops/s", "offered_ops_s"), ("sent ops/s", "sent_ops_s"), ("goodput ops/s", "goodput_ops_s"),
         ("goodput / peak", "goodput_of_peak"), ("refused share", "refused_share"), ("p99 accepted ms", "p99_ms"),
-        ("p99 / p99 at peak", "p99_of_peak"), ("leader RSS max MB", "rss_max_mb"), ("RSS at end MB", "rss_end_mb"),
+        ("p99 / p99 at peak", "p99_of_peak"),
+        ("server p99 ms (handler, unary)", "server_p99_ms"), ("leader RSS max MB", "rss_max_mb"), ("RSS at end MB", "rss_end_mb"),
         ("leader CPU", "leader_cpu"), ("harness CPU", "harness_cpu"), ("leader changes", "leader_changes"), ("other errors", "other_errors"), ("recovery s", "recovery_s"),
         ("follower catch-up s", "follower_catchup_s"), ("not offered (harness cap)", "not_offered_ops")])
 
