@@ -1,161 +1,207 @@
-"""Overload: offered load from 1x to 8x the cluster's capacity, against admission control.
+"""Overload: offered load from 1x to 8x a cluster's peak, raftkv (admission control) and etcd (none).
 
-On a fresh 3-node raftkv cluster: first the capacity is measured (closed loop: `--concurrency` writers for
-`--duration`). Then, per factor in `--factors`, an open-loop load offers `factor x capacity` writes per
-second for `--duration` (each write is sent on schedule whether or not earlier ones were answered; at most
-`--max-in-flight` are outstanding in the harness itself, further ones count as not offered). Raw gRPC
-stubs, no client retries, so what the server answers is measured as it is: goodput (answered OK per
-second), the share refused OVERLOADED, p99 latency of the accepted writes, the leader's RSS (sampled every
-0.2 s), leader changes. With `--stop-follower S`, one more phase at the top factor SIGSTOPs a follower
-for S seconds under the load, then SIGCONTs it and times its catch-up. `--value-size` sets the value
-size (e.g. 65536). Never part of `make test`; bounded: factors x seconds (+ the stop phase)."""
+Per system (raftkv; raftkv-nodelay, raftkv without the queue-delay mark; etcd), value size and client
+path (unary: one Put per call; batch: `--batch` puts per KV.Batch, or per etcd Txn), on a fresh 3-node
+cluster:
+1. the peak: a closed loop at each of `--peak-concurrency` (batch: `--batch-concurrency`) calls outstanding
+   for `--duration`. The *peak* is the best goodput; *p99 at peak* is the p99 of the smallest concurrency
+   that reaches 90 % of it (the knee: the peak rate with the least queueing);
+2. per factor in `--factors`, an open loop offering factor x peak operations per second for `--duration`
+   (overload_load.py): goodput and its share of the peak, p99 of the accepted calls and its ratio to the
+   p99 at peak, the share refused, leader RSS every 0.2 s, leader changes, and the recovery time (from
+   the end of the load until a lone write is answered within 4x its idle latency, >= 25 ms);
+3. with `--stop-follower S`, one more phase at the top factor: a follower SIGSTOPped for S seconds under
+   the load, then SIGCONT, and the seconds until it has applied what the leader had committed.
+Writes `overload.png` (goodput and leader RSS against offered load, and RSS over time at the top
+factor). Never part of `make test`; bounded: configs x (peak runs + factors + stop phase) x duration."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .procstat import sample
+from .overload_load import RssSampler, Target, closed_loop, idle_latency_ms, open_loop
 from .runner import finish, running_cluster
-from .scale import _table
+from .scale import _table, note
 
-PREFIX = b"overload/"
-
-
-async def _closed_loop(address: str, concurrency: int, seconds: float, value: bytes) -> float:
-    import grpc
-
-    from raftkv.proto.stubs import kv_pb2 as pb
-    from raftkv.proto.stubs import kv_pb2_grpc
-
-    done = 0
-    stop = time.monotonic() + seconds
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = kv_pb2_grpc.KVStub(ch)
-
-        async def writer(w: int) -> None:
-            nonlocal done
-            n = 0
-            while time.monotonic() < stop:
-                try:
-                    await stub.Put(pb.PutRequest(key=PREFIX + b"c%d-%d" % (w, n), value=value), timeout=10)
-                    done += 1
-                except grpc.aio.AioRpcError:
-                    pass
-                n += 1
-
-        await asyncio.gather(*(writer(w) for w in range(concurrency)))
-    return done / seconds
+NO_DELAY = "raftkv-nodelay"
+"""raftkv with the queue-delay mark off (`--overload-max-queue-delay-ms=0`): only the count and byte marks."""
 
 
-async def _open_loop(address: str, rate: float, seconds: float, value: bytes, max_in_flight: int,
-                     pid: int) -> dict[str, Any]:
-    import grpc
+def _leader_changes(c: Any, system: str, among: list[int]) -> int:
+    """Leader changes seen so far (the highest count among the running members `among`)."""
+    if system == "raftkv":
+        from raftkv.client import RaftKVError
 
-    from raftkv.proto.stubs import kv_pb2 as pb
-    from raftkv.proto.stubs import kv_pb2_grpc
-
-    ok_lat: list[float] = []
-    refused = other = skipped = 0
-    rss: list[int] = []
-    in_flight = 0
-    tasks: set[asyncio.Task[None]] = set()
-    async with grpc.aio.insecure_channel(address) as ch:
-        stub = kv_pb2_grpc.KVStub(ch)
-
-        async def one(i: int) -> None:
-            nonlocal refused, other, in_flight
-            t0 = time.monotonic()
+        for _ in range(10):  # Status may time out on a node still busy with the load's backlog
             try:
-                await stub.Put(pb.PutRequest(key=PREFIX + b"o%d" % i, value=value), timeout=10)
-                ok_lat.append(time.monotonic() - t0)
-            except grpc.aio.AioRpcError as e:
-                if e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    refused += 1
-                else:
-                    other += 1
-            finally:
-                in_flight -= 1
-
-        start = time.monotonic()
-        next_rss = start
-        i = 0
-        while True:
-            now = time.monotonic()
-            if now - start >= seconds:
-                break
-            due = int((now - start) * rate)
-            while i < due:
-                if in_flight >= max_in_flight:
-                    skipped += 1
-                else:
-                    in_flight += 1
-                    t = asyncio.get_running_loop().create_task(one(i))
-                    tasks.add(t)
-                    t.add_done_callback(tasks.discard)
-                i += 1
-            if now >= next_rss:
-                s = sample(pid)
-                if s is not None:
-                    rss.append(s.rss_bytes)
-                next_rss = now + 0.2
-            await asyncio.sleep(0.001)
-        if tasks:
-            await asyncio.wait(tasks, timeout=15)
-    ok_lat.sort()
-    p99 = ok_lat[int(len(ok_lat) * 0.99) - 1] if ok_lat else None
-    sent = i - skipped
-    return {"offered_ops_s": round(rate), "sent": sent, "not_offered": skipped,
-            "goodput_ops_s": round(len(ok_lat) / seconds), "refused_share": round(refused / sent, 3) if sent else 0.0,
-            "other_errors": other, "p99_ms": round(p99 * 1000, 1) if p99 is not None else None,
-            "rss_max_mb": round(max(rss) / 1e6, 1) if rss else None, "rss_series": rss}
+                return max(c._status(i).leader_changes for i in among)
+            except RaftKVError:
+                time.sleep(0.5)
+        return -1
+    best = 0
+    for i in among:
+        try:
+            with urllib.request.urlopen(c.nodes[i].metrics_url, timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("etcd_server_leader_changes_seen_total"):
+                        best = max(best, int(float(line.split()[-1])))
+        except OSError:
+            pass
+    return best
 
 
-def run_overload(doc: dict[str, Any], out: Path, a: argparse.Namespace) -> None:
+def _handled_ok(c: Any, leader: int, method: str) -> dict[float, float]:
+    """The leader's cumulative histogram of handler time of `method` calls answered OK
+    (grpc_server_handling_seconds: from the handler's start, so the time a call waits before it is not in)."""
+    want = f'grpc_code="OK",grpc_method="{method}"'
+    out: dict[float, float] = {}
+    try:
+        with urllib.request.urlopen(c.nodes[leader].metrics_url, timeout=5) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith("grpc_server_handling_seconds_bucket") and want in line:
+                    le = line.split('le="')[1].split('"')[0]
+                    out[float("inf") if le == "+Inf" else float(le)] = float(line.split()[-1])
+    except OSError:
+        pass
+    return out
+
+
+def _server_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The bucket bound under which 99 % of the calls between the two scrapes were handled (None: none)."""
+    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    if not delta or delta[-1][1] <= 0:
+        return None
+    need = 0.99 * delta[-1][1]
+    return next(le * 1000 for le, n in delta if n >= need)
+
+
+def _caught_up(c: Any, system: str, leader: int, follower: int, timeout: float = 120) -> float | None:
+    """Seconds until `follower` has applied what `leader` had committed when asked (None: not in time)."""
+    t0 = time.monotonic()
+    if system == "raftkv":
+        from raftkv.client import RaftKVError
+
+        target = None
+        while time.monotonic() - t0 < timeout:
+            try:
+                target = c.commit_index(leader) if target is None else target
+                if c.applied(follower) >= target:
+                    return round(time.monotonic() - t0, 2)
+            except RaftKVError:
+                pass
+            time.sleep(0.1)
+        return None
+    target = c.revisions()[leader]
+    while time.monotonic() - t0 < timeout:
+        try:
+            if c.revisions().get(follower, 0) >= target:
+                return round(time.monotonic() - t0, 2)
+        except (RuntimeError, ValueError, OSError):
+            pass
+        time.sleep(0.1)
+    return None
+
+
+def _peak(target: Target, address: str, concurrencies: list[int], seconds: float) -> dict[str, Any]:
+    runs = [asyncio.run(closed_loop(target, address, n, seconds)) for n in concurrencies]
+    best = max(r["ops_s"] for r in runs)
+    knee = next(r for r in runs if r["ops_s"] >= 0.9 * best)
+    return {"peak_ops_s": best, "peak_p99_ms": knee["p99_ms"], "knee_concurrency": knee["concurrency"],
+            "peak_runs": runs}
+
+
+def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: str, client: str, size: int) -> None:
     rows: list[dict[str, Any]] = doc.setdefault("overload", [])
-    value = b"v" * a.value_size
-    with running_cluster("raftkv", out / "data" / "overload", a.nodes) as c:
+    batch = 1 if client == "unary" else max(1, min(a.batch, a.max_batch_bytes // max(1, size)))
+    label = f"{system} {client}{f' x{batch}' if batch > 1 else ''} {size} B"
+    extra = None
+    if system.startswith("raftkv"):
+        extra = list(a.raftkv_flag) + (["--overload-max-queue-delay-ms=0"] if system == NO_DELAY else [])
+    kind = "raftkv" if system.startswith("raftkv") else system
+    target = Target(kind, client, size, batch)
+    with running_cluster(kind, out / "data" / f"overload-{system}-{client}-{size}", a.nodes, extra) as c:
         leader = c.leader_id()
         address = c.nodes[leader].client_address
         pid = c.nodes[leader].pid
-        capacity = asyncio.run(_closed_loop(address, a.concurrency, a.duration, value))
-        print(f"  capacity {capacity:.0f} writes/s (closed loop, c={a.concurrency})", file=sys.stderr, flush=True)
-        changes0 = c._status(leader).leader_changes
+        members = sorted(c.nodes)
+        idle_ms = asyncio.run(idle_latency_ms(target, address))
+        probe_ok_ms = max(25.0, 4 * idle_ms)
+        conc = a.peak_concurrency if client == "unary" else a.batch_concurrency
+        peak = _peak(target, address, conc, a.duration)
+        print(f"  {label}: peak {peak['peak_ops_s']} ops/s, p99 at peak {peak['peak_p99_ms']} ms "
+              f"(c={peak['knee_concurrency']}); idle write {idle_ms:.1f} ms", file=sys.stderr, flush=True)
+        base = {"system": system, "client": client, "value_bytes": size, "batch": batch, "config": label,
+                **{k: v for k, v in peak.items() if k != "peak_runs"}}
+        doc.setdefault("overload_peaks", []).append({**base, "peak_runs": peak["peak_runs"], "idle_write_ms": idle_ms})
         phases: list[tuple[float, int | None]] = [(f, None) for f in a.factors]
         if a.stop_follower:
-            phases.append((max(a.factors), next(i for i in c.nodes if i != leader)))
+            phases.append((max(a.factors), next(i for i in members if i != leader)))
         for factor, stopped in phases:
+            running = [i for i in members if i != stopped]
+            changes0 = _leader_changes(c, kind, running)
+            seconds = a.stop_follower if stopped is not None else a.duration
+            rss = RssSampler(pid, time.monotonic())
+            handled0 = _handled_ok(c, leader, "Put") if kind == "raftkv" and client == "unary" else {}
             if stopped is not None:
                 os.kill(c.nodes[stopped].pid, signal.SIGSTOP)
             try:
-                seconds = a.stop_follower if stopped is not None else a.duration
-                row = asyncio.run(_open_loop(address, capacity * factor, seconds, value, a.max_in_flight, pid))
+                row = asyncio.run(open_loop(target, address, peak["peak_ops_s"] * factor, seconds,
+                                            a.max_in_flight, rss, probe_ok_ms))
             finally:
                 if stopped is not None:
                     os.kill(c.nodes[stopped].pid, signal.SIGCONT)
             if stopped is not None:
-                t0 = time.monotonic()
-                target = c.commit_index(leader)
-                while c.applied(stopped) < target and time.monotonic() - t0 < 120:
-                    time.sleep(0.2)
-                row["follower_catchup_s"] = round(time.monotonic() - t0, 2)
-            row.update(factor=factor, value_bytes=a.value_size, follower_stopped=stopped is not None,
-                       leader_changes=c._status(c.leader_id()).leader_changes - changes0)
+                row["follower_catchup_s"] = _caught_up(c, kind, leader, stopped)
+            series = rss.series
+            if handled0:
+                row["server_p99_ms"] = _server_p99_ms(handled0, _handled_ok(c, leader, "Put"))
+            row.update(base, factor=factor, follower_stopped=stopped is not None,
+                       goodput_of_peak=round(row["goodput_ops_s"] / peak["peak_ops_s"], 2) if peak["peak_ops_s"] else None,
+                       p99_of_peak=round(row["p99_ms"] / peak["peak_p99_ms"], 2) if row["p99_ms"] and peak["peak_p99_ms"] else None,
+                       rss_max_mb=round(max(s for _, s in series) / 1e6, 1) if series else None,
+                       rss_end_mb=round(series[-1][1] / 1e6, 1) if series else None, rss_series=series,
+                       leader_changes=_leader_changes(c, kind, members) - changes0,
+                       crashed=[i for i in members if not c.nodes[i].alive()])
+            if row["crashed"]:
+                note(doc, f"{label}: node(s) {row['crashed']} died at {factor}x")
             rows.append(row)
-            print(f"  overload {({k: v for k, v in row.items() if k != 'rss_series'})}", file=sys.stderr, flush=True)
-    _plot(rows, out)
-    doc.setdefault("sections", {})["Overload: offered load against admission control"] = _table(rows, [
-        ("factor", "factor"), ("follower stopped", "follower_stopped"), ("offered/s", "offered_ops_s"),
-        ("goodput/s", "goodput_ops_s"), ("refused share", "refused_share"), ("p99 accepted ms", "p99_ms"),
-        ("leader RSS max MB", "rss_max_mb"), ("leader changes", "leader_changes"), ("other errors", "other_errors"),
-        ("not offered (harness cap)", "not_offered"), ("follower catch-up s", "follower_catchup_s")])
+            print(f"  {label} {factor}x{' follower stopped' if stopped else ''}: "
+                  f"{json.dumps({k: v for k, v in row.items() if k not in ('rss_series', *base)})}",
+                  file=sys.stderr, flush=True)
+
+
+def run_overload(doc: dict[str, Any], out: Path, a: argparse.Namespace) -> None:
+    for size in a.value_sizes or [a.value_size]:
+        for client in a.clients:
+            for system in a.systems:
+                run_config(doc, out, a, system, client, size)
+                _report(doc, out)
     finish(doc, out)
+
+
+def _report(doc: dict[str, Any], out: Path) -> None:
+    rows = doc.get("overload", [])
+    _plot(rows, out)
+    doc.setdefault("sections", {})["Overload: peaks (closed loop)"] = _table(doc.get("overload_peaks", []), [
+        ("config", "config"), ("peak ops/s", "peak_ops_s"), ("p99 at peak ms", "peak_p99_ms"),
+        ("knee concurrency", "knee_concurrency"), ("idle write ms", "idle_write_ms")])
+    doc["sections"]["Overload: offered load (open loop)"] = _table(rows, [
+        ("config", "config"), ("factor", "factor"), ("follower stopped", "follower_stopped"),
+        ("offered ops/s", "offered_ops_s"), ("sent ops/s", "sent_ops_s"), ("goodput ops/s", "goodput_ops_s"),
+        ("goodput / peak", "goodput_of_peak"), ("refused share", "refused_share"), ("p99 accepted ms", "p99_ms"),
+        ("p99 / p99 at peak", "p99_of_peak"),
+        ("server p99 ms (handler, unary)", "server_p99_ms"), ("leader RSS max MB", "rss_max_mb"), ("RSS at end MB", "rss_end_mb"),
+        ("leader CPU", "leader_cpu"), ("harness CPU", "harness_cpu"), ("leader changes", "leader_changes"), ("other errors", "other_errors"), ("recovery s", "recovery_s"),
+        ("follower catch-up s", "follower_catchup_s"), ("not offered (harness cap)", "not_offered_ops")])
 
 
 def _plot(rows: list[dict[str, Any]], out: Path) -> None:
@@ -166,24 +212,51 @@ def _plot(rows: list[dict[str, Any]], out: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    base = [r for r in rows if not r["follower_stopped"]]
-    fig, (g, m) = plt.subplots(1, 2, figsize=(10, 4))
-    g.plot([r["factor"] for r in base], [r["goodput_ops_s"] for r in base], marker="o")
-    g.set_xlabel("offered load (x capacity)")
-    g.set_ylabel("goodput (writes/s)")
-    m.plot([r["factor"] for r in base], [r["rss_max_mb"] or 0 for r in base], marker="o")
-    m.set_xlabel("offered load (x capacity)")
+    fig, (g, m, t) = plt.subplots(1, 3, figsize=(15, 4.5))
+    for config in dict.fromkeys(r["config"] for r in rows):
+        base = [r for r in rows if r["config"] == config and not r["follower_stopped"]]
+        g.plot([r["factor"] for r in base], [r["goodput_of_peak"] or 0 for r in base], marker="o", label=config)
+        m.plot([r["factor"] for r in base], [r["rss_max_mb"] or 0 for r in base], marker="o", label=config)
+        if base:
+            top = max(base, key=lambda r: r["factor"])
+            t.plot([s for s, _ in top["rss_series"]], [b / 1e6 for _, b in top["rss_series"]], label=config)
+    g.set_xlabel("offered load (x peak)")
+    g.set_ylabel("goodput / peak")
+    g.axhline(0.9, color="grey", linestyle=":")
+    m.set_xlabel("offered load (x peak)")
     m.set_ylabel("leader RSS max (MB)")
+    t.set_xlabel("seconds (top factor, load then recovery)")
+    t.set_ylabel("leader RSS (MB)")
+    g.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "overload.png")
     plt.close(fig)
 
 
 def add_parser(sub: Any, common: Any) -> None:
-    ov = sub.add_parser("overload", help="offered load 1x..8x capacity: goodput, refusals, p99, leader RSS")
+    ov = sub.add_parser("overload", help="offered load 1x..8x the peak: goodput, p99, refusals, leader RSS; etcd too")
     common(ov)
-    ov.add_argument("--factors", type=lambda s: [float(x) for x in s.split(",")], default=[1.0, 2.0, 4.0, 8.0])
-    ov.add_argument("--concurrency", type=int, default=32, help="writers of the capacity measurement")
-    ov.add_argument("--max-in-flight", type=int, default=4000, help="the harness's own bound on outstanding writes")
+
+    def floats(s: str) -> list[float]:
+        return [float(x) for x in s.split(",")]
+
+    def ints(s: str) -> list[int]:
+        return [int(x) for x in s.split(",")]
+
+    def strs(s: str) -> list[str]:
+        return [x.strip() for x in s.split(",") if x.strip()]
+
+    ov.add_argument("--factors", type=floats, default=[1.0, 2.0, 4.0, 8.0])
+    ov.add_argument("--systems", type=strs, default=["raftkv", "etcd"],
+                    help=f"raftkv,{NO_DELAY},etcd ({NO_DELAY}: raftkv without the queue-delay mark)")
+    ov.add_argument("--clients", type=strs, default=["unary", "batch"], help="unary,batch")
+    ov.add_argument("--value-sizes", type=ints, default=None, help="e.g. 256,65536 (default: --value-size)")
+    ov.add_argument("--batch", type=int, default=64, help="puts per batch call (fewer for large values)")
+    ov.add_argument("--max-batch-bytes", type=int, default=1 << 20, help="value bytes per batch call at most")
+    ov.add_argument("--peak-concurrency", type=ints, default=[16, 64, 256], help="unary calls outstanding")
+    ov.add_argument("--batch-concurrency", type=ints, default=[2, 8, 32], help="batch calls outstanding")
+    ov.add_argument("--max-in-flight", type=int, default=4000, help="the harness's own bound on outstanding calls")
     ov.add_argument("--stop-follower", type=float, default=0.0,
                     help="seconds a follower is SIGSTOPped in one more phase at the top factor (0: none)")
+    ov.add_argument("--raftkv-flag", action="append", default=[],
+                    help="extra `raftkv serve` flag, repeatable (e.g. --raftkv-flag=--overload-max-queue-delay-ms=0)")

@@ -23,6 +23,7 @@ import grpc
 
 from .. import hop_trace
 from ..layers.acks import AckLevel, AckPolicy, AckRequest
+from ..layers.admission import Admission, Overloaded
 from ..proto.stubs import kv_pb2 as pb
 from ..server.host import NodeHost
 from ..status import error_info
@@ -64,6 +65,9 @@ class BatchExecutor:
         ops = request.ops
         if len(ops) > MAX_BATCH_OPS:
             raise invalid(f"batch has {len(ops)} operations; the limit is {MAX_BATCH_OPS}")
+        refused = self._refused_whole(ops)
+        if refused is not None:
+            return refused
         results: list[pb.BatchResult | None] = [None] * len(ops)
         # The batch's writes go into the log together: their total is bounded like one request's. Each
         # write over the limit, or past it counting those before it, fails alone (the rest is served).
@@ -111,6 +115,19 @@ class BatchExecutor:
             await asyncio.gather(*work)
         return pb.BatchResponse(results=results)
 
+    def _refused_whole(self, ops: Any) -> pb.BatchResponse | None:
+        """A batch of writes only, on a leader over a write watermark: every operation refused at once with
+        the one OVERLOADED error, before any is validated or encoded. Under overload refusals are most of
+        what a leader answers, so they must cost little: one check and one error for the whole batch."""
+        if not ops or not self.host.is_leader:
+            return None
+        try:
+            Admission.of(self.host).check_write()
+        except Overloaded as e:
+            if all(op.WhichOneof("op") in WRITE_KINDS for op in ops):
+                return pb.BatchResponse(results=[op_error(e)] * len(ops))
+        return None
+
     async def _writes(self, writes: list[tuple[int, str, bytes, AckRequest, bool]],
                       results: list[pb.BatchResult | None]) -> None:
         # All majority writes (the usual case): one group for the host. Otherwise each host.write queues its
@@ -121,7 +138,10 @@ class BatchExecutor:
             try:
                 outs = await self.acks.write_many([w[2] for w in writes])
             except Exception as e:  # noqa: BLE001 - e.g. NotLeader: every write fails alike
-                outs = [e] * len(writes)
+                one = op_error(e)
+                for w in writes:
+                    results[w[0]] = one
+                return
         else:
             outs = await asyncio.gather(*(self.acks.write(data, ack, needs_result=needs)
                                           for _, _, data, ack, needs in writes), return_exceptions=True)

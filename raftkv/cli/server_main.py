@@ -158,6 +158,9 @@ def main() -> None:
 @click.option("--overload-low-ratio", type=float,
               help="An overloaded resource accepts again below this share of its high mark (default 0.5).")
 @click.option("--overload-pushback-ms", type=int, help="Base retry-after hint of an OVERLOADED refusal (default 100).")
+@click.option("--overload-max-queue-delay-ms", type=int,
+              help="Expected wait of a new write (writes in flight / writes answered per second) before writes "
+                   "are refused: the latency bound under overload (default 250; 0: off).")
 @click.option("--log-format", type=click.Choice(["auto", "json", "console"]), help="Log format.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), help="Log level.")
 def serve(config_file: str | None, **flags: object) -> None:

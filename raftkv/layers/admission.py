@@ -18,6 +18,8 @@ Resources (the name is what ErrorInfo's `resource` and the metrics' `resource` l
 - `follower_queue_bytes`: bytes queued to the followers a commit needs (the quorum-th least backed-up
   follower; one stopped follower alone does not stop writes, its own queue is bounded by the transport);
 - `ack_waiters`: committed writes waiting for a semi_sync or sync acknowledgement;
+- `queue_delay_ms`: how long a write admitted now would wait for its answer, from the writes in flight and
+  the rate this node answers them (queue_delay.py): the mark that bounds latency, not memory;
 - `read_waiters`: reads waiting for a read round, an applied index or a staleness proof (read budget);
 - more may be added with `Admission.add_resource` (watch buffers: `budget="read"` or `"write"`).
 """
@@ -32,6 +34,8 @@ from enum import IntEnum
 from typing import Any
 
 import structlog
+
+from .queue_delay import QueueDelay
 
 log = structlog.get_logger("raftkv.admission")
 
@@ -101,6 +105,8 @@ class Limits:
     ack_waiters: int = 4096
     read_waiters: int = 8192
     watch_events: int = 200_000
+    queue_delay_ms: int = 250
+    """0: no queue-delay mark."""
     low_ratio: float = 0.5
     pushback_ms: int = 100
     extra: dict[str, int] = field(default_factory=dict)
@@ -135,6 +141,7 @@ class Admission:
         self.proposals = 0
         self.proposal_bytes = 0
         self.read_waiters = 0
+        self.delay = QueueDelay()
         self.level = Level.GREEN
         self.transitions = 0
         self.marks: dict[str, Watermark] = {}
@@ -146,6 +153,9 @@ class Admission:
         self.add_resource("follower_queue_bytes", self._follower_queue, limits.follower_queue_bytes).live = False
         self.add_resource("ack_waiters", lambda: host.waiters.durable_waiting, limits.ack_waiters)
         self.add_resource("read_waiters", lambda: self.read_waiters, limits.read_waiters, budget="read")
+        if limits.queue_delay_ms > 0:
+            delay = self.delay
+            self.add_resource("queue_delay_ms", lambda: delay.usage_ms(self.proposals), limits.queue_delay_ms)
         if hasattr(host, "every_round_any_role"):
             host.every_round_any_role(self.evaluate)
         metrics = getattr(host, "metrics", None)
@@ -196,6 +206,7 @@ class Admission:
     # -- evaluation --------------------------------------------------------------------------------
     def evaluate(self) -> Level:
         """Re-read every usage, update hysteresis and the level; log a change of level once."""
+        self.delay.on_round(self.proposals)
         worst = 0.0
         any_over = False
         for wm in self.marks.values():
@@ -228,7 +239,8 @@ class Admission:
                 wm.over = False
             if wm.over:
                 wm.refused += 1
-                self.evaluate()
+                if self.level != Level.RED:  # at RED already the level cannot change: no need to re-read
+                    self.evaluate()
                 return Overloaded(wm.name, wm.last, wm.high, self.pushback_ms(wm), budget)
         return None
 
@@ -270,6 +282,7 @@ class Admission:
         finally:
             self.proposals -= count
             self.proposal_bytes -= nbytes
+            self.delay.answered += count
 
     @contextmanager
     def read(self) -> Iterator[None]:
@@ -293,6 +306,7 @@ def limits_from(cfg: Any) -> Limits:
         ack_waiters=getattr(cfg, "overload_max_ack_waiters", d.ack_waiters),
         read_waiters=getattr(cfg, "overload_max_read_waiters", d.read_waiters),
         watch_events=getattr(cfg, "overload_max_watch_events", d.watch_events),
+        queue_delay_ms=getattr(cfg, "overload_max_queue_delay_ms", d.queue_delay_ms),
         low_ratio=getattr(cfg, "overload_low_ratio", d.low_ratio),
         pushback_ms=getattr(cfg, "overload_pushback_ms", d.pushback_ms),
     )

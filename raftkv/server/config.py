@@ -193,6 +193,8 @@ class ServerConfig:
     """Change events queued for all watchers on this node together before new watches are refused."""
     overload_low_ratio: float = 0.5
     overload_pushback_ms: int = 100
+    overload_max_queue_delay_ms: int = 250
+    """Expected wait of a new write (writes in flight / answer rate) before writes are refused; 0: off."""
 
     @property
     def address(self) -> str:
@@ -381,6 +383,9 @@ class ServerConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 flag = f"--overload-{'' if name == 'pushback_ms' else 'max-'}{name.replace('_', '-')}"
                 raise ConfigError(f"{flag} must be an integer >= 1, not {value!r}")
+        delay = self.overload_max_queue_delay_ms
+        if not isinstance(delay, int) or isinstance(delay, bool) or delay < 0:
+            raise ConfigError(f"--overload-max-queue-delay-ms must be an integer >= 0 (0: off), not {delay!r}")
         if not isinstance(self.overload_low_ratio, (int, float)) or not 0 < self.overload_low_ratio < 1:
             raise ConfigError(f"--overload-low-ratio must be between 0 and 1 (exclusive), not "
                               f"{self.overload_low_ratio!r}")
