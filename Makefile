@@ -62,14 +62,16 @@ test-fast: venv
 	$(PY) -m pytest -q -m "not slow"
 
 # The partition suite's full matrix: every nemesis x every workload on nodes in network namespaces
-# (root). One progress line per run; results (histories, summaries, plots) under results/.
+# (root), then the witness topologies (below). One progress line per run; results (histories, summaries,
+# plots) under results/.
 JEPSEN_ARGS ?= --time-limit 15
 jepsen: venv
 	bash tests/install_system_deps.sh
 	$(PY) -m tests.jepsen --matrix $(JEPSEN_ARGS) --out results/matrix-$$(date +%Y%m%d-%H%M%S)
+	$(MAKE) jepsen-witness
 
 # Witness topologies (2 data + 1 witness, 4 data + 1 witness) under kill -9 of any data node, kills,
-# pauses and partitions, checked for lost acknowledged writes; apart from `make jepsen` (~15 minutes).
+# pauses and partitions, checked for lost acknowledged writes (~15 minutes; also the tail of `make jepsen`).
 WITNESS_NEMESES ?= kill-data,kill,pause,partition-halves
 jepsen-witness: venv
 	bash tests/install_system_deps.sh
