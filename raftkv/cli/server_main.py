@@ -16,7 +16,7 @@ quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core re
 import click  # noqa: E402
 
 from .. import exit_codes  # noqa: E402
-from ..server.config import ConfigError, ServerConfig, address_problem, parse_peers  # noqa: E402
+from ..server.config import PEER_MAPS, ConfigError, ServerConfig, address_problem, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
@@ -65,6 +65,10 @@ def main() -> None:
 @click.option("--advertise", help="Address others should use to reach this node (default: --listen).")
 @click.option("--metrics-listen", help="HTTP address for /metrics and /health, e.g. 127.0.0.1:9101.")
 @click.option("--peers", help="Founding members: 1=host:port,2=host:port,3=host:port.")
+@click.option("--peer-listen", help="TCP peer port for Raft batches, e.g. 127.0.0.1:7101 (default: none, peers "
+              "reach this node over gRPC).")
+@click.option("--initial-peer-addresses",
+              help="Founding members' peer ports: 1=host:port,2=host:port (this node's defaults to --peer-listen).")
 @click.option("--join", is_flag=True, default=None, help="Join a running cluster (be added with `kv members add`).")
 @click.option("--tick-ms", type=int, help="Length of one Raft tick in milliseconds (default 50).")
 @click.option("--election-ticks", type=int, help="Election timeout in ticks (default 10).")
@@ -183,7 +187,7 @@ def build_config(config_file: str | None, flags: dict[str, object]) -> ServerCon
         if v is None:
             continue
         key = rename.get(k, k)
-        values[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
+        values[key] = parse_peers(v) if key in PEER_MAPS and isinstance(v, str) else v
     known = {f.name for f in fields(ServerConfig)}
     check_types(values)
     cfg = ServerConfig(**{k: v for k, v in values.items() if k in known})
@@ -195,7 +199,7 @@ def check_types(values: dict[str, object]) -> None:
     """A setting of the wrong type (from a config file: flags are typed by click) is a usage error in one
     line, not a traceback from deep in validation."""
     for f in fields(ServerConfig):
-        if f.name not in values or f.name == "peers":
+        if f.name not in values or f.name in PEER_MAPS:
             continue
         v, default = values[f.name], f.default
         if isinstance(default, bool):
