@@ -97,10 +97,10 @@ class TcpPeer(_Peer):
                 answer = asyncio.ensure_future(reader.read(HEADER.size + 4096))
                 tasks = [sending, answer]
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                if answer.done() and answer.exception() is None:
+                    self._answered(answer.result())  # a refusal, or the peer closed the connection
                 if sending.done():
                     sending.result()  # raises what broke the writes
-                data = answer.result() if answer.done() and not answer.cancelled() else b""
-                self._answered(data)
                 if self.sent_any:
                     backoff = 0.05  # it worked for a while: a fresh break starts the back-off over
             except asyncio.CancelledError:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import socket
 import ssl
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +129,35 @@ def test_an_oversized_frame_is_refused_before_it_is_read(tcp_cluster: LocalClust
         code, reason = _exchange(cluster.peer_address(i), HEADER.pack(2 << 30))
         assert code == "RESOURCE_EXHAUSTED" and "over this node's limit" in reason, (code, reason)
     _assert_untouched(cluster, terms)
+
+
+def _wait_count(port: int, want: int, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (n := _established(port)) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
+def test_a_members_peer_port_is_changed_by_members_update_and_kept_by_other_updates(
+        tcp_cluster: LocalCluster) -> None:
+    """How a rolling change moves a member between gRPC and TCP: `kv members update --peer-addr`; an
+    update of its marks alone keeps its peer port."""
+    cluster = tcp_cluster
+    cluster.wait_leader()
+    assert _wait_count(cluster.peer_ports[2], 2) == 2
+    with cluster.client() as c:
+        c.member_update(2, semi_sync=True)
+        assert {m.id: m.peer_address for m in c.members().members}[2] == cluster.peer_address(2)
+        c.member_update(2, peer_address="")  # peers now reach node 2 over gRPC
+        assert _wait_count(cluster.peer_ports[2], 0) == 0
+        c.put("over", "grpc")
+        bad = subprocess.run([sys.executable, "-m", "raftkv.cli.kv", "--endpoints", cluster.endpoints, "members",
+                              "update", "2", "--peer-addr", "127.0.0.1:99999"], capture_output=True, text=True,
+                             timeout=60)
+        assert bad.returncode != 0 and bad.stderr.startswith("Error: ") and "peer address" in bad.stderr, bad.stderr
+        c.member_update(2, semi_sync=False, peer_address=cluster.peer_address(2))
+        assert _wait_count(cluster.peer_ports[2], 2) == 2
+        c.put("over", "tcp")
 
 
 def test_peers_talk_over_their_tcp_ports_and_survive_a_leader_kill(tcp_cluster: LocalCluster) -> None:
