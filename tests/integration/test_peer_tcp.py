@@ -217,12 +217,16 @@ def pki(tmp_path: Path) -> dict[str, str]:
         ca.issue_cert("127.0.0.1", "localhost", common_name=PEER_CN), tmp_path, "node")
     files["client_cert"], files["client_key"] = write_pair(
         ca.issue_cert("127.0.0.1", common_name="kv-client"), tmp_path, "client")
+    # A peer's CN, but issued for another host than the members'.
+    files["elsewhere_cert"], files["elsewhere_key"] = write_pair(
+        ca.issue_cert("client.example.invalid", common_name=PEER_CN), tmp_path, "elsewhere")
     return files
 
 
 def test_mtls_peers_over_tcp_and_forged_ones_refused(tmp_path: Path, pki: dict[str, str]) -> None:
     """The peer port speaks TLS with the gRPC port's certificate and demands a peer certificate: members
-    (CN raftkv-peer) elect and commit over it; a client certificate is refused; no certificate fails TLS."""
+    (CN raftkv-peer) elect and commit over it; a client certificate is refused, and so is a peer's that
+    does not name the claimed member's host; no certificate fails TLS."""
     with tls_cluster(tmp_path, pki, "--client-cert-auth", "--peer-trusted-ca-file", pki["ca"],
                      "--peer-client-cert-auth", "--peer-cert-allowed-cn", PEER_CN,
                      peer_port_nodes={1, 2, 3}) as cluster:
@@ -236,6 +240,8 @@ def test_mtls_peers_over_tcp_and_forged_ones_refused(tmp_path: Path, pki: dict[s
         client_ctx = ssl.create_default_context(cafile=pki["ca"])
         client_ctx.load_cert_chain(pki["client_cert"], pki["client_key"])
         no_cert = ssl.create_default_context(cafile=pki["ca"])
+        elsewhere = ssl.create_default_context(cafile=pki["ca"])
+        elsewhere.load_cert_chain(pki["elsewhere_cert"], pki["elsewhere_key"])
         plain = _frame(_forged(st.cluster_id, 99, 1, st.term + 5))
         for i in cluster.procs:
             addr = cluster.peer_address(i)
@@ -243,6 +249,9 @@ def test_mtls_peers_over_tcp_and_forged_ones_refused(tmp_path: Path, pki: dict[s
             assert code == "PERMISSION_DENIED" and f"CN must be {PEER_CN}" in reason, (code, reason)
             assert _exchange(addr, _frame(_forged_append(st.cluster_id, leader, i, st.term, st.last_index,
                                                          st.commit)), client_ctx)[0] == "PERMISSION_DENIED"
+            if i != leader:  # a peer's certificate, but not for the host of the member it claims to be
+                code, reason = _exchange(addr, _frame(_forged(st.cluster_id, leader, i, st.term + 5)), elsewhere)
+                assert code == "PERMISSION_DENIED" and "does not name 127.0.0.1" in reason, (code, reason)
             # No certificate: the port asks for one, so TLS fails (at the handshake, or at the first read
             # in TLS 1.3) before any frame is read; plaintext on the TLS port gets no further.
             for ctx in (no_cert, None):
