@@ -1,7 +1,7 @@
 """Raft over TCP peer ports (`--peer-listen`, transport/tcp_peer.py) between real `raftkv serve` processes:
 a cluster that commits, elects and survives a kill -9 with its peers on TCP; the TCP port refusing what
-the gRPC Raft service refuses (test_peer_auth.py's forgeries, another cluster, an oversized frame); mTLS
-peers over TCP; and a mixed cluster in which one member has no peer port (reached over gRPC).
+the gRPC Raft service refuses (test_peer_auth.py's forgeries, another cluster, an oversized frame); and
+mTLS peers over TCP in a mixed cluster, where one member has no peer port (reached over gRPC).
 """
 
 from __future__ import annotations
@@ -182,33 +182,6 @@ def test_peers_talk_over_their_tcp_ports_and_survive_a_leader_kill(tcp_cluster: 
         assert c.get("after").kv.value == b"kill"
 
 
-def test_a_member_without_a_peer_port_is_reached_over_grpc(tmp_path: Path) -> None:
-    """Nodes 1 and 2 have peer ports, node 3 none: everyone sends to 1 and 2 over TCP and to 3 over gRPC,
-    and the three commit and elect together."""
-    cluster = LocalCluster(tmp_path, peer_port_nodes={1, 2}).start_all()
-    try:
-        leader = cluster.wait_leader()
-        with cluster.client() as c:
-            c.put("mixed", "cluster")
-            index = cluster.status(leader).commit
-        for i in cluster.procs:
-            cluster.wait_applied(i, index)
-        for i in (1, 2):  # the two others' senders
-            assert _wait_established(cluster.peer_ports[i], 2) >= 2, i
-        # Leadership moves to the gRPC-only node, and writes still commit.
-        with cluster.client() as c:
-            c.transfer_leader(3)
-        assert cluster.wait_leader() == 3
-        with cluster.client() as c:
-            c.put("led-by", "3")
-            assert c.get("mixed").kv.value == b"cluster"
-        with cluster.client() as c:
-            members = {m.id: m.peer_address for m in c.members().members}
-        assert members == {1: cluster.peer_address(1), 2: cluster.peer_address(2), 3: ""}
-    finally:
-        cluster.stop_all()
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
     ca = trustme.CA()
@@ -223,18 +196,32 @@ def pki(tmp_path: Path) -> dict[str, str]:
     return files
 
 
-def test_mtls_peers_over_tcp_and_forged_ones_refused(tmp_path: Path, pki: dict[str, str]) -> None:
-    """The peer port speaks TLS with the gRPC port's certificate and demands a peer certificate: members
-    (CN raftkv-peer) elect and commit over it; a client certificate is refused, and so is a peer's that
-    does not name the claimed member's host; no certificate fails TLS."""
+def test_mtls_peers_over_tcp_beside_a_grpc_only_member(tmp_path: Path, pki: dict[str, str]) -> None:
+    """Nodes 1 and 2 have peer ports, node 3 none: everyone sends to 1 and 2 over TLS TCP connections and
+    to 3 over gRPC, and the three elect and commit together (also with node 3 leading). The peer port
+    speaks TLS with the gRPC port's certificate and demands a peer certificate (CN raftkv-peer): a
+    client certificate is refused, and so is a peer's that does not name the claimed member's host; no
+    certificate fails TLS."""
     with tls_cluster(tmp_path, pki, "--client-cert-auth", "--peer-trusted-ca-file", pki["ca"],
                      "--peer-client-cert-auth", "--peer-cert-allowed-cn", PEER_CN,
-                     peer_port_nodes={1, 2, 3}) as cluster:
+                     peer_port_nodes={1, 2}) as cluster:
         leader = cluster.wait_leader()
         with cluster.client() as c:
             c.put("tls", "over-tcp")
+            index = cluster.status(leader).commit
+            members = {m.id: m.peer_address for m in c.members().members}
+        assert members == {1: cluster.peer_address(1), 2: cluster.peer_address(2), 3: ""}
         for i in cluster.procs:
+            cluster.wait_applied(i, index)
+        for i in (1, 2):  # the two others' senders
             assert _wait_established(cluster.peer_ports[i], 2) >= 2, i
+        with cluster.client() as c:
+            c.transfer_leader(3)
+        leader = cluster.wait_leader()
+        assert leader == 3
+        with cluster.client() as c:
+            c.put("led-by", "3")
+            assert c.get("tls").kv.value == b"over-tcp"
         st = cluster.status(leader)
         terms = {i: cluster.status(i).term for i in cluster.procs}
         client_ctx = ssl.create_default_context(cafile=pki["ca"])
@@ -243,15 +230,15 @@ def test_mtls_peers_over_tcp_and_forged_ones_refused(tmp_path: Path, pki: dict[s
         elsewhere = ssl.create_default_context(cafile=pki["ca"])
         elsewhere.load_cert_chain(pki["elsewhere_cert"], pki["elsewhere_key"])
         plain = _frame(_forged(st.cluster_id, 99, 1, st.term + 5))
-        for i in cluster.procs:
+        for i in (1, 2):
             addr = cluster.peer_address(i)
             code, reason = _exchange(addr, _frame(_forged(st.cluster_id, 99, i, st.term + 5)), client_ctx)
             assert code == "PERMISSION_DENIED" and f"CN must be {PEER_CN}" in reason, (code, reason)
             assert _exchange(addr, _frame(_forged_append(st.cluster_id, leader, i, st.term, st.last_index,
                                                          st.commit)), client_ctx)[0] == "PERMISSION_DENIED"
-            if i != leader:  # a peer's certificate, but not for the host of the member it claims to be
-                code, reason = _exchange(addr, _frame(_forged(st.cluster_id, leader, i, st.term + 5)), elsewhere)
-                assert code == "PERMISSION_DENIED" and "does not name 127.0.0.1" in reason, (code, reason)
+            # A peer's certificate, but not for the host of the member it claims to be.
+            code, reason = _exchange(addr, _frame(_forged(st.cluster_id, leader, i, st.term + 5)), elsewhere)
+            assert code == "PERMISSION_DENIED" and "does not name 127.0.0.1" in reason, (code, reason)
             # No certificate: the port asks for one, so TLS fails (at the handshake, or at the first read
             # in TLS 1.3) before any frame is read; plaintext on the TLS port gets no further.
             for ctx in (no_cert, None):
