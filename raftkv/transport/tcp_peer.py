@@ -28,7 +28,6 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from .. import hop_trace
 from ..proto.stubs import raft_pb2 as pb
 from ..tls import PeerIdentity, PeerRefusal, auth_of_ssl
 from .transport import Transport, _Peer, _RaftService
@@ -121,8 +120,6 @@ class TcpPeer(_Peer):
         self.sent_any = False
         async for batch in self._batches():
             writer.write(frame(batch.SerializeToString()))
-            if hop_trace.ON:
-                hop_trace.mark(f"peer.written.{self.id}")
             await writer.drain()
             self.sent_any = True
 
