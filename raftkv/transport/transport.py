@@ -10,6 +10,10 @@ connection's certificate when peers are authenticated (`tls.PeerAuth`), then eve
 `PeerGate` (cluster id, membership, the sender's certificate and incarnation), and every message inside a
 batch must come from the batch's sender. A refused stream is failed with the status that says why, logged
 once; the sender logs the refusal once too, and tells its gate (a node refused by its peers is not ready).
+
+A peer whose membership names a TCP peer port is sent to over TCP frames instead (tcp_peer.py: `TcpPeer`
+is a `_Peer` with another `run`, and the peer port hands each batch to `_RaftService.accept`), so the
+queue, the batches and the checks above are the same code on both paths; snapshots stream over gRPC.
 """
 
 from __future__ import annotations
