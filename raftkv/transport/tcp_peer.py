@@ -35,6 +35,9 @@ from .transport import Transport, _Peer, _RaftService
 log = structlog.get_logger("raftkv.transport")
 
 HEADER = struct.Struct(">I")
+HEALTHY_SECONDS = 1.0
+"""A connection that lasted this long without a refusal worked: its break starts the back-off over (a port
+that accepts and then drops or refuses every connection keeps the sender backing off)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds a connection (TCP and TLS handshake) may take before it counts as broken."""
 USER_TIMEOUT_MS = 10_000
@@ -76,11 +79,10 @@ class TcpPeer(_Peer):
     def __init__(self, owner: Transport, node_id: int, address: str, peer_address: str) -> None:
         super().__init__(owner, node_id, address)
         self.peer_address = peer_address
-        self.sent_any = False
-        """The current connection carried a batch (a break after that restarts the back-off)."""
 
     async def run(self) -> None:
         backoff = 0.05
+        loop = asyncio.get_running_loop()
         while not self.owner.stopping:
             writer: asyncio.StreamWriter | None = None
             tasks: list[asyncio.Task[object]] = []
@@ -91,17 +93,17 @@ class TcpPeer(_Peer):
                     asyncio.open_connection(host, port, ssl=ctx, server_hostname=host if ctx else None),
                     CONNECT_TIMEOUT)
                 _tune(writer)
+                opened = loop.time()
                 self.connected = True
                 sending = asyncio.ensure_future(self._write_all(writer))
                 answer = asyncio.ensure_future(reader.read(HEADER.size + 4096))
                 tasks = [sending, answer]
                 await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                if answer.done() and answer.exception() is None:
-                    self._answered(answer.result())  # a refusal, or the peer closed the connection
+                refused = answer.done() and answer.exception() is None and self._answered(answer.result())
+                if not refused and loop.time() - opened >= HEALTHY_SECONDS:
+                    backoff = 0.05  # it worked for a while: a fresh break starts the back-off over
                 if sending.done():
                     sending.result()  # raises what broke the writes
-                if self.sent_any:
-                    backoff = 0.05  # it worked for a while: a fresh break starts the back-off over
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # noqa: BLE001 - keep the sender alive whatever the connection throws
@@ -117,20 +119,19 @@ class TcpPeer(_Peer):
             backoff = await self.broken(backoff)
 
     async def _write_all(self, writer: asyncio.StreamWriter) -> None:
-        self.sent_any = False
         async for batch in self._batches():
             writer.write(frame(batch.SerializeToString()))
             await writer.drain()
-            self.sent_any = True
 
-    def _answered(self, data: bytes) -> None:
-        """The receiver wrote back (a refusal) or closed the connection (empty `data`)."""
+    def _answered(self, data: bytes) -> bool:
+        """The receiver wrote back a refusal (True), or closed the connection (empty `data`)."""
         if len(data) < HEADER.size:
-            return
+            return False
         text = data[HEADER.size:HEADER.size + HEADER.unpack_from(data)[0]].decode(errors="replace")
         name, _, reason = text.partition("\n")
         code = grpc.StatusCode.__members__.get(name, grpc.StatusCode.UNKNOWN)
         self.refused(code, reason or name)
+        return True
 
 
 class TcpPeerServer:
