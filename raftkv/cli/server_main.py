@@ -229,8 +229,9 @@ def id_from_hostname(hostname: str) -> int:
 @click.option("--data", "data_dir", default="dev-cluster", show_default=True, help="Folder for the nodes' data.")
 @click.option("--base-port", default=7001, show_default=True, help="Node i listens on base-port + i - 1.")
 @click.option("--metrics-base-port", default=9101, show_default=True, help="Node i serves /metrics on this + i - 1.")
-@click.option("--peer-base-port", default=7101, show_default=True, type=click.IntRange(0, 65535),
-              help="Node i takes Raft batches from its peers over TCP on this + i - 1 (0: over gRPC streams).")
+@click.option("--peer-base-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Node i takes Raft batches from its peers over TCP on this + i - 1, e.g. 7101 (0: over gRPC "
+                   "streams).")
 @click.option("--fresh", is_flag=True, help="Delete the data folder first.")
 @click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(0),
               help="A crashed node (signal or exit 75) is restarted at most this many times in an hour.")
