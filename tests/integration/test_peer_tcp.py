@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from benchmarks.ports import free_port
 from raftkv.proto.stubs import raft_pb2 as pb
 
 from .local_cluster import LocalCluster
@@ -158,6 +159,31 @@ def test_a_members_peer_port_is_changed_by_members_update_and_kept_by_other_upda
         c.member_update(2, semi_sync=False, peer_address=cluster.peer_address(2))
         assert _wait_count(cluster.peer_ports[2], 2) == 2
         c.put("over", "tcp")
+
+
+def test_a_member_added_with_its_peer_port_is_sent_to_over_tcp(tcp_cluster: LocalCluster) -> None:
+    """`kv members add ID ADDR --peer-addr HOST:PORT`, then `raftkv serve --join --peer-listen HOST:PORT`: the
+    leader streams to the new member over its peer port."""
+    cluster = tcp_cluster
+    cluster.add_node(4)
+    cluster.peer_ports[4] = free_port()
+    added = subprocess.run([sys.executable, "-m", "raftkv.cli.kv", "--endpoints", cluster.endpoints, "members",
+                            "add", "4", cluster.address(4), "--learner", "--peer-addr", cluster.peer_address(4)],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    cluster.start(4, join=True)
+    try:
+        with cluster.client() as c:
+            c.put("for", "the-learner")
+            assert {m.id: m.peer_address for m in c.members().members}[4] == cluster.peer_address(4)
+        cluster.wait_applied(4, cluster.status(cluster.wait_leader()).commit)
+        assert _wait_established(cluster.peer_ports[4], 1) >= 1  # the leader's sender
+    finally:
+        with cluster.client() as c:
+            c.member_remove(4)
+        cluster.procs[4].wait(20)  # a removed member exits (NEEDS_OPERATOR) after its grace
+        for ports in (cluster.procs, cluster.ports, cluster.metrics_ports, cluster.peer_ports):
+            ports.pop(4, None)
 
 
 def test_peers_talk_over_their_tcp_ports_and_survive_a_leader_kill(tcp_cluster: LocalCluster) -> None:
