@@ -13,9 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 
+from .clusters import DEFAULT_PEER_TRANSPORT, PEER_TRANSPORT_ENV, PEER_TRANSPORTS
 from .spec import RunSpec, all_modes
 
 DEFAULT_MODES = ["write-majority", "write-leader", "write-semi_sync", "write-sync", "read-linearizable",
@@ -44,6 +46,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "etcd's v3 API with the same driver etcd gets")
     p.add_argument("--read-target", choices=["all", "leader"], default="all")
     p.add_argument("--out", default="results", help="results go to OUT/bench-<timestamp>/")
+    p.add_argument("--peer-transport", choices=list(PEER_TRANSPORTS), default=None,
+                   help="how raftkv nodes send Raft batches to each other: tcp (a --peer-listen port each) or "
+                        f"grpc streams (default {DEFAULT_PEER_TRANSPORT})")
 
 
 def _base(a: argparse.Namespace, mode: str = "write-majority", concurrency: int = 64) -> RunSpec:
@@ -125,10 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv or ["run"])
     if a.cmd is None:
         a = ap.parse_args(["run", *argv])
+    if a.peer_transport:
+        os.environ[PEER_TRANSPORT_ENV] = a.peer_transport  # read by RaftkvCluster, in this process and below
     from .runner import new_doc, results_dir
 
     out = results_dir(a.out)
     doc = new_doc(argv)
+    from .clusters import peer_transport
+
+    doc["meta"]["peer_transport"] = peer_transport()
     print(f"results: {out}", file=sys.stderr, flush=True)
     if a.cmd == "run":
         from .runner import run_matrix

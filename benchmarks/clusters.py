@@ -126,6 +126,17 @@ class Cluster(ABC):
         self.stop()
 
 
+PEER_TRANSPORTS = ("grpc", "tcp")
+DEFAULT_PEER_TRANSPORT = "grpc"
+PEER_TRANSPORT_ENV = "RAFTKV_BENCH_PEER_TRANSPORT"
+"""How benchmark clusters' nodes send each other Raft batches (`--peer-transport`): `tcp` gives every node a
+`--peer-listen` port, listed in every founder's `--initial-peer-addresses`; `grpc` gives none."""
+
+
+def peer_transport() -> str:
+    return os.environ.get(PEER_TRANSPORT_ENV) or DEFAULT_PEER_TRANSPORT
+
+
 class RaftkvCluster(Cluster):
     DISK_SERIES = ("raftkv_fsync_duration_seconds",)
     COUNTERS = ("raftkv_leader_changes_total",)
@@ -138,6 +149,7 @@ class RaftkvCluster(Cluster):
         for i, p in ports.items():
             self.nodes[i] = Node(i, f"127.0.0.1:{p}", f"http://127.0.0.1:{free_port()}/metrics")
         self.peer_spec = ",".join(f"{i}={n.client_address}" for i, n in sorted(self.nodes.items()))
+        self.peer_ports = {i: f"127.0.0.1:{free_port()}" for i in self.nodes} if peer_transport() == "tcp" else {}
         root.mkdir(parents=True, exist_ok=True)
         # Batched preloads go through Txn; allow more operations per transaction than the default.
         self.config_file = root / "bench.toml"
@@ -150,6 +162,9 @@ class RaftkvCluster(Cluster):
                "--id", str(i), "--data-dir", str(self.root / f"node{i}"), "--listen", n.client_address,
                "--peers", self.peer_spec, "--log-format", "json",
                "--metrics-listen", n.metrics_url.removeprefix("http://").removesuffix("/metrics"), *self.extra]
+        if self.peer_ports:
+            cmd += ["--peer-listen", self.peer_ports[i], "--initial-peer-addresses",
+                    ",".join(f"{j}={a}" for j, a in sorted(self.peer_ports.items()))]
         with open(n.log_path, "ab") as log:
             n.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,62 @@ class TlsFiles:
             root_certificates=roots,
             require_client_auth=require_client_cert,
         )
+
+    def client_ssl_context(self) -> ssl.SSLContext:
+        """The same trust and identity as `channel_credentials`, for a raw TLS connection (the TCP peer
+        port): the server's certificate must chain to `ca` (or the system's store) and name the host."""
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        roots = self.roots()
+        if roots is not None:
+            ctx.load_verify_locations(cadata=roots.decode())
+        if self.cert:
+            _load_chain(ctx, self.cert, self.key)
+        return ctx
+
+    def server_ssl_context(self, require_client_cert: bool) -> ssl.SSLContext:
+        """The same certificate and client-certificate demand as `server_credentials`, for a raw TLS
+        listener (the TCP peer port)."""
+        if not self.cert:
+            raise TlsError("serving TLS needs a certificate and key")
+        roots = self.roots()
+        if require_client_cert and not roots:
+            raise TlsError("client certificate authentication needs a trusted CA file")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        _load_chain(ctx, self.cert, self.key)
+        if roots is not None:
+            ctx.load_verify_locations(cadata=roots.decode())
+        ctx.verify_mode = ssl.CERT_REQUIRED if require_client_cert else ssl.CERT_NONE
+        return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, cert: str, key: str) -> None:
+    _read(cert, "certificate"), _read(key, "private key")  # the same one-line errors as gRPC's path
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as e:
+        raise TlsError(f"cannot use certificate {cert} with key {key}: {e}") from None
+
+
+def auth_of_ssl(ssl_object: ssl.SSLObject | None) -> dict[str, list[bytes]]:
+    """A raw TLS connection's verified client certificate, in the keys of gRPC's `auth_context()`, so
+    `PeerAuth.check` judges it as it judges a gRPC stream's (empty: no certificate)."""
+    if ssl_object is None:
+        return {}
+    der = ssl_object.getpeercert(binary_form=True)
+    info = ssl_object.getpeercert()
+    if not der or not info:
+        return {}
+    out: dict[str, list[bytes]] = {"x509_pem_cert": [ssl.DER_cert_to_PEM_cert(der).encode()]}
+    for rdn in info.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                out["x509_common_name"] = [str(value).encode()]
+    for kind, value in info.get("subjectAltName", ()):
+        if kind == "DNS":
+            out.setdefault("peer_dns", []).append(str(value).encode())
+        elif kind == "IP Address":
+            out.setdefault("peer_ip", []).append(str(value).strip().encode())
+    return out
 
 
 def sync_channel(address: str, tls: TlsFiles | None, options: list[tuple[str, object]] | None = None

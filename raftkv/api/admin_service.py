@@ -63,7 +63,7 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             out.append(pb.Member(id=nid, address=m.address, learner=nid in conf.learners, sync=m.sync,
                                  semi_sync=m.semi_sync, incarnation=m.incarnation,
                                  spare=m.spare and nid in conf.learners, replaces=m.replaces,
-                                 witness=nid in conf.witnesses))
+                                 witness=nid in conf.witnesses, peer_address=m.peer_address))
         return out
 
     @rpc
@@ -115,7 +115,10 @@ class AdminService(kv_pb2_grpc.AdminServicer):
             kind = ConfChangeType.ADD_WITNESS
         if request.spare and not request.learner:
             raise invalid("a spare is a learner: add it with --learner --spare")
-        ctx = MemberInfo(request.address, request.sync, request.semi_sync, spare=request.spare).encode()
+        if request.peer_address and (problem := address_problem(request.peer_address)) is not None:
+            raise invalid(f"member peer address {problem}")
+        ctx = MemberInfo(request.address, request.sync, request.semi_sync, spare=request.spare,
+                         peer_address=request.peer_address).encode()
         return await self._change("MemberAdd", request, context, ConfChange(kind, request.id, ctx))
 
     @rpc
@@ -141,8 +144,11 @@ class AdminService(kv_pb2_grpc.AdminServicer):
         spare = request.spare if request.HasField("spare") else old.spare
         if spare and not old.spare and request.id not in self.host.node.conf.learners:
             raise invalid(f"node {request.id} is a voter: only a learner can be a spare")
+        peer_address = request.peer_address if request.HasField("peer_address") else old.peer_address
+        if peer_address and (problem := address_problem(peer_address)) is not None:
+            raise invalid(f"member peer address {problem}")
         ctx = MemberInfo(request.address or old.address, request.sync, request.semi_sync, old.name,
-                         spare=spare, replaces=old.replaces).encode()
+                         spare=spare, replaces=old.replaces, peer_address=peer_address).encode()
         return await self._change("MemberUpdate", request, context,
                                   ConfChange(ConfChangeType.UPDATE_NODE, request.id, ctx))
 

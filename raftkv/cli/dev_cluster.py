@@ -264,7 +264,8 @@ class Supervisor:
 
 
 def run_dev_cluster(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, fresh: bool,
-                    max_restarts: int = 5, restart_backoff: float = 1.0) -> int:
+                    max_restarts: int = 5, restart_backoff: float = 1.0, peer_base_port: int = 0) -> int:
+    """`peer_base_port`: node i's TCP peer port is this + i - 1 (0: none, peers use gRPC streams)."""
     if nodes < 1:
         click.echo("Error: --nodes must be >= 1", err=True)
         return 1
@@ -285,6 +286,9 @@ def run_dev_cluster(nodes: int, data_dir: str, base_port: int, metrics_base_port
             "--metrics-listen", f"127.0.0.1:{metrics_base_port + i - 1}",
             "--peers", peers, "--log-format", "json",
         ]
+        if peer_base_port:
+            cmd += ["--peer-listen", f"127.0.0.1:{peer_base_port + i - 1}", "--initial-peer-addresses",
+                    ",".join(f"{j}=127.0.0.1:{peer_base_port + j - 1}" for j in range(1, nodes + 1))]
         members.append(DevNode(i, cmd, root / f"node{i}.log"))
     try:
         sup = Supervisor(root, members, max_restarts, restart_backoff)
@@ -293,7 +297,7 @@ def run_dev_cluster(nodes: int, data_dir: str, base_port: int, metrics_base_port
         return 1
     for n in members:
         sup.spawn(n)
-    _greet(root, nodes, base_port, metrics_base_port)
+    _greet(root, nodes, base_port, metrics_base_port, peer_base_port)
 
     stopping = False
 
@@ -317,11 +321,12 @@ def run_dev_cluster(nodes: int, data_dir: str, base_port: int, metrics_base_port
     return 0
 
 
-def _greet(root: Path, nodes: int, base_port: int, metrics_base_port: int) -> None:
+def _greet(root: Path, nodes: int, base_port: int, metrics_base_port: int, peer_base_port: int = 0) -> None:
     endpoints = ",".join(f"127.0.0.1:{base_port + i}" for i in range(nodes))
     click.echo(f"raftkv dev cluster: {nodes} nodes, data and logs in {root}")
     for i in range(1, nodes + 1):
-        click.echo(f"  node {i}: grpc 127.0.0.1:{base_port + i - 1}  metrics http://127.0.0.1:{metrics_base_port + i - 1}/metrics"
+        peer = f"  peer 127.0.0.1:{peer_base_port + i - 1}" if peer_base_port else ""
+        click.echo(f"  node {i}: grpc 127.0.0.1:{base_port + i - 1}{peer}  metrics http://127.0.0.1:{metrics_base_port + i - 1}/metrics"
                    f"  log {root / f'node{i}.log'}")
     click.echo("")
     click.echo("Try, in another terminal (after `source .venv/bin/activate`):")

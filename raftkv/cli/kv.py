@@ -580,12 +580,13 @@ def members_list(c: Ctx) -> None:
 @click.option("--semi-sync", is_flag=True, help="Count it in the semi-sync set.")
 @click.option("--spare", is_flag=True, help="With --learner: a hot spare, promoted in place of a dead voter.")
 @click.option("--witness", is_flag=True, help="A witness: a voter that holds no data (start it with --witness).")
+@click.option("--peer-addr", default="", help="Its TCP peer port (its --peer-listen); default: peers use gRPC.")
 @pass_ctx
 def members_add(c: Ctx, node_id: int, address: str, learner: bool, sync_mark: bool, semi_sync: bool,
-                spare: bool, witness: bool) -> None:
+                spare: bool, witness: bool, peer_addr: str) -> None:
     """Add NODE_ID at ADDRESS (then start it with `raftkv serve --join`)."""
     _print_members(c, run(lambda: c.client.member_add(node_id, address, learner, sync_mark, semi_sync, spare,
-                                                      witness)))
+                                                      witness, peer_addr)))
 
 
 @members.command(name="remove")
@@ -609,11 +610,13 @@ def members_promote(c: Ctx, node_id: int) -> None:
 @click.option("--sync/--no-sync", "sync_mark", default=None, help="Mark (or unmark) it for the sync set.")
 @click.option("--semi-sync/--no-semi-sync", default=None, help="Mark (or unmark) it for the semi-sync set.")
 @click.option("--spare/--no-spare", default=None, help="Mark (or unmark) a learner as a hot spare.")
+@click.option("--peer-addr", default=None, help="Its TCP peer port (\"\": none, peers use gRPC); default: kept.")
 @pass_ctx
 def members_update(c: Ctx, node_id: int, address: str, sync_mark: bool | None, semi_sync: bool | None,
-                   spare: bool | None) -> None:
-    """Change a member's address or replication marks (a mark not named keeps its value)."""
-    _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync, spare)))
+                   spare: bool | None, peer_addr: str | None) -> None:
+    """Change a member's address, peer port or replication marks (what is not named keeps its value)."""
+    _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync, spare,
+                                                         peer_addr)))
 
 
 @main.group()

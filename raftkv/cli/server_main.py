@@ -16,7 +16,7 @@ quiet_grpc_core_for_serve(sys.argv)  # before anything imports grpc: its core re
 import click  # noqa: E402
 
 from .. import exit_codes  # noqa: E402
-from ..server.config import ConfigError, ServerConfig, address_problem, parse_peers  # noqa: E402
+from ..server.config import PEER_MAPS, ConfigError, ServerConfig, address_problem, parse_peers  # noqa: E402
 
 
 def _fail(msg: str) -> None:
@@ -65,6 +65,10 @@ def main() -> None:
 @click.option("--advertise", help="Address others should use to reach this node (default: --listen).")
 @click.option("--metrics-listen", help="HTTP address for /metrics and /health, e.g. 127.0.0.1:9101.")
 @click.option("--peers", help="Founding members: 1=host:port,2=host:port,3=host:port.")
+@click.option("--peer-listen", help="TCP peer port for Raft batches, e.g. 127.0.0.1:7101 (default: none, peers "
+              "reach this node over gRPC).")
+@click.option("--initial-peer-addresses",
+              help="Founding members' peer ports: 1=host:port,2=host:port (this node's defaults to --peer-listen).")
 @click.option("--join", is_flag=True, default=None, help="Join a running cluster (be added with `kv members add`).")
 @click.option("--tick-ms", type=int, help="Length of one Raft tick in milliseconds (default 50).")
 @click.option("--election-ticks", type=int, help="Election timeout in ticks (default 10).")
@@ -186,7 +190,7 @@ def build_config(config_file: str | None, flags: dict[str, object]) -> ServerCon
         if v is None:
             continue
         key = rename.get(k, k)
-        values[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
+        values[key] = parse_peers(v) if key in PEER_MAPS and isinstance(v, str) else v
     known = {f.name for f in fields(ServerConfig)}
     check_types(values)
     cfg = ServerConfig(**{k: v for k, v in values.items() if k in known})
@@ -198,7 +202,7 @@ def check_types(values: dict[str, object]) -> None:
     """A setting of the wrong type (from a config file: flags are typed by click) is a usage error in one
     line, not a traceback from deep in validation."""
     for f in fields(ServerConfig):
-        if f.name not in values or f.name == "peers":
+        if f.name not in values or f.name in PEER_MAPS:
             continue
         v, default = values[f.name], f.default
         if isinstance(default, bool):
@@ -228,20 +232,24 @@ def id_from_hostname(hostname: str) -> int:
 @click.option("--data", "data_dir", default="dev-cluster", show_default=True, help="Folder for the nodes' data.")
 @click.option("--base-port", default=7001, show_default=True, help="Node i listens on base-port + i - 1.")
 @click.option("--metrics-base-port", default=9101, show_default=True, help="Node i serves /metrics on this + i - 1.")
+@click.option("--peer-base-port", default=0, show_default=True, type=click.IntRange(0, 65535),
+              help="Node i takes Raft batches from its peers over TCP on this + i - 1, e.g. 7101 (0: over gRPC "
+                   "streams).")
 @click.option("--fresh", is_flag=True, help="Delete the data folder first.")
 @click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(0),
               help="A crashed node (signal or exit 75) is restarted at most this many times in an hour.")
 @click.option("--restart-backoff", default=1.0, show_default=True, type=click.FloatRange(0.0, 30.0),
               help="Seconds before the first restart of a crashed node; doubles with each one (at most 30).")
-def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, fresh: bool, max_restarts: int,
-        restart_backoff: float) -> None:
+def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, peer_base_port: int, fresh: bool,
+        max_restarts: int, restart_backoff: float) -> None:
     """Run a local cluster on 127.0.0.1 in the foreground; Ctrl-C stops every node cleanly.
 
     A crashed node is restarted with backoff; one that exits 65 (needs an operator) or 64 never is.
     `kv dev kill|stop|restart|status` (or those words typed here) drive it (see raftkv/cli/dev_cluster.py)."""
     from .dev_cluster import run_dev_cluster
 
-    sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh, max_restarts, restart_backoff))
+    sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh, max_restarts, restart_backoff,
+                             peer_base_port))
 
 
 @main.command()

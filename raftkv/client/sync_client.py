@@ -213,10 +213,11 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         return self.call("MemberList", pb.MemberListRequest(), "read", admin=True)
 
     def member_add(self, node_id: int, address: str, learner: bool = False, sync: bool = False,
-                   semi_sync: bool = False, spare: bool = False, witness: bool = False) -> pb.MemberResponse:
+                   semi_sync: bool = False, spare: bool = False, witness: bool = False,
+                   peer_address: str = "") -> pb.MemberResponse:
         return self.call("MemberAdd", pb.MemberAddRequest(id=node_id, address=address, learner=learner, sync=sync,
-                                                          semi_sync=semi_sync, spare=spare, witness=witness),
-                         "txn", admin=True)
+                                                          semi_sync=semi_sync, spare=spare, witness=witness,
+                                                          peer_address=peer_address), "txn", admin=True)
 
     def member_remove(self, node_id: int) -> pb.MemberResponse:
         return self.call("MemberRemove", pb.MemberRemoveRequest(id=node_id), "txn", admin=True)
@@ -225,7 +226,8 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         return self.call("MemberPromote", pb.MemberPromoteRequest(id=node_id), "txn", admin=True)
 
     def member_update(self, node_id: int, address: str = "", sync: bool | None = None,
-                      semi_sync: bool | None = None, spare: bool | None = None) -> pb.MemberResponse:
+                      semi_sync: bool | None = None, spare: bool | None = None,
+                      peer_address: str | None = None) -> pb.MemberResponse:
         """Change a member's address and/or marks; a mark left as None keeps its current value."""
         if sync is None or semi_sync is None:
             current = next((m for m in self.members().members if m.id == node_id), None)
@@ -234,7 +236,8 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
                 semi_sync = current.semi_sync if semi_sync is None else semi_sync
         sync, semi_sync = bool(sync), bool(semi_sync)
         return self.call("MemberUpdate", pb.MemberUpdateRequest(id=node_id, address=address, sync=sync,
-                                                                semi_sync=semi_sync, spare=spare), "txn", admin=True)
+                                                                semi_sync=semi_sync, spare=spare,
+                                                                peer_address=peer_address), "txn", admin=True)
 
     def transfer_leader(self, target: int) -> pb.TransferLeaderResponse:
         return self.call("TransferLeader", pb.TransferLeaderRequest(target_id=target), "txn", admin=True)

@@ -49,6 +49,8 @@ def parse_witnesses(spec: str) -> frozenset[int]:
     return frozenset(out)
 
 
+PEER_MAPS = ("peers", "initial_peer_addresses")
+"""Settings written ID=HOST:PORT,... (parse_peers)."""
 MIN_MAP_SIZE = 1 << 20
 MAX_MAP_SIZE = 1 << 40
 
@@ -88,6 +90,12 @@ class ServerConfig:
     """host:port for plaintext HTTP /metrics and /health ("" = off)."""
     peers: dict[int, str] = field(default_factory=dict)
     """Founding members (id -> address). Empty with `join` for a node added to a running cluster."""
+    peer_listen: str = ""
+    """HOST:PORT of the TCP peer port (transport/tcp_peer.py): Raft batches as length-prefixed frames, which
+    peers that know it use instead of gRPC streams ("" = none: peers reach this node over gRPC)."""
+    initial_peer_addresses: dict[int, str] = field(default_factory=dict)
+    """Founding members' TCP peer ports (id -> HOST:PORT), recorded with `peers` in the founding membership.
+    This node's own entry defaults to `peer_listen`; members left out are reached over gRPC."""
     join: bool = False
     """Start empty and wait to be added by `kv members add` instead of founding a cluster."""
     tick_ms: int = 50
@@ -300,6 +308,32 @@ class ServerConfig:
         if self.client_cert_auth and not self.trusted_ca_file:
             raise ConfigError("--client-cert-auth needs --trusted-ca-file")
         self._validate_identity()
+        self._validate_peer_port()
+
+    def _validate_peer_port(self) -> None:
+        """--peer-listen and --initial-peer-addresses: addresses, and one founding description."""
+        if self.peer_listen:
+            problem = address_problem(self.peer_listen)
+            if problem is not None:
+                raise ConfigError(f"--peer-listen: {problem}")
+            if self.peer_listen in (self.listen, self.metrics_listen):
+                raise ConfigError(f"--peer-listen {self.peer_listen} is also the gRPC or metrics address: give "
+                                  f"the peer port a port of its own")
+        if self.initial_peer_addresses and self.join:
+            raise ConfigError("--initial-peer-addresses describes the founders: a --join node's peer port is "
+                              "given with `kv members add --peer-addr`")
+        for nid, addr in sorted(self.initial_peer_addresses.items()):
+            if nid not in self.peers:
+                raise ConfigError(f"--initial-peer-addresses names node {nid}, which --peers does not list")
+            problem = address_problem(addr)
+            if problem is not None:
+                raise ConfigError(f"--initial-peer-addresses (node {nid}): {problem}")
+        own = self.initial_peer_addresses.get(self.id)
+        if own is not None and own != self.peer_listen:
+            raise ConfigError(f"--initial-peer-addresses gives node {self.id} the peer port {own}, but "
+                              f"--peer-listen is {self.peer_listen or 'not set'}")
+        if self.peer_listen and not self.join and self.id not in self.initial_peer_addresses:
+            self.initial_peer_addresses = {**self.initial_peer_addresses, self.id: self.peer_listen}
 
     def _validate_identity(self) -> None:
         """The peer TLS and cluster identity settings."""
@@ -414,5 +448,5 @@ class ServerConfig:
             key = k.replace("-", "_")
             if key not in known:
                 raise ConfigError(f"unknown setting {k!r} in {path}")
-            out[key] = parse_peers(v) if key == "peers" and isinstance(v, str) else v
+            out[key] = parse_peers(v) if key in PEER_MAPS and isinstance(v, str) else v
         return out

@@ -176,11 +176,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     # Lifecycle
     # ------------------------------------------------------------------------------------------
     async def start(self) -> None:
-        self.members.load(self.cfg.peers)
+        self.members.load(self.cfg.peers, self.cfg.initial_peer_addresses)
         await self._create_reserve()
         for nid, info in self.members.all().items():
             if nid != self.cfg.id and info.address:
-                self.transport.add_peer(nid, info.address)
+                self.transport.add_peer(nid, info.address, info.peer_address)
         loop = asyncio.get_running_loop()
         self._schedule_tick(loop)
         self._loop_task = asyncio.create_task(self._run(), name=f"raftkv-host-{self.cfg.id}")
@@ -689,5 +689,6 @@ def bootstrap_store(store: NodeStore, cfg: ServerConfig) -> None:
     if cfg.join or store.log.last_index() > 0:
         return
     conf = ConfState(frozenset(cfg.peers), frozenset(), cfg.witness_ids())
-    contexts = {nid: MemberInfo(addr).encode() for nid, addr in cfg.peers.items()}
+    contexts = {nid: MemberInfo(addr, peer_address=cfg.initial_peer_addresses.get(nid, "")).encode()
+                for nid, addr in cfg.peers.items()}
     store.bootstrap(conf, contexts)

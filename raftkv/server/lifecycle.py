@@ -28,6 +28,7 @@ from ..storage.identity import has_data
 from ..tls import TlsError, check_certificate_dates
 from ..transport import Transport
 from ..transport.snapshot_stream import SNAPSHOT_STREAM_CHUNK
+from ..transport.tcp_peer import TcpPeerServer
 from ..transport.transport import SNAPSHOT_CHUNK, server_options
 from .config import ServerConfig
 from .corruption import CorruptionChecker
@@ -212,6 +213,9 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     if port == 0:
         print(f"Error: cannot listen on {cfg.listen}", file=sys.stderr)
         return exit_codes.RETRY
+    peer_port = await _start_peer_port(cfg, transport)
+    if isinstance(peer_port, int):
+        return peer_port
     await server.start()
     await host.start()
     host.corruption.start()
@@ -256,6 +260,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     kv_service.close()
     etcd.close()
     await host.stop()
+    if peer_port is not None:
+        await peer_port.stop()
     await transport.stop()
     await forwarder.close()
     if http is not None:
@@ -267,6 +273,30 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         print(f"Error: stopped: {reason}".replace("\n", " "), file=sys.stderr)
         return exit_code_for(e)
     return exit_codes.NEEDS_OPERATOR if host.removal.removed else 0
+
+
+async def _start_peer_port(cfg: ServerConfig, transport: Transport) -> TcpPeerServer | int | None:
+    """The TCP peer port (`--peer-listen`), serving with the gRPC port's certificate, trust and client
+    certificate demand; None without one, or the exit code of a port that cannot be served."""
+    if not cfg.peer_listen:
+        return None
+    try:
+        tls = cfg.server_tls
+        ctx = tls.server_ssl_context(cfg.requires_client_certs) if tls is not None else None
+    except TlsError as e:
+        print(f"Error: --peer-listen: {e}", file=sys.stderr)
+        return exit_codes.USAGE
+    if _port_in_use(cfg.peer_listen):
+        print(f"Error: cannot listen on {cfg.peer_listen} (--peer-listen): the address is in use", file=sys.stderr)
+        return exit_codes.RETRY
+    port = TcpPeerServer(transport, ctx, cfg.grpc_receive_limit)
+    try:
+        await port.start(cfg.peer_listen)
+    except OSError as e:
+        print(f"Error: cannot listen on {cfg.peer_listen} (--peer-listen): {e.strerror or e}", file=sys.stderr)
+        return exit_codes.RETRY
+    log.info("peer port", listen=cfg.peer_listen, tls=ctx is not None)
+    return port
 
 
 async def _leave_when_removed(host: NodeHost, stop: asyncio.Event) -> None:

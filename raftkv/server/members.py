@@ -33,6 +33,9 @@ class MemberInfo:
     replaces: int = 0
     """Set on a spare's promotion: the dead voter it replaces, still to be demoted (0: none). Recorded in
     the log so that a new leader finishes a replacement the old one began."""
+    peer_address: str = ""
+    """The member's TCP peer port (`--peer-listen`): peers send it Raft batches there, over TCP frames,
+    instead of over gRPC to `address` ("": none, gRPC). Absent from contexts written before it existed."""
 
     def encode(self) -> bytes:
         d: dict[str, object] = {"address": self.address, "sync": self.sync, "semi_sync": self.semi_sync,
@@ -43,6 +46,8 @@ class MemberInfo:
             d["spare"] = True
         if self.replaces:
             d["replaces"] = self.replaces
+        if self.peer_address:
+            d["peer_address"] = self.peer_address
         return msgpack.packb(d, use_bin_type=True)
 
     @staticmethod
@@ -52,7 +57,7 @@ class MemberInfo:
         d = msgpack.unpackb(data)
         return MemberInfo(str(d.get("address", "")), bool(d.get("sync", False)), bool(d.get("semi_sync", False)),
                           str(d.get("name", "")), bytes(d.get("incarnation", b"")), bool(d.get("spare", False)),
-                          int(d.get("replaces", 0)))
+                          int(d.get("replaces", 0)), str(d.get("peer_address", "")))
 
 
 CLUSTER_KEY = 0
@@ -94,15 +99,20 @@ class MemberRegistry:
             self.cluster_id = bytes(msgpack.unpackb(cluster).get("cluster_id", b""))
         self._members = {nid: MemberInfo.decode(raw) for nid, raw in saved.items()}
 
-    def load(self, configured_peers: dict[int, str]) -> None:
-        """Persisted members win; configured peers fill in addresses the log has not told us yet."""
+    def load(self, configured_peers: dict[int, str], configured_peer_ports: dict[int, str] | None = None) -> None:
+        """Persisted members win; configured peers fill in addresses (and peer ports) the log has not told
+        us yet."""
         self._take(self._store.load_members())  # type: ignore[attr-defined]
+        ports = configured_peer_ports or {}
         for nid, addr in configured_peers.items():
             info = self._members.get(nid)
             if info is None:
-                self._members[nid] = MemberInfo(addr)
+                self._members[nid] = MemberInfo(addr, peer_address=ports.get(nid, ""))
             elif not info.address:
                 self._members[nid] = replace(info, address=addr)
+            info = self._members[nid]
+            if not info.peer_address and ports.get(nid):
+                self._members[nid] = replace(info, peer_address=ports[nid])
 
     def get(self, nid: int) -> MemberInfo | None:
         return self._members.get(nid)

@@ -101,7 +101,7 @@ class MembershipOps:
         members = self.members.all()
         for nid, info in members.items():
             if nid != self.cfg.id and info.address:
-                self.transport.add_peer(nid, info.address)
+                self.transport.add_peer(nid, info.address, info.peer_address)
         departing = self.node.departing()  # still to be told they were removed: keep their connections
         self._lingering_peers = bool(departing)
         for nid in self.transport.peer_ids():

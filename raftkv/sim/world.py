@@ -132,7 +132,7 @@ class SimTransport:
                 # tells the leader the rest.
                 self.inbox.snapshot_status(m.to, sent)
 
-    def add_peer(self, node_id: int, address: str) -> None:
+    def add_peer(self, node_id: int, address: str, peer_address: str = "") -> None:
         self._peers[node_id] = address
 
     def remove_peer(self, node_id: int) -> None:

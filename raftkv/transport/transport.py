@@ -10,12 +10,17 @@ connection's certificate when peers are authenticated (`tls.PeerAuth`), then eve
 `PeerGate` (cluster id, membership, the sender's certificate and incarnation), and every message inside a
 batch must come from the batch's sender. A refused stream is failed with the status that says why, logged
 once; the sender logs the refusal once too, and tells its gate (a node refused by its peers is not ready).
+
+A peer whose membership names a TCP peer port is sent to over TCP frames instead (tcp_peer.py: `TcpPeer`
+is a `_Peer` with another `run`, and the peer port hands each batch to `_RaftService.accept`), so the
+queue, the batches and the checks above are the same code on both paths; snapshots stream over gRPC.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
@@ -135,6 +140,8 @@ class _Peer:
         self.ready = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
+        self.peer_address = ""
+        """The peer's TCP peer port (tcp_peer.TcpPeer); "" for a gRPC stream."""
 
     def push(self, m: Message) -> bool:
         """Queue `m`, or refuse it (False) when the queue holds `queue_limit` messages or its entries
@@ -215,27 +222,35 @@ class _Peer:
                 await channel.close(grace=None)
                 raise
             except grpc.aio.AioRpcError as e:
-                if e.code() in REFUSALS:
-                    reason = e.details() or e.code().name
-                    if self.owner.refusal_log.due(f"out:{self.id}:{reason}"):
-                        log.error("peer refused our stream", peer=self.id, address=self.address,
-                                  code=e.code().name, reason=reason)
-                    self.owner.gate.refused_by(self.id, e.code(), reason)
-                if "not a member" in (e.details() or ""):
-                    self.owner.on_refused(self.id, e.details() or "")
+                self.refused(e.code(), e.details() or e.code().name)
             except Exception as e:  # keep the sender alive whatever the channel throws
                 log.debug("peer stream error", peer=self.id, error=repr(e))
             finally:
                 await channel.close(grace=None)
             if self.owner.stopping:
                 return
-            # The stream broke: what was queued may be stale; Raft will resend what matters.
-            beats = sum(1 for m in self.queue if m.type == MessageType.HEARTBEAT)
-            self.owner.events.send_failed(self.id, max(1, len(self.queue)), beats)
-            self.clear()
-            self.owner.on_unreachable(self.id)
-            await asyncio.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, 1.0)
+            backoff = await self.broken(backoff)
+
+    def refused(self, code: grpc.StatusCode, reason: str) -> None:
+        """The peer refused our stream (`code` is one of REFUSALS): logged once, told to the gate, and to
+        the host when the reason is that this node is not a member."""
+        if code in REFUSALS:
+            if self.owner.refusal_log.due(f"out:{self.id}:{reason}"):
+                log.error("peer refused our stream", peer=self.id, address=self.address,
+                          code=code.name, reason=reason)
+            self.owner.gate.refused_by(self.id, code, reason)
+        if "not a member" in reason:
+            self.owner.on_refused(self.id, reason)
+
+    async def broken(self, backoff: float) -> float:
+        """The stream broke: what was queued may be stale (Raft resends what matters), so it is dropped
+        and the peer reported unreachable; then wait about `backoff` seconds. The next back-off."""
+        beats = sum(1 for m in self.queue if m.type == MessageType.HEARTBEAT)
+        self.owner.events.send_failed(self.id, max(1, len(self.queue)), beats)
+        self.clear()
+        self.owner.on_unreachable(self.id)
+        await asyncio.sleep(backoff * (0.5 + random.random()))
+        return min(backoff * 2, 1.0)
 
 
 class _RaftService(pb_grpc.RaftServicer):
@@ -251,7 +266,6 @@ class _RaftService(pb_grpc.RaftServicer):
 
     async def Send(self, request_iterator: AsyncIterator[pb.MessageBatch], context: grpc.aio.ServicerContext
                    ) -> pb.SendAck:
-        deliver = self.owner.on_message
         identity: PeerIdentity | None = None
         if self.owner.peer_auth.enabled:
             checked = self.owner.peer_auth.check(context.auth_context())
@@ -261,26 +275,37 @@ class _RaftService(pb_grpc.RaftServicer):
             identity = checked
         chunks: list[bytes] = []  # of a snapshot still arriving on this stream
         async for batch in request_iterator:
-            if hop_trace.ON:
-                hop_trace.mark(f"peer.recv.{getattr(batch, 'from')}")
-            refusal = self._check(batch, identity)
+            refusal = self.accept(batch, identity, chunks)
             if refusal is not None:
                 await self._refuse(context, refusal.code, refusal.message)
                 return pb.SendAck()
-            if batch.cluster_id and not self.owner.cluster_id():
-                self.owner.adopt_cluster_id(batch.cluster_id)
-            sender = getattr(batch, "from")
-            if sender not in self.owner.peers and batch.from_address and sender != self.owner.node_id:
-                self.owner.add_peer(sender, batch.from_address)
-            if batch.snapshot_chunk:
-                chunks.append(batch.snapshot_chunk)
-            for m in batch.messages:
-                if m.snapshot.chunked:
-                    deliver(from_proto(m, b"".join(chunks)))
-                    chunks = []
-                else:
-                    deliver(from_proto(m))
         return pb.SendAck()
+
+    def accept(self, batch: pb.MessageBatch, identity: PeerIdentity | None, chunks: list[bytes]
+               ) -> PeerRefusal | None:
+        """Check one batch of a stream (`_check`) and deliver its messages, or say why it is refused (the
+        stream then ends). `chunks`: the stream's snapshot chunks still waiting for their message. Shared
+        by the gRPC stream and the TCP peer port (tcp_peer.py)."""
+        if hop_trace.ON:
+            hop_trace.mark(f"peer.recv.{getattr(batch, 'from')}")
+        refusal = self._check(batch, identity)
+        if refusal is not None:
+            return refusal
+        if batch.cluster_id and not self.owner.cluster_id():
+            self.owner.adopt_cluster_id(batch.cluster_id)
+        sender = getattr(batch, "from")
+        if sender not in self.owner.peers and batch.from_address and sender != self.owner.node_id:
+            self.owner.add_peer(sender, batch.from_address)
+        if batch.snapshot_chunk:
+            chunks.append(batch.snapshot_chunk)
+        deliver = self.owner.on_message
+        for m in batch.messages:
+            if m.snapshot.chunked:
+                deliver(from_proto(m, b"".join(chunks)))
+                chunks.clear()
+            else:
+                deliver(from_proto(m))
+        return None
 
     def _check(self, batch: pb.MessageBatch, identity: PeerIdentity | None) -> PeerRefusal | None:
         me = self.owner.node_id
@@ -390,20 +415,37 @@ class Transport:
         """InstallSnapshot streams being received now."""
         self.snapshots: SnapshotSender | None = (
             SnapshotSender(self, snapshot_store, CHANNEL_OPTIONS) if snapshot_store is not None else None)
+        self.service = _RaftService(self)
+        """The Raft service: gRPC streams and the TCP peer port (tcp_peer.py) hand it their batches."""
+        self._client_ssl: ssl.SSLContext | None = None
 
     def servicer(self) -> pb_grpc.RaftServicer:
-        return _RaftService(self)
+        return self.service
+
+    def client_ssl(self) -> ssl.SSLContext | None:
+        """What a TCP peer connection presents and trusts: the same files as the gRPC peer channels
+        (`tls`), built once; None for plaintext."""
+        if self._client_ssl is None and self.tls is not None and self.tls.enabled:
+            self._client_ssl = self.tls.client_ssl_context()
+        return self._client_ssl
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RaftServicer_to_server(self.servicer(), server)
 
-    def add_peer(self, node_id: int, address: str) -> None:
+    def add_peer(self, node_id: int, address: str, peer_address: str = "") -> None:
+        """Send to `node_id` over TCP frames to its `peer_address` when it has one (tcp_peer.py), else
+        over a gRPC stream to `address`; snapshots always stream over gRPC to `address`."""
         p = self.peers.get(node_id)
-        if p is not None and p.address == address:
+        if p is not None and p.address == address and p.peer_address == peer_address:
             return
         if p is not None:
             self.remove_peer(node_id)
-        p = _Peer(self, node_id, address)
+        if peer_address:
+            from .tcp_peer import TcpPeer
+
+            p = TcpPeer(self, node_id, address, peer_address)
+        else:
+            p = _Peer(self, node_id, address)
         self.peers[node_id] = p
         p.task = asyncio.get_running_loop().create_task(p.run(), name=f"raftkv-peer-{node_id}")
 

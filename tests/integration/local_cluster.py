@@ -18,7 +18,10 @@ FAST = ["--tick-ms", "20", "--election-ticks", "10", "--heartbeat-ticks", "1"]
 
 
 class LocalCluster:
-    def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None, tls: TlsFiles | None = None) -> None:
+    def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None, tls: TlsFiles | None = None,
+                 peer_port_nodes: set[int] | None = None) -> None:
+        """`peer_port_nodes`: the nodes that get a TCP peer port (`--peer-listen`, listed in every founder's
+        `--initial-peer-addresses`); peers reach the others over gRPC."""
         self.root = root
         self.tls = tls
         """What this harness's own clients present to TLS nodes (the nodes' flags go in `extra`)."""
@@ -26,6 +29,7 @@ class LocalCluster:
         self.extra = extra or []
         self.ports = {i: free_port() for i in range(1, n + 1)}
         self.metrics_ports = {i: free_port() for i in range(1, n + 1)}
+        self.peer_ports = {i: free_port() for i in sorted(peer_port_nodes or ())}
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.logs: dict[int, Path] = {}
 
@@ -44,7 +48,17 @@ class LocalCluster:
         cmd = [sys.executable, "-m", "raftkv.cli.server_main", "serve", "--id", str(i),
                "--data-dir", str(self.root / f"node{i}"), "--listen", self.address(i),
                "--metrics-listen", f"127.0.0.1:{self.metrics_ports[i]}", "--log-format", "json", *FAST, *self.extra]
-        return cmd + (["--join"] if join else ["--peers", self.peers])
+        if i in self.peer_ports:
+            cmd += ["--peer-listen", self.peer_address(i)]
+        if join:
+            return [*cmd, "--join"]
+        cmd += ["--peers", self.peers]
+        if self.peer_ports:
+            cmd += ["--initial-peer-addresses", ",".join(f"{n}={self.peer_address(n)}" for n in sorted(self.peer_ports))]
+        return cmd
+
+    def peer_address(self, i: int) -> str:
+        return f"127.0.0.1:{self.peer_ports[i]}"
 
     def start(self, i: int, join: bool = False) -> None:
         self.logs[i] = self.root / f"node{i}.log"

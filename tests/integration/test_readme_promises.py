@@ -254,7 +254,8 @@ def test_raftkv_dev_runs_a_cluster_until_ctrl_c(tmp_path: Path) -> None:
     base, metrics = _free_run(3), _free_run(3)
     data = tmp_path / "dev"
     proc = subprocess.Popen([sys.executable, "-m", "raftkv.cli.server_main", "dev", "--data", str(data),
-                             "--base-port", str(base), "--metrics-base-port", str(metrics)],
+                             "--base-port", str(base), "--metrics-base-port", str(metrics),
+                             "--peer-base-port", str(_free_run(3))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     endpoints = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
     try:

@@ -65,6 +65,7 @@ def test_dev_restarts_crashes_not_refusals_and_kills_on_request(tmp_path: Path) 
     data = tmp_path / "dev"
     proc = subprocess.Popen([sys.executable, "-m", "raftkv.cli.server_main", "dev", "--data", str(data),
                              "--base-port", str(base), "--metrics-base-port", str(metrics),
+                             "--peer-base-port", str(_free_run(3)),
                              "--restart-backoff", "0.2", "--max-restarts", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     endpoints = ",".join(f"127.0.0.1:{base + i}" for i in range(3))

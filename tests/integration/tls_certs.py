@@ -36,11 +36,13 @@ def node_tls_flags(pki: dict[str, str]) -> list[str]:
 
 
 @contextmanager
-def tls_cluster(root: Path, pki: dict[str, str], *flags: str) -> Iterator[LocalCluster]:
+def tls_cluster(root: Path, pki: dict[str, str], *flags: str, peer_port_nodes: set[int] | None = None
+                ) -> Iterator[LocalCluster]:
     """A running 3-node cluster on `pki`'s node certificate plus `flags`; its own clients present the
-    client certificate (keys `client_cert`, `client_key`). Stopped on leaving."""
+    client certificate (keys `client_cert`, `client_key`). `peer_port_nodes` get TCP peer ports (see
+    LocalCluster). Stopped on leaving."""
     c = LocalCluster(root, extra=[*node_tls_flags(pki), *flags],
-                     tls=TlsFiles(pki["ca"], pki["client_cert"], pki["client_key"]))
+                     tls=TlsFiles(pki["ca"], pki["client_cert"], pki["client_key"]), peer_port_nodes=peer_port_nodes)
     try:
         c.start_all()
         yield c

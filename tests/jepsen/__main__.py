@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--nemeses", help="matrix: comma-separated subset of nemeses")
     ap.add_argument("--out", type=Path, help="results folder (default results/<timestamp>)")
     ap.add_argument("--prefix", default="rkvjm", help="name prefix of the namespaces and links the suite owns")
+    ap.add_argument("--peer-transport", choices=["grpc", "tcp"], default="grpc",
+                    help="nodes send each other Raft batches over gRPC streams or TCP peer ports (--peer-listen)")
     ap.add_argument("--net", type=int, default=1, help="the nodes' subnet is 10.213.NET.0/24 (one per prefix)")
     ap.add_argument("--recheck", type=Path, metavar="DIR",
                     help="run the checkers again over the histories saved under DIR (no cluster needed)")
@@ -58,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         workloads = _subset(args.workloads, sorted(WORKLOADS), "workload")
         nemeses = _subset(args.nemeses, NEMESES, "nemesis", NEMESES + WITNESS_NEMESES)
         configs = [RunConfig(w, n, args.seed + i, args.time_limit, args.nodes, prefix=args.prefix,
-                             net=args.net, topology=args.topology or "")
+                             net=args.net, topology=args.topology or "",
+                             peer_transport=args.peer_transport)
                    for i, (n, w) in enumerate(_matrix_pairs(nemeses, workloads))]
     else:
         configs = [RunConfig(args.workload, args.nemesis, args.seed, args.time_limit, args.nodes, prefix=args.prefix,
-                             net=args.net, topology=args.topology or "")]
+                             net=args.net, topology=args.topology or "",
+                             peer_transport=args.peer_transport)]
     results = []
     for i, cfg in enumerate(configs, 1):
         res = run_one(cfg, out)

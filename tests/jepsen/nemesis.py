@@ -201,7 +201,7 @@ class Faults:
         """A removed node returns empty, under a new id: added as a learner, started with --join, and
         promoted once it has caught up (a voter that cannot vote yet only weakens the quorum)."""
         new_id = self.cluster.next_id
-        if not self._add_learner(new_id, node.address):
+        if not self._add_learner(new_id, node.address, node.peer_address):
             return False
         self.cluster.next_id += 1
         node.wipe(new_id)
@@ -211,12 +211,12 @@ class Faults:
             self.unpromoted.append(node.id)
         return True
 
-    def _add_learner(self, new_id: int, address: str, timeout: float = 10.0) -> bool:
+    def _add_learner(self, new_id: int, address: str, peer_address: str = "", timeout: float = 10.0) -> bool:
         """Add a learner, retrying a little while the previous membership change is still settling."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.admin().member_add(new_id, address, learner=True)
+                self.admin().member_add(new_id, address, learner=True, peer_address=peer_address)
                 return True
             except RaftKVError:
                 try:

@@ -18,6 +18,8 @@ from .topology import Topology
 from .witness_topology import WitnessTopology
 
 PORT = 7001
+PEER_PORT = 7101
+"""Each node's TCP peer port when the cluster runs with TCP peers (`--peer-transport tcp`)."""
 TIMING = ["--tick-ms", "20", "--election-ticks", "15", "--heartbeat-ticks", "1"]
 
 
@@ -36,10 +38,19 @@ class Node:
         self.paused = False
         self.disk: Path | None = None
         """With the disk nemesis: this node's own small filesystem, which holds its data directories."""
+        self.peer_tcp = False
+        """Peers send this node Raft batches over TCP on `peer_address` (else over gRPC to `address`)."""
+        self.founding_peer_ports = ""
+        """`--initial-peer-addresses` of the founders (with `peer_tcp`)."""
 
     @property
     def address(self) -> str:
         return f"{self.topo.ip(self.slot)}:{PORT}"
+
+    @property
+    def peer_address(self) -> str:
+        """This node's TCP peer port ("" without TCP peers)."""
+        return f"{self.topo.ip(self.slot)}:{PEER_PORT}" if self.peer_tcp else ""
 
     @property
     def data_dir(self) -> Path:
@@ -61,9 +72,14 @@ class Node:
         cmd = [*self.topo.exec_prefix(self.slot), sys.executable, "-m", "raftkv.cli.server_main", "serve",
                "--id", str(self.id), "--data-dir", str(self.data_dir), "--listen", self.address,
                "--log-format", "json", *TIMING, *self.extra]
+        if self.peer_tcp:
+            cmd += ["--peer-listen", self.peer_address]
         if peers is None:
             return cmd + ["--join"]
-        return cmd + ["--peers", peers] + (self.founding_flags if self.id == self.slot else [])
+        cmd += ["--peers", peers] + (self.founding_flags if self.id == self.slot else [])
+        if self.founding_peer_ports:
+            cmd += ["--initial-peer-addresses", self.founding_peer_ports]
+        return cmd
 
     def start(self, peers: str | None) -> None:
         cmd = self.command(peers)
@@ -114,13 +130,20 @@ class Node:
 
 class Cluster:
     def __init__(self, topo: Topology, root: Path, extra: list[str] | None = None,
-                 witnesses: WitnessTopology | None = None) -> None:
+                 witnesses: WitnessTopology | None = None, peer_tcp: bool = False) -> None:
+        """`peer_tcp`: every node gets a TCP peer port (`--peer-listen`), in the founders' membership and in
+        the `kv members add --peer-addr` of a node added back."""
         self.topo = topo
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.witnesses = witnesses
         self.nodes = {s: Node(topo, s, root, extra or [], witnesses.flags(s) if witnesses else None)
                       for s in range(1, topo.n + 1)}
+        for n in self.nodes.values():
+            n.peer_tcp = peer_tcp
+        ports = ",".join(f"{n.id}={n.peer_address}" for n in self.nodes.values()) if peer_tcp else ""
+        for n in self.nodes.values():
+            n.founding_peer_ports = ports
         self.next_id = topo.n + 1
         self.founding_peers_original = self.founding_peers
         self._clients: dict[str, Client] = {}

@@ -41,6 +41,9 @@ class RunConfig:
     """"" (every node a data node), or a witness topology such as "2+1" (witness_topology.py), which sets
     the number of nodes."""
 
+    peer_transport: str = "grpc"
+    """How the nodes send each other Raft batches: `grpc` streams or `tcp` peer ports (`--peer-listen`)."""
+
     def __post_init__(self) -> None:
         if self.topology:
             self.nodes = parse_topology(self.topology).nodes
@@ -104,7 +107,8 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
     disks: Disks | None = None
     try:
         topo.setup()
-        cluster = Cluster(topo, out / "nodes", extra=list(workload.server_flags), witnesses=cfg.witnesses)
+        cluster = Cluster(topo, out / "nodes", extra=list(workload.server_flags), witnesses=cfg.witnesses,
+                          peer_tcp=cfg.peer_transport == "tcp")
         if cfg.nemesis in NEEDS_DISKS:
             disks = Disks(out / "disks", sorted(cluster.nodes)).setup()
             for slot, node in cluster.nodes.items():

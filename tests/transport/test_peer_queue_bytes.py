@@ -22,15 +22,17 @@ def _append(to: int, i: int, size: int) -> Message:
 
 
 @pytest.mark.asyncio
-async def test_a_peer_that_reads_nothing_holds_at_most_the_byte_bound() -> None:
-    mute = socket.socket()  # listens, accepts into its backlog, never speaks HTTP/2
+@pytest.mark.parametrize("kind", ["grpc", "tcp"])
+async def test_a_peer_that_reads_nothing_holds_at_most_the_byte_bound(kind: str) -> None:
+    mute = socket.socket()  # listens, accepts into its backlog, never reads (nor speaks HTTP/2)
     mute.bind(("127.0.0.1", 0))
     mute.listen(16)
     unreachable: list[int] = []
     t = Transport(1, "127.0.0.1:1", lambda: CLUSTER, on_message=lambda _: None, on_unreachable=unreachable.append,
                   adopt_cluster_id=lambda _: None, queue_bytes_limit=1 << 20)
     try:
-        t.add_peer(2, f"127.0.0.1:{mute.getsockname()[1]}")
+        mute_address = f"127.0.0.1:{mute.getsockname()[1]}"
+        t.add_peer(2, mute_address, mute_address if kind == "tcp" else "")
         await asyncio.sleep(0.05)
         t.send([_append(2, i, 64 << 10) for i in range(100)])  # 6.4 MiB offered
         assert t.queued_bytes(2) <= 1 << 20

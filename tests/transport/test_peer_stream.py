@@ -1,5 +1,5 @@
-"""Two transports over real gRPC on loopback: messages arrive in order, and a snapshot larger than a chunk
-arrives whole, reassembled from many batches on the stream."""
+"""Two transports over real gRPC on loopback, or over TCP frames to a peer port: messages arrive in order, and
+a snapshot larger than a chunk arrives whole, reassembled from many batches on the stream."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ import pytest
 from benchmarks.ports import free_port
 from raftkv.core import ConfState, Entry, Message, MessageType, Snapshot, SnapshotMeta
 from raftkv.transport import Transport
-from raftkv.transport.transport import CHANNEL_OPTIONS
+from raftkv.transport.transport import CHANNEL_OPTIONS, PEER_MAX_MESSAGE
+
+from .peer_kinds import KINDS, peer_port
 
 CLUSTER = b"c" * 16
 
@@ -34,14 +36,16 @@ def snap_message(data: bytes, index: int) -> Message:
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("size", [0, 10, 64 * 1024, 64 * 1024 + 1, 3 * 64 * 1024, 1_000_003])
-async def test_snapshots_of_every_size_arrive_whole_and_in_order(size: int) -> None:
+async def test_snapshots_of_every_size_arrive_whole_and_in_order(size: int, kind: str) -> None:
     chunk = 64 * 1024
     received: list[Message] = []
     t1, s1, _ = await start(1, [], chunk)
     t2, s2, addr2 = await start(2, received, chunk)
+    peer_addr2, port2 = await peer_port(t2, kind, PEER_MAX_MESSAGE)
     try:
-        t1.add_peer(2, addr2)
+        t1.add_peer(2, addr2, peer_addr2)
         data = os.urandom(size)
         before = Message(MessageType.APP, to=2, frm=1, term=3, index=7, log_term=3,
                          entries=[Entry(3, 8, data=b"x")], commit=7)
@@ -60,6 +64,8 @@ async def test_snapshots_of_every_size_arrive_whole_and_in_order(size: int) -> N
         assert first.meta == SnapshotMeta(100, 3, ConfState(frozenset({1, 2, 3}), frozenset({4})))
         assert second.meta.index == 101
     finally:
+        if port2 is not None:
+            await port2.stop()
         await t1.stop()
         await t2.stop()
         await s1.stop(0)

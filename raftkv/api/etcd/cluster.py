@@ -105,7 +105,8 @@ class EtcdCluster(EtcdBase, epb_grpc.ClusterServicer):
             return await self.forward("Cluster", "MemberUpdate", request, context)
         self._known(request.ID)
         old = self.host.member_info().get(request.ID, MemberInfo())
-        ctx = MemberInfo(address, old.sync, old.semi_sync, old.name, spare=old.spare, replaces=old.replaces).encode()
+        ctx = MemberInfo(address, old.sync, old.semi_sync, old.name, spare=old.spare, replaces=old.replaces,
+                         peer_address=old.peer_address).encode()
         await self.host.change_member(ConfChange(ConfChangeType.UPDATE_NODE, request.ID, ctx))
         return epb.MemberUpdateResponse(header=self.header(0), members=self._members())
 
