@@ -26,21 +26,13 @@ from raftkv.storage import commands
 from raftkv.tls import TlsFiles
 
 from .local_cluster import LocalCluster
-from .tls_certs import tls_cluster, write_ca, write_pair
-
-PEER_CN = "raftkv-peer"
+from .tls_certs import PEER_CN, peer_pki, tls_cluster, write_pair
 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
-    ca = trustme.CA()
-    files = {"ca": write_ca(ca, tmp_path)}
-    files["node_cert"], files["node_key"] = write_pair(
-        ca.issue_cert("127.0.0.1", "localhost", common_name=PEER_CN), tmp_path, "node")
-    # A client certificate from the same CA, even one naming the nodes' host: not a peer's (wrong CN).
-    files["client_cert"], files["client_key"] = write_pair(
-        ca.issue_cert("127.0.0.1", common_name="kv-client"), tmp_path, "client")
-    return files
+    # The client certificate is from the same CA, even naming the nodes' host: not a peer's (wrong CN).
+    return peer_pki(tmp_path)
 
 
 def _forged(cluster_id: bytes, sender: int, to: int, term: int, entries: list[pb.Entry] | None = None,

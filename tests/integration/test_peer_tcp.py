@@ -16,14 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from benchmarks.ports import free_port
 from raftkv.proto.stubs import raft_pb2 as pb
 
 from .local_cluster import LocalCluster
-from .test_peer_auth import PEER_CN, _assert_untouched, _forged, _forged_append
-from .tls_certs import tls_cluster, write_ca, write_pair
+from .test_peer_auth import _assert_untouched, _forged, _forged_append
+from .tls_certs import PEER_CN, peer_pki, tls_cluster
 
 HEADER = struct.Struct(">I")
 
@@ -210,16 +209,7 @@ def test_peers_talk_over_their_tcp_ports_and_survive_a_leader_kill(tcp_cluster: 
 
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, str]:
-    ca = trustme.CA()
-    files = {"ca": write_ca(ca, tmp_path)}
-    files["node_cert"], files["node_key"] = write_pair(
-        ca.issue_cert("127.0.0.1", "localhost", common_name=PEER_CN), tmp_path, "node")
-    files["client_cert"], files["client_key"] = write_pair(
-        ca.issue_cert("127.0.0.1", common_name="kv-client"), tmp_path, "client")
-    # A peer's CN, but issued for another host than the members'.
-    files["elsewhere_cert"], files["elsewhere_key"] = write_pair(
-        ca.issue_cert("client.example.invalid", common_name=PEER_CN), tmp_path, "elsewhere")
-    return files
+    return peer_pki(tmp_path, elsewhere=True)
 
 
 def test_mtls_peers_over_tcp_beside_a_grpc_only_member(tmp_path: Path, pki: dict[str, str]) -> None:

@@ -30,6 +30,25 @@ def write_ca(ca: trustme.CA, path: Path, name: str = "ca") -> str:
     return str(f)
 
 
+PEER_CN = "raftkv-peer"
+"""The common name the peer-auth tests allow for peer certificates."""
+
+
+def peer_pki(path: Path, elsewhere: bool = False) -> dict[str, str]:
+    """A CA, the nodes' certificate (CN PEER_CN, for 127.0.0.1 and localhost), a client certificate from the
+    same CA (not a peer's: wrong CN), and with `elsewhere` a peer's CN issued for another host."""
+    ca = trustme.CA()
+    files = {"ca": write_ca(ca, path)}
+    files["node_cert"], files["node_key"] = write_pair(
+        ca.issue_cert("127.0.0.1", "localhost", common_name=PEER_CN), path, "node")
+    files["client_cert"], files["client_key"] = write_pair(
+        ca.issue_cert("127.0.0.1", common_name="kv-client"), path, "client")
+    if elsewhere:
+        files["elsewhere_cert"], files["elsewhere_key"] = write_pair(
+            ca.issue_cert("client.example.invalid", common_name=PEER_CN), path, "elsewhere")
+    return files
+
+
 def node_tls_flags(pki: dict[str, str]) -> list[str]:
     """The nodes' certificate and the CA they trust (keys `node_cert`, `node_key`, `ca` of `pki`)."""
     return ["--cert-file", pki["node_cert"], "--key-file", pki["node_key"], "--trusted-ca-file", pki["ca"]]
