@@ -269,16 +269,7 @@ def test_watch_moves_off_a_paused_node(cluster: LocalCluster) -> None:
         cluster.signal(paused, signal.SIGSTOP)
         try:
             written += [c.put("w7", str(i)).meta.index for i in range(1, 6)]
-            seen: list[int] = []
-            servers: set[int] = set()
-            deadline = time.monotonic() + 30
-            while len(seen) < 5 and time.monotonic() < deadline:
-                try:
-                    r = got.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                servers.add(r.served_by)
-                seen += [e.kv.mod_revision for e in r.events]
+            seen, servers = revisions_seen(got, 5)
             assert seen == written[1:] and paused not in servers
         finally:
             cluster.signal(paused, signal.SIGCONT)
