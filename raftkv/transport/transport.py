@@ -68,6 +68,8 @@ SERVER_PING_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
 ]
 MAX_BATCH = 512
+CONNECT_TIMEOUT = 5.0
+"""Seconds a peer connection may take to open before the attempt counts as failed."""
 SNAPSHOT_CHUNK = 4 << 20
 """Snapshot data larger than this travels as chunks, one per batch."""
 REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
@@ -216,8 +218,9 @@ class _Peer:
         while not self.owner.stopping:
             channel = aio_channel(self.address, self.owner.tls, CHANNEL_OPTIONS)
             try:
-                stub = pb_grpc.RaftStub(channel)
-                await stub.Send(self._batches())
+                # Not connected (refused, unreachable): what queued meanwhile counts as failed (broken).
+                if await asyncio.wait_for(_connect(channel), CONNECT_TIMEOUT):
+                    await pb_grpc.RaftStub(channel).Send(self._batches())
             except asyncio.CancelledError:
                 await channel.close(grace=None)
                 raise
@@ -251,6 +254,19 @@ class _Peer:
         self.owner.on_unreachable(self.id)
         await asyncio.sleep(backoff * (0.5 + random.random()))
         return min(backoff * 2, 1.0)
+
+
+async def _connect(channel: grpc.aio.Channel) -> bool:
+    """Connect `channel` before a stream takes messages from the queue: grpc would otherwise pull them
+    into a call that cannot reach the peer, and a dead peer's heartbeats would vanish there instead of
+    counting as failed sends. False as soon as the connection fails (refused, unreachable)."""
+    state = channel.get_state(try_to_connect=True)
+    while state != grpc.ChannelConnectivity.READY:
+        if state in (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN):
+            return False
+        await channel.wait_for_state_change(state)
+        state = channel.get_state(try_to_connect=True)
+    return True
 
 
 class _RaftService(pb_grpc.RaftServicer):
