@@ -3,8 +3,9 @@
 The transport asks this guard about every batch (`check`), after its own checks of the connection's
 certificate and of the messages' senders. A batch is refused:
 
-- FAILED_PRECONDITION when it belongs to another cluster: a cluster id other than ours, or none at all
-  once ours is known (except answers from a member that has not learned the id yet: see ANSWERS);
+- FAILED_PRECONDITION when it belongs to another cluster: a cluster id other than ours. A batch with no
+  cluster id once ours is known comes from a member that has not learned the id yet: only its answers are
+  delivered (see ANSWERS), its requests are dropped;
 - PERMISSION_DENIED when its sender is no member, or (with peer certificates) the connection's
   certificate does not name the host of the member it claims to be;
 - FAILED_PRECONDITION when the sender's incarnation is not the one the cluster recorded for it: its data
@@ -50,10 +51,12 @@ if TYPE_CHECKING:
 log = structlog.get_logger("raftkv.identity")
 
 RETRY_SECONDS = 0.2
+"""How soon a leader tries again to propose an identity record the core refused for now."""
 REFUSAL_MEMORY_SECONDS = 10.0
 """A peer's refusal of our stream counts against readiness this long: a refusal that persists is renewed
 by every attempt (a node with something to say retries within a second), one that was resolved fades."""
-"""How soon a leader tries again to propose an identity record the core refused for now."""
+DROP_LOG_SECONDS = 60.0
+"""Requests dropped from one member without cluster id are logged at most this often."""
 ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP, MessageType.VOTE_RESP,
                      MessageType.PRE_VOTE_RESP, MessageType.READ_INDEX_RESP})
 """What a member that has not learned the cluster id yet may send: answers, never requests. It learns the
@@ -80,6 +83,7 @@ class IdentityGuard:
         self._record_index = 0
         self._record_term = 0
         self._retry_at = 0.0
+        self._dropped_logged: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------
     # What an operator sees
@@ -156,13 +160,30 @@ class IdentityGuard:
                                      "then start it on an empty data directory with --join)")
                 log.error("this node's data was replaced: the cluster refuses it", reason=self._own_problem)
             return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION, reason)
-        if ours and not batch.cluster_id and any(m.type not in ANSWERS for m in batch.messages):
-            return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"a batch from node {sender} carries no cluster id; node {me} belongs to cluster "
-                               f"{ours.hex()}")
+        if ours and not batch.cluster_id:
+            self._drop_requests(batch, sender)
         if batch.to_incarnation == self.incarnation:
             self._refused_by.pop(sender, None)
         return None
+
+    def _drop_requests(self, batch: pb.MessageBatch, sender: int) -> None:
+        """A batch without cluster id comes from a member that has not learned it yet (a founder that was
+        down, or killed, before the identity record reached it): its answers are delivered, its requests
+        (and any snapshot data) dropped. Refusing the whole stream instead would lose the answers queued
+        beside its campaign requests, and two survivors, one of them such a founder, would never elect.
+        It learns the id from the leader's appends, which need its answers."""
+        if all(m.type in ANSWERS for m in batch.messages) and not batch.snapshot_chunk:
+            return
+        kept = [m for m in batch.messages if m.type in ANSWERS]
+        dropped = len(batch.messages) - len(kept)
+        del batch.messages[:]
+        batch.messages.extend(kept)
+        batch.snapshot_chunk = b""
+        now = time.monotonic()
+        if now - self._dropped_logged.get(sender, -DROP_LOG_SECONDS) >= DROP_LOG_SECONDS:
+            self._dropped_logged[sender] = now
+            log.warning("dropped requests from a member that has not learned the cluster id", peer=sender,
+                        dropped=dropped, cluster_id=self.cluster_id.hex())
 
     def refused_by(self, peer_id: int, code: grpc.StatusCode, reason: str) -> None:
         self._refused_by[peer_id] = (reason, time.monotonic())

@@ -218,6 +218,39 @@ def test_with_a_token_foreign_data_is_refused_at_start(tmp_path: Path) -> None:
         b.stop_all()
 
 
+def test_a_founder_that_never_recorded_the_cluster_id_still_helps_elect_a_leader(tmp_path: Path) -> None:
+    """Node 3 is a founder that was down while nodes 1 and 2 formed the cluster and recorded its id (as one
+    killed right after formation, before the identity record reached it). With node 1 gone too, nodes 2
+    and 3 are a majority: 3's requests carry no cluster id and are not taken, but its answers must be,
+    or 2 never gets the vote it needs and the cluster stays without a leader."""
+    c = LocalCluster(tmp_path)
+    try:
+        c.start(1)
+        c.start(2)
+        c.wait_leader(among=[1, 2])
+        _wait_for(lambda: all(c.status(i).cluster_id for i in (1, 2)), "nodes 1 and 2 to record the cluster id")
+        with c.client() as cl:
+            cl.put("before", "1")
+        c.kill(c.wait_leader(among=[1, 2]))
+        other = next(i for i, p in c.procs.items() if p.poll() is None)
+        assert c.stop(other) == 0
+        # 3 comes up alone and campaigns for a while (as a founder does whose peers are slow to return),
+        # then the survivor returns: both campaign, and 3's answers travel beside its own requests.
+        c.start(3)
+        time.sleep(3.0)
+        c.start(other)
+        survivors = [i for i, p in c.procs.items() if p.poll() is None]
+        assert 3 in survivors and len(survivors) == 2
+        leader = c.wait_leader(among=survivors, timeout=30)
+        assert leader in survivors
+        with Client(c.address(leader), timeout=10) as cl:
+            assert cl.get("before").kv.value == b"1"
+            cl.put("after", "2")
+        _wait_for(lambda: c.status(3).cluster_id == c.status(leader).cluster_id, "node 3 to learn the cluster id")
+    finally:
+        c.stop_all()
+
+
 def test_a_second_process_cannot_take_the_port(cluster: LocalCluster, tmp_path: Path) -> None:
     with cluster.client() as c:
         c.put("only", "one")
