@@ -13,11 +13,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 
-from .clusters import DEFAULT_PEER_TRANSPORT, PEER_TRANSPORT_ENV, PEER_TRANSPORTS
+from .clusters import DEFAULT_PEER_TRANSPORT, PEER_TRANSPORT_ENV, PEER_TRANSPORTS, RAFTKV_FLAGS_ENV
 from .spec import RunSpec, all_modes
 
 DEFAULT_MODES = ["write-majority", "write-leader", "write-semi_sync", "write-sync", "read-linearizable",
@@ -49,6 +50,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-transport", choices=list(PEER_TRANSPORTS), default=None,
                    help="how raftkv nodes send Raft batches to each other: tcp (a --peer-listen port each) or "
                         f"grpc streams (default {DEFAULT_PEER_TRANSPORT})")
+    p.add_argument("--raftkv-flag", action="append", default=[],
+                   help="one more `raftkv serve` flag for every raftkv node, repeatable "
+                        "(e.g. --raftkv-flag=--overload-max-queue-delay-ms=0)")
 
 
 def _base(a: argparse.Namespace, mode: str = "write-majority", concurrency: int = 64) -> RunSpec:
@@ -132,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
         a = ap.parse_args(["run", *argv])
     if a.peer_transport:
         os.environ[PEER_TRANSPORT_ENV] = a.peer_transport  # read by RaftkvCluster, in this process and below
+    if a.raftkv_flag:
+        os.environ[RAFTKV_FLAGS_ENV] = json.dumps(a.raftkv_flag)  # the same, for `--raftkv-flag`
     from .runner import new_doc, results_dir
 
     out = results_dir(a.out)
     doc = new_doc(argv)
-    from .clusters import peer_transport
+    from .clusters import peer_transport, raftkv_flags
 
     doc["meta"]["peer_transport"] = peer_transport()
+    doc["meta"]["raftkv_flags"] = raftkv_flags()
     print(f"results: {out}", file=sys.stderr, flush=True)
     if a.cmd == "run":
         from .runner import run_matrix
@@ -165,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         from .hops import compare, run_hops
 
         if a.compare:
-            import json
             from pathlib import Path
 
             before, after = (json.loads(Path(p).read_text()).get("hops", {}) for p in a.compare)

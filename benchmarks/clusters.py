@@ -137,13 +137,22 @@ def peer_transport() -> str:
     return os.environ.get(PEER_TRANSPORT_ENV) or DEFAULT_PEER_TRANSPORT
 
 
+RAFTKV_FLAGS_ENV = "RAFTKV_BENCH_FLAGS"
+"""More `raftkv serve` flags for every node of every benchmark cluster (`--raftkv-flag`), as a JSON list."""
+
+
+def raftkv_flags() -> list[str]:
+    raw = os.environ.get(RAFTKV_FLAGS_ENV)
+    return [str(f) for f in json.loads(raw)] if raw else []
+
+
 class RaftkvCluster(Cluster):
     DISK_SERIES = ("raftkv_fsync_duration_seconds",)
     COUNTERS = ("raftkv_leader_changes_total",)
 
     def __init__(self, root: Path, n: int = 3, extra: list[str] | None = None) -> None:
         super().__init__("raftkv", root)
-        self.extra = extra or []
+        self.extra = [*raftkv_flags(), *(extra or [])]
         self.peer_spec = ""
         ports = {i: free_port() for i in range(1, n + 1)}
         for i, p in ports.items():

@@ -125,7 +125,7 @@ def run_config(doc: dict[str, Any], out: Path, a: argparse.Namespace, system: st
     label = f"{system} {client}{f' x{batch}' if batch > 1 else ''} {size} B"
     extra = None
     if system.startswith("raftkv"):
-        extra = list(a.raftkv_flag) + (["--overload-max-queue-delay-ms=0"] if system == NO_DELAY else [])
+        extra = ["--overload-max-queue-delay-ms=0"] if system == NO_DELAY else []  # --raftkv-flag: clusters.py
     kind = "raftkv" if system.startswith("raftkv") else system
     target = Target(kind, client, size, batch)
     with running_cluster(kind, out / "data" / f"overload-{system}-{client}-{size}", a.nodes, extra) as c:
@@ -258,5 +258,3 @@ def add_parser(sub: Any, common: Any) -> None:
     ov.add_argument("--max-in-flight", type=int, default=4000, help="the harness's own bound on outstanding calls")
     ov.add_argument("--stop-follower", type=float, default=0.0,
                     help="seconds a follower is SIGSTOPped in one more phase at the top factor (0: none)")
-    ov.add_argument("--raftkv-flag", action="append", default=[],
-                    help="extra `raftkv serve` flag, repeatable (e.g. --raftkv-flag=--overload-max-queue-delay-ms=0)")

@@ -14,12 +14,15 @@ REPO = Path(__file__).resolve().parents[2]
 def test_harness_runs_end_to_end_and_writes_results(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "benchmarks", "run", "--systems", "raftkv", "--modes",
            "write-majority,read-linearizable", "--concurrency", "1", "--duration", "1", "--keys", "50",
-           "--procs", "1", "--unary-modes", "", "--out", str(tmp_path)]
+           "--procs", "1", "--unary-modes", "", "--raftkv-flag=--log-level=warning", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (out,) = list(tmp_path.glob("bench-*"))
     doc = json.loads((out / "results.json").read_text())
     assert doc["meta"]["command"].startswith("python -m benchmarks run")
+    assert doc["meta"]["raftkv_flags"] == ["--log-level=warning"]  # and every node ran with it:
+    logs = list(out.rglob("node*.log"))
+    assert len(logs) == 3 and not any('"event": "node started"' in p.read_text() for p in logs)
     assert doc["meta"]["loadavg_start"]
     assert doc["preload"]["raftkv"]["keys_loaded"] == 50
     runs = doc["runs"]
