@@ -65,7 +65,7 @@ from .stamps import StalenessStamps
 from .store import NodeStore
 from .transfer_guard import DATED, TransferGuard
 from .waiters import Durability, IndexWaiters
-from .witness_role import payload_missing
+from .witness_role import RoleMismatch, payload_missing, witness_mismatch
 
 log = structlog.get_logger("raftkv.host")
 
@@ -371,7 +371,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             pass
         except Exception as e:  # noqa: BLE001 - whatever stopped the loop stops the node
             self.fatal = e
-            if is_storage_fault(e):
+            if is_storage_fault(e) or isinstance(e, RoleMismatch):
                 log.error("host loop stopped; stopping the node", error=str(e), kind=type(e).__name__)
             else:
                 log.exception("host loop crashed; stopping the node")
@@ -459,6 +459,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         if rd.snapshot is not None:
             self.applied = rd.snapshot.meta.index
             self.members.replace_from_snapshot(self.store.snapshot_members())
+            self._check_role()
             self._sync_transport_peers()
             if self.identity is not None:
                 self.identity.members_changed([])
@@ -538,6 +539,12 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._arm_flush_timer()
         return results
 
+    def _check_role(self) -> None:
+        """Stop (RoleMismatch) once the configuration names this node in another role than its flag says."""
+        mismatch = witness_mismatch(self.cfg.id, bool(getattr(self.cfg, "witness", False)), self.node.conf)
+        if mismatch is not None:
+            raise RoleMismatch(mismatch)
+
     def _after_apply(self, rd: Ready, results: list[Any], member_changes: list[ConfChange]) -> None:
         entries = rd.committed_entries
         self.applied = entries[-1].index
@@ -549,6 +556,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self._sync_transport_peers()
             if self.identity is not None:
                 self.identity.members_changed(member_changes)
+            self._check_role()
         self.waiters.answer(entries, results)
         if hop_trace.ON:
             hop_trace.mark("applied")

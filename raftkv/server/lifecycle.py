@@ -42,7 +42,7 @@ from .metrics import Metrics
 from .ports import SystemClock, ThreadIO
 from .removal import GRACE_SECONDS, marker_text
 from .spares import SparePromoter
-from .witness_role import witness_mismatch
+from .witness_role import RoleMismatch, witness_mismatch
 
 log = structlog.get_logger("raftkv.server")
 
@@ -92,10 +92,13 @@ def run_node(cfg: ServerConfig) -> int:
 
 
 def exit_code_for(err: BaseException) -> int:
-    """Damaged or foreign data needs an operator; anything else that stops a node (a failing disk, a
+    """Damaged or foreign data needs an operator; a `--witness` flag that disagrees with the role the
+    cluster gave this node needs another command line; anything else that stops a node (a failing disk, a
     data directory in use, a host loop that crashed) may go away when it is restarted."""
     if isinstance(err, ForeignDataError) or is_damage(err):
         return exit_codes.NEEDS_OPERATOR
+    if isinstance(err, RoleMismatch):
+        return exit_codes.USAGE
     return exit_codes.RETRY
 def _refuse_before_opening(cfg: ServerConfig) -> tuple[int, str] | None:
     """What stops a node before it touches its data directory: (exit code, one line), or None."""
@@ -269,7 +272,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     log.info("stopped")
     if host.fatal is not None:
         e = host.fatal
-        reason = str(e) if isinstance(e, StorageError) else f"the host loop cannot go on: {type(e).__name__}: {e}"
+        reason = str(e) if isinstance(e, StorageError | RoleMismatch) else \
+            f"the host loop cannot go on: {type(e).__name__}: {e}"
         print(f"Error: stopped: {reason}".replace("\n", " "), file=sys.stderr)
         return exit_code_for(e)
     return exit_codes.NEEDS_OPERATOR if host.removal.removed else 0

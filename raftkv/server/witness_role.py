@@ -9,6 +9,12 @@ from __future__ import annotations
 from ..core import ConfState, Entry, EntryType
 
 
+class RoleMismatch(Exception):
+    """The configuration this node has just learned (a joining node learns its role from the cluster's
+    log or a snapshot) gives it another role than its `--witness` flag: it stops (exit USAGE) with the
+    same line it would refuse to start with next time, rather than serve in a role nobody asked it for."""
+
+
 def payload_missing(node_id: int, conf: ConfState, committed: list[Entry]) -> str | None:
     """Why a data member cannot apply `committed`: an entry in it is a witness's copy, without its payload
     (the node was a witness, then made a data member without wiping its data directory). Applying past

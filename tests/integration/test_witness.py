@@ -241,3 +241,35 @@ def test_witness_added_with_kv_members_add_counts_for_writes(tmp_path: Path) -> 
                                                 for p in (tmp_path / f"node{W}").rglob("*"))
     finally:
         cl.stop_all()
+
+
+def test_a_joining_node_whose_witness_flag_disagrees_with_the_cluster_stops_at_once(tmp_path: Path) -> None:
+    """The role a joining node learns from the cluster (through its log or a snapshot) is checked against
+    its `--witness` flag as soon as it learns it: a mismatch stops it (exit USAGE, one line), as it would
+    refuse to start the next time, instead of serving in a role the operator did not ask for."""
+    from .test_cli import kv
+
+    cl = LocalCluster(tmp_path, 2).start_all()
+    try:
+        cases = [(3, [], ["--witness"], "node 3 is started with --witness, but its configuration makes it a data"),
+                 (4, ["--witness"], [], "node 4 is a witness in its configuration (it holds no data): start it "
+                                        "with --witness")]
+        for node, add_flags, serve_flags, want in cases:
+            cl.add_node(node)
+            r = kv(cl, "members", "add", str(node), cl.address(node), *add_flags)
+            assert r.returncode == 0, r.stderr
+            cl.extra = [f for f in cl.extra if f != "--witness"] + serve_flags
+            cl.start(node, join=True)
+            try:
+                code = cl.procs[node].wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"node {node} went on serving with the wrong role; log in {cl.root}") from None
+            assert code == exit_codes.USAGE, cl.log_text(node)[-2000:]
+            errors = [ln for ln in cl.log_text(node).splitlines() if ln.startswith("Error: ")]
+            assert len(errors) == 1 and want in errors[0], errors
+            r = kv(cl, "members", "remove", str(node))
+            assert r.returncode == 0, r.stderr
+        with cl.client() as c:
+            c.put("still", "writable")
+    finally:
+        cl.stop_all()
