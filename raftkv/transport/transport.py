@@ -362,6 +362,11 @@ class _RaftService(pb_grpc.RaftServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a snapshot stream starts with its snapshot message")
             return pb.InstallSnapshotResponse()
         refusal = self._check(head, identity)
+        if refusal is None and not head.messages:  # the gate took the snapshot for a request it must not see
+            ours = self.owner.cluster_id()
+            refusal = PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"a snapshot stream from node {getattr(head, 'from')} carries no cluster id; node "
+                                  f"{self.owner.node_id} belongs to cluster {ours.hex()}")
         if refusal is not None:
             await self._refuse(context, refusal.code, refusal.message)
             return pb.InstallSnapshotResponse()

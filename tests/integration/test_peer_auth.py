@@ -59,6 +59,19 @@ def _send(address: str, batch: pb.MessageBatch, tls: TlsFiles | None) -> grpc.St
         channel.close()
 
 
+def _send_snapshot_head(address: str, head: pb.MessageBatch) -> grpc.RpcError | None:
+    """Open an InstallSnapshot stream with `head` and one piece; the error it ends with (None: accepted)."""
+    channel = grpc.insecure_channel(address)
+    try:
+        pb_grpc.RaftStub(channel).InstallSnapshot(iter([pb.SnapshotChunk(head=head), pb.SnapshotChunk(data=b"x")]),
+                                                 timeout=5)
+        return None
+    except grpc.RpcError as e:
+        return e
+    finally:
+        channel.close()
+
+
 def _forged_append(cluster_id: bytes, sender: int, to: int, term: int, last: int, commit: int) -> pb.MessageBatch:
     put = commands.encode(commands.Put(b"forged", b"by-a-stranger"))
     entry = pb.Entry(term=term, index=last + 1, type=int(EntryType.NORMAL), data=put)
@@ -160,6 +173,12 @@ def test_forged_peers_are_refused_on_a_plaintext_cluster(cluster: LocalCluster) 
         assert _send(addr, _forged(b"", claimed, i, term + 5, incarnation=inc), None) == grpc.StatusCode.OK
         assert _send(addr, _forged(b"\x01" * 16, claimed, i, term + 5, incarnation=inc), None) == \
             grpc.StatusCode.FAILED_PRECONDITION
+        # A snapshot stream is a request alone: without a cluster id it is refused whole.
+        head = _forged(b"", claimed, i, term + 5, mtype=MessageType.SNAP, incarnation=inc)
+        head.messages[0].snapshot.CopyFrom(pb.Snapshot(index=st.last_index + 100, term=term + 5))
+        err = _send_snapshot_head(addr, head)
+        assert err is not None and err.code() == grpc.StatusCode.FAILED_PRECONDITION, err
+        assert "carries no cluster id" in err.details(), err.details()
         # Messages inside a batch from another sender than the batch's.
         batch = _forged(cid, claimed, i, term + 5)
         setattr(batch.messages[0], "from", 99)
