@@ -84,6 +84,7 @@ class IdentityGuard:
         self._record_term = 0
         self._retry_at = 0.0
         self._dropped_logged: dict[int, float] = {}
+        self._peer_address_logged: dict[tuple[int, str, str], float] = {}
 
     # ------------------------------------------------------------------------------------------
     # What an operator sees
@@ -145,6 +146,8 @@ class IdentityGuard:
                 return PeerRefusal(grpc.StatusCode.PERMISSION_DENIED,
                                    f"the certificate of this connection ({peer.describe()}) is not node {sender}'s: "
                                    f"it does not name {peer_host or 'its host'}")
+        if batch.HasField("from_peer_address"):
+            self._compare_peer_address(sender, batch.from_peer_address)
         if recorded and batch.incarnation != recorded:
             self._replaced(sender, batch.incarnation)
             return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
@@ -165,6 +168,23 @@ class IdentityGuard:
         if batch.to_incarnation == self.incarnation:
             self._refused_by.pop(sender, None)
         return None
+
+    def _compare_peer_address(self, sender: int, claimed: str) -> None:
+        """The sender says which TCP peer port it listens on (`claimed`, "" for none). If this node's record
+        sends to it at another one, this node cannot reach it there: say so, with the fix (founders given
+        different --initial-peer-addresses, or a member restarted with another --peer-listen)."""
+        info = self._host().members.get(sender)
+        ours = info.peer_address if info is not None else ""
+        if not ours or ours == claimed:
+            return
+        now = time.monotonic()
+        key = (sender, claimed, ours)
+        if now - self._peer_address_logged.get(key, -DROP_LOG_SECONDS) < DROP_LOG_SECONDS:
+            return
+        self._peer_address_logged[key] = now
+        log.error("a member listens for peers elsewhere than this node sends to it: it cannot reach it there",
+                  peer=sender, listens=claimed or "none (Raft over gRPC)", sends_to=ours,
+                  fix=f"kv members update {sender} --peer-addr {claimed or chr(34) * 2}")
 
     def _drop_requests(self, batch: pb.MessageBatch, sender: int) -> None:
         """A batch without cluster id comes from a member that has not learned it yet (a founder that was

@@ -165,6 +165,7 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
                           snapshot_chunk=min(SNAPSHOT_CHUNK, cfg.peer_batch_bytes), max_batch_bytes=cfg.peer_batch_bytes,
                           snapshot_store=store, snapshot_stream_chunk=min(SNAPSHOT_STREAM_CHUNK, cfg.peer_batch_bytes),
                           queue_bytes_limit=cfg.overload_max_follower_queue_bytes)
+    transport.peer_listen = cfg.peer_listen
     host = NodeHost(cfg, store, transport, metrics, clock=SystemClock(), io=ThreadIO(cfg.id), inbox=transport.inbox,
                     identity=guard)
     mismatch = witness_mismatch(cfg.id, cfg.witness, host.node.conf)

@@ -171,10 +171,10 @@ class _Peer:
         self.queued_bytes = 0
 
     def _batch(self, msgs: list[pb.RaftMessage], chunk: bytes = b"") -> pb.MessageBatch:
-        incarnation, to_incarnation = self.owner.gate.outgoing(self.id)
-        return pb.MessageBatch(cluster_id=self.owner.cluster_id(), **{"from": self.owner.node_id}, messages=msgs,
-                               from_address=self.owner.address, snapshot_chunk=chunk, incarnation=incarnation,
-                               to_incarnation=to_incarnation)
+        batch = self.owner.head_batch(self.id, msgs)
+        if chunk:
+            batch.snapshot_chunk = chunk
+        return batch
 
     async def _batches(self) -> AsyncIterator[pb.MessageBatch]:
         chunk_size = self.owner.snapshot_chunk
@@ -423,6 +423,8 @@ class Transport:
         self.queue_bytes_limit = queue_bytes_limit
         """Most entry bytes queued to one peer (see `_Peer.push`)."""
         self.peers: dict[int, _Peer] = {}
+        self.peer_listen = ""
+        """This node's own TCP peer port (`--peer-listen`), told to peers in every batch ("" = none)."""
         self.stopping = False
         self.dropped = 0
         self.events: TransportEvents = NoEvents()
@@ -511,11 +513,12 @@ class Transport:
                 self._snapshot_status(m.to, True)
 
     def head_batch(self, to: int, msgs: list[pb.RaftMessage]) -> pb.MessageBatch:
-        """A batch to `to` carrying `msgs` with this node's identity, as its peer stream sends them (the
-        head of a snapshot stream)."""
+        """A batch to `to` carrying `msgs` with this node's identity: every batch of a peer stream, and the
+        head of a snapshot stream."""
         incarnation, to_incarnation = self.gate.outgoing(to)
         return pb.MessageBatch(cluster_id=self.cluster_id(), **{"from": self.node_id}, messages=msgs,
-                               from_address=self.address, incarnation=incarnation, to_incarnation=to_incarnation)
+                               from_address=self.address, incarnation=incarnation, to_incarnation=to_incarnation,
+                               from_peer_address=self.peer_listen)
 
     def snapshot_floor(self) -> int | None:
         """The lowest index of the snapshots being streamed to peers (None: none), which compaction keeps

@@ -6,6 +6,7 @@ mTLS peers over TCP in a mixed cluster, where one member has no peer port (reach
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import struct
@@ -282,3 +283,47 @@ def test_mtls_peers_over_tcp_beside_a_grpc_only_member(tmp_path: Path, pki: dict
                     answer = ("", "")
                 assert answer == ("", ""), answer
         _assert_untouched(cluster, terms)
+
+
+class _MisconfiguredFounder(LocalCluster):
+    """Node 1 is given a wrong peer port for node 2 in its --initial-peer-addresses (nobody listens there);
+    the other founders are given the right one."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, peer_port_nodes={1, 2, 3})
+        self.wrong = f"127.0.0.1:{free_port()}"
+
+    def command(self, i: int, join: bool = False) -> list[str]:
+        cmd = super().command(i, join)
+        if i == 1:
+            at = cmd.index("--initial-peer-addresses") + 1
+            cmd[at] = cmd[at].replace(f"2={self.peer_address(2)}", f"2={self.wrong}")
+        return cmd
+
+
+def test_a_founder_given_another_peer_port_for_a_member_says_so(tmp_path: Path) -> None:
+    """Founders given different --initial-peer-addresses: node 1 sends to node 2's wrong port and never
+    reaches it there. Node 2's own batches say which peer port it listens on, so node 1 names the mismatch
+    and the fix in its log, instead of leaving a one-way partition nobody sees."""
+    cluster = _MisconfiguredFounder(tmp_path)
+    try:
+        for i in (1, 2, 3):
+            cluster.start(i)  # not start_all: with node 1 leading, node 2 never hears a leader
+        event = "a member listens for peers elsewhere than this node sends to it: it cannot reach it there"
+
+        def said(i: int) -> list[dict[str, object]]:
+            return [e for ln in cluster.log_text(i).splitlines() if ln.startswith("{")
+                    and (e := json.loads(ln)).get("event") == event]
+
+        deadline = time.monotonic() + 20
+        while not said(1) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert said(1), cluster.log_text(1)[-3000:]
+        e = said(1)[0]
+        assert (e["peer"], e["listens"], e["sends_to"]) == (2, cluster.peer_address(2), cluster.wrong), e
+        assert e["fix"] == f"kv members update 2 --peer-addr {cluster.peer_address(2)}"
+        assert len(said(1)) == 1  # once, not per batch
+        for i in (2, 3):
+            assert said(i) == [], i  # their records agree with what the others listen on
+    finally:
+        cluster.stop_all()
