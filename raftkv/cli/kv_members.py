@@ -22,7 +22,6 @@ def register(main: click.Group, kv: Any) -> None:
     def members() -> None:
         """List and change cluster membership."""
 
-
     def _print_members(c: Ctx, r: Any) -> None:
         if c.out == "json":
             click.echo(json.dumps(to_json(r)))
@@ -35,12 +34,10 @@ def register(main: click.Group, kv: Any) -> None:
             for row in rows:
                 click.echo(", ".join(str(v) for v in row if v != ""))
 
-
     @members.command(name="list")
     @pass_ctx
     def members_list(c: Ctx) -> None:
         _print_members(c, run(lambda: c.client.members()))
-
 
     @members.command(name="add")
     @click.argument("node_id", type=NODE_ID)
@@ -58,13 +55,11 @@ def register(main: click.Group, kv: Any) -> None:
         _print_members(c, run(lambda: c.client.member_add(node_id, address, learner, sync_mark, semi_sync, spare,
                                                           witness, peer_addr)))
 
-
     @members.command(name="remove")
     @click.argument("node_id", type=NODE_ID)
     @pass_ctx
     def members_remove(c: Ctx, node_id: int) -> None:
         _print_members(c, run(lambda: c.client.member_remove(node_id)))
-
 
     @members.command(name="promote")
     @click.argument("node_id", type=NODE_ID)
@@ -72,7 +67,6 @@ def register(main: click.Group, kv: Any) -> None:
     def members_promote(c: Ctx, node_id: int) -> None:
         """Make learner NODE_ID a voter."""
         _print_members(c, run(lambda: c.client.member_promote(node_id)))
-
 
     @members.command(name="update")
     @click.argument("node_id", type=NODE_ID)
@@ -88,11 +82,9 @@ def register(main: click.Group, kv: Any) -> None:
         _print_members(c, run(lambda: c.client.member_update(node_id, address, sync_mark, semi_sync, spare,
                                                              peer_addr)))
 
-
     @main.group()
     def leader() -> None:
         """Leadership."""
-
 
     @leader.command(name="transfer")
     @click.argument("node_id", type=NODE_ID)

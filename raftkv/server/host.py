@@ -541,7 +541,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
 
     def _check_role(self) -> None:
         """Stop (RoleMismatch) once the configuration names this node in another role than its flag says."""
-        mismatch = witness_mismatch(self.cfg.id, bool(getattr(self.cfg, "witness", False)), self.node.conf)
+        mismatch = witness_mismatch(self.cfg.id, self.cfg.witness, self.node.conf)
         if mismatch is not None:
             raise RoleMismatch(mismatch)
 

@@ -184,7 +184,7 @@ class IdentityGuard:
         self._peer_address_logged[key] = now
         log.error("a member listens for peers elsewhere than this node sends to it: it cannot reach it there",
                   peer=sender, listens=claimed or "none (Raft over gRPC)", sends_to=ours,
-                  fix=f"kv members update {sender} --peer-addr {claimed or chr(34) * 2}")
+                  fix=f"kv members update {sender} --peer-addr " + (claimed or '""'))
 
     def _drop_requests(self, batch: pb.MessageBatch, sender: int) -> None:
         """A batch without cluster id comes from a member that has not learned it yet (a founder that was
