@@ -217,4 +217,16 @@ class Cluster:
             if node is not None:
                 return node
             time.sleep(0.1)
-        raise AssertionError(f"no leader within {timeout}s; node logs in {self.root}")
+        raise AssertionError(f"no leader within {timeout}s; node logs in {self.root}\n{self.log_tails()}")
+
+    def log_tails(self, nodes: list[Node] | None = None, lines: int = 12) -> str:
+        """The last `lines` lines of each node's log, for a failure message: CI keeps the output, not the
+        temporary directories the logs are in."""
+        out = []
+        for n in nodes or list(self.nodes.values()):
+            try:
+                tail = n.log_path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError as e:
+                tail = [f"(no log: {e})"]
+            out.append(f"--- node {n.id} (slot {n.slot}) ---\n" + "\n".join(ln[:300] for ln in tail))
+        return "\n".join(out)

@@ -80,7 +80,7 @@ def test_isolated_leader_in_minority_never_serves_linearizable_reads(ns_cluster:
                 if st.role == "leader":
                     new = n
             time.sleep(0.05)
-        assert new is not None, "the majority elected no leader"
+        assert new is not None, f"the majority elected no leader\n{cluster.log_tails(majority)}"
         elected = time.monotonic()
         with Client([n.address for n in majority], timeout=10) as c:
             c.put("x", "new")
