@@ -131,7 +131,8 @@ class LocalCluster:
                 st = self.status(nodes[0])
                 return st.leader_id
             time.sleep(0.05)
-        raise AssertionError(f"no agreed leader among {nodes} within {timeout}s; logs in {self.root}")
+        raise AssertionError(f"no agreed leader among {nodes} within {timeout}s; logs in {self.root}\n"
+                             + self.log_tails(nodes))
 
     def wait_applied(self, i: int, index: int, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
@@ -146,3 +147,9 @@ class LocalCluster:
 
     def log_text(self, i: int) -> str:
         return self.logs[i].read_text(errors="replace") if i in self.logs else ""
+
+    def log_tails(self, nodes: list[int], lines: int = 12) -> str:
+        """The last `lines` lines of each node's log, for a failure message: CI keeps the output, not the
+        temporary directories the logs are in."""
+        return "\n".join(f"--- node {i} ---\n" + "\n".join(ln[:300] for ln in self.log_text(i).splitlines()[-lines:])
+                         for i in nodes)
