@@ -30,7 +30,7 @@ from google.protobuf.message import DecodeError
 
 from ..proto.stubs import raft_pb2 as pb
 from ..tls import PeerIdentity, PeerRefusal, auth_of_ssl
-from .transport import Transport, _Peer, _RaftService
+from .transport import CONNECT_TIMEOUT, Transport, _Peer, _RaftService
 
 log = structlog.get_logger("raftkv.transport")
 
@@ -38,8 +38,6 @@ HEADER = struct.Struct(">I")
 HEALTHY_SECONDS = 1.0
 """A connection that lasted this long without a refusal worked: its break starts the back-off over (a port
 that accepts and then drops or refuses every connection keeps the sender backing off)."""
-CONNECT_TIMEOUT = 5.0
-"""Seconds a connection (TCP and TLS handshake) may take before it counts as broken."""
 USER_TIMEOUT_MS = 10_000
 """Linux TCP_USER_TIMEOUT: a connection whose sent data stays unacknowledged this long is dropped, so a
 sender to a partitioned peer reconnects (as gRPC's 10 s keepalive would tell) instead of waiting out

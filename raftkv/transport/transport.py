@@ -69,7 +69,8 @@ SERVER_PING_OPTIONS = [
 ]
 MAX_BATCH = 512
 CONNECT_TIMEOUT = 5.0
-"""Seconds a peer connection may take to open before the attempt counts as failed."""
+"""Seconds a peer connection (gRPC channel or TCP frames, TLS handshake included) may take to open before
+the attempt counts as failed."""
 SNAPSHOT_CHUNK = 4 << 20
 """Snapshot data larger than this travels as chunks, one per batch."""
 REFUSALS = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
