@@ -39,7 +39,7 @@ def test_writes_refused_once_they_would_wait_too_long_then_accepted(cluster: Loc
     leader = cluster.wait_leader()
     addr = cluster.address(leader)
     refused: set[str] = set()
-    for wave in range(4):  # bounded; a wave lasts long enough for the answer rate to be measured in it
+    for wave in range(8):  # bounded; a wave lasts long enough for the answer rate to be measured in it
         outcomes = asyncio.run(burst(addr, 600, put(f"delay{wave}-")))
         refused = refused_resources(outcomes)  # every refusal OVERLOADED, with pushback and RED
         if refused:
