@@ -4,7 +4,13 @@
 drained; a lone write, or a few at once, is never refused however tight the mark.
 
 The nodes run with a 2 ms mark (any 16 writes in flight on this machine take longer than that to drain) and
-the count and byte marks at their defaults, so the delay mark is the one a burst reaches."""
+the count and byte marks at their defaults, so the delay mark is the one a burst reaches.
+
+The mark sees only writes the node has admitted, not calls still queued in gRPC before any handler runs:
+on a fast, idle machine small writes commit about as fast as the event loop takes them in, and fewer than
+16 may ever be in flight at once (then nothing is refused, rightly: the node's own queue is short). The
+overload bursts therefore carry 4 KiB values, whose replication and log writes make each round slower than
+the intake, so the writes queue in the node itself."""
 
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from .observe import sample, scrape
 from .test_overload import burst, one_put_succeeds, overloaded, put, refused_resources
 
 DELAY_MS = 2
+BURST_VALUE = 4096
 
 # One worker runs this module's tests in file order: the lone-write test relies on the measurement the
 # first test's overload leaves behind (xdist's load scheduling may otherwise split a module).
@@ -40,7 +47,7 @@ def test_writes_refused_once_they_would_wait_too_long_then_accepted(cluster: Loc
     addr = cluster.address(leader)
     refused: set[str] = set()
     for wave in range(8):  # bounded; a wave lasts long enough for the answer rate to be measured in it
-        outcomes = asyncio.run(burst(addr, 600, put(f"delay{wave}-")))
+        outcomes = asyncio.run(burst(addr, 600, put(f"delay{wave}-", size=BURST_VALUE)))
         refused = refused_resources(outcomes)  # every refusal OVERLOADED, with pushback and RED
         if refused:
             assert sum(isinstance(o, dict) for o in outcomes) >= 1  # some of the wave was admitted and applied
@@ -90,7 +97,7 @@ def test_a_batch_of_writes_is_refused_whole_and_none_of_it_applied(cluster: Loca
 
             async def unary(i: int) -> None:
                 try:
-                    await stub.Put(pb.PutRequest(key=f"wu{w}-{i}".encode(), value=b"v"), timeout=20)
+                    await stub.Put(pb.PutRequest(key=f"wu{w}-{i}".encode(), value=b"v" * BURST_VALUE), timeout=20)
                 except grpc.aio.AioRpcError as e:
                     assert overloaded(e) is not None, f"unexpected error {e.code()} {e.details()}"
 
