@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import faulthandler
 import signal
 import socket
 import sys
@@ -54,6 +55,9 @@ def run_node(cfg: ServerConfig) -> int:
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
         return exit_codes.USAGE
+    # `kill -USR1 PID` writes every thread's Python stack to stderr, whatever the event loop is doing:
+    # what an operator (or the partition suite) needs of a node that is up but does not answer.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     removed = marker_text(cfg.data_dir)
     if removed is not None:
         print(f"Error: refusing to start: {removed}", file=sys.stderr)

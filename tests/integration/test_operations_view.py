@@ -215,6 +215,24 @@ def test_check_perf_passes_or_fails_against_its_thresholds_and_cleans_up(cluster
         assert c.range("/raftkv-check-perf/", prefix=True, count_only=True).count == 0
 
 
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_node_serves_on(cluster: LocalCluster) -> None:
+    """`kill -USR1 PID` is how an operator sees what a node that is up but silent is doing."""
+    import signal
+    import time
+
+    i = sorted(cluster.procs)[0]
+    before = len(cluster.log_text(i))
+    cluster.signal(i, signal.SIGUSR1)
+    deadline = time.monotonic() + 10
+    while "Current thread" not in cluster.log_text(i)[before:] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    dump = cluster.log_text(i)[before:]
+    assert "Current thread" in dump and "raftkv/server/" in dump, dump[-2000:]
+    assert cluster.procs[i].poll() is None  # still running
+    st = cluster.status(i, timeout=5)
+    assert st.id == i
+
+
 def test_a_killed_follower_shows_as_failed_sends_and_an_unhealthy_endpoint(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
     victim = next(i for i in sorted(cluster.procs) if i != leader)

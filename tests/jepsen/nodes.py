@@ -217,7 +217,31 @@ class Cluster:
             if node is not None:
                 return node
             time.sleep(0.1)
-        raise AssertionError(f"no leader within {timeout}s; node logs in {self.root}\n{self.log_tails()}")
+        said, tails = self.statuses(), self.log_tails()
+        self.dump_stacks()
+        raise AssertionError(f"no leader within {timeout}s; what each node said: {said}; node logs (ending with "
+                             f"every thread's stack at this moment) in {self.root}\n{tails}")
+
+    def dump_stacks(self) -> None:
+        """Have every running node write its threads' stacks to its log (SIGUSR1), for a failure's record."""
+        for n in self.nodes.values():
+            n.signal(signal.SIGUSR1)
+        time.sleep(1.0)
+
+    def statuses(self, timeout: float = 2.0) -> str:
+        """Each node's role, term and leader as its Status answers them now, or why it did not answer (a
+        failed election's message: a node whose API is silent while its peers follow it shows here)."""
+        out = []
+        for n in self.nodes.values():
+            if not n.alive():
+                out.append(f"{n.id}: not running")
+                continue
+            try:
+                st = self.client(n.address).status(endpoint=n.address, timeout=timeout)
+                out.append(f"{n.id}: {st.role} term {st.term} leader {st.leader_id}")
+            except RaftKVError as e:
+                out.append(f"{n.id}: {type(e).__name__}: {e}")
+        return "; ".join(out)
 
     def log_tails(self, nodes: list[Node] | None = None, lines: int = 12) -> str:
         """The last `lines` lines of each node's log, for a failure message: CI keeps the output, not the
