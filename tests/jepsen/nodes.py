@@ -240,7 +240,14 @@ class Cluster:
                 st = self.client(n.address).status(endpoint=n.address, timeout=timeout)
                 out.append(f"{n.id}: {st.role} term {st.term} leader {st.leader_id}")
             except RaftKVError as e:
-                out.append(f"{n.id}: {type(e).__name__}: {e}")
+                # The same question from a fresh process, over its own connection: tells a node that does
+                # not answer from a connection of this process's that went bad.
+                fresh = subprocess.run([sys.executable, "-m", "raftkv.cli.kv", "--endpoints", n.address,
+                                        "--command-timeout", str(timeout), "-w", "json", "status"],
+                                       capture_output=True, text=True, timeout=timeout + 20, check=False)
+                said = (fresh.stdout.strip() or fresh.stderr.strip()).splitlines()[:1]
+                out.append(f"{n.id}: {type(e).__name__}: {e} (a fresh `kv status`: exit {fresh.returncode} "
+                           f"{said[0][:300] if said else ''})")
         return "; ".join(out)
 
     def log_tails(self, nodes: list[Node] | None = None, lines: int = 12) -> str:
