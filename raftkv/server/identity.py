@@ -7,7 +7,10 @@ certificate and of the messages' senders. A batch is refused:
   cluster id once ours is known comes from a member that has not learned the id yet: only its answers are
   delivered (see ANSWERS), its requests are dropped;
 - PERMISSION_DENIED when its sender is no member, or (with peer certificates) the connection's
-  certificate does not name the host of the member it claims to be;
+  certificate does not name the host of the member it claims to be. One exception: while this node has no
+  leader (or follows that sender), the appends, heartbeats and snapshots of a sender it does not know, with
+  this cluster's id, are taken: that sender was added while this node was down and now leads, and this
+  node learns of it only from those appends;
 - FAILED_PRECONDITION when the sender's incarnation is not the one the cluster recorded for it: its data
   directory was wiped or replaced, so it has forgotten its term, vote and log and must neither vote nor
   count for commit. The leader also forgets what it knew of that member's log. And a node that receives a
@@ -32,6 +35,7 @@ import grpc
 import structlog
 
 from ..core import (
+    NONE,
     ConfChange,
     ConfChangeRejected,
     ConfChangeType,
@@ -61,6 +65,9 @@ ANSWERS = frozenset({MessageType.APP_RESP, MessageType.HEARTBEAT_RESP, MessageTy
                      MessageType.PRE_VOTE_RESP, MessageType.READ_INDEX_RESP})
 """What a member that has not learned the cluster id yet may send: answers, never requests. It learns the
 id from the leader's appends, and the leader must hear its answers to send them."""
+LEADER_MESSAGES = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+"""What a leader that this node's configuration does not list yet may send it (see
+`_leader_of_a_newer_configuration`)."""
 
 
 class IdentityGuard:
@@ -85,6 +92,7 @@ class IdentityGuard:
         self._retry_at = 0.0
         self._dropped_logged: dict[int, float] = {}
         self._peer_address_logged: dict[tuple[int, str, str], float] = {}
+        self._stranger_logged: dict[int, float] = {}
 
     # ------------------------------------------------------------------------------------------
     # What an operator sees
@@ -132,7 +140,8 @@ class IdentityGuard:
         sender = getattr(batch, "from")
         members = host.members
         knows_members = bool(members.all()) or bool(host.node.conf.members())
-        if knows_members and not members.is_member(sender) and sender not in host.node.conf.members():
+        stranger = knows_members and not members.is_member(sender) and sender not in host.node.conf.members()
+        if stranger and not self._leader_of_a_newer_configuration(batch, sender):
             return PeerRefusal(grpc.StatusCode.PERMISSION_DENIED,
                                f"node {sender} is not a member of this cluster (members: "
                                f"{', '.join(map(str, sorted(members.all())))})")
@@ -153,7 +162,7 @@ class IdentityGuard:
             return PeerRefusal(grpc.StatusCode.FAILED_PRECONDITION,
                                f"member {sender}'s data was replaced (incarnation {short(batch.incarnation)}, "
                                f"expected {short(recorded)}): remove and re-add it")
-        if not recorded and batch.incarnation and knows_members:
+        if not recorded and batch.incarnation and knows_members and not stranger:
             self.heard[sender] = batch.incarnation
         if batch.to_incarnation and batch.to_incarnation != self.incarnation:
             reason = (f"member {me}'s data was replaced (incarnation {short(self.incarnation)}, expected "
@@ -168,6 +177,32 @@ class IdentityGuard:
         if batch.to_incarnation == self.incarnation:
             self._refused_by.pop(sender, None)
         return None
+
+    def _leader_of_a_newer_configuration(self, batch: pb.MessageBatch, sender: int) -> bool:
+        """Whether a batch from a sender this node's configuration does not list is taken anyway, as the
+        leader's (its other messages dropped): a member that was down while the sender was added, and
+        that sender now leads, learns of the addition only from the sender's appends. Refusing them would
+        leave it behind for ever, its campaigns rejected by peers that have a leader.
+
+        Taken only with this cluster's id, and only while this node has no leader or follows that very
+        sender (which the core does once it took an append of the sender's term): a stranger cannot make
+        a node that follows a leader it knows change sides. Only what a leader sends its followers is
+        delivered (appends, heartbeats, snapshots); a stranger's campaign or anything else is dropped."""
+        ours = self.cluster_id
+        if not ours or batch.cluster_id != ours:
+            return False
+        if self._host().node.leader_id not in (NONE, sender):
+            return False
+        kept = [m for m in batch.messages if m.type in LEADER_MESSAGES]
+        if len(kept) != len(batch.messages):
+            del batch.messages[:]
+            batch.messages.extend(kept)
+        now = time.monotonic()
+        if now - self._stranger_logged.get(sender, -DROP_LOG_SECONDS) >= DROP_LOG_SECONDS:
+            self._stranger_logged[sender] = now
+            log.warning("took the leader's messages from a node which this node's configuration does not list "
+                        "yet: this node is behind the configuration and learns it from that leader", peer=sender)
+        return True
 
     def _compare_peer_address(self, sender: int, claimed: str) -> None:
         """The sender says which TCP peer port it listens on (`claimed`, "" for none). If this node's record

@@ -246,3 +246,39 @@ def test_leadership_moves_only_to_a_healthy_voter(cluster: LocalCluster) -> None
     r = kv(cluster, "leader", "transfer", str(up), endpoints=f"{cluster.address(leader)},{cluster.address(up)}")
     assert r.returncode == 0, r.stderr
     assert cluster.wait_leader([leader, up]) == up
+
+
+# -- a member behind the configuration ------------------------------------------------------------------
+
+def test_a_member_that_missed_the_addition_of_the_leader_catches_up_from_it(cluster: LocalCluster) -> None:
+    """A member is down while node 4 is added and takes over leadership. Back up (with the command line
+    it was founded with), its configuration (1, 2, 3) does not list its leader: it must still take the
+    leader's appends (it learns node 4 from them), not refuse node 4 as a stranger and stay behind for ever
+    while its peers reject its campaigns."""
+
+    leader = cluster.wait_leader()
+    with cluster.client() as c:
+        _wait_caught_up(c, *[i for i in (1, 2, 3) if i != leader])
+    lagging = next(i for i in (1, 2, 3) if i != leader)
+    assert cluster.stop(lagging) == 0
+    up = [i for i in (1, 2, 3) if i != lagging]
+    with Client(",".join(cluster.address(i) for i in up), timeout=10) as c:
+        cluster.add_node(4)
+        c.member_add(4, cluster.address(4), learner=True)
+        cluster.start(4, join=True)
+        _wait_caught_up(c, 4)
+        c.member_promote(4)
+        _wait_caught_up(c, 4)
+        c.transfer_leader(4)
+    assert cluster.wait_leader([*up, 4]) == 4
+    with Client(cluster.address(4), timeout=10) as c:
+        last = c.put("after-the-change", "1").meta.index
+    port4 = cluster.ports.pop(4)  # the founder's own --peers: the three founders
+    cluster.start(lagging)
+    cluster.ports[4] = port4
+    cluster.wait_applied(lagging, last, timeout=30)
+    st = cluster.status(lagging)
+    assert st.leader_id == 4 and 4 in {m.id for m in st.members}
+    text = cluster.log_text(lagging)
+    assert "node 4 is not a member" not in text, text[-3000:]
+    assert "which this node's configuration does not list" in text
