@@ -148,6 +148,8 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
             if nemesis.errors:
                 res.fault_kinds["injection_errors"] = len(nemesis.errors)
         if cluster is not None:
+            if res.error or any(v.valid is not True for v in res.verdicts):
+                _record_failure(cluster, out)
             cluster.stop_all()
         if disks is not None:
             disks.teardown()
@@ -159,6 +161,16 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
         if nemesis is not None and nemesis.errors:
             (out / "nemesis-errors.txt").write_text("\n".join(nemesis.errors) + "\n")
     return res
+
+
+def _record_failure(cluster: Cluster, out: Path) -> None:
+    """Before a failed run's nodes stop: what each node answers now (or, for a silent one, what a fresh
+    process gets from it) into `at-failure.txt`, and every node's thread stacks into its log."""
+    try:
+        (out / "at-failure.txt").write_text(cluster.statuses().replace("; ", "\n") + "\n")
+    except Exception as e:  # noqa: BLE001 - a record of the failure must not hide the failure
+        (out / "at-failure.txt").write_text(f"could not ask the nodes: {e!r}\n")
+    cluster.dump_stacks()
 
 
 def _reads(ops: list[Op]) -> tuple[int, list[int]]:
