@@ -26,6 +26,9 @@ from .test_overload import burst, one_put_succeeds, overloaded, put, refused_res
 
 DELAY_MS = 2
 BURST_VALUE = 4096
+BURST_TIMEOUT = 60
+"""Seconds a burst's writes may take: admitted ones are answered, however starved the machine (a deadline
+would be an error that is no refusal)."""
 
 # One worker runs this module's tests in file order: the lone-write test relies on the measurement the
 # first test's overload leaves behind (xdist's load scheduling may otherwise split a module).
@@ -47,7 +50,7 @@ def test_writes_refused_once_they_would_wait_too_long_then_accepted(cluster: Loc
     addr = cluster.address(leader)
     refused: set[str] = set()
     for wave in range(8):  # bounded; a wave lasts long enough for the answer rate to be measured in it
-        outcomes = asyncio.run(burst(addr, 600, put(f"delay{wave}-", size=BURST_VALUE)))
+        outcomes = asyncio.run(burst(addr, 600, put(f"delay{wave}-", size=BURST_VALUE), timeout=BURST_TIMEOUT))
         refused = refused_resources(outcomes)  # every refusal OVERLOADED, with pushback and RED
         if refused:
             assert sum(isinstance(o, dict) for o in outcomes) >= 1  # some of the wave was admitted and applied
@@ -93,11 +96,12 @@ def test_a_batch_of_writes_is_refused_whole_and_none_of_it_applied(cluster: Loca
 
             async def batch(b: int) -> tuple[int, pb.BatchResponse]:
                 ops = [pb.BatchOp(put=pb.PutRequest(key=f"wb{w}-{b}-{j}".encode(), value=b"v")) for j in range(20)]
-                return b, await stub.Batch(pb.BatchRequest(ops=ops), timeout=20)
+                return b, await stub.Batch(pb.BatchRequest(ops=ops), timeout=BURST_TIMEOUT)
 
             async def unary(i: int) -> None:
                 try:
-                    await stub.Put(pb.PutRequest(key=f"wu{w}-{i}".encode(), value=b"v" * BURST_VALUE), timeout=20)
+                    await stub.Put(pb.PutRequest(key=f"wu{w}-{i}".encode(), value=b"v" * BURST_VALUE),
+                                   timeout=BURST_TIMEOUT)
                 except grpc.aio.AioRpcError as e:
                     assert overloaded(e) is not None, f"unexpected error {e.code()} {e.details()}"
 
