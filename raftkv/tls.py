@@ -134,8 +134,25 @@ def auth_of_ssl(ssl_object: ssl.SSLObject | None) -> dict[str, list[bytes]]:
     return out
 
 
+CLIENT_CHANNEL_OPTIONS: list[tuple[str, object]] = [
+    # A connection whose other end vanished without a reset (a host powered off, a network cut, a
+    # namespace deleted) would otherwise look READY until TCP gives up, minutes later, and every call on
+    # it would run into its deadline. Pings every 10 s (servers allow one per 5 s) close it within ~15 s.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Each channel its own connections: gRPC otherwise shares one per address among all the channels of
+    # a process, so one client's stuck connection (or a stream it never closed) would stall every other
+    # client of the process that talks to that node.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+"""Options of the channels raftkv's clients (and a follower forwarding to its leader) open."""
+
+
 def sync_channel(address: str, tls: TlsFiles | None, options: list[tuple[str, object]] | None = None
                  ) -> grpc.Channel:
+    options = CLIENT_CHANNEL_OPTIONS if options is None else options
     if tls is not None and tls.enabled:
         return grpc.secure_channel(address, tls.channel_credentials(), options=options)
     return grpc.insecure_channel(address, options=options)
@@ -143,6 +160,7 @@ def sync_channel(address: str, tls: TlsFiles | None, options: list[tuple[str, ob
 
 def aio_channel(address: str, tls: TlsFiles | None, options: list[tuple[str, object]] | None = None
                 ) -> grpc.aio.Channel:
+    options = CLIENT_CHANNEL_OPTIONS if options is None else options
     if tls is not None and tls.enabled:
         return grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
     return grpc.aio.insecure_channel(address, options=options)

@@ -224,3 +224,27 @@ def _try(fn: Any) -> Any:
         return fn()
     except grpc.RpcError:
         return None
+
+
+def _connections_to(port: int) -> int:
+    """Established TCP connections from this process to `port` (from `ss`)."""
+    import os
+
+    out = subprocess.run(["ss", "-Htnp", "state", "established", "dport", f"= :{port}"], capture_output=True,
+                         text=True, timeout=10, check=True).stdout
+    return sum(1 for line in out.splitlines() if f"pid={os.getpid()}," in line)
+
+
+def test_each_client_owns_its_connections(cluster: LocalCluster) -> None:
+    """Two clients of one process to one node do not share a connection: one client's stuck connection
+    (or a watch it never closed) cannot stall the other's calls."""
+    node = sorted(cluster.procs)[0]
+    addr, port = cluster.address(node), cluster.ports[node]
+    before = _connections_to(port)
+    with Client(addr, timeout=10) as a, Client(addr, timeout=10) as b:
+        a.get("k", consistency="serializable", endpoint=addr)
+        b.get("k", consistency="serializable", endpoint=addr)
+        assert _connections_to(port) - before == 2
+    from raftkv.tls import CLIENT_CHANNEL_OPTIONS
+
+    assert dict(CLIENT_CHANNEL_OPTIONS)["grpc.keepalive_time_ms"] <= 10_000  # a dead connection is noticed
