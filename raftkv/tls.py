@@ -134,7 +134,7 @@ def auth_of_ssl(ssl_object: ssl.SSLObject | None) -> dict[str, list[bytes]]:
     return out
 
 
-CLIENT_CHANNEL_OPTIONS: list[tuple[str, object]] = [
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
     # A connection whose other end vanished without a reset (a host powered off, a network cut, a
     # namespace deleted) would otherwise look READY until TCP gives up, minutes later, and every call on
     # it would run into its deadline. Pings every 10 s (servers allow one per 5 s) close it within ~15 s.
@@ -142,6 +142,11 @@ CLIENT_CHANNEL_OPTIONS: list[tuple[str, object]] = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
+]
+"""Every channel a node or a client opens pings its connection (peers' streams and clients' calls alike)."""
+
+CLIENT_CHANNEL_OPTIONS: list[tuple[str, object]] = [
+    *KEEPALIVE_OPTIONS,
     # Each channel its own connections: gRPC otherwise shares one per address among all the channels of
     # a process, so one client's stuck connection (or a stream it never closed) would stall every other
     # client of the process that talks to that node.

@@ -33,7 +33,7 @@ from ..core import Message, MessageType
 from ..core.witness import META_ONLY
 from ..proto.stubs import raft_pb2 as pb
 from ..proto.stubs import raft_pb2_grpc as pb_grpc
-from ..tls import PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
+from ..tls import KEEPALIVE_OPTIONS, PeerAuth, PeerIdentity, PeerRefusal, TlsFiles, aio_channel
 from .codec import from_proto, to_proto
 from .events import NoEvents, TransportEvents
 from .inbox import Inbox
@@ -45,10 +45,7 @@ PEER_MAX_MESSAGE = 256 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", PEER_MAX_MESSAGE),
     ("grpc.max_receive_message_length", PEER_MAX_MESSAGE),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.http2.max_pings_without_data", 0),
-    ("grpc.keepalive_permit_without_calls", 1),
+    *KEEPALIVE_OPTIONS,
 ]
 
 
