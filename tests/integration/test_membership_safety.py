@@ -18,7 +18,7 @@ import grpc
 import pytest
 
 from benchmarks.ports import free_port
-from raftkv.client import Client, FailedPreconditionError, InvalidArgumentError, RaftKVError
+from raftkv.client import Client, FailedPreconditionError, InvalidArgumentError, RaftKVError, UnavailableError
 from raftkv.exit_codes import NEEDS_OPERATOR
 from raftkv.server.config import ConfigError, ServerConfig
 
@@ -268,8 +268,14 @@ def test_a_member_that_missed_the_addition_of_the_leader_catches_up_from_it(clus
         cluster.start(4, join=True)
         _wait_caught_up(c, 4)
         c.member_promote(4)
-        _wait_caught_up(c, 4)
-        c.transfer_leader(4)
+        for attempt in range(3):  # bounded: a transfer can time out while node 4 is still settling in
+            _wait_caught_up(c, 4)
+            try:
+                c.transfer_leader(4)
+                break
+            except UnavailableError:
+                if attempt == 2:
+                    raise
     assert cluster.wait_leader([*up, 4]) == 4
     with Client(cluster.address(4), timeout=10) as c:
         last = c.put("after-the-change", "1").meta.index
