@@ -78,6 +78,9 @@ def main() -> None:
               help="Lease reads stop this many ticks before the election timeout (clock-drift margin, default 2).")
 @click.option("--read-wait-ms", type=int,
               help="How long a follower waits to catch up for a bounded-staleness or session read (default 200).")
+@click.option("--commit-notice-delay-ms", type=float,
+              help="A leader tells followers of a commit with its next append, or after this long (default 5; "
+              "0: at once).")
 @click.option("--max-key-bytes", type=int, help="Largest key accepted (default 4096).")
 @click.option("--max-value-bytes", type=int, help="Largest value accepted (default 1 MiB).")
 @click.option("--max-request-bytes", type=int,

@@ -26,6 +26,12 @@ class Config:
     """A leader sends a witness only the indices and terms of entries every data voter durably holds. An
     entry beyond that goes to the witness with its payload once the oldest uncommitted entry has waited
     this many ticks: then the witness's vote commits it while a data voter is down or slow."""
+    defer_commit_notice: bool = False
+    """A leader whose commit index moves does not tell its followers at once with an empty append (etcd's
+    behaviour, the default): the next append or heartbeat carries the new index, or the host calls
+    `RaftNode.send_commit_notice` when it has waited long enough (`commit_notice_pending`). On a
+    machine where the leader, its followers and its clients share a few cores, the notice round competes
+    with the answer to the writer and with its next request (benchmarks/README.md, "A lone write")."""
     applied: int = 0
     """The state machine's applied index on restart; committed entries after it are handed out again."""
     rng: random.Random = field(default_factory=lambda: random.Random(0))

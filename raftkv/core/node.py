@@ -156,6 +156,15 @@ class RaftNode:
         """
         self.raft.step(Message(MessageType.SNAP_STATUS, frm=node_id, reject=not ok))
 
+    def commit_notice_pending(self) -> int:
+        """With `Config.defer_commit_notice`: the number of the commit notice this leader owes its
+        followers (it changes with each new one), 0 when none is owed."""
+        return self.raft.commit_notice_due
+
+    def send_commit_notice(self) -> None:
+        """Send the owed commit notice now (an append, empty if need be, to each follower)."""
+        self.raft.send_commit_notice()
+
     def forget_progress(self, node_id: int) -> None:
         """Drop what the leader knew of `node_id`'s log: its data was replaced (see Raft.forget_progress)."""
         self.raft.forget_progress(node_id)

@@ -88,6 +88,9 @@ class Raft:
         self.data_floor = 0  # witness: the highest index a leader said every data voter durably holds
         self.hold_index = 0  # leader: the oldest uncommitted entry (0: none), and the tick it began waiting
         self.hold_since = 0
+        # Leader, with deferred commit notices: the number of the notice not yet sent (0: none due).
+        self.commit_notice_due = 0
+        self.notices_deferred = 0
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = cfg.election_tick
@@ -243,6 +246,7 @@ class Raft:
             # Campaign later than any data voter, so that one wins whenever it can.
             self.randomized_election_timeout += self.cfg.election_tick
         self.hold_index = 0
+        self.commit_notice_due = 0
         self.abort_leader_transfer()
         self.lease_revoked = False
         self.votes = {}
@@ -572,7 +576,7 @@ class Raft:
             pr.inflights.free_le(m.index)
         if self.maybe_commit():
             self._after_commit()
-            self.bcast_append()
+            self._tell_commit()
         elif old_paused:
             self.send_append(m.frm)
         # Fill the pipeline window with whatever else is waiting.
@@ -853,6 +857,21 @@ class Raft:
         for nid in self.prs:
             if nid != self.id:
                 self.send_append(nid)
+        self.commit_notice_due = 0  # every append carries the commit index
+
+    def _tell_commit(self) -> None:
+        """The commit index moved: tell the followers now (an empty append to each), or, when the host
+        defers commit notices, leave it to the next append or heartbeat or to `send_commit_notice`."""
+        if not self.cfg.defer_commit_notice:
+            self.bcast_append()
+        elif not self.commit_notice_due:
+            self.notices_deferred += 1
+            self.commit_notice_due = self.notices_deferred
+
+    def send_commit_notice(self) -> None:
+        """Leader: tell every follower the commit index a deferred notice has not told yet."""
+        if self.role == StateRole.LEADER and self.commit_notice_due:
+            self.bcast_append()
 
     def bcast_heartbeat(self) -> Round:
         """Open a new leadership round and send it to every member."""
@@ -883,5 +902,5 @@ class Raft:
         if self.role == StateRole.LEADER and me is not None:
             if me.maybe_update(last.index) and self.maybe_commit():
                 self._after_commit()
-                self.bcast_append()
+                self._tell_commit()
 

@@ -121,6 +121,9 @@ class ServerConfig:
     lag_critical_entries: int = 10_000
     lag_critical_seconds: float = 10.0
     read_wait_ms: int = 200
+    commit_notice_delay_ms: float = 5.0
+    """A leader tells its followers of a commit with the next append, or after this long when none comes
+    (server/commit_notice.py); 0: at once, as etcd."""
     """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     map_size: int = 4 << 30
     """LMDB's map size: the most this node's data.mdb may grow to (writes then get NOSPACE)."""
@@ -294,6 +297,8 @@ class ServerConfig:
             raise ConfigError(f"--map-size must be between {MIN_MAP_SIZE} (1 MiB) and {MAX_MAP_SIZE} (1 TiB) bytes")
         if self.read_wait_ms < 0:
             raise ConfigError("--read-wait-ms must be >= 0")
+        if not 0 <= self.commit_notice_delay_ms <= 1000:
+            raise ConfigError("--commit-notice-delay-ms must be between 0 and 1000")
         self._validate_bounds()
         self._validate_overload()
         if self.log_format not in ("auto", "json", "console"):

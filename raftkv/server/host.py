@@ -43,6 +43,7 @@ from ..core.witness import stripped
 from ..storage.disk_space import DiskSpace
 from ..storage.errors import CorruptionError, is_storage_fault
 from ..transport.envelope import applied_of, echo_of, stamp_of, wrap
+from .commit_notice import CommitNotices
 from .compaction import Compactor
 from .config import ServerConfig
 from .corruption import CorruptionChecker
@@ -112,6 +113,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             heartbeat_tick=cfg.heartbeat_ticks,
             applied=store.applied_index(),
             witness_payload_after_ticks=-(-cfg.witness_payload_after_ms // cfg.tick_ms),
+            defer_commit_notice=cfg.commit_notice_delay_ms > 0,
             rng=random.Random(seed if seed is not None else cfg.id * 7919 + time.monotonic_ns()),
         )
         self.node = raft_factory(core_cfg, store.log)
@@ -128,6 +130,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self.reads = ReadRounds(cfg.id, cfg.election_ticks * cfg.tick_ms / 1000)
         self.compactor = Compactor(cfg, store, lambda: self.node, transport, self.io, self.clock)
         self._wake = asyncio.Event()
+        self.commit_notices = CommitNotices(cfg.commit_notice_delay_ms / 1000, self._wake.set)
         self.inbox.set_consumer(self._wake.set, self._admit)
         self._local_ops: deque[Callable[[], None]] = deque()
         self._round_hooks: list[Callable[[], None]] = []
@@ -208,6 +211,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         await self.compactor.stop()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
+        self.commit_notices.cancel()
         if self.fatal is None and not self.nospace and not self._in_ready:
             # A clean stop leaves nothing to re-apply (a crash would: the log has it all). Not if the
             # loop stopped inside a Ready: its entries may be applied and not appended yet.
@@ -366,6 +370,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
                     self._take_inputs()
                 await self._flush_if_due()
                 self._arm_flush_timer()
+                self.commit_notices.arm(self.node, self.clock.monotonic())
                 self._after_round()
         except Stopping:
             pass
@@ -384,6 +389,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         ticks, self._ticks_due = self._ticks_due, 0
         for _ in range(ticks):
             node.tick()
+        self.commit_notices.send_if_due(node, now)
         inbox = self.inbox.messages
         leader = self.is_leader
         while inbox:

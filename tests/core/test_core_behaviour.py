@@ -467,3 +467,64 @@ def test_voter_demoted_to_learner_stops_counting_but_keeps_replicating() -> None
     assert net.nodes[1].applied[-1].data == b"z"
     assert net.nodes[4].applied[-1].data == b"z"
     assert 4 not in net.node(4).conf.voters
+
+
+def _commits(net: Net) -> dict[int, int]:
+    return {nid: net.node(nid).raft_log.committed for nid in net.nodes}
+
+
+def test_a_leader_tells_followers_of_a_commit_at_once_by_default() -> None:
+    net = Net([1, 2, 3])
+    elect(net, 1)
+    net.node(1).propose(b"x")
+    net.stabilize()
+    assert set(_commits(net).values()) == {net.node(1).raft_log.committed}
+    assert net.node(1).commit_notice_pending() == 0
+
+
+def test_a_deferred_commit_notice_rides_on_the_next_append_or_leaves_when_the_host_sends_it() -> None:
+    """With `defer_commit_notice` a commit sends nothing by itself: the next append carries the commit
+    index, and `send_commit_notice` tells the followers when no append came."""
+    net = Net([1, 2, 3], defer_commit_notice=True)
+    elect(net, 1)
+    leader = net.node(1)
+    first = leader.commit_notice_pending()
+    assert first, "the term's first entry committed: a notice is owed"
+    told = leader.raft_log.committed
+    assert min(_commits(net)[2], _commits(net)[3]) < told, "a follower that acked first was told nothing"
+
+    net.sent_log.clear()
+    leader.propose(b"x")
+    net.stabilize()
+    assert _commits(net)[2] >= told and _commits(net)[3] >= told, "the append carried the commit index"
+    second = leader.commit_notice_pending()
+    assert second and second != first, "the new entry's commit is owed as a new notice"
+    assert leader.raft_log.committed == told + 1
+    assert [m.type for m in net.sent_log if m.frm == 1] == [MessageType.APP, MessageType.APP]
+
+    net.sent_log.clear()
+    leader.send_commit_notice()
+    net.stabilize()
+    assert set(_commits(net).values()) == {told + 1}
+    assert leader.commit_notice_pending() == 0
+    notices = [m for m in net.sent_log if m.frm == 1]
+    assert [(m.type, m.entries, m.commit) for m in notices] == [(MessageType.APP, [], told + 1)] * 2
+
+    net.sent_log.clear()
+    leader.send_commit_notice()  # nothing owed: nothing sent
+    net.stabilize()
+    assert net.sent_log == []
+
+
+def test_a_deferred_commit_notice_is_forgotten_by_a_leader_that_steps_down() -> None:
+    net = Net([1, 2, 3], defer_commit_notice=True)
+    elect(net, 1)
+    assert net.node(1).commit_notice_pending()
+    net.node(1).transfer_leader(2)
+    net.stabilize()
+    assert net.node(1).role == StateRole.FOLLOWER and net.node(2).role == StateRole.LEADER
+    assert net.node(1).commit_notice_pending() == 0
+    net.sent_log.clear()
+    net.node(1).send_commit_notice()
+    net.stabilize()
+    assert [m for m in net.sent_log if m.frm == 1] == []

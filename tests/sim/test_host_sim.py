@@ -117,12 +117,14 @@ def test_memory_store_drops_a_torn_append_and_reports_a_flipped_bit() -> None:
 
 # -- host behaviour found by the simulator ---------------------------------------------------------------
 
-def _small_cluster(size: int, main: Callable[[World, list[SimNode]], Awaitable[None]]) -> None:
-    """Run `main` over `size` real hosts on the simulated world (no clients, no faults but main's own)."""
+def _small_cluster(size: int, main: Callable[[World, list[SimNode]], Awaitable[None]], **settings: object) -> None:
+    """Run `main` over `size` real hosts on the simulated world (no clients, no faults but main's own);
+    `settings`: ServerConfig fields beyond the defaults below."""
     loop = SimLoop()
     world = World(7, loop, lambda line: None)
     peers = {i: f"sim-{i}:1" for i in range(1, size + 1)}
-    nodes = [SimNode(i, ServerConfig(id=i, data_dir=f"/nonexistent/{i}", peers=peers, tick_ms=10, election_ticks=10),
+    base: dict[str, object] = {"tick_ms": 10, "election_ticks": 10} | settings
+    nodes = [SimNode(i, ServerConfig(id=i, data_dir=f"/nonexistent/{i}", peers=peers, **base),  # type: ignore[arg-type]
                      world, SimClock(loop)) for i in peers]
 
     async def run() -> None:
@@ -221,3 +223,35 @@ def test_follower_freshness_comes_from_confirmed_rounds_only() -> None:
         assert follower.host.stamps.freshness == vouched
 
     _small_cluster(5, main)
+
+
+@pytest.mark.parametrize("delay_ms", [0.0, 20.0])
+def test_followers_learn_of_a_commit_after_the_commit_notice_delay_not_the_next_heartbeat(delay_ms: float) -> None:
+    """A lone write's commit reaches the followers with the leader's commit notice: at once with
+    `commit_notice_delay_ms` 0, else that long after the commit (no later append comes to carry it) --
+    never only with the next heartbeat, which here is a second away."""
+    learned: dict[int, float] = {}
+
+    async def main(world: World, nodes: list[SimNode]) -> None:
+        leader = await _leader(nodes)
+        host = leader.host
+        assert host is not None
+        await asyncio.sleep(2.5)  # past the first heartbeats: followers know the term's first commit
+        loop = asyncio.get_running_loop()
+        index, _, futs = await host.propose([encode(Put(b"k", b"v"))])
+        assert futs is not None
+        await futs[0]
+        committed_at = loop.time()
+        followers = [n for n in nodes if n is not leader]
+        while len(learned) < len(followers) and loop.time() - committed_at < 2.0:
+            for n in followers:
+                assert n.host is not None
+                if n.id not in learned and n.host.node.raft_log.committed >= index:
+                    learned[n.id] = loop.time() - committed_at
+            await asyncio.sleep(0.0005)
+
+    _small_cluster(3, main, tick_ms=100, heartbeat_ticks=10, election_ticks=30, commit_notice_delay_ms=delay_ms)
+    assert len(learned) == 2, learned
+    delay = delay_ms / 1000
+    for nid, after in learned.items():
+        assert delay - 0.001 <= after <= delay + 0.01, f"node {nid} learned of the commit {after * 1000:.1f} ms after it"
