@@ -48,6 +48,7 @@ class AsyncClient(AsyncWatchCalls):
         self.session_token = b""
         self.tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._closed = False
         self._batchers: dict[tuple[str, str], Batcher] = {}
 
     def __repr__(self) -> str:
@@ -58,6 +59,8 @@ class AsyncClient(AsyncWatchCalls):
         return self.resilience.metrics()
 
     async def close(self) -> None:
+        """Close every connection; a closed client makes no new ones (its calls raise ValueError)."""
+        self._closed = True
         for ch in self._channels.values():
             await ch.close()
         self._channels.clear()
@@ -72,6 +75,8 @@ class AsyncClient(AsyncWatchCalls):
     def _channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
         if ch is None:
+            if self._closed:
+                raise ValueError("the client is closed")
             ch = aio_channel(address, self.tls)
             self._channels[address] = ch
         return ch

@@ -57,6 +57,7 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         self._channels: dict[str, grpc.Channel] = {}
         self._watches: dict[str, ChannelWatch] = {}
         self._channel_lock = threading.Lock()
+        self._closed = False
 
     def __repr__(self) -> str:
         return f"Client(endpoints={self.endpoints.addresses!r}, breakers={self.resilience.states()!r})"
@@ -67,6 +68,10 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         return self.resilience.metrics()
 
     def close(self) -> None:
+        """Close every connection. A closed client makes no new ones: its calls raise ValueError, and a
+        watch iterated on another thread ends (it would otherwise reconnect and watch on)."""
+        with self._channel_lock:
+            self._closed = True
         for w in list(self._watches.values()):
             w.close()
         self._watches.clear()
@@ -86,6 +91,8 @@ class Client(LeaseCalls, WatchCalls, LockCalls):
         ch = self._channels.get(address)
         if ch is None:
             with self._channel_lock:
+                if self._closed:
+                    raise ValueError("the client is closed")
                 ch = self._channels.get(address)
                 if ch is None:
                     ch = sync_channel(address, self.tls)

@@ -172,6 +172,7 @@ class AsyncWatchCalls:
     """Mixed into `AsyncClient`."""
 
     _stub: Any
+    _closed: bool
     endpoints: Any
     timeout: float
 
@@ -191,7 +192,10 @@ class AsyncWatchCalls:
             address = addresses[i % len(addresses)]
             i += 1
             req.after_revision = state.after
-            call = self._stub(address, "Watch").Watch()
+            try:
+                call = self._stub(address, "Watch").Watch()
+            except ValueError:  # the client was closed: the watch ends with it
+                return
             try:
                 await call.write(wpb.WatchRequest(create=req))
                 while True:
@@ -210,5 +214,9 @@ class AsyncWatchCalls:
             except grpc.RpcError as e:
                 state.on_break(e)
                 await asyncio.sleep(0.1)
+            except asyncio.CancelledError:
+                if self._closed:  # closing the client cancelled the call: the watch ends with it
+                    return
+                raise
             finally:
                 call.cancel()

@@ -117,6 +117,45 @@ def test_live_events_on_a_follower(cluster: LocalCluster) -> None:
         assert seen == revs
 
 
+def test_closing_the_client_ends_its_watch_in_another_thread(cluster: LocalCluster) -> None:
+    """A watch iterated on one thread ends when another thread closes its client, and the closed client
+    makes no new connections: it must not reconnect and watch on for ever."""
+    fc = Client(cluster.endpoints, timeout=10)
+    got: queue.Queue[wpb.WatchResponse] = queue.Queue()
+    pumping = threading.Thread(target=pump, args=(fc.watch("w-closed", progress_interval_ms=200), got), daemon=True)
+    pumping.start()
+    assert got.get(timeout=10).progress_notify  # the watch is up
+    fc.close()
+    pumping.join(timeout=10)
+    assert not pumping.is_alive(), "the watch outlived its client"
+    with pytest.raises(ValueError, match="closed"):
+        fc.get("w-closed")
+
+
+def test_closing_the_async_client_ends_its_watch(cluster: LocalCluster) -> None:
+    import asyncio
+
+    from raftkv.client import AsyncClient
+
+    async def go() -> None:
+        ac = AsyncClient(cluster.endpoints, timeout=10)
+        up = asyncio.Event()
+
+        async def pump_async() -> None:
+            async for r in ac.watch("w-aclosed", progress_interval_ms=200):
+                if r.progress_notify:
+                    up.set()
+
+        task = asyncio.create_task(pump_async())
+        await asyncio.wait_for(up.wait(), 10)
+        await ac.close()
+        await asyncio.wait_for(task, 10)  # TimeoutError: the watch outlived its client
+        with pytest.raises(ValueError, match="closed"):
+            await ac.get("w-aclosed")
+
+    asyncio.run(go())
+
+
 def _stream(cluster: LocalCluster, reqs: list[wpb.WatchRequest]) -> tuple[queue.Queue, Iterator[wpb.WatchResponse]]:
     q: queue.Queue[wpb.WatchRequest | None] = queue.Queue()
     for r in reqs:

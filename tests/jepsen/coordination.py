@@ -48,6 +48,7 @@ class WatchWorkload(Workload):
         self.served_by: dict[int, set[int]] = {i: set() for i in range(self.watchers)}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._clients: list[Client] = []
         self.start_rev = 0
         self.errors: list[str] = []
 
@@ -61,7 +62,9 @@ class WatchWorkload(Workload):
             self._threads.append(t)
 
     def _watch(self, i: int, order: list[str]) -> None:
-        with Client(",".join(order), timeout=10) as c:
+        c = Client(",".join(order), timeout=10)
+        self._clients.append(c)
+        with c:
             after = self.start_rev
             while not self._stop.is_set():
                 try:
@@ -73,8 +76,22 @@ class WatchWorkload(Workload):
                         if self._stop.is_set():
                             return
                 except RaftKVError as e:  # the client gave up for a while (every node unreachable): again
+                    if self._stop.is_set():
+                        return
                     self.errors.append(f"watcher {i}: {e}")
                     time.sleep(0.5)
+
+    def stop(self) -> None:
+        """A watcher waits in its stream, which outlives the nodes (it reconnects): closing its client ends
+        the stream, and the watch with it."""
+        self._stop.set()
+        for c in list(self._clients):
+            c.close()
+        for t in self._threads:
+            t.join(timeout=10)
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            raise RuntimeError(f"watchers still running 10 s after their clients closed: {alive}")
 
     def step(self, p: int, client: Client, h: History, rng: random.Random, endpoints: list[str]) -> None:
         key = f"{self.prefix}k{rng.randrange(5)}"

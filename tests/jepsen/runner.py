@@ -137,6 +137,10 @@ def run_one(cfg: RunConfig, out_root: Path) -> RunResult:
     except Exception as e:  # noqa: BLE001 - the run's failure is its verdict, reported with the rest
         res.error = f"{type(e).__name__}: {e}"
     finally:
+        try:
+            workload.stop()
+        except Exception as e:  # noqa: BLE001 - a run whose workload lives on failed, but the matrix goes on
+            res.error = res.error or f"{type(e).__name__}: {e}"
         if nemesis is not None:
             nemesis.stop()
             nemesis.close()

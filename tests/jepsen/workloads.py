@@ -80,6 +80,10 @@ class Workload:
     def final(self, client: Client, h: History) -> None:
         """Reads after every fault has healed."""
 
+    def stop(self) -> None:
+        """Ends whatever the workload runs beside its steps (the watch workload's watchers), once the run is
+        over, passed or failed: nothing of one run may live on into the next."""
+
     def check(self, ops: list[Op]) -> list[Verdict]:
         raise NotImplementedError
 
