@@ -14,7 +14,7 @@ commits, acknowledgements and durability do not change).
 from __future__ import annotations
 
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 from ..core.node import RaftNode
 
