@@ -62,6 +62,7 @@ from .ports import Clock, DiskRoom, Inbox, IOExecutor, PeerTransport, SystemCloc
 from .proposals import Proposal, ProposalQueue
 from .read_rounds import ReadRounds
 from .removal import Removal
+from .stall_watch import StallWatch
 from .stamps import StalenessStamps
 from .store import NodeStore
 from .transfer_guard import DATED, TransferGuard
@@ -145,6 +146,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """The interval of the tick timer on the loop. The simulator sets it per node, with the node's clock
         rate, to model clocks that run fast or slow (lease reads' drift bound)."""
         self._tick_handle: asyncio.TimerHandle | None = None
+        self.stall_watch = StallWatch(cfg.election_ticks * cfg.tick_ms / 1000, self._on_stall)
+        """Ticks that come late: the event loop did not run (stall_watch.py)."""
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._persisted_index = store.log.last_index()
@@ -197,6 +200,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._stopping = True
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        self.stall_watch.stop()
         self._wake.set()
         if self._loop_task is not None:
             try:
@@ -228,8 +232,15 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self._wake.set()
             if not self._stopping:
                 self._tick_handle = loop.call_later(self.tick_s, fire)
+                self.stall_watch.beat(self.clock.monotonic(), self.tick_s)
 
         self._tick_handle = loop.call_later(self.tick_s, fire)
+
+    def _on_stall(self, seconds: float) -> None:
+        self.metrics.loop_stalls.inc()
+        log.warning("event loop stalled", seconds=round(seconds, 3),
+                    consequence="heartbeats, elections and answers waited: a thread holding the GIL, a slow "
+                                "disk, swapping, CPU starvation, or a stopped process")
 
     def readiness(self) -> tuple[bool, str]:
         """Whether this node can serve now, and if not why: its loop runs, it knows a leader, it is not

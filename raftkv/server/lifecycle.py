@@ -154,6 +154,11 @@ def _add_sessions(server: grpc.aio.Server, host: NodeHost, kv_service: KVService
     SessionKeeper(host)
 
 
+STALL_DUMP_MIN_S = 2.0
+"""The event loop's watchdog dumps the stacks after at least this long without a tick (4 election timeouts
+otherwise): long enough that a busy machine's hiccups stay out of the log."""
+
+
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     metrics = Metrics(cfg.id)
     guard = IdentityGuard(cfg.id, store, cfg.join)
@@ -176,6 +181,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
     if mismatch is not None:
         print(f"Error: refusing to start: {mismatch}", file=sys.stderr)
         return exit_codes.USAGE
+    # A loop that stands still this long gets every thread's stack in the log (stall_watch.py).
+    host.stall_watch.dump_after_s = max(STALL_DUMP_MIN_S, 4 * host.stall_watch.warn_after_s)
     host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
     spares = SparePromoter(host, cfg.spare_promote_after)
     forwarder = Forwarder(host)

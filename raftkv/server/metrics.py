@@ -78,6 +78,8 @@ class Metrics:
             self.alarm.labels(a).set(0)
         self.slow_applies = Counter("raftkv_slow_applies", f"Batches whose apply took over {SLOW_APPLY_S} s",
                                     registry=r)
+        self.loop_stalls = Counter("raftkv_loop_stalls", "Times this node's event loop did not run for an "
+                                   "election timeout or more (server/stall_watch.py)", registry=r)
         self._node_gauges()
         self._peer_metrics()
         self._coordination_metrics()

@@ -19,7 +19,7 @@ RULE_TESTS = RULES_DIR / "raftkv-alerts.test.yaml"
 EXPECTED_ALERTS = {"RaftkvNoLeader", "RaftkvFrequentLeaderChanges", "RaftkvProposalFailures",
                    "RaftkvHighFsyncDuration", "RaftkvReplicationLagCritical", "RaftkvSemiSyncDegraded",
                    "RaftkvMemberDown", "RaftkvCorruptAlarm", "RaftkvNoSpaceAlarm", "RaftkvPressureRed",
-                   "RaftkvSlowWatchers"}
+                   "RaftkvSlowWatchers", "RaftkvEventLoopStalls"}
 
 
 def promtool() -> str:

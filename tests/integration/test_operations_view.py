@@ -233,6 +233,31 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_node_serves_on(cl
     assert st.id == i
 
 
+def test_a_node_whose_event_loop_stood_still_says_for_how_long(cluster: LocalCluster) -> None:
+    """A node whose event loop does not run for a while (here: stopped with SIGSTOP; in life a slow disk,
+    swapping, CPU starvation) logs how long once it runs again, and counts it. (The stack dump its watchdog
+    writes while the loop is stuck: test_storage_faults.py's frozen disk.)"""
+    import signal
+    import time
+
+    leader = cluster.wait_leader()
+    i = next(n for n in sorted(cluster.procs) if n != leader)
+    before_log = len(cluster.log_text(i))
+    before = sample(scrape(cluster, i), "raftkv_loop_stalls_total")
+    cluster.signal(i, signal.SIGSTOP)
+    try:
+        time.sleep(3.0)
+    finally:
+        cluster.signal(i, signal.SIGCONT)
+    m = wait_for("the stall counted", lambda: (m := scrape(cluster, i))
+                 and sample(m, "raftkv_loop_stalls_total") > before and m)
+    assert m
+    text = cluster.log_text(i)[before_log:]
+    assert '"event loop stalled"' in text, text[-2000:]
+    line = next(ln for ln in text.splitlines() if '"event loop stalled"' in ln)
+    assert float(json.loads(line)["seconds"]) >= 2.5, line
+
+
 def test_a_killed_follower_shows_as_failed_sends_and_an_unhealthy_endpoint(cluster: LocalCluster) -> None:
     leader = cluster.wait_leader()
     victim = next(i for i in sorted(cluster.procs) if i != leader)

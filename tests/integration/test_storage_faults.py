@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import shutil
 import subprocess
@@ -367,3 +368,45 @@ def test_map_size_is_validated(tmp_path: Path) -> None:
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and r.stderr.strip() == (
         "Error: --map-size must be between 1048576 (1 MiB) and 1099511627776 (1 TiB) bytes")
+
+
+# ------------------------------------------------------------------------------------------------
+# A frozen disk
+# ------------------------------------------------------------------------------------------------
+def test_a_follower_on_a_frozen_disk_stalls_loudly_and_catches_up_when_it_thaws(tmp_path: Path,
+                                                                                 small_disk: Path) -> None:
+    """`fsfreeze` holds every write to node 3's filesystem, as a disk that stops answering does. The
+    cluster commits on through the other two; node 3's event loop, stuck in its log's fsync, has its
+    watchdog write every thread's stack to the log while it is stuck (naming the commit it waits in); once
+    the disk thaws, node 3 says for how long its loop stood still and catches up."""
+    (small_disk / "node3").mkdir()
+    (tmp_path / "node3").symlink_to(small_disk / "node3")
+    c = LocalCluster(tmp_path, n=3).start_all()
+    frozen = False
+    try:
+        leader = c.wait_leader()
+        if leader == 3:
+            with c.client() as cl:
+                cl.transfer_leader(1)
+            leader = wait_for(lambda: c.wait_leader() if c.wait_leader() != 3 else 0, "a leader other than 3")
+        with Client([c.address(1), c.address(2)], timeout=10) as healthy:
+            c.wait_applied(3, healthy.put(b"before", b"x").meta.index)
+            before = len(c.log_text(3))
+            subprocess.run(["fsfreeze", "-f", str(small_disk)], check=True)
+            frozen = True
+            for i in range(20):
+                healthy.put(b"k%d" % i, b"v")  # committed by nodes 1 and 2 alone
+            wait_for(lambda: "Timeout (0:00:02)!" in c.log_text(3)[before:], "node 3's stack dump", 30)
+            dump = c.log_text(3)[before:]
+            assert "storage/node_store.py" in dump and "in persist" in dump, dump[-3000:]
+            subprocess.run(["fsfreeze", "-u", str(small_disk)], check=True)
+            frozen = False
+            last = healthy.put(b"last", b"x").meta.index
+            c.wait_applied(3, last, timeout=30)
+        assert c.procs[3].poll() is None
+        stalls = [ln for ln in c.log_text(3)[before:].splitlines() if '"event loop stalled"' in ln]
+        assert stalls and max(float(json.loads(ln)["seconds"]) for ln in stalls) >= 2.0, stalls
+    finally:
+        if frozen:
+            subprocess.run(["fsfreeze", "-u", str(small_disk)], check=False)
+        c.stop_all()
