@@ -37,8 +37,12 @@ pytestmark = pytest.mark.xdist_group("queue-delay")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    # A 2 s election timeout: on a machine busy with other work, 600 writes of 4 KiB at once can keep the
+    # leader's loop from ticking for the default 0.5 s, and an election in a wave answers writes
+    # UNAVAILABLE, which is no refusal; elections are not what this module is about.
     c = LocalCluster(tmp_path_factory.mktemp("queue-delay"),
-                     extra=["--overload-max-queue-delay-ms", str(DELAY_MS), "--overload-pushback-ms", "50"]).start_all()
+                     extra=["--overload-max-queue-delay-ms", str(DELAY_MS), "--overload-pushback-ms", "50",
+                            "--election-ticks", "40"]).start_all()
     try:
         yield c
     finally:
