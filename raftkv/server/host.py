@@ -258,6 +258,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             return False, self.identity.problem
         if self.corruption is not None and (corrupt := self.corruption.not_ready()):
             return False, corrupt
+        if self._ticks_due >= self.cfg.election_ticks:
+            return False, f"the Raft loop has been held up for {self._ticks_due * self.tick_s:.1f} s (a slow or frozen disk?)"
         if not self.leader_id:
             return False, "no leader known"
         return True, ""
@@ -398,6 +400,11 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         node = self.node
         now = self.clock.monotonic()
         ticks, self._ticks_due = self._ticks_due, 0
+        if ticks >= self.cfg.election_ticks:
+            # The event loop ran (the ticks were counted) but the Raft loop did not take them: a Ready
+            # held it up, typically its synced commit on a slow or frozen disk.
+            log.warning("raft loop held up", seconds=round(ticks * self.tick_s, 3),
+                        consequence="no heartbeats, votes or commits meanwhile; look at the disk's fsync latency")
         for _ in range(ticks):
             node.tick()
         self.commit_notices.send_if_due(node, now)

@@ -57,14 +57,16 @@ def wait_until(cond, timeout: float = 20.0) -> bool:  # noqa: ANN001
 def test_expired_lease_deletes_its_keys_through_the_log(cluster: LocalCluster) -> None:
     expired_before = total(cluster, "raftkv_lease_expired_total")
     with cluster.client() as c:
-        lease = c.lease_grant(1)
-        assert lease.ttl == 1 and lease.id > 0
+        # 3 s: long enough that the puts and the TimeToLive below come before the expiry even on a busy
+        # machine (with 1 s a starved run saw the lease expire before TimeToLive).
+        lease = c.lease_grant(3)
+        assert lease.ttl == 3 and lease.id > 0
         assert sample(scrape(cluster, cluster.wait_leader()), "raftkv_leases") >= 1
         r = c.put("svc/a", "up", lease=lease.id)
         c.put("svc/b", "up", lease=lease.id)
         c.put("svc/plain", "stays")
         ttl = c.lease_time_to_live(lease.id, keys=True)
-        assert ttl.granted_ttl == 1 and set(ttl.keys) == {b"svc/a", b"svc/b"}
+        assert ttl.granted_ttl == 3 and set(ttl.keys) == {b"svc/a", b"svc/b"}
         assert c.get("svc/a").kv.lease == lease.id
         seen: list[wpb.Event] = []
         it = c.watch("svc/", prefix=True, after_revision=r.meta.index)

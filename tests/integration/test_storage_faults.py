@@ -410,3 +410,47 @@ def test_a_follower_on_a_frozen_disk_stalls_loudly_and_catches_up_when_it_thaws(
         if frozen:
             subprocess.run(["fsfreeze", "-u", str(small_disk)], check=False)
         c.stop_all()
+
+
+def test_a_leader_on_a_frozen_disk_reports_not_ready_loses_leadership_and_catches_up(tmp_path: Path,
+                                                                                       small_disk: Path) -> None:
+    """The leader's synced commits run on its I/O thread: with its disk frozen, its event loop still
+    answers, but its Raft loop waits in a Ready and sends no heartbeats. It must say so (readiness
+    NOT_SERVING, naming the held-up Raft loop), the other two elect a leader and commit on, and once the
+    disk thaws it logs how long its Raft loop was held up, follows, and catches up."""
+    (small_disk / "node3").mkdir()
+    (tmp_path / "node3").symlink_to(small_disk / "node3")
+    c = LocalCluster(tmp_path, n=3).start_all()
+    frozen = False
+    try:
+        if c.wait_leader() != 3:
+            with c.client() as cl:
+                cl.transfer_leader(3)
+            wait_for(lambda: c.wait_leader() == 3, "node 3 to lead")
+        with Client(c.address(3), timeout=10) as cl:
+            cl.put(b"before", b"x")
+        before = len(c.log_text(3))
+        subprocess.run(["fsfreeze", "-f", str(small_disk)], check=True)
+        frozen = True
+        with Client(c.address(3), timeout=2) as cl:
+            with pytest.raises(RaftKVError):
+                cl.put(b"stuck", b"x")  # its append waits on the frozen disk
+        wait_for(lambda: readiness(c.address(3)) == health_pb2.HealthCheckResponse.NOT_SERVING,
+                 "node 3 not ready", 15)
+        code, body = http_get(c.metrics_ports[3], "/readyz")
+        assert code == 503 and "the Raft loop has been held up" in json.loads(body)["not_ready_because"], body
+        with Client([c.address(1), c.address(2)], timeout=15) as healthy:
+            for i in range(10):
+                healthy.put(b"k%d" % i, b"v")  # nodes 1 and 2 elected one of them and commit alone
+            subprocess.run(["fsfreeze", "-u", str(small_disk)], check=True)
+            frozen = False
+            last = healthy.put(b"last", b"x").meta.index
+            c.wait_applied(3, last, timeout=30)
+        assert c.wait_leader() != 3 and c.procs[3].poll() is None
+        wait_for(lambda: readiness(c.address(3)) == health_pb2.HealthCheckResponse.SERVING, "node 3 ready", 15)
+        held = [ln for ln in c.log_text(3)[before:].splitlines() if '"raft loop held up"' in ln]
+        assert held and max(float(json.loads(ln)["seconds"]) for ln in held) >= 1.0, held
+    finally:
+        if frozen:
+            subprocess.run(["fsfreeze", "-u", str(small_disk)], check=False)
+        c.stop_all()
