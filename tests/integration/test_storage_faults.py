@@ -278,16 +278,10 @@ def wait_for(check, what: str, timeout: float = 30.0):  # noqa: ANN001, ANN201
 
 def test_one_full_disk_in_three_the_cluster_commits_on_and_the_full_node_never_acks(tmp_path: Path,
                                                                                    small_disk: Path) -> None:
-    (small_disk / "node3").mkdir()
-    (tmp_path / "node3").symlink_to(small_disk / "node3")
-    c = LocalCluster(tmp_path, n=3).start_all()
+    c = _node3_on(small_disk, tmp_path)
     acked: dict[bytes, bytes] = {}
     try:
-        leader = c.wait_leader()
-        if leader == 3:
-            with c.client() as cl:
-                cl.transfer_leader(1)
-            leader = wait_for(lambda: c.wait_leader() if c.wait_leader() != 3 else 0, "a leader other than 3")
+        leader = _leader_other_than_3(c)
         other = ({1, 2} - {leader}).pop()
         healthy = Client([c.address(1), c.address(2)], timeout=10)
         first = healthy.put(b"before", b"durable on node 3").meta.index
@@ -347,6 +341,22 @@ def _nospace_alarm(port: int) -> bool:
         return False
 
 
+def _node3_on(disk: Path, tmp_path: Path) -> LocalCluster:
+    """A started 3-node cluster whose node 3 keeps its data directory on `disk` (its log stays off it)."""
+    (disk / "node3").mkdir()
+    (tmp_path / "node3").symlink_to(disk / "node3")
+    return LocalCluster(tmp_path, n=3).start_all()
+
+
+def _leader_other_than_3(c: LocalCluster) -> int:
+    leader = c.wait_leader()
+    if leader == 3:
+        with c.client() as cl:
+            cl.transfer_leader(1)
+        leader = wait_for(lambda: c.wait_leader() if c.wait_leader() != 3 else 0, "a leader other than 3")
+    return leader
+
+
 def _stalled(c: LocalCluster, i: int) -> bool:
     """Node i's persist waits for space (its Status says so)."""
     try:
@@ -379,16 +389,10 @@ def test_a_follower_on_a_frozen_disk_stalls_loudly_and_catches_up_when_it_thaws(
     cluster commits on through the other two; node 3's event loop, stuck in its log's fsync, has its
     watchdog write every thread's stack to the log while it is stuck (naming the commit it waits in); once
     the disk thaws, node 3 says for how long its loop stood still and catches up."""
-    (small_disk / "node3").mkdir()
-    (tmp_path / "node3").symlink_to(small_disk / "node3")
-    c = LocalCluster(tmp_path, n=3).start_all()
+    c = _node3_on(small_disk, tmp_path)
     frozen = False
     try:
-        leader = c.wait_leader()
-        if leader == 3:
-            with c.client() as cl:
-                cl.transfer_leader(1)
-            leader = wait_for(lambda: c.wait_leader() if c.wait_leader() != 3 else 0, "a leader other than 3")
+        _leader_other_than_3(c)
         with Client([c.address(1), c.address(2)], timeout=10) as healthy:
             c.wait_applied(3, healthy.put(b"before", b"x").meta.index)
             before = len(c.log_text(3))
@@ -418,9 +422,7 @@ def test_a_leader_on_a_frozen_disk_reports_not_ready_loses_leadership_and_catche
     answers, but its Raft loop waits in a Ready and sends no heartbeats. It must say so (readiness
     NOT_SERVING, naming the held-up Raft loop), the other two elect a leader and commit on, and once the
     disk thaws it logs how long its Raft loop was held up, follows, and catches up."""
-    (small_disk / "node3").mkdir()
-    (tmp_path / "node3").symlink_to(small_disk / "node3")
-    c = LocalCluster(tmp_path, n=3).start_all()
+    c = _node3_on(small_disk, tmp_path)
     frozen = False
     try:
         if c.wait_leader() != 3:
