@@ -127,7 +127,7 @@ class Cluster(ABC):
 
 
 PEER_TRANSPORTS = ("grpc", "tcp")
-DEFAULT_PEER_TRANSPORT = "grpc"
+DEFAULT_PEER_TRANSPORT = "tcp"
 PEER_TRANSPORT_ENV = "RAFTKV_BENCH_PEER_TRANSPORT"
 """How benchmark clusters' nodes send each other Raft batches (`--peer-transport`): `tcp` gives every node a
 `--peer-listen` port, listed in every founder's `--initial-peer-addresses`; `grpc` gives none."""

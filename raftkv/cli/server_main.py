@@ -235,15 +235,15 @@ def id_from_hostname(hostname: str) -> int:
 @click.option("--data", "data_dir", default="dev-cluster", show_default=True, help="Folder for the nodes' data.")
 @click.option("--base-port", default=7001, show_default=True, help="Node i listens on base-port + i - 1.")
 @click.option("--metrics-base-port", default=9101, show_default=True, help="Node i serves /metrics on this + i - 1.")
-@click.option("--peer-base-port", default=0, show_default=True, type=click.IntRange(0, 65535),
-              help="Node i takes Raft batches from its peers over TCP on this + i - 1, e.g. 7101 (0: over gRPC "
-                   "streams).")
+@click.option("--peer-base-port", default=None, type=click.IntRange(0, 65535),
+              help="Node i takes Raft batches from its peers over TCP on this + i - 1 (default: --base-port + 100, "
+                   "7101; 0: over gRPC streams).")
 @click.option("--fresh", is_flag=True, help="Delete the data folder first.")
 @click.option("--max-restarts", default=5, show_default=True, type=click.IntRange(0),
               help="A crashed node (signal or exit 75) is restarted at most this many times in an hour.")
 @click.option("--restart-backoff", default=1.0, show_default=True, type=click.FloatRange(0.0, 30.0),
               help="Seconds before the first restart of a crashed node; doubles with each one (at most 30).")
-def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, peer_base_port: int, fresh: bool,
+def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, peer_base_port: int | None, fresh: bool,
         max_restarts: int, restart_backoff: float) -> None:
     """Run a local cluster on 127.0.0.1 in the foreground; Ctrl-C stops every node cleanly.
 
@@ -251,6 +251,8 @@ def dev(nodes: int, data_dir: str, base_port: int, metrics_base_port: int, peer_
     `kv dev kill|stop|restart|status` (or those words typed here) drive it (see raftkv/cli/dev_cluster.py)."""
     from .dev_cluster import run_dev_cluster
 
+    if peer_base_port is None:
+        peer_base_port = base_port + 100
     sys.exit(run_dev_cluster(nodes, data_dir, base_port, metrics_base_port, fresh, max_restarts, restart_backoff,
                              peer_base_port))
 
