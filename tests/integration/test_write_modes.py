@@ -93,9 +93,11 @@ class Ack:
 
 
 async def _write_until_killed(cluster: LocalCluster, leader: int, levels: list[str], prefix: str,
-                              before_kill: float) -> list[Ack]:
+                              before_kill: float, enough: int = 25, at_most: float = 15.0) -> list[Ack]:
     """Write keys concurrently to the leader, one writer per entry of `levels` using that ack level, and
-    kill -9 the leader after `before_kill` seconds. Returns every acknowledgement."""
+    kill -9 the leader after `before_kill` seconds, or later once every level has `enough`
+    acknowledgements (a busy machine acknowledges fewer per second), `at_most` seconds in. Returns every
+    acknowledgement."""
     acked: list[Ack] = []
     stop = asyncio.Event()
     achieved = {"leader": pb.ACK_LEADER, "majority": pb.ACK_MAJORITY}
@@ -115,6 +117,10 @@ async def _write_until_killed(cluster: LocalCluster, leader: int, levels: list[s
     async with AsyncClient(cluster.address(leader), timeout=2.0) as c:
         tasks = [asyncio.create_task(writer(w, level, c)) for w, level in enumerate(levels)]
         await asyncio.sleep(before_kill)
+        started = time.monotonic()
+        while (min(sum(a.level == level for a in acked) for level in set(levels)) < enough
+               and time.monotonic() - started < at_most):
+            await asyncio.sleep(0.1)
         cluster.kill(leader)  # kill -9 while writes are in flight
         stop.set()
         await asyncio.gather(*tasks)
