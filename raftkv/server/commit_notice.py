@@ -3,7 +3,7 @@
 A leader that commits an entry used to send each follower an empty append carrying the new commit index at
 once (etcd-io/raft's `bcastAppend` after `maybeCommit`). On a machine where the leader, its followers and
 the writer share a few cores, that round (two appends out, two answers back) runs exactly when the writer's
-answer leaves and its next request arrives, and it costs a lone writer about a fifth of its latency
+answer leaves and its next request arrives, and it cost a lone writer up to a fifth of its latency
 (benchmarks/README.md, "A lone write"). With `--commit-notice-delay-ms` above 0 the core defers the notice
 (`Config.defer_commit_notice`): the next append carries the commit index anyway, and that is usually the
 writer's next write; this class sends it when none came within the delay, so a follower learns of a commit
