@@ -9,6 +9,7 @@ fault of this node stops it), the store the data's place and durability.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -41,9 +42,7 @@ class EntryApplier:
     hashes: RecentHashes
     alarms: AlarmTable
     _hist_pending: list[tuple[bytes, bytes]]
-
-    def _compact_history_to(self, revision: int, index: int) -> int:
-        raise NotImplementedError
+    _compact_history_to: Callable[[int, int], int]
 
     @staticmethod
     def _command(e: Entry) -> commands.Command | ValueError | None:
