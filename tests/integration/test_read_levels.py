@@ -68,13 +68,19 @@ def test_bounded_staleness_holds_while_provable_then_fails_or_forwards(cluster: 
         c.put("b", "1")
 
         def fresh() -> pb.GetResponse | None:
+            """A bounded read the follower could prove, once it has applied the write.
+
+            Bounded staleness promises no read-your-writes: a follower may prove a small bound from the
+            leader's confirmation of a moment before the write committed (the leader tells it of the commit
+            with its next append, or a commit-notice delay later), and rightly answer without `b`."""
             try:
-                return c.get("b", consistency="bounded_staleness", max_staleness_ms=bound_ms, strict=True,
-                             endpoint=addr)
+                r = c.get("b", consistency="bounded_staleness", max_staleness_ms=bound_ms, strict=True,
+                          endpoint=addr)
             except FailedPreconditionError:
                 return None
+            return r if r.found else None
 
-        wait_for("the follower to prove its freshness", fresh)
+        wait_for("the follower to apply the write and prove its freshness", fresh)
         cluster.signal(leader, signal.SIGSTOP)
         cluster.signal(other, signal.SIGSTOP)
         cut_at = time.monotonic()
