@@ -26,7 +26,7 @@ from ..layers.acks import UnmeetableAck
 from ..layers.admission import Admission, Overloaded
 from ..layers.session import InvalidToken, TokenAhead, TokenLost
 from ..server.corruption import Corrupt
-from ..server.errors import HostError, NoSpace, NotLeader, SyncTimeout
+from ..server.errors import HostError, NoSpace, NotLeader, RaftLoopHeldUp, SyncTimeout
 from ..server.removal import MemberRemoved
 from ..storage import CorruptionError
 from ..storage.errors import (
@@ -98,6 +98,8 @@ def classify(e: BaseException) -> RequestError:
         return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "TOO_MANY_SESSIONS")
     if isinstance(e, NoSpace):
         return RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e), "NOSPACE")
+    if isinstance(e, RaftLoopHeldUp):
+        return RequestError(grpc.StatusCode.UNAVAILABLE, str(e), "RAFT_LOOP_HELD_UP")
     if isinstance(e, Corrupt):  # do not retry: nothing is written until an operator acts
         return RequestError(grpc.StatusCode.FAILED_PRECONDITION, str(e), "CORRUPT")
     if isinstance(e, HostError):

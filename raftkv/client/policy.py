@@ -35,8 +35,12 @@ from .errors import (
 )
 from .resilience import Resilience, full_jitter, pushback_seconds
 
-SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN", "MEMBER_REMOVED", "OVERLOADED"}
+SAFE_REASONS = {"NOT_LEADER", "PROPOSALLOST", "LEADERSHIPLOST", "SHUTTINGDOWN", "MEMBER_REMOVED", "OVERLOADED",
+                "RAFT_LOOP_HELD_UP"}
 """Refused before anything was applied: any request may be retried (OVERLOADED after its pushback)."""
+GO_ELSEWHERE = {"MEMBER_REMOVED", "RAFT_LOOP_HELD_UP"}
+"""Refused by this node for a reason of its own (removed; its Raft loop held up by its disk): another
+member may serve the request, so the next try goes there."""
 WRITES = frozenset({"write", "txn"})
 # How gRPC words a call that failed before any connection carried it (no server can have seen it).
 NEVER_SENT = ("failed to connect to all addresses", "no address", "dns resolution failed")
@@ -149,7 +153,7 @@ def duration(seconds: float) -> str:
 def sick(err: RaftKVError) -> bool:
     """Does this failure say the node is sick (it counts against its circuit breaker), rather than being
     an answer (a redirect, an error about the request)?"""
-    if err.reason in ("OVERLOADED", "TLS"):
+    if err.reason in ("OVERLOADED", "TLS", "RAFT_LOOP_HELD_UP"):
         return True
     return err.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and not err.reason
 
@@ -329,7 +333,7 @@ class Attempts:
             numbered_retry = True
             if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
                 self.endpoints.failed(address)
-        if err.reason == "MEMBER_REMOVED":
+        if err.reason in GO_ELSEWHERE:
             self.endpoints.failed(address)  # refused before doing anything: another member may serve it
         if err.code == grpc.StatusCode.UNAVAILABLE and not err.reason:
             self.endpoints.failed(address)

@@ -43,6 +43,14 @@ class ShuttingDown(HostError):
     retryable = True
 
 
+class RaftLoopHeldUp(HostError):
+    """This node's Raft loop has not taken its ticks for an election timeout (a Ready waits, typically on
+    a slow or frozen disk), so what needs it would wait for as long: refused before anything was proposed.
+    Safe to retry, on another node."""
+
+    retryable = True
+
+
 class OutcomeUnknown(HostError):
     """The node stopped after the write went into its log: it may still commit under another leader.
     Retrying could apply it twice, so the client must not retry it blindly."""

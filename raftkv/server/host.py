@@ -47,7 +47,7 @@ from .commit_notice import CommitNotices
 from .compaction import Compactor
 from .config import ServerConfig
 from .corruption import CorruptionChecker
-from .errors import LeadershipLost, OutcomeUnknown, ShuttingDown
+from .errors import LeadershipLost, OutcomeUnknown, RaftLoopHeldUp, ShuttingDown
 from .host_inbox import InboxIntake
 from .host_views import HostViews
 from .identity import IdentityGuard
@@ -258,11 +258,22 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             return False, self.identity.problem
         if self.corruption is not None and (corrupt := self.corruption.not_ready()):
             return False, corrupt
-        if self._ticks_due >= self.cfg.election_ticks:
-            return False, f"the Raft loop has been held up for {self._ticks_due * self.tick_s:.1f} s (a slow or frozen disk?)"
+        if (held := self._held_up()) is not None:
+            return False, held
         if not self.leader_id:
             return False, "no leader known"
         return True, ""
+
+    def _held_up(self) -> str | None:
+        """Why the Raft loop cannot serve now, if it has not taken its ticks for an election timeout."""
+        if self._ticks_due < self.cfg.election_ticks:
+            return None
+        return f"the Raft loop has been held up for {self._ticks_due * self.tick_s:.1f} s (a slow or frozen disk?)"
+
+    def _refuse_while_held_up(self) -> None:
+        """Refuse at once what would wait for a held-up Raft loop: the client can go to another node."""
+        if (held := self._held_up()) is not None:
+            raise RaftLoopHeldUp(f"node {self.cfg.id}: {held}; nothing was proposed, try another node")
 
     def run_in_loop(self, op: Callable[[], None]) -> None:
         """Run `op` in the loop between Readys, where the core may be called."""
@@ -289,6 +300,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self.corruption.refuse_writes()
         if not self.is_leader:
             raise self.not_leader()
+        self._refuse_while_held_up()
 
     async def propose(self, datas: list[bytes], results: bool = True) -> tuple[int, int, list[asyncio.Future[Any]] | None]:
         """Propose `datas` together, at consecutive indexes; returns (first index, term, one future per
@@ -322,6 +334,7 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
 
     async def read_index(self) -> int:
         """A linearizable read point (ReadIndex); concurrent callers share one quorum round."""
+        self._refuse_while_held_up()
         fut = self.reads.request()
         self._wake.set()
         return await fut

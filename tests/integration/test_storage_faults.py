@@ -26,7 +26,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raftkv import exit_codes
-from raftkv.client import Client, RaftKVError, compare, op_get, op_put
+from raftkv.client import Client, RaftKVError, UnavailableError, compare, op_get, op_put
+from raftkv.client.errors import from_rpc_error
+from raftkv.proto.stubs import kv_pb2 as pb
+from raftkv.proto.stubs import kv_pb2_grpc
 from raftkv.storage.commands import prefix_end
 
 from . import loop_disk
@@ -441,6 +444,18 @@ def test_a_leader_on_a_frozen_disk_reports_not_ready_loses_leadership_and_catche
                  "node 3 not ready", 15)
         code, body = http_get(c.metrics_ports[3], "/readyz")
         assert code == 503 and "the Raft loop has been held up" in json.loads(body)["not_ready_because"], body
+        # Held up, it refuses at once what needs its Raft loop, saying why, rather than letting each
+        # request wait out its deadline: nothing was proposed, so any client may try another node.
+        with grpc.insecure_channel(c.address(3)) as ch:
+            for call in (lambda: kv_pb2_grpc.KVStub(ch).Put(pb.PutRequest(key=b"refused", value=b"x"), timeout=10),
+                         lambda: kv_pb2_grpc.KVStub(ch).Range(pb.RangeRequest(key=b"before"), timeout=10)):
+                with pytest.raises(grpc.RpcError) as raw:
+                    call()
+                err = from_rpc_error(raw.value)
+                assert isinstance(err, UnavailableError) and err.reason == "RAFT_LOOP_HELD_UP", err
+                assert "node 3: the Raft loop has been held up" in str(err) and "try another node" in str(err)
+        with Client([c.address(3), c.address(1), c.address(2)], timeout=15) as cl:
+            assert cl.put(b"elsewhere", b"x").meta.served_by != 3  # the client moved on
         with Client([c.address(1), c.address(2)], timeout=15) as healthy:
             for i in range(10):
                 healthy.put(b"k%d" % i, b"v")  # nodes 1 and 2 elected one of them and commit alone

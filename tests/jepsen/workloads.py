@@ -33,9 +33,9 @@ from .history import History, Op
 CERTAIN_FAILURES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
                     grpc.StatusCode.NOT_FOUND}
 # Refusals the server makes before proposing, whatever their status code: a node under the NOSPACE alarm,
-# a request over --max-request-bytes. (The client raises OutcomeUnknownError instead if an earlier try
-# of the same request might have been applied.)
-CERTAIN_REASONS = {"NOSPACE", "REQUEST_TOO_LARGE"}
+# a request over --max-request-bytes, a leader whose Raft loop is held up. (The client raises
+# OutcomeUnknownError instead if an earlier try of the same request might have been applied.)
+CERTAIN_REASONS = {"NOSPACE", "REQUEST_TOO_LARGE", "RAFT_LOOP_HELD_UP"}
 
 
 def write_status(err: RaftKVError) -> str:
