@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import faulthandler
 import signal
 import socket
 import sys
@@ -43,6 +42,7 @@ from .metrics import Metrics
 from .ports import SystemClock, ThreadIO
 from .removal import GRACE_SECONDS, marker_text
 from .spares import SparePromoter
+from .stall_watch import StallWatch, format_stacks
 from .witness_role import RoleMismatch, witness_mismatch
 
 log = structlog.get_logger("raftkv.server")
@@ -55,9 +55,10 @@ def run_node(cfg: ServerConfig) -> int:
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)
         return exit_codes.USAGE
-    # `kill -USR1 PID` writes every thread's Python stack to stderr, whatever the event loop is doing:
-    # what an operator (or the partition suite) needs of a node that is up but does not answer.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # `kill -USR1 PID` writes every thread's Python stack to stderr: what an operator (or the partition
+    # suite) needs of a node that is up but does not answer (stall_watch.py says how, and why not
+    # faulthandler's handler).
+    signal.signal(signal.SIGUSR1, _on_sigusr1)
     removed = marker_text(cfg.data_dir)
     if removed is not None:
         print(f"Error: refusing to start: {removed}", file=sys.stderr)
@@ -155,6 +156,20 @@ def _add_sessions(server: grpc.aio.Server, host: NodeHost, kv_service: KVService
 
 
 STALL_DUMP_MIN_S = 2.0
+_watches: list[StallWatch] = []
+"""The serving node's stall watch, once it has one: SIGUSR1 asks its watchdog thread for the stacks."""
+
+
+def _on_sigusr1(signum: int, frame: object) -> None:
+    """Runs on the main thread between bytecodes. The watchdog thread writes the stacks, so that the
+    handler returns at once; before the node has one (still opening its data), they are written here.
+    While the event loop is stuck inside one call, this waits for it; the watchdog writes the stacks of a
+    loop stuck that long by itself."""
+    if _watches:
+        _watches[-1].ask_dump()
+    else:
+        sys.stderr.write(format_stacks("Stacks of every thread (asked for with SIGUSR1):"))
+        sys.stderr.flush()
 """The event loop's watchdog dumps the stacks after at least this long without a tick (4 election timeouts
 otherwise): long enough that a busy machine's hiccups stay out of the log."""
 
@@ -182,7 +197,8 @@ async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:
         print(f"Error: refusing to start: {mismatch}", file=sys.stderr)
         return exit_codes.USAGE
     # A loop that stands still this long gets every thread's stack in the log (stall_watch.py).
-    host.stall_watch.dump_after_s = max(STALL_DUMP_MIN_S, 4 * host.stall_watch.warn_after_s)
+    host.stall_watch.start_watchdog(max(STALL_DUMP_MIN_S, 4 * host.stall_watch.warn_after_s))
+    _watches.append(host.stall_watch)
     host.corruption = CorruptionChecker(host, cfg.corruption_check_interval)
     spares = SparePromoter(host, cfg.spare_promote_after)
     forwarder = Forwarder(host)

@@ -224,13 +224,49 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_node_serves_on(cl
     before = len(cluster.log_text(i))
     cluster.signal(i, signal.SIGUSR1)
     deadline = time.monotonic() + 10
-    while "Current thread" not in cluster.log_text(i)[before:] and time.monotonic() < deadline:
+    asked = "Stacks of every thread (asked for with SIGUSR1):"
+    while asked not in cluster.log_text(i)[before:] and time.monotonic() < deadline:
         time.sleep(0.1)
     dump = cluster.log_text(i)[before:]
-    assert "Current thread" in dump and "raftkv/server/" in dump, dump[-2000:]
+    assert asked in dump and "raftkv/server/" in dump and "Thread MainThread" in dump, dump[-2000:]
     assert cluster.procs[i].poll() is None  # still running
     st = cluster.status(i, timeout=5)
     assert st.id == i
+
+
+def test_a_node_asked_for_its_stacks_again_and_again_under_writes_serves_on(cluster: LocalCluster) -> None:
+    """Stacks taken by faulthandler's signal handler read other threads' frames while they run: under
+    writes a node died of SIGSEGV within a few hundred SIGUSR1 (python/cpython#116008). Taken with the
+    GIL held (server/stall_watch.py), they cost the node nothing."""
+    import signal
+    import threading
+    import time
+
+    leader = cluster.wait_leader()
+    stop = threading.Event()
+    written = [0]
+
+    def writer() -> None:
+        with Client(cluster.address(leader), timeout=10) as c:
+            while not stop.is_set() and written[0] < 20_000:
+                c.put(b"usr1-%d" % (written[0] % 50), b"v")
+                written[0] += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(400):
+            cluster.signal(leader, signal.SIGUSR1)
+            time.sleep(0.01)
+            assert cluster.procs[leader].poll() is None, f"node {leader} died: {cluster.procs[leader].returncode}"
+    finally:
+        stop.set()
+        t.join(30)
+    time.sleep(0.5)
+    assert cluster.procs[leader].poll() is None, f"node {leader} died: {cluster.procs[leader].returncode}"
+    assert written[0] > 0 and cluster.log_text(leader).count("asked for with SIGUSR1") >= 1
+    with Client(cluster.address(leader), timeout=10) as c:
+        assert c.put(b"after", b"x").meta.served_by == leader
 
 
 def test_a_node_whose_event_loop_stood_still_says_for_how_long(cluster: LocalCluster) -> None:
@@ -264,6 +300,9 @@ def test_a_node_whose_event_loop_stood_still_says_for_how_long(cluster: LocalClu
     assert '"event loop stalled"' in text, text[-2000:]
     line = next(ln for ln in text.splitlines() if '"event loop stalled"' in ln)
     assert float(json.loads(line)["seconds"]) >= 2.5, line
+    # The whole process stood still, its watchdog too: stacks taken as it resumes would only show the
+    # loop running again, so it writes none.
+    assert "Stacks of every thread" not in text, text[-3000:]
 
 
 def test_a_killed_follower_shows_as_failed_sends_and_an_unhealthy_endpoint(cluster: LocalCluster) -> None:
