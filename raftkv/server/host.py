@@ -74,6 +74,10 @@ log = structlog.get_logger("raftkv.host")
 RESPONSES = (MessageType.APP_RESP, MessageType.HEARTBEAT_RESP)
 ECHOED = (MessageType.APP, MessageType.HEARTBEAT)
 """A leader's messages that carry, in their envelope, the newest stamp of the target it vouches for."""
+HELD_UP_REFUSE_AFTER_S = 2.0
+"""A Raft loop held up this long (or four election timeouts, if longer) refuses what would wait for it
+(`_held_up`). Shorter hiccups (a big compaction's transaction, a slow fsync) are waited out: the requests
+they delay are answered late, not failed."""
 INLINE_SYNC_ENTRIES = 1
 INLINE_SYNC_BYTES = 64 << 10
 """A follower's append of at most this many entries and bytes (a lone writer's) is synced on the loop's
@@ -143,6 +147,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
         self._ticks_due = 0
         self.tick_s = cfg.tick_ms / 1000
+        self._refuse_after_ticks = max(4 * cfg.election_ticks, -(-int(HELD_UP_REFUSE_AFTER_S * 1000) // cfg.tick_ms))
+        """Ticks not taken by the Raft loop after which it refuses requests (`_refuse_while_held_up`)."""
         """The interval of the tick timer on the loop. The simulator sets it per node, with the node's clock
         rate, to model clocks that run fast or slow (lease reads' drift bound)."""
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -229,6 +235,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
     def _schedule_tick(self, loop: asyncio.AbstractEventLoop) -> None:
         def fire() -> None:
             self._ticks_due += 1
+            if self._ticks_due == self._refuse_after_ticks:
+                self._answer_while_held_up()
             self._wake.set()
             if not self._stopping:
                 self._tick_handle = loop.call_later(self.tick_s, fire)
@@ -264,16 +272,29 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             return False, "no leader known"
         return True, ""
 
-    def _held_up(self) -> str | None:
-        """Why the Raft loop cannot serve now, if it has not taken its ticks for an election timeout."""
-        if self._ticks_due < self.cfg.election_ticks:
+    def _held_up(self, ticks: int | None = None) -> str | None:
+        """Why the Raft loop cannot serve now, if it has not taken its ticks for `ticks` (an election
+        timeout unless told): readiness says so from then."""
+        if self._ticks_due < (ticks or self.cfg.election_ticks):
             return None
         return f"the Raft loop has been held up for {self._ticks_due * self.tick_s:.1f} s (a slow or frozen disk?)"
 
     def _refuse_while_held_up(self) -> None:
-        """Refuse at once what would wait for a held-up Raft loop: the client can go to another node."""
-        if (held := self._held_up()) is not None:
+        """Refuse what would wait for a Raft loop held up for `_refuse_after_ticks`: the client can go to
+        another node (its followers will have elected one by then)."""
+        if (held := self._held_up(self._refuse_after_ticks)) is not None:
             raise RaftLoopHeldUp(f"node {self.cfg.id}: {held}; nothing was proposed, try another node")
+
+    def _answer_while_held_up(self) -> None:
+        """The Raft loop has just been held up for `_refuse_after_ticks`: answer what waits for it and has
+        not reached the log (queued writes, reads) with the refusal the next ones get at once. Writes in
+        the Ready it is stuck in are in the log: they wait for their outcome."""
+        try:
+            self._refuse_while_held_up()
+        except RaftLoopHeldUp as e:
+            log.warning("refusing requests: the raft loop is held up", seconds=round(self._ticks_due * self.tick_s, 3))
+            self.proposals.refuse_all(e)
+            self.reads.fail_all(e)
 
     def run_in_loop(self, op: Callable[[], None]) -> None:
         """Run `op` in the loop between Readys, where the core may be called."""
@@ -475,7 +496,12 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self.lag.clock.record(rd.entries[0].index, [e.size() for e in rd.entries], now)
         committed = rd.committed_entries
         results: list[Any] = []
-        if committed and rd.snapshot is None:
+        # A follower's small append syncs on the loop's thread and its answer is on a write's path: what
+        # it also commits (the write before, whose commit index came with this append) is applied after
+        # the answer has left. It has no writers to answer, and its buffer reaches the store with the
+        # next synced transaction or flush, as any applied entry's does.
+        apply_after = bool(committed) and must_sync and not member_changes and self._sync_inline(rd)
+        if committed and rd.snapshot is None and not apply_after:
             results = self._apply(rd)
             if not member_changes:
                 self._after_apply(rd, results, member_changes)
@@ -522,6 +548,8 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
             self.transport.send(self._envelopes(rd.messages))
         if rd.persisted_messages:
             self.transport.send(self._envelopes(rd.persisted_messages))
+        if apply_after:
+            self._after_apply(rd, self._apply(rd), member_changes)
         if committed and (rd.snapshot is not None or member_changes):
             # After an install (the entries follow the snapshot), or once a membership change is
             # durable with the registry it makes (answered only then).
