@@ -27,12 +27,19 @@ def op_error_to_exception(e: pb.OpError) -> RaftKVError:
     return error_from_status(_CODES.get(e.code, grpc.StatusCode.UNKNOWN), e.message, e.reason, dict(e.metadata))
 
 
+MAX_BATCH_BYTES = 1 << 20
+"""A batch's operations together stay under this (an operation larger by itself goes alone): below the
+server's default --max-request-bytes (1.5 MiB), which refuses a batch whose writes add up to more."""
+
+
 class Batcher:
-    def __init__(self, stub: Any, timeout: float = 5.0, max_ops: int = 1024, max_inflight: int = 2) -> None:
+    def __init__(self, stub: Any, timeout: float = 5.0, max_ops: int = 1024, max_inflight: int = 2,
+                 max_bytes: int = MAX_BATCH_BYTES) -> None:
         """`stub`: a `kv_pb2_grpc.KVStub` on a `grpc.aio` channel to one endpoint."""
         self.stub = stub
         self.timeout = timeout
         self.max_ops = max_ops
+        self.max_bytes = max_bytes
         self.max_inflight = max_inflight
         self._pending: list[tuple[pb.BatchOp, asyncio.Future[Any]]] = []
         self._inflight = 0
@@ -64,10 +71,21 @@ class Batcher:
     def _flush(self) -> None:
         self._scheduled = False
         while self._pending and self._inflight < self.max_inflight:
-            batch = self._pending[:self.max_ops]
-            del self._pending[:self.max_ops]
+            n = self._batch_length()
+            batch = self._pending[:n]
+            del self._pending[:n]
             self._inflight += 1
             asyncio.ensure_future(self._send(batch))
+
+    def _batch_length(self) -> int:
+        """How many of the pending operations go in the next batch: at most `max_ops`, and no more than
+        fit in `max_bytes` (at least one)."""
+        total = 0
+        for n, (op, _) in enumerate(self._pending[:self.max_ops]):
+            total += op.ByteSize()
+            if total > self.max_bytes and n > 0:
+                return n
+        return min(len(self._pending), self.max_ops)
 
     async def _send(self, batch: list[tuple[pb.BatchOp, asyncio.Future[Any]]]) -> None:
         try:

@@ -111,6 +111,22 @@ async def test_batcher_coalesces_concurrent_operations(cluster: LocalCluster) ->
 
 
 @pytest.mark.asyncio
+async def test_batcher_keeps_each_batch_under_the_servers_request_limit(cluster: LocalCluster) -> None:
+    """64 KiB values, 60 at once: together 3.9 MB, over the server's default --max-request-bytes (1.5
+    MiB). The client splits them into batches the server takes, so none is refused as too large."""
+    leader = cluster.wait_leader()
+    async with grpc.aio.insecure_channel(cluster.address(leader)) as ch:
+        b = Batcher(kv_pb2_grpc.KVStub(ch), timeout=20)
+        value = b"v" * (64 << 10)
+        results = await asyncio.gather(*(b.put(pb.PutRequest(key=f"big{i}".encode(), value=value))
+                                         for i in range(60)), return_exceptions=True)
+        refused = [r for r in results if not isinstance(r, pb.PutResponse)]
+        assert not refused, refused[:3]
+        assert b.batches_sent >= 3  # 3.9 MB cannot go in fewer batches under 1.5 MiB
+        assert b.batches_sent < 60  # and they still shared RPCs
+
+
+@pytest.mark.asyncio
 async def test_async_client_with_batching_gives_each_caller_its_own_answer(cluster: LocalCluster) -> None:
     cluster.wait_leader()
     async with AsyncClient(cluster.endpoints, timeout=10, batching=True) as c:
