@@ -44,8 +44,8 @@ class ShuttingDown(HostError):
 
 
 class RaftLoopHeldUp(HostError):
-    """This node's Raft loop has not taken its ticks for an election timeout (a Ready waits, typically on
-    a slow or frozen disk), so what needs it would wait for as long: refused before anything was proposed.
+    """This node's Raft loop has not taken its ticks for 2 s or more (a Ready waits, typically on a slow or
+    frozen disk), so what needs it would wait for as long: refused before anything was proposed.
     Safe to retry, on another node."""
 
     retryable = True

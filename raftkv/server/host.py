@@ -147,10 +147,10 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         self._snapshots_stepped: list[tuple[bytes, asyncio.Future[bool]]] = []
         self._ticks_due = 0
         self.tick_s = cfg.tick_ms / 1000
-        self._refuse_after_ticks = max(4 * cfg.election_ticks, -(-int(HELD_UP_REFUSE_AFTER_S * 1000) // cfg.tick_ms))
-        """Ticks not taken by the Raft loop after which it refuses requests (`_refuse_while_held_up`)."""
         """The interval of the tick timer on the loop. The simulator sets it per node, with the node's clock
         rate, to model clocks that run fast or slow (lease reads' drift bound)."""
+        self._refuse_after_ticks = max(4 * cfg.election_ticks, -(-int(HELD_UP_REFUSE_AFTER_S * 1000) // cfg.tick_ms))
+        """Ticks not taken by the Raft loop after which it refuses requests (`_refuse_while_held_up`)."""
         self._tick_handle: asyncio.TimerHandle | None = None
         self.stall_watch = StallWatch(cfg.election_ticks * cfg.tick_ms / 1000, self._on_stall)
         """Ticks that come late: the event loop did not run (stall_watch.py)."""
@@ -283,18 +283,22 @@ class NodeHost(InboxIntake, HostViews, MembershipOps, NoSpaceAlarm):
         """Refuse what would wait for a Raft loop held up for `_refuse_after_ticks`: the client can go to
         another node (its followers will have elected one by then)."""
         if (held := self._held_up(self._refuse_after_ticks)) is not None:
-            raise RaftLoopHeldUp(f"node {self.cfg.id}: {held}; nothing was proposed, try another node")
+            raise self._held_up_error(held)
 
     def _answer_while_held_up(self) -> None:
         """The Raft loop has just been held up for `_refuse_after_ticks`: answer what waits for it and has
         not reached the log (queued writes, reads) with the refusal the next ones get at once. Writes in
         the Ready it is stuck in are in the log: they wait for their outcome."""
-        try:
-            self._refuse_while_held_up()
-        except RaftLoopHeldUp as e:
-            log.warning("refusing requests: the raft loop is held up", seconds=round(self._ticks_due * self.tick_s, 3))
-            self.proposals.refuse_all(e)
-            self.reads.fail_all(e)
+        held = self._held_up(self._refuse_after_ticks)
+        if held is None:
+            return
+        log.warning("refusing requests: the raft loop is held up", seconds=round(self._ticks_due * self.tick_s, 3))
+        e = self._held_up_error(held)
+        self.proposals.refuse_all(e)
+        self.reads.fail_all(e)
+
+    def _held_up_error(self, held: str) -> RaftLoopHeldUp:
+        return RaftLoopHeldUp(f"node {self.cfg.id}: {held}; nothing was proposed, try another node")
 
     def run_in_loop(self, op: Callable[[], None]) -> None:
         """Run `op` in the loop between Readys, where the core may be called."""

@@ -156,6 +156,8 @@ def _add_sessions(server: grpc.aio.Server, host: NodeHost, kv_service: KVService
 
 
 STALL_DUMP_MIN_S = 2.0
+"""The event loop's watchdog dumps the stacks after at least this long without a tick (4 election timeouts
+otherwise): long enough that a busy machine's hiccups stay out of the log."""
 _watches: list[StallWatch] = []
 """The serving node's stall watch, once it has one: SIGUSR1 asks its watchdog thread for the stacks."""
 
@@ -170,8 +172,7 @@ def _on_sigusr1(signum: int, frame: object) -> None:
     else:
         sys.stderr.write(format_stacks("Stacks of every thread (asked for with SIGUSR1):"))
         sys.stderr.flush()
-"""The event loop's watchdog dumps the stacks after at least this long without a tick (4 election timeouts
-otherwise): long enough that a busy machine's hiccups stay out of the log."""
+
 
 
 async def _serve(cfg: ServerConfig, store: LmdbNodeStore) -> int:

@@ -224,6 +224,12 @@ def test_compacted_revision_is_out_of_range_naming_the_oldest(cluster: LocalClus
         stub = watch_pb2_grpc.WatchStub(c._channel(cluster.address(cluster.wait_leader())))
         out = stub.Compact(wpb.CompactRequest(revision=first + 2), timeout=10)
         assert out.oldest_revision == first + 2
+        # Every member compacts its history when it applies the compaction, a few ms apart (a follower
+        # learns of a commit with the next append, or a commit-notice delay later): wait for all of them,
+        # since the watch may go to any.
+        after = c.put("w4-after-compact", "x").meta.index
+        for i in cluster.procs:
+            cluster.wait_applied(i, after)
         with pytest.raises(WatchCanceledError) as e:
             next(iter(c.watch("w4", after_revision=first)))
         assert e.value.code == grpc.StatusCode.OUT_OF_RANGE and e.value.compact_revision == first + 2
