@@ -71,8 +71,13 @@ class Compactor:
             # A witness drops only what every data voter durably holds: the rest it may have to hand a
             # data node as caretaker. Its snapshot point carries no data (index, term, membership).
             compact_to = min(compact_to, node.raft.data_floor)
-        index = await self.io.run(self.store.compact, compact_to, self._node().conf_as_of(compact_to))
-        log.info("log compacted", snapshot_index=index, compacted_through=compact_to)
+        index = await self.io.run(self.store.start_compaction, compact_to, self._node().conf_as_of(compact_to))
+        # The deletes follow in short steps, each its own job on the I/O executor, so that a Ready's
+        # transaction waits for one step at most (a whole compaction after a large load is seconds long).
+        steps = 1
+        while await self.io.run(self.store.compaction_step):
+            steps += 1
+        log.info("log compacted", snapshot_index=index, compacted_through=compact_to, steps=steps)
         return int(index)
 
     def _finished(self, task: asyncio.Task[int]) -> None:

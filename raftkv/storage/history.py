@@ -112,22 +112,30 @@ def read_rows(txn: lmdb.Transaction, db: Any, start: int, end: int) -> Iterator[
 
 
 def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_from: int,
-         excess_bytes: int = 0) -> int:
+         excess_bytes: int = 0, max_rows: int | None = None) -> tuple[int, int, bool]:
     """Delete rows with revision < `below`, then rows applied before `older_than` (unix time), and the
     oldest rows until `excess_bytes` of keys and values are gone, but never a row of revision `keep_from`
-    or later (an idle cluster keeps its newest events). Returns the new floor: the lowest revision kept
-    (or `below`). Whole revisions go: a revision is never cut in two."""
+    or later (an idle cluster keeps its newest events). Whole revisions go: a revision is never cut in
+    two. With `max_rows`, stop at the first revision boundary after that many rows, so that one
+    transaction stays short; call again (with the bytes still in excess) for the rest.
+
+    Returns the new floor (the lowest revision kept, or `below`), the bytes freed, and whether the trim
+    is finished (False: stopped at `max_rows` with more to delete)."""
     cur = txn.cursor(db=db)
     floor = below
     freed = 0
+    deleted = 0
+    last_rev = -1
     if not cur.first():
-        return floor
+        return floor, freed, True
     while True:
         k = cur.key()
         if not k:
             break
         rev = _ROW.unpack(k)[0]
-        if rev >= below and rev >= floor:  # (rev < floor: the rest of a revision already being deleted)
+        if max_rows is not None and deleted >= max_rows and rev != last_rev:
+            return floor, freed, False
+        if rev >= floor:  # (rev < floor: below `below`, or the rest of a revision already being deleted)
             if rev >= keep_from:
                 break
             t = msgpack.unpackb(cur.value())[0]
@@ -135,9 +143,11 @@ def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_fro
                 break
         freed += len(k) + len(cur.value())
         floor = max(floor, rev + 1)
+        deleted += 1
+        last_rev = rev
         if not cur.delete():
             break
-    return floor
+    return floor, freed, True
 
 
 @dataclass(slots=True)

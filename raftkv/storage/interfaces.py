@@ -39,6 +39,16 @@ class LogStore(Protocol):
         is made: the transport streams the state machine to a follower that needs it."""
         ...
 
+    def start_compaction(self, compact_to: int, compact_conf: ConfState) -> int:
+        """`compact`'s first part, one short transaction: the snapshot point and the log's compaction
+        point are recorded (the log reads as compacted from here); returns the snapshot point."""
+        ...
+
+    def compaction_step(self, max_rows: int = ...) -> bool:
+        """Delete about `max_rows` of the rows the compaction under way lets go, in one short transaction;
+        whether any are left. `compact` is `start_compaction` and then every step."""
+        ...
+
 
 class StableStore(Protocol):
     """Raft's hard state (term, vote, commit)."""

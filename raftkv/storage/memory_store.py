@@ -139,7 +139,7 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
         for idx in sorted(i for i, r in d.log.items() if not r.committed):
             del d.log[idx]  # a torn transaction never committed: rolled back whole
         self._compacted = d.compacted
-        if d.log:
+        if d.log and max(d.log) > d.compacted[0]:  # (rows at or below it: an interrupted compaction's)
             self._last_index = max(d.log)
             self._last_term = self._decode(self._last_index).term
         else:
@@ -208,16 +208,29 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
         return self.disk.snap_point
 
     def compact(self, compact_to: int, compact_conf: ConfState) -> int:
+        index = self.start_compaction(compact_to, compact_conf)
+        while self.compaction_step():
+            pass
+        return index
+
+    def start_compaction(self, compact_to: int, compact_conf: ConfState) -> int:
+        """As the LMDB store's: the point is recorded at once, the log's rows below it go in steps (a
+        crash between steps leaves them on the disk, below the point)."""
         d = self.disk
         applied = d.applied
         d.snap_point = applied
         compact_to = min(compact_to, applied)
         if compact_to > self._compacted[0]:
             term = self.term(compact_to)
-            for idx in [i for i in d.log if i <= compact_to]:
-                del d.log[idx]
             d.compacted = self._compacted = (compact_to, term, compact_conf)
         return applied
+
+    def compaction_step(self, max_rows: int = 10_000) -> bool:
+        d = self.disk
+        below = sorted(i for i in d.log if i <= self._compacted[0])
+        for idx in below[:max_rows]:
+            del d.log[idx]
+        return len(below) > max_rows
 
     def hard_state(self) -> HardState:
         return self._hard

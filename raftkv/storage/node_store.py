@@ -31,6 +31,7 @@ import struct
 import threading
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,10 @@ from .write_back import FlushSchedule, Overlay
 FORMAT = b"raftkv-2"
 """raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py)."""
 VERIFY_TAIL = 1000
+COMPACTION_STEP_ROWS = 10_000
+"""Rows one compaction step deletes (about 20 ms of the store's write lock): a compaction after a
+million-key load deletes hundreds of thousands of history rows, and in one transaction that held every
+write for longer than an election timeout."""
 _U64 = struct.Struct(">Q")
 _CRC_HEAD = struct.Struct(">QQB")
 
@@ -97,6 +102,17 @@ def _conf_to_wire(c: ConfState) -> list[list[int]]:
 
 def _conf_from_wire(w: list[list[int]]) -> ConfState:
     return ConfState(frozenset(w[0]), frozenset(w[1]), frozenset(w[2]) if len(w) > 2 else frozenset())
+
+
+@dataclass(slots=True)
+class _HistoryTrim:
+    """What a compaction's retention lets go of the change history (history.trim's bounds), and the
+    bytes still in excess after the steps so far."""
+
+    below: int
+    older_than: float
+    keep_from: int
+    excess: int
 
 
 class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
@@ -150,6 +166,8 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         self._hist_pending: list[tuple[bytes, bytes]] = []
         """History rows of the write-back buffer's entries (history.py), written beside it."""
         self._floor_dirty = False
+        self._trimming: _HistoryTrim | None = None
+        """The history rows the compaction under way lets go (`compaction_step` deletes them)."""
         self.event_sink: Any = None
         """Called on the applying thread after each `apply` with (events, applied index): the watch hub."""
         self.history_retention = Retention()
@@ -233,7 +251,8 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
                 idx, term, conf = msgpack.unpackb(raw)
                 self._compacted = (idx, term, _conf_from_wire(conf))
             cur = txn.cursor(db=self.log_db)
-            if cur.last():
+            # Rows at or below the compaction point may be left by an interrupted compaction: not the log.
+            if cur.last() and _U64.unpack(cur.key())[0] > self._compacted[0]:
                 self._last_index = _U64.unpack(cur.key())[0]
                 self._last_term = self._decode(self._last_index, cur.value()).term
             else:
@@ -697,56 +716,78 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         return self._decode(index, entry).term
 
     def compact(self, compact_to: int, compact_conf: ConfState) -> int:
-        """Record a snapshot point at the applied index and drop log entries up to `compact_to` (<= it),
-        whose membership is `compact_conf`. The applied index is read under the store lock, which
+        """A whole compaction at once (`start_compaction`, then every step): for tools and tests. The
+        host runs the steps one by one on its I/O executor, so that its Ready transactions go between."""
+        index = self.start_compaction(compact_to, compact_conf)
+        while self.compaction_step():
+            pass
+        return index
+
+    def start_compaction(self, compact_to: int, compact_conf: ConfState) -> int:
+        """Record a snapshot point at the applied index and compact the log to `compact_to` (<= it), whose
+        membership is `compact_conf`, in one small transaction. From its commit the log reads as
+        compacted; the rows below the point, and the change history retention lets go, are deleted by
+        `compaction_step` afterwards. The applied index is read under the store lock, which
         `save_and_apply` holds until its caches have moved, so it is exact whichever thread writes.
         No copy of the state machine is made (see `snapshot`). Returns the snapshot point."""
         with self._lock:
-            return self._compact_locked(compact_to, compact_conf)
-
-    def _compact_locked(self, compact_to: int, compact_conf: ConfState) -> int:
-        with self.env.begin(write=True) as txn:
-            # The applied index LMDB holds, not the buffer's: after a crash the node re-applies the log
-            # from there, so no entry above it may go.
-            applied, conf = self._durable_applied, self._durable_conf
-            term = self._term_in(txn, applied)
-            txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), None]), db=self.meta_db)
-            txn.delete(b"data", db=self.snap_db)
-            compact_to = min(compact_to, applied)
-            if compact_to > self._compacted[0]:
-                c_term = self._term_in(txn, compact_to)
-                cur = txn.cursor(db=self.log_db)
-                if cur.first():
-                    while cur.key() and _U64.unpack(cur.key())[0] <= compact_to:
-                        if not cur.delete():
-                            break
-                txn.put(b"compacted", msgpack.packb([compact_to, c_term, _conf_to_wire(compact_conf)]),
-                        db=self.meta_db)
-                new_compacted = (compact_to, c_term, compact_conf)
-            else:
+            with self.env.begin(write=True) as txn:
+                # The applied index LMDB holds, not the buffer's: after a crash the node re-applies the log
+                # from there, so no entry above it may go.
+                applied, conf = self._durable_applied, self._durable_conf
+                term = self._term_in(txn, applied)
+                txn.put(b"snapmeta", msgpack.packb([applied, term, _conf_to_wire(conf), None]), db=self.meta_db)
+                txn.delete(b"data", db=self.snap_db)
+                compact_to = min(compact_to, applied)
                 new_compacted = self._compacted
-            floor = self._trim_history(txn, applied)
-        self._compacted = new_compacted
-        self._snap_point = applied
-        self._history_floor = max(self._history_floor, floor)
+                if compact_to > self._compacted[0]:
+                    c_term = self._term_in(txn, compact_to)
+                    txn.put(b"compacted", msgpack.packb([compact_to, c_term, _conf_to_wire(compact_conf)]),
+                            db=self.meta_db)
+                    new_compacted = (compact_to, c_term, compact_conf)
+                below, older_than = self.history_retention.bounds(applied)
+                st = txn.stat(self.history_db)
+                size = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+                excess = max(0, size - self.history_retention.max_bytes)
+            self._compacted = new_compacted
+            self._snap_point = applied
+            self._trimming = _HistoryTrim(below, older_than, applied, excess)
         return applied
+
+    def compaction_step(self, max_rows: int = COMPACTION_STEP_ROWS) -> bool:
+        """Delete about `max_rows` rows that the last `start_compaction` let go, in one transaction: log
+        entries at or below the compaction point first, then history rows. Returns whether any are left.
+        Rows a crash left behind (an interrupted compaction) go with the next compaction."""
+        with self._lock:
+            with self.env.begin(write=True) as txn:
+                budget = max_rows - self._drop_compacted_prefix(txn, max_rows)
+                trim = self._trimming
+                if budget <= 0 or trim is None:
+                    return budget <= 0
+                floor, freed, finished = history.trim(txn, self.history_db, max(trim.below, self._history_floor),
+                                                      trim.older_than, trim.keep_from, trim.excess, budget)
+                trim.excess = max(0, trim.excess - freed)
+                if floor > self._history_floor:
+                    txn.put(history.FLOOR_KEY, _U64.pack(floor), db=self.meta_db)
+            self._history_floor = max(self._history_floor, floor)
+            if finished:
+                self._trimming = None
+            return not finished
+
+    def _drop_compacted_prefix(self, txn: lmdb.Transaction, max_rows: int) -> int:
+        """Delete up to `max_rows` log rows at or below the compaction point; how many went."""
+        cur = txn.cursor(db=self.log_db)
+        dropped = 0
+        if cur.first():
+            while dropped < max_rows and cur.key() and _U64.unpack(cur.key())[0] <= self._compacted[0]:
+                if not cur.delete():
+                    break
+                dropped += 1
+        return dropped
 
     # ------------------------------------------------------------------------------------------
     # Change history (history.py)
     # ------------------------------------------------------------------------------------------
-    def _trim_history(self, txn: lmdb.Transaction, applied: int) -> int:
-        """Retention, with the log's compaction: rows below the floor (`kv compact`), too many revisions
-        back or too old go. Only rows LMDB holds (at most `applied`, its applied index) are touched."""
-        below, older_than = self.history_retention.bounds(applied)
-        st = txn.stat(self.history_db)
-        size = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
-        excess = max(0, size - self.history_retention.max_bytes)
-        floor = history.trim(txn, self.history_db, max(below, self._history_floor), older_than, applied, excess)
-        floor = max(floor, self._history_floor)
-        if floor != self._history_floor:
-            txn.put(history.FLOOR_KEY, _U64.pack(floor), db=self.meta_db)
-        return floor
-
     def _compact_history_to(self, revision: int, index: int) -> int:
         """`kv compact REV` applied: the floor moves to REV (at most this entry's index); the rows below
         it go with the next compaction (reads refuse them from now on). Returns the floor."""
