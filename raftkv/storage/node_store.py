@@ -104,6 +104,11 @@ def _conf_from_wire(w: list[list[int]]) -> ConfState:
     return ConfState(frozenset(w[0]), frozenset(w[1]), frozenset(w[2]) if len(w) > 2 else frozenset())
 
 
+def _pages_bytes(stat: dict[str, int]) -> int:
+    """Bytes of the pages an LMDB database occupies, from its `stat()`."""
+    return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
+
+
 @dataclass(slots=True)
 class _HistoryTrim:
     """What a compaction's retention lets go of the change history (history.trim's bounds), and the
@@ -746,9 +751,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
                             db=self.meta_db)
                     new_compacted = (compact_to, c_term, compact_conf)
                 below, older_than = self.history_retention.bounds(applied)
-                st = txn.stat(self.history_db)
-                size = st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
-                excess = max(0, size - self.history_retention.max_bytes)
+                excess = max(0, _pages_bytes(txn.stat(self.history_db)) - self.history_retention.max_bytes)
             self._compacted = new_compacted
             self._snap_point = applied
             self._trimming = _HistoryTrim(below, older_than, applied, excess)
@@ -919,8 +922,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""
         with self.env.begin() as txn:
-            st = txn.stat(self.log_db)
-        return st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+            return _pages_bytes(txn.stat(self.log_db))
 
     def db_size(self) -> int:
         try:
@@ -936,7 +938,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         handles = list({id(db): db for db in found}.values())  # kv_db is one of a generation's handles
         with self.env.begin() as txn:
             stats = [self.env.stat()] + [txn.stat(db) for db in handles]
-        return sum(st["psize"] * (st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]) for st in stats)
+        return sum(_pages_bytes(st) for st in stats)
 
     def close(self) -> None:
         self.env.close()
