@@ -8,7 +8,6 @@ fault of this node stops it), the store the data's place and durability.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from .commands import CompactHistory, LeaseGrant, LeaseRevoke
 from .errors import CommandFailed, StorageError
 from .ha_commands import AlarmDisarm, AlarmRaise, HashKV
 from .history import Event
+from .history_store import HistoryRows
 from .leases import LeaseTable, RevokeResult
 from .write_back import Overlay
 
@@ -36,12 +36,12 @@ def local_fault(err: BaseException) -> bool:
 
 class EntryApplier:
     """The apply step of the store: needs the lease table, the recent state hashes, the alarm table, the
-    history rows waiting for their transaction, and `_compact_history_to` (node_store.py)."""
+    change history (its rows wait for the buffer's transaction there), and `_compact_history_to` (node_store.py)."""
 
     leases: LeaseTable
     hashes: RecentHashes
     alarms: AlarmTable
-    _hist_pending: list[tuple[bytes, bytes]]
+    history: HistoryRows
     _compact_history_to: Callable[[int, int], int]
 
     @staticmethod
@@ -116,17 +116,6 @@ class EntryApplier:
             else:
                 out.append(Event(revision, history.PUT, k, rec[s:], None if prev is None else bytes(prev[s:])))
         return out
-
-    def _record_history(self, events: list[Event]) -> None:
-        if not events:
-            return
-        now = time.time()
-        seq = 0
-        last = -1
-        for ev in events:
-            seq = seq + 1 if ev.revision == last else 0
-            last = ev.revision
-            self._hist_pending.append(history.encode_row(ev, seq, now))
 
     def _failed(self, e: Entry, err: Exception) -> CommandFailed:
         """A command that raised: if every node would fail it the same way (it is the command's fault,

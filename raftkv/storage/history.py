@@ -14,14 +14,23 @@ moves at one revision).
 
 Row key: u64 big-endian revision + u32 big-endian position within the revision (a transaction makes
 several events at one revision). Row value: msgpack [unix time applied, kind, key, record body after (None
-for a delete), record body before (None if the key did not exist)], bodies as `kv` holds them.
+for a delete), the record before], bodies as `kv` holds them. The record before is None if the key did
+not exist, its body if it is at most `PREV_INLINE_BYTES` long, and otherwise the revision of the key's
+previous event, whose row holds that body already as its record after: a big value is written into the
+history once, not twice (the log entry and the `kv` record hold it too).
+
+**Kept rows.** So a row named by a later row's record before must outlive its own event: when retention
+lets a big put's row go while a later change of its key exists (the key's `kv` record is no longer this
+row's), the row stays below the floor, as that later event's record before, and goes when that later
+event goes. At most one row per key is kept that way. Rows below `scan_from` (meta) are kept rows only,
+so trimming starts there and never walks them again.
 """
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +38,17 @@ import lmdb
 import msgpack
 
 from .commands import KV
-from .errors import HistoryOutOfRange
+from .errors import CorruptionError, HistoryOutOfRange
 
 PUT = "put"
 DELETE = "delete"
 FLOOR_KEY = b"history_floor"
 """The `meta` key holding the oldest revision whose events are all in the history."""
+SCAN_KEY = b"history_scan_from"
+"""The `meta` key holding the revision trimming starts at: every row below it is a kept row."""
+PREV_INLINE_BYTES = 1024
+"""A record before up to this many bytes is copied into its event's row; a longer one is named by the
+revision of the row that holds it (each copy of a 64 KiB value costs its write and its fsync)."""
 DEFAULT_KEEP_REVISIONS = 100_000
 DEFAULT_KEEP_SECONDS = 3600.0
 DEFAULT_KEEP_BYTES = 256 << 20
@@ -84,15 +98,59 @@ def lease_of(body: bytes | None) -> int:
     return rec[4] if len(rec) > 4 else 0
 
 
-def encode_row(event: Event, seq: int, now: float) -> tuple[bytes, bytes]:
-    body = [now, event.kind, event.key, event.body, event.prev_body]
-    return _ROW.pack(event.revision, seq), msgpack.packb(body, use_bin_type=True)
+def mod_revision_of(body: bytes) -> int:
+    """The revision of the change that wrote a record body."""
+    return int(msgpack.unpackb(body)[2])
 
 
-def decode_row(key: bytes, raw: bytes) -> tuple[float, Event]:
+def encode_row(event: Event, now: float, floor: int) -> bytes:
+    """An event's row value. Its record before is named by revision when it is long and the row holding
+    it is here: that row's revision is at or above `floor`, where every event is (the caller writes this
+    row in the transaction that holds that floor)."""
+    prev: bytes | int | None = event.prev_body
+    if prev is not None and len(prev) > PREV_INLINE_BYTES:
+        at = mod_revision_of(prev)
+        if at >= floor:
+            prev = at
+    return msgpack.packb([now, event.kind, event.key, event.body, prev], use_bin_type=True)
+
+
+def decode_row(txn: lmdb.Transaction, db: Any, key: bytes, raw: bytes) -> tuple[float, Event]:
+    """A row and its event, the record before read from the row it names, in the same transaction."""
     revision, _ = _ROW.unpack(key)
     t, kind, k, body, prev = msgpack.unpackb(raw)
+    if isinstance(prev, int):
+        prev = body_at(txn, db, prev, k, revision)
     return t, Event(revision, kind, k, body, prev)
+
+
+def _rows_at(txn: lmdb.Transaction, db: Any, revision: int) -> Iterator[tuple[bytes, list[Any]]]:
+    cur = txn.cursor(db=db)
+    if not cur.set_range(row_key(revision)):
+        return
+    for k, v in cur:
+        if _ROW.unpack(k)[0] != revision:
+            return
+        yield bytes(k), msgpack.unpackb(v)
+
+
+def body_at(txn: lmdb.Transaction, db: Any, revision: int, key: bytes, named_by: int) -> bytes:
+    """The record after of `key`'s event at `revision` (a later event's record before)."""
+    for _, row in _rows_at(txn, db, revision):
+        if row[2] == key and row[3] is not None:
+            return bytes(row[3])
+    raise CorruptionError(f"history: the event at revision {named_by} names the record of key {key!r} written "
+                          f"at revision {revision}, and no row holds it (data damaged on disk)")
+
+
+def _delete_kept(txn: lmdb.Transaction, db: Any, revision: int, key: bytes) -> int:
+    """Delete `key`'s row at `revision` if it is still here (kept for a later event); the bytes freed."""
+    for k, row in _rows_at(txn, db, revision):
+        if row[2] == key:
+            raw = txn.get(k, db=db)
+            txn.delete(k, db=db)
+            return len(k) + (len(raw) if raw is not None else 0)
+    return 0
 
 
 def row_key(revision: int, seq: int = 0) -> bytes:
@@ -111,43 +169,73 @@ def read_rows(txn: lmdb.Transaction, db: Any, start: int, end: int) -> Iterator[
         yield bytes(k), bytes(v)
 
 
+@dataclass(slots=True)
+class Trimmed:
+    """What one `trim` did."""
+
+    floor: int
+    """The new floor: the lowest revision whose events are all still here."""
+    freed: int
+    """Bytes of keys and values deleted."""
+    finished: bool
+    """False: stopped at `max_rows` with more to delete."""
+    scan_from: int
+    """Where the next trim starts: every row below it is gone or kept."""
+
+
 def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_from: int,
-         excess_bytes: int = 0, max_rows: int | None = None) -> tuple[int, int, bool]:
-    """Delete rows with revision < `below`, then rows applied before `older_than` (unix time), and the
+         excess_bytes: int = 0, max_rows: int | None = None, scan_from: int = 0,
+         superseded: Callable[[bytes, int], bool] = lambda key, revision: True) -> Trimmed:
+    """Let go of rows with revision < `below`, then rows applied before `older_than` (unix time), and the
     oldest rows until `excess_bytes` of keys and values are gone, but never a row of revision `keep_from`
     or later (an idle cluster keeps its newest events). Whole revisions go: a revision is never cut in
     two. With `max_rows`, stop at the first revision boundary after that many rows, so that one
     transaction stays short; call again (with the bytes still in excess) for the rest.
 
-    Returns the new floor (the lowest revision kept, or `below`), the bytes freed, and whether the trim
-    is finished (False: stopped at `max_rows` with more to delete)."""
+    A row that goes may be the record before of its key's next event (a big put's row, when
+    `superseded(key, revision)` says a later change of the key exists): it is kept, below the floor,
+    and deleted when its key's next event goes."""
     cur = txn.cursor(db=db)
     floor = below
     freed = 0
-    deleted = 0
+    examined = 0
     last_rev = -1
-    if not cur.first():
-        return floor, freed, True
-    while True:
-        k = cur.key()
-        if not k:
-            break
-        rev = _ROW.unpack(k)[0]
-        if max_rows is not None and deleted >= max_rows and rev != last_rev:
-            return floor, freed, False
-        if rev >= floor:  # (rev < floor: below `below`, or the rest of a revision already being deleted)
-            if rev >= keep_from:
+    stop: int | None = None
+    finished = True
+    kept_to_delete: list[tuple[int, bytes]] = []
+    if cur.set_range(row_key(scan_from)):
+        while True:
+            k = cur.key()
+            if not k:
                 break
-            t = msgpack.unpackb(cur.value())[0]
-            if t >= older_than and freed >= excess_bytes:
+            rev = _ROW.unpack(k)[0]
+            if max_rows is not None and examined >= max_rows and rev != last_rev:
+                stop, finished = rev, False
                 break
-        freed += len(k) + len(cur.value())
-        floor = max(floor, rev + 1)
-        deleted += 1
-        last_rev = rev
-        if not cur.delete():
-            break
-    return floor, freed, True
+            raw = cur.value()
+            t, _kind, key, body, prev = msgpack.unpackb(raw)
+            if rev >= floor:  # (rev < floor: below `below`, or the rest of a revision already going)
+                if rev >= keep_from or (t >= older_than and freed >= excess_bytes):
+                    stop = rev
+                    break
+            # This event's record before is no longer needed: if its row was kept for it, it goes too.
+            if isinstance(prev, int):
+                kept_to_delete.append((prev, key))
+            elif prev is not None and len(prev) > PREV_INLINE_BYTES:
+                kept_to_delete.append((mod_revision_of(prev), key))
+            floor = max(floor, rev + 1)
+            examined += 1
+            last_rev = rev
+            if body is not None and len(body) > PREV_INLINE_BYTES and superseded(key, rev):
+                if not cur.next():
+                    break
+                continue
+            freed += len(k) + len(raw)
+            if not cur.delete():
+                break
+    for revision, key in kept_to_delete:
+        freed += _delete_kept(txn, db, revision, key)
+    return Trimmed(floor, freed, finished, floor if stop is None else stop)
 
 
 @dataclass(slots=True)

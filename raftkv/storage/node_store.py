@@ -31,7 +31,6 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +55,19 @@ from .commands import KV, Range, RangeResult
 from .data_dir import DataDirLock, check_data_file
 from .entry_apply import EntryApplier
 from .errors import CorruptionError, ForeignDataError, StorageError, opening_error
-from .history import Event, HistoryOutOfRange, Retention
+from .history import Event, Retention
+from .history_store import HistoryRows, pages_bytes
 from .kv_records import BUCKET_THRESHOLD
 from .leases import LeaseTable
 from .log_bounds import LogBounds
 from .write_back import FlushSchedule, Overlay
 
-FORMAT = b"raftkv-2"
-"""raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py)."""
+FORMAT = b"raftkv-3"
+"""raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py). raftkv-3: a
+history row may name its record before by revision (history.py); a raftkv-2 directory is valid raftkv-3
+data, so it opens and is marked raftkv-3 (a raftkv-2 binary then refuses it instead of misreading it)."""
+UPGRADES = {b"raftkv-2"}
+"""Earlier formats this one reads as they are."""
 VERIFY_TAIL = 1000
 COMPACTION_STEP_ROWS = 10_000
 """Rows one compaction step deletes (about 20 ms of the store's write lock): a compaction after a
@@ -102,22 +106,6 @@ def _conf_to_wire(c: ConfState) -> list[list[int]]:
 
 def _conf_from_wire(w: list[list[int]]) -> ConfState:
     return ConfState(frozenset(w[0]), frozenset(w[1]), frozenset(w[2]) if len(w) > 2 else frozenset())
-
-
-def _pages_bytes(stat: dict[str, int]) -> int:
-    """Bytes of the pages an LMDB database occupies, from its `stat()`."""
-    return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
-
-
-@dataclass(slots=True)
-class _HistoryTrim:
-    """What a compaction's retention lets go of the change history (history.trim's bounds), and the
-    bytes still in excess after the steps so far."""
-
-    below: int
-    older_than: float
-    keep_from: int
-    excess: int
 
 
 class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
@@ -168,14 +156,10 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         self._hard_dirty = False  # `_hard` has a commit index LMDB does not have yet
         self._install_gen = 0  # odd while a snapshot install replaces `kv` and the buffer
         self._install_lock = threading.Lock()  # held by the install meanwhile
-        self._hist_pending: list[tuple[bytes, bytes]] = []
-        """History rows of the write-back buffer's entries (history.py), written beside it."""
-        self._floor_dirty = False
-        self._trimming: _HistoryTrim | None = None
-        """The history rows the compaction under way lets go (`compaction_step` deletes them)."""
+        self.history = HistoryRows(self.history_db, self.meta_db)
+        """The change history (history_store.py): its rows pending with the buffer, floor and retention."""
         self.event_sink: Any = None
         """Called on the applying thread after each `apply` with (events, applied index): the watch hub."""
-        self.history_retention = Retention()
         try:
             self._init_meta(node_id, cluster_id, founding)
             self._open_generations()
@@ -213,7 +197,9 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
                 self.incarnation = identity.new_incarnation()
                 txn.put(b"incarnation", self.incarnation)
                 return
-            if bytes(fmt) != FORMAT:
+            if bytes(fmt) in UPGRADES:
+                txn.put(b"format", FORMAT)
+            elif bytes(fmt) != FORMAT:
                 raise ForeignDataError(f"{self.file}: unknown data format {bytes(fmt)!r} (expected {FORMAT!r})")
             stored_id = _U64.unpack(txn.get(b"node_id"))[0]
             if stored_id != node_id:
@@ -282,12 +268,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         """The history's floor (a directory from before the history existed has none before its applied
         index) and the lease table of the live generation."""
         with self.env.begin(write=True) as txn:
-            raw = txn.get(history.FLOOR_KEY, db=self.meta_db)
-            if raw is None:
-                self._history_floor = self._durable_applied + 1
-                txn.put(history.FLOOR_KEY, _U64.pack(self._history_floor), db=self.meta_db)
-            else:
-                self._history_floor = _U64.unpack(raw)[0]
+            self.history.load(txn, self._durable_applied)
         self._reload_leases()
 
     def _reload_leases(self) -> None:
@@ -476,7 +457,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
                 applied = e.index
                 self._applied = applied
                 self._buf_entries += 1
-        self._record_history(events)
+        self.history.record(events)
         self.last_apply_seconds = time.perf_counter() - t0
         if self.event_sink is not None and applied > 0:
             self.event_sink(events, self._applied)
@@ -555,12 +536,9 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
 
     def _write_history_and_leases(self, txn: lmdb.Transaction) -> None:
         """The history rows and lease rows of the buffer's entries, in the buffer's transaction."""
-        if self._hist_pending:
-            txn.cursor(db=self.history_db).putmulti(self._hist_pending)
+        self.history.write(txn)
         if self.leases.dirty:
             self.leases.write(txn, self._live_in(txn)[b"leases"])
-        if self._floor_dirty:
-            txn.put(history.FLOOR_KEY, _U64.pack(self._history_floor), db=self.meta_db)
 
     def _append(self, txn: lmdb.Transaction, entries: list[Entry],
                 records: list[tuple[bytes, bytes]] | None) -> None:
@@ -594,11 +572,10 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
             self._applied, self._applied_conf = m.index, m.conf
             self._durable_applied, self._durable_conf = m.index, m.conf
             self._snap_point = m.index
-            self._history_floor = m.index + 1
+            self.history.cleared(m.index)
         else:
             self._durable_applied, self._durable_conf = applied, conf
-        self._hist_pending = []
-        self._floor_dirty = False
+        self.history.written()
         self.leases.written()
         self._buf = {}
         self._buf_entries = 0
@@ -637,9 +614,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         else:
             self._install_whole(txn, snap)
         txn.drop(self.log_db, delete=False)
-        # The history before the snapshot is not here (nor are the events it skips): it starts after it.
-        txn.drop(self.history_db, delete=False)
-        txn.put(history.FLOOR_KEY, _U64.pack(m.index + 1), db=self.meta_db)
+        self.history.clear(txn, m.index)
         txn.put(b"compacted", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf)]), db=self.meta_db)
         txn.put(b"applied", msgpack.packb([m.index, _conf_to_wire(m.conf)]), db=self.meta_db)
         txn.put(b"snapmeta", msgpack.packb([m.index, m.term, _conf_to_wire(m.conf), None]), db=self.meta_db)
@@ -750,11 +725,9 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
                     txn.put(b"compacted", msgpack.packb([compact_to, c_term, _conf_to_wire(compact_conf)]),
                             db=self.meta_db)
                     new_compacted = (compact_to, c_term, compact_conf)
-                below, older_than = self.history_retention.bounds(applied)
-                excess = max(0, _pages_bytes(txn.stat(self.history_db)) - self.history_retention.max_bytes)
+                self.history.start_trim(txn, applied)
             self._compacted = new_compacted
             self._snap_point = applied
-            self._trimming = _HistoryTrim(below, older_than, applied, excess)
         return applied
 
     def compaction_step(self, max_rows: int = COMPACTION_STEP_ROWS) -> bool:
@@ -764,17 +737,16 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         with self._lock:
             with self.env.begin(write=True) as txn:
                 budget = max_rows - self._drop_compacted_prefix(txn, max_rows)
-                trim = self._trimming
-                if budget <= 0 or trim is None:
+                if budget <= 0 or not self.history.trimming():
                     return budget <= 0
-                floor, freed, finished = history.trim(txn, self.history_db, max(trim.below, self._history_floor),
-                                                      trim.older_than, trim.keep_from, trim.excess, budget)
-                trim.excess = max(0, trim.excess - freed)
-                if floor > self._history_floor:
-                    txn.put(history.FLOOR_KEY, _U64.pack(floor), db=self.meta_db)
-            self._history_floor = max(self._history_floor, floor)
-            if finished:
-                self._trimming = None
+                view = self._view(txn)
+
+                def superseded(key: bytes, revision: int) -> bool:
+                    rec = view.get(key)
+                    return rec is None or history.mod_revision_of(rec) != revision
+
+                finished, _ = self.history.trim_step(txn, budget, superseded)
+            self.history.trimmed(finished)
             return not finished
 
     def _drop_compacted_prefix(self, txn: lmdb.Transaction, max_rows: int) -> int:
@@ -792,50 +764,24 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
     # Change history (history.py)
     # ------------------------------------------------------------------------------------------
     def _compact_history_to(self, revision: int, index: int) -> int:
-        """`kv compact REV` applied: the floor moves to REV (at most this entry's index); the rows below
-        it go with the next compaction (reads refuse them from now on). Returns the floor."""
-        target = min(revision, index)
-        if target > self._history_floor:
-            self._history_floor = target
-            self._floor_dirty = True
-        return self._history_floor
+        return self.history.compact_to(revision, index)
+
+    @property
+    def history_retention(self) -> Retention:
+        """How much history this node keeps (history.Retention; set by the host from its flags)."""
+        return self.history.retention
+
+    @history_retention.setter
+    def history_retention(self, retention: Retention) -> None:
+        self.history.retention = retention
 
     def history_floor(self) -> int:
         """The oldest revision whose events are all in this node's history."""
-        return self._history_floor
+        return self.history.floor
 
     def history_events(self, start: int, end: int, limit: int = 1000) -> list[Event]:
-        """Events with start <= revision <= end, in order, at most about `limit` (never a revision cut
-        in two); raises HistoryOutOfRange when `start` is below the floor. Safe on any thread: the
-        pending rows are taken before the LMDB transaction, so the two together miss nothing."""
-        pending = list(self._hist_pending)
-        floor = self._history_floor
-        if start < floor:
-            raise HistoryOutOfRange(start, floor)
-        rows: dict[bytes, bytes] = {}
-        hi = history.row_key(end + 1)
-        last = b""
-        with self.env.begin() as txn:
-            for k, v in history.read_rows(txn, self.history_db, start, end):
-                if len(rows) >= limit and k[:8] != last[:8]:
-                    hi = history.row_key(_U64.unpack(k[:8])[0])  # cut before this revision
-                    break
-                rows[k] = v
-                last = k
-            raw_floor = txn.get(history.FLOOR_KEY, db=self.meta_db)
-        if raw_floor is not None and _U64.unpack(raw_floor)[0] > start:
-            raise HistoryOutOfRange(start, _U64.unpack(raw_floor)[0])
-        lo = history.row_key(start)
-        for k, v in pending:
-            if lo <= k < hi:
-                rows[k] = v
-        out: list[Event] = []
-        for k in sorted(rows):
-            ev = history.decode_row(k, rows[k])[1]
-            if len(out) >= limit and ev.revision != out[-1].revision:
-                break
-            out.append(ev)
-        return out
+        """Events with start <= revision <= end, in order (HistoryRows.events)."""
+        return self.history.events(self.env, start, end, limit)
 
     # ------------------------------------------------------------------------------------------
     # Reads for the host and clients
@@ -922,7 +868,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
     def log_bytes(self) -> int:
         """Bytes the Raft log occupies in the environment (its LMDB pages), for size-based compaction."""
         with self.env.begin() as txn:
-            return _pages_bytes(txn.stat(self.log_db))
+            return pages_bytes(txn.stat(self.log_db))
 
     def db_size(self) -> int:
         try:
@@ -938,7 +884,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
         handles = list({id(db): db for db in found}.values())  # kv_db is one of a generation's handles
         with self.env.begin() as txn:
             stats = [self.env.stat()] + [txn.stat(db) for db in handles]
-        return sum(_pages_bytes(st) for st in stats)
+        return sum(pages_bytes(st) for st in stats)
 
     def close(self) -> None:
         self.env.close()
