@@ -36,6 +36,11 @@ checker's own test, that it catches what fencing prevents)."""
 
 
 # -------------------------------------------------------------------------------------------------
+PAD = "x" * 2000
+"""Watched values are longer than a history row copies in (1 KiB): each event's previous value is read
+from the key's previous event (storage/history.py), through crashes, restarts and snapshots."""
+
+
 class WatchWorkload(Workload):
     name = "watch"
     workers = 3
@@ -45,6 +50,8 @@ class WatchWorkload(Workload):
     def __init__(self, seed: int) -> None:
         super().__init__(seed)
         self.seen: dict[int, list[tuple[int, str, str]]] = {i: [] for i in range(self.watchers)}
+        self.prevs: dict[int, list[str | None]] = {i: [] for i in range(self.watchers)}
+        """Each seen event's previous value (None: the key had none), beside `seen`."""
         self.served_by: dict[int, set[int]] = {i: set() for i in range(self.watchers)}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -68,10 +75,12 @@ class WatchWorkload(Workload):
             after = self.start_rev
             while not self._stop.is_set():
                 try:
-                    for r in c.watch(self.prefix, prefix=True, after_revision=after, progress_interval_ms=500):
+                    for r in c.watch(self.prefix, prefix=True, after_revision=after, progress_interval_ms=500,
+                                     prev_kv=True):
                         self.served_by[i].add(r.served_by)
                         for e in r.events:
-                            self.seen[i].append((e.kv.mod_revision, e.kv.key.decode(), e.kv.value.decode()))
+                            self.seen[i].append((e.kv.mod_revision, e.kv.key.decode(), _unpad(e.kv.value)))
+                            self.prevs[i].append(_unpad(e.prev_kv.value) if e.HasField("prev_kv") else None)
                         after = max(after, r.revision)
                         if self._stop.is_set():
                             return
@@ -96,7 +105,7 @@ class WatchWorkload(Workload):
     def step(self, p: int, client: Client, h: History, rng: random.Random, endpoints: list[str]) -> None:
         key = f"{self.prefix}k{rng.randrange(5)}"
         v = self.unique()
-        self.write(h, p, "write", key, v, lambda: client.put(key, str(v)), lambda rep: rep.meta.index)
+        self.write(h, p, "write", key, v, lambda: client.put(key, f"{v}:{PAD}"), lambda rep: rep.meta.index)
 
     def final(self, client: Client, h: History) -> None:
         end = None
@@ -138,6 +147,11 @@ class WatchWorkload(Workload):
             if phantoms:
                 v.valid = False
                 v.anomalies.append({"type": "phantom-event", "watcher": i, "events": phantoms[:20]})
+            wrong_prev = _wrong_prevs(events, self.prevs[i], self.prefix + "k")
+            if wrong_prev:
+                v.valid = False
+                v.anomalies.append({"type": "wrong-prev-kv", "watcher": i, "events": wrong_prev[:20],
+                                    "count": len(wrong_prev)})
             if end is not None and (not revs or revs[-1] < end):
                 v.valid = False
                 v.anomalies.append({"type": "watcher-behind", "watcher": i, "last": revs[-1] if revs else None,
@@ -146,6 +160,26 @@ class WatchWorkload(Workload):
                    "served_by": {i: sorted(s) for i, s in self.served_by.items()},
                    "watch_errors": len(self.errors)}
         return [v]
+
+
+def _unpad(value: bytes) -> str:
+    """A watched value without its padding ("damaged:..." if the padding is not what was written)."""
+    text = value.decode()
+    head, sep, pad = text.partition(":")
+    return head if not sep or pad == PAD else f"damaged:{head}"
+
+
+def _wrong_prevs(events: list[tuple[int, str, str]], prevs: list[str | None],
+                 written_prefix: str) -> list[dict[str, Any]]:
+    """Events whose previous value is not the value of their key's event before (each key is first
+    written after the watch starts, and a watcher sees every event once, in order)."""
+    last: dict[str, str] = {}
+    wrong = []
+    for (rev, key, val), prev in zip(events, prevs, strict=True):
+        if key.startswith(written_prefix) and prev != last.get(key):
+            wrong.append({"revision": rev, "key": key, "prev_kv": prev, "expected": last.get(key)})
+        last[key] = val
+    return wrong
 
 
 # -------------------------------------------------------------------------------------------------

@@ -366,3 +366,14 @@ def test_session_write_of_unknown_outcome_landing_late_is_not_a_violation() -> N
     late = op("write", "p0", 1, None, 0, 1, "info", process=0)
     v = check_session([late, sw(0, "p0", 2, 12, 1.5), sr(0, "p0", 2, 12, 2, node=1), sr(0, "p0", 1, 15, 3, node=2)])
     assert v.valid is True
+
+
+def test_watch_prev_kv_must_be_the_keys_event_before() -> None:
+    from . import workloads  # noqa: F401 - loads coordination.py as the suite does (the two import each other)
+    from .coordination import PAD, _unpad, _wrong_prevs
+
+    events = [(5, "watch/k1", "1"), (6, "watch/k2", "2"), (7, "watch/k1", "3"), (8, "watch/end", "end")]
+    assert _wrong_prevs(events, [None, None, "1", None], "watch/k") == []
+    wrong = _wrong_prevs(events, [None, "1", "2", None], "watch/k")  # k2 had no value; k1's was 1
+    assert [(x["revision"], x["expected"]) for x in wrong] == [(6, None), (7, "1")]
+    assert _unpad(f"7:{PAD}".encode()) == "7" and _unpad(f"7:{PAD[:-1]}y".encode()) == "damaged:7"
