@@ -110,9 +110,9 @@ class ServerConfig:
     snapshot_entries: int = 10_000
     """Take a snapshot and compact the log once this many entries are applied past the last one."""
     snapshot_keep_entries: int = 1_000
+    """Entries kept after compaction, so a briefly lagging follower still catches up from the log."""
     snapshot_log_bytes: int = 256 << 20
     """Also snapshot once the log holds this many bytes (big values fill a disk before the entry count)."""
-    """Entries kept after compaction, so a briefly lagging follower still catches up from the log."""
     default_ack: str = "majority"
     """Ack level of writes that name none: leader, majority, semi_sync or sync."""
     semi_sync_min_replicas: int = 1
@@ -121,10 +121,10 @@ class ServerConfig:
     lag_critical_entries: int = 10_000
     lag_critical_seconds: float = 10.0
     read_wait_ms: int = 200
+    """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     commit_notice_delay_ms: float = 5.0
     """A leader tells its followers of a commit with the next append, or after this long when none comes
     (server/commit_notice.py); 0: at once, as etcd."""
-    """How long a follower waits to catch up for a bounded-staleness or session read before forwarding."""
     map_size: int = 4 << 30
     """LMDB's map size: the most this node's data.mdb may grow to (writes then get NOSPACE)."""
     disk_reserve_bytes: int = 4 << 20
