@@ -19,6 +19,12 @@ not exist, its body if it is at most `PREV_INLINE_BYTES` long, and otherwise the
 previous event, whose row holds that body already as its record after: a big value is written into the
 history once, not twice (the log entry and the `kv` record hold it too).
 
+**Checksums.** A row is `0x01 || crc32 (4 bytes, big-endian) || msgpack`, the crc covering the row key
+and the msgpack, verified on every read: a flipped byte is refused (CorruptionError naming the revision),
+never served to a watcher. Rows of a raftkv-2 directory have no seal (they start with msgpack's 0x95)
+and are read as they are. A damaged row that retention lets go is deleted like the others, and reported
+(`Trimmed.damaged`).
+
 **Kept rows.** So a row named by a later row's record before must outlive its own event: when retention
 lets a big put's row go while a later change of its key exists (the key's `kv` record is no longer this
 row's), the row stays below the floor, as that later event's record before, and goes when that later
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import struct
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +60,9 @@ DEFAULT_KEEP_REVISIONS = 100_000
 DEFAULT_KEEP_SECONDS = 3600.0
 DEFAULT_KEEP_BYTES = 256 << 20
 _ROW = struct.Struct(">QI")
+_SEALED = 0x01
+_CRC = struct.Struct(">I")
+_SEAL_BYTES = 1 + _CRC.size
 
 
 class Event:
@@ -103,8 +113,31 @@ def mod_revision_of(body: bytes) -> int:
     return int(msgpack.unpackb(body)[2])
 
 
-def encode_row(event: Event, now: float, floor: int) -> bytes:
-    """An event's row value. Its record before is named by revision when it is long and the row holding
+def _seal(key: bytes, payload: bytes) -> bytes:
+    return bytes([_SEALED]) + _CRC.pack(zlib.crc32(payload, zlib.crc32(key))) + payload
+
+
+def unpack_row(key: bytes, raw: bytes) -> list[Any]:
+    """A row's fields [t, kind, key, body, prev], its seal checked (CorruptionError if it fails)."""
+    if raw[:1] == bytes([_SEALED]):
+        payload = memoryview(raw)[_SEAL_BYTES:]
+        if len(raw) < _SEAL_BYTES or _CRC.unpack_from(raw, 1)[0] != zlib.crc32(payload, zlib.crc32(key)):
+            raise CorruptionError(f"history: the row of revision {_ROW.unpack(key)[0]} fails its checksum "
+                                  "(data corrupted on disk)")
+    else:
+        payload = memoryview(raw)  # a raftkv-2 row: no seal
+    try:
+        row = msgpack.unpackb(payload)
+        if not isinstance(row, list) or len(row) != 5:
+            raise ValueError("not a history row")
+        return row
+    except (ValueError, TypeError, msgpack.UnpackException):
+        raise CorruptionError(f"history: the row of revision {_ROW.unpack(key)[0]} cannot be decoded "
+                              "(data corrupted on disk)") from None
+
+
+def encode_row(row_key: bytes, event: Event, now: float, floor: int) -> bytes:
+    """An event's row value, sealed under its row key. Its record before is named by revision when it is long and the row holding
     it is here: that row's revision is at or above `floor`, where every event is (the caller writes this
     row in the transaction that holds that floor)."""
     prev: bytes | int | None = event.prev_body
@@ -112,13 +145,13 @@ def encode_row(event: Event, now: float, floor: int) -> bytes:
         at = mod_revision_of(prev)
         if at >= floor:
             prev = at
-    return msgpack.packb([now, event.kind, event.key, event.body, prev], use_bin_type=True)
+    return _seal(row_key, msgpack.packb([now, event.kind, event.key, event.body, prev], use_bin_type=True))
 
 
 def decode_row(txn: lmdb.Transaction, db: Any, key: bytes, raw: bytes) -> tuple[float, Event]:
     """A row and its event, the record before read from the row it names, in the same transaction."""
     revision, _ = _ROW.unpack(key)
-    t, kind, k, body, prev = msgpack.unpackb(raw)
+    t, kind, k, body, prev = unpack_row(key, raw)
     if isinstance(prev, int):
         prev = body_at(txn, db, prev, k, revision)
     return t, Event(revision, kind, k, body, prev)
@@ -131,7 +164,7 @@ def _rows_at(txn: lmdb.Transaction, db: Any, revision: int) -> Iterator[tuple[by
     for k, v in cur:
         if _ROW.unpack(k)[0] != revision:
             return
-        yield bytes(k), msgpack.unpackb(v)
+        yield bytes(k), unpack_row(bytes(k), bytes(v))
 
 
 def body_at(txn: lmdb.Transaction, db: Any, revision: int, key: bytes, named_by: int) -> bytes:
@@ -144,12 +177,17 @@ def body_at(txn: lmdb.Transaction, db: Any, revision: int, key: bytes, named_by:
 
 
 def _delete_kept(txn: lmdb.Transaction, db: Any, revision: int, key: bytes) -> int:
-    """Delete `key`'s row at `revision` if it is still here (kept for a later event); the bytes freed."""
-    for k, row in _rows_at(txn, db, revision):
-        if row[2] == key:
-            raw = txn.get(k, db=db)
-            txn.delete(k, db=db)
-            return len(k) + (len(raw) if raw is not None else 0)
+    """Delete `key`'s row at `revision` if it is still here (kept for a later event); the bytes freed.
+    A damaged row there is left to the trim that reaches its revision (none will: it is below the scan
+    point, where it stays, one row)."""
+    try:
+        for k, row in _rows_at(txn, db, revision):
+            if row[2] == key:
+                raw = txn.get(k, db=db)
+                txn.delete(k, db=db)
+                return len(k) + (len(raw) if raw is not None else 0)
+    except CorruptionError:
+        pass
     return 0
 
 
@@ -181,6 +219,8 @@ class Trimmed:
     """False: stopped at `max_rows` with more to delete."""
     scan_from: int
     """Where the next trim starts: every row below it is gone or kept."""
+    damaged: list[int]
+    """Revisions of rows that failed their checksum and were deleted (retention let them go)."""
 
 
 def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_from: int,
@@ -203,6 +243,7 @@ def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_fro
     stop: int | None = None
     finished = True
     kept_to_delete: list[tuple[int, bytes]] = []
+    damaged: list[int] = []
     if cur.set_range(row_key(scan_from)):
         while True:
             k = cur.key()
@@ -213,7 +254,12 @@ def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_fro
                 stop, finished = rev, False
                 break
             raw = cur.value()
-            t, _kind, key, body, prev = msgpack.unpackb(raw)
+            try:
+                t, _kind, key, body, prev = unpack_row(k, raw)
+            except CorruptionError:
+                # Its time unknown: it goes only below `below` (retention by revisions), never early.
+                t, key, body, prev = float("inf"), b"", None, None
+                damaged.append(rev)
             if rev >= floor:  # (rev < floor: below `below`, or the rest of a revision already going)
                 if rev >= keep_from or (t >= older_than and freed >= excess_bytes):
                     stop = rev
@@ -235,7 +281,9 @@ def trim(txn: lmdb.Transaction, db: Any, below: int, older_than: float, keep_fro
                 break
     for revision, key in kept_to_delete:
         freed += _delete_kept(txn, db, revision, key)
-    return Trimmed(floor, freed, finished, floor if stop is None else stop)
+    if stop is not None and damaged and damaged[-1] >= stop:
+        damaged.pop()  # the row where the trim stopped is still here
+    return Trimmed(floor, freed, finished, max(scan_from, floor if stop is None else stop), damaged)
 
 
 @dataclass(slots=True)

@@ -54,6 +54,8 @@ class HistoryRows:
         self._scan_from = 0
         self._trim: _Trim | None = None
         self._next = (0, 0)  # (floor, scan point) of the step whose transaction is committing
+        self.damaged: list[int] = []
+        """Revisions of damaged rows that retention deleted, for the host to report (`take_damaged`)."""
 
     # --- opening, writing, snapshots -----------------------------------------------------------
     def load(self, txn: lmdb.Transaction, durable_applied: int) -> None:
@@ -85,7 +87,7 @@ class HistoryRows:
         transaction's floor: a record before is named by revision only if its row is here."""
         if self.pending:
             floor = self.floor
-            rows = [(k, history.encode_row(ev, t, floor)) for k, t, ev in self.pending]
+            rows = [(k, history.encode_row(k, ev, t, floor)) for k, t, ev in self.pending]
             txn.cursor(db=self.db).putmulti(rows)
         if self._floor_dirty:
             txn.put(history.FLOOR_KEY, _U64.pack(self.floor), db=self.meta_db)
@@ -141,12 +143,17 @@ class HistoryRows:
         if scan_from != self._scan_from:
             txn.put(history.SCAN_KEY, _U64.pack(scan_from), db=self.meta_db)
         self._next = (floor, scan_from)
+        self.damaged.extend(done.damaged)
         return done.finished, floor
 
     def trimmed(self, finished: bool) -> None:
         self.floor, self._scan_from = self._next
         if finished:
             self._trim = None
+
+    def take_damaged(self) -> list[int]:
+        out, self.damaged = self.damaged, []
+        return out
 
     def trimming(self) -> bool:
         return self._trim is not None

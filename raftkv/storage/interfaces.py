@@ -49,6 +49,11 @@ class LogStore(Protocol):
         whether any are left. `compact` is `start_compaction` and then every step."""
         ...
 
+    def take_damaged_history(self) -> list[int]:
+        """Revisions of change-history rows that failed their checksum and that compaction deleted since
+        the last call (retention let them go), for the host to report."""
+        ...
+
 
 class StableStore(Protocol):
     """Raft's hard state (term, vote, commit)."""

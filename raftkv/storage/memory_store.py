@@ -232,6 +232,9 @@ class MemoryNodeStore(LogBounds, FlushSchedule):
             del d.log[idx]
         return len(below) > max_rows
 
+    def take_damaged_history(self) -> list[int]:
+        return []  # no change history here (the simulator's store)
+
     def hard_state(self) -> HardState:
         return self._hard
 

@@ -763,6 +763,9 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
     # ------------------------------------------------------------------------------------------
     # Change history (history.py)
     # ------------------------------------------------------------------------------------------
+    def take_damaged_history(self) -> list[int]:
+        return self.history.take_damaged()
+
     def _compact_history_to(self, revision: int, index: int) -> int:
         return self.history.compact_to(revision, index)
 

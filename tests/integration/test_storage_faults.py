@@ -29,7 +29,8 @@ from raftkv import exit_codes
 from raftkv.client import Client, RaftKVError, UnavailableError, compare, op_get, op_put
 from raftkv.client.errors import from_rpc_error
 from raftkv.proto.stubs import kv_pb2 as pb
-from raftkv.proto.stubs import kv_pb2_grpc
+from raftkv.proto.stubs import kv_pb2_grpc, watch_pb2_grpc
+from raftkv.proto.stubs import watch_pb2 as wpb
 from raftkv.storage.commands import prefix_end
 
 from . import loop_disk
@@ -94,7 +95,7 @@ def flip_value_bytes(data_file: Path, value: bytes) -> int:
 def test_a_flipped_value_on_disk_is_refused_and_an_apply_over_it_stops_the_node(cluster: LocalCluster) -> None:
     value = b"precious-value-" + os.urandom(8).hex().encode()
     with cluster.client() as c:
-        c.put(b"victim", value)
+        put_at = c.put(b"victim", value).meta.index
         c.put(b"bystander", b"fine")
         last = c.put(b"last", b"x").meta.index
     leader = cluster.wait_leader()
@@ -115,6 +116,26 @@ def test_a_flipped_value_on_disk_is_refused_and_an_apply_over_it_stops_the_node(
         assert e.value.code == grpc.StatusCode.DATA_LOSS
         assert c.get(b"bystander", consistency="serializable", endpoint=cluster.address(node)).kv.value == b"fine"
     assert "refused to serve corrupted data" in cluster.log_text(node)
+    # The change history's copy is damaged too: a watch that reaches it is canceled naming it, and never
+    # served it.
+    create = wpb.WatchCreateRequest(key=b"victim", after_revision=put_at - 1, watch_id=1)
+
+    def requests() -> Iterator[wpb.WatchRequest]:
+        yield wpb.WatchRequest(create=create)
+        time.sleep(10)  # the stream stays open until the answer came
+
+    with grpc.insecure_channel(cluster.address(node)) as ch:
+        call = watch_pb2_grpc.WatchStub(ch).Watch(requests(), timeout=10)
+        canceled = None
+        for r in call:
+            assert not any(e.kv.key == b"victim" for e in r.events), r
+            if r.canceled:
+                canceled = r
+                break
+        call.cancel()
+    assert canceled is not None
+    assert canceled.cancel_code == grpc.StatusCode.UNAVAILABLE.value[0], canceled
+    assert f"revision {put_at} fails its checksum" in canceled.cancel_reason, canceled.cancel_reason
     # The cluster overwrites the key: applying it means reading the damaged record, so the node stops.
     with cluster.client() as c:
         c.put(b"victim", b"new")
