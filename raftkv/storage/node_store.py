@@ -11,7 +11,8 @@
   `members_db`, never the names;
 - `snap`: legacy: the data of a snapshot installed whole (a snapshot now is `kv` itself, see snapshots.py);
 - `leases` (and `leases~1`): the lease table (leases.py), part of the state machine and of snapshots;
-- `history`: the change events that serve watches (history.py); this node's own, not in snapshots.
+- `history`: the change events that serve watches (history.py; each row sealed by a crc32); this node's own,
+  not in snapshots.
 
 A write costs one synced commit, its log append (DESIGN.md §4). The host `apply`s committed entries
 into a write-back buffer over `kv` (write_back.py), which reads see first, and `persist`s each Ready in
