@@ -65,7 +65,7 @@ from .write_back import FlushSchedule, Overlay
 
 FORMAT = b"raftkv-3"
 """raftkv-2: `kv` records carry checksums and long keys live in buckets (kv_records.py). raftkv-3: a
-history row may name its record before by revision (history.py); a raftkv-2 directory is valid raftkv-3
+history row is sealed and may name its record before by revision (history.py); a raftkv-2 directory is valid raftkv-3
 data, so it opens and is marked raftkv-3 (a raftkv-2 binary then refuses it instead of misreading it)."""
 UPGRADES = {b"raftkv-2"}
 """Earlier formats this one reads as they are."""

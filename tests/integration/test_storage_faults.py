@@ -33,6 +33,7 @@ from raftkv.proto.stubs import kv_pb2_grpc, watch_pb2_grpc
 from raftkv.proto.stubs import watch_pb2 as wpb
 from raftkv.storage.commands import prefix_end
 
+from ..flipped_bytes import flip_value_bytes
 from . import loop_disk
 from .local_cluster import LocalCluster
 from .loop_disk import fill
@@ -76,20 +77,6 @@ def test_long_keys_work_on_a_real_cluster_and_survive_a_restart(cluster: LocalCl
             got = c.get(K600, consistency="serializable", endpoint=cluster.address(i))
             assert got.kv.value == b"after-restart" and got.meta.served_by == i
         assert cluster.procs[i].poll() is None, cluster.log_text(i)[-2000:]
-
-
-def flip_value_bytes(data_file: Path, value: bytes) -> int:
-    """Flip one byte in the middle of every stored copy of `value` in the kv database (a sealed record
-    is crc32 + msgpack [value, ...]: fixarray 4, bin 8 header, the value), not in the log's copy."""
-    raw = bytearray(data_file.read_bytes())
-    pattern = b"\x94\xc4" + bytes([len(value)]) + value
-    hits, at = 0, raw.find(pattern)
-    while at >= 0:
-        raw[at + 3 + len(value) // 2] ^= 0x20
-        hits += 1
-        at = raw.find(pattern, at + 1)
-    data_file.write_bytes(bytes(raw))
-    return hits
 
 
 def test_a_flipped_value_on_disk_is_refused_and_an_apply_over_it_stops_the_node(cluster: LocalCluster) -> None:

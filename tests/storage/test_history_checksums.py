@@ -17,6 +17,8 @@ from raftkv.storage.commands import Delete, Put, encode
 from raftkv.storage.errors import CorruptionError
 from raftkv.storage.history import PUT, Retention, row_key
 
+from ..flipped_bytes import flip_value_bytes
+
 CID = cluster_id_for({1: "a:1", 2: "b:2", 3: "c:3"})
 CONF = ConfState(frozenset({1, 2, 3}))
 
@@ -34,19 +36,6 @@ def append_apply(s: LmdbNodeStore, cmds: list) -> int:
     return es[-1].index
 
 
-def flip_in_file(path: Path, value: bytes) -> int:
-    """Flip a byte in the middle of every record body holding `value` (msgpack [value, ...]) in the file."""
-    raw = bytearray((path / "data.mdb").read_bytes())
-    pattern = b"\x94\xc4" + bytes([len(value)]) + value
-    hits, at = 0, raw.find(pattern)
-    while at >= 0:
-        raw[at + 3 + len(value) // 2] ^= 0x20
-        hits += 1
-        at = raw.find(pattern, at + 1)
-    (path / "data.mdb").write_bytes(bytes(raw))
-    return hits
-
-
 def value() -> bytes:
     return b"history-only-" + os.urandom(12).hex().encode()
 
@@ -58,7 +47,7 @@ def test_a_flipped_byte_in_a_history_row_is_refused_naming_its_revision(tmp_path
     put = append_apply(s, [Put(b"gone", v)])
     append_apply(s, [Delete(b"gone"), Put(b"other", b"fine")])  # the kv record goes: only the history has v
     s.close()
-    assert flip_in_file(tmp_path, v) >= 1
+    assert flip_value_bytes(tmp_path / "data.mdb", v) >= 1
     s = open_store(tmp_path)
     with pytest.raises(CorruptionError, match=f"revision {put} fails its checksum"):
         s.history_events(put, put)
@@ -75,7 +64,7 @@ def test_retention_deletes_a_damaged_row_only_by_revision_and_reports_it(tmp_pat
     for i in range(5):
         append_apply(s, [Put(b"k%d" % i, b"v")])
     s.close()
-    assert flip_in_file(tmp_path, v) >= 1
+    assert flip_value_bytes(tmp_path / "data.mdb", v) >= 1
     s = open_store(tmp_path)
     s.history_retention = Retention(revisions=10**6, seconds=0.0)  # every row is old enough, by age
     s.compact(s.applied_index(), CONF)
