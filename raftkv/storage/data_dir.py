@@ -116,3 +116,8 @@ def _meta(page: bytes) -> tuple[int, int, int] | None:
         return None
     last_pg, txnid = _LAST_PG_TXNID.unpack_from(page, _LAST_AT)
     return page_size, last_pg, txnid
+
+
+def pages_bytes(stat: dict[str, int]) -> int:
+    """Bytes of the pages an LMDB database occupies, from its `stat()`."""
+    return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])

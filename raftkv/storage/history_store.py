@@ -18,6 +18,7 @@ from typing import Any
 import lmdb
 
 from . import history
+from .data_dir import pages_bytes
 from .history import Event, HistoryOutOfRange, Retention
 
 _U64 = struct.Struct(">Q")
@@ -32,11 +33,6 @@ class _Trim:
     older_than: float
     keep_from: int
     excess: int
-
-
-def pages_bytes(stat: dict[str, int]) -> int:
-    """Bytes of the pages an LMDB database occupies, from its `stat()`."""
-    return stat["psize"] * (stat["branch_pages"] + stat["leaf_pages"] + stat["overflow_pages"])
 
 
 class HistoryRows:
@@ -126,13 +122,13 @@ class HistoryRows:
         self._trim = _Trim(below, older_than, applied, excess)
 
     def trim_step(self, txn: lmdb.Transaction, max_rows: int,
-                  superseded: Callable[[bytes, int], bool]) -> tuple[bool, int]:
+                  superseded: Callable[[bytes, int], bool]) -> bool:
         """Let go of up to about `max_rows` rows in `txn`; `superseded(key, revision)`: whether a later
-        change of `key` than `revision` is in LMDB. Returns (finished, new floor); call `trimmed` with
-        them once `txn` committed."""
+        change of `key` than `revision` is in LMDB. Returns whether it finished; call `trimmed` with that
+        once `txn` committed."""
         trim = self._trim
         if trim is None:
-            return True, self.floor
+            return True
         done = history.trim(txn, self.db, max(trim.below, self.floor), trim.older_than, trim.keep_from,
                             trim.excess, max_rows, self._scan_from, superseded)
         trim.excess = max(0, trim.excess - done.freed)
@@ -144,7 +140,7 @@ class HistoryRows:
             txn.put(history.SCAN_KEY, _U64.pack(scan_from), db=self.meta_db)
         self._next = (floor, scan_from)
         self.damaged.extend(done.damaged)
-        return done.finished, floor
+        return done.finished
 
     def trimmed(self, finished: bool) -> None:
         self.floor, self._scan_from = self._next

@@ -53,11 +53,11 @@ from ..core.witness import META_ONLY, stripped
 from . import history, identity, kv_records, sessions, snapshots, state_machine
 from .alarms import AlarmTable, RecentHashes
 from .commands import KV, Range, RangeResult
-from .data_dir import DataDirLock, check_data_file
+from .data_dir import DataDirLock, check_data_file, pages_bytes
 from .entry_apply import EntryApplier
 from .errors import CorruptionError, ForeignDataError, StorageError, opening_error
 from .history import Event, Retention
-from .history_store import HistoryRows, pages_bytes
+from .history_store import HistoryRows
 from .kv_records import BUCKET_THRESHOLD
 from .leases import LeaseTable
 from .log_bounds import LogBounds
@@ -746,7 +746,7 @@ class LmdbNodeStore(EntryApplier, LogBounds, FlushSchedule):
                     rec = view.get(key)
                     return rec is None or history.mod_revision_of(rec) != revision
 
-                finished, _ = self.history.trim_step(txn, budget, superseded)
+                finished = self.history.trim_step(txn, budget, superseded)
             self.history.trimmed(finished)
             return not finished
 
